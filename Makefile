@@ -1,0 +1,36 @@
+# Breakwater developer entry points. Everything runs as root (BPF, netns).
+VENV        := .venv
+PY          := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test demo bench check clean
+
+help:
+	@echo "Breakwater make targets:"
+	@echo "  setup  install Debian packages, kernel headers, bpffs, .venv (scripts/setup.sh)"
+	@echo "  test   run the test suite: pytest -ra tests \$$PYTEST_ARGS"
+	@echo "  demo   run 'breakwater demo'"
+	@echo "  bench  run the dataplane benchmark (bench/dataplane.py)"
+	@echo "  check  lint and type-check: ruff check, mypy"
+	@echo "  clean  remove .venv and caches"
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -ra tests $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/breakwater demo
+
+bench: setup
+	$(PY) bench/dataplane.py
+
+check: setup
+	$(VENV)/bin/ruff check controller tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Breakwater XDP entry. Compiled by bcc at load time (controller/program.py),
+ * with map sizes and the pin directory passed as -D flags.
+ *
+ * The pipeline: parse -> always-pass -> allowlist -> denylist -> pass,
+ * every verdict leaving through bw_out().
+ */
+#include "verdict.h"
+
+int breakwater_xdp(struct xdp_md *ctx)
+{
+    struct bw_packet pkt = {};
+    struct bw_verdict v = { .action = XDP_PASS, .reason = BW_PASS_DEFAULT, .entry = 0 };
+    __u32 zero = 0;
+    struct bw_config *cfg = config.lookup(&zero);
+    __u32 flags = cfg ? cfg->flags : 0;
+
+    int rc = parse_packet(ctx, &pkt);
+    if (rc < 0) {
+        decide_malformed(&v, -rc, flags);
+        goto out;
+    }
+    if (check_always_pass(&pkt, &v))
+        goto out;
+    if (check_allow(&pkt, &v, flags))
+        goto out;
+    if (check_deny(&pkt, &v, flags))
+        goto out;
+out:
+    return bw_out(&pkt, &v, flags);
+}

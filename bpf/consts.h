@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Constants shared by the XDP program and user space.
+ * Mirrored by controller/abi.py; tests/unit/test_abi.py checks they agree.
+ */
+#ifndef BREAKWATER_CONSTS_H
+#define BREAKWATER_CONSTS_H
+
+/* Bumped whenever a map's key or value layout changes. */
+#define BW_ABI_VERSION              1
+
+/* struct bw_config.flags */
+#define BW_CFG_MONITOR              (1U << 0) /* count would-drop, drop nothing */
+#define BW_CFG_PASS_MALFORMED       (1U << 1) /* pass malformed packets instead of dropping */
+/* "This trie may hold entries": an empty LPM trie still costs ~15-20 ns a
+ * lookup (bench/dataplane.py), so the program skips tries whose bit is clear.
+ * User space sets the bit before the first insert and clears it only after
+ * seeing the trie empty, both under the pin directory's lock (controller/policy.py),
+ * so a bit is never clear while its trie holds an entry. */
+#define BW_CFG_TRIE_ALLOW_V4        (1U << 8)
+#define BW_CFG_TRIE_ALLOW_V6        (1U << 9)
+#define BW_CFG_TRIE_DENY_PFX_V4     (1U << 10)
+#define BW_CFG_TRIE_DENY_PFX_V6     (1U << 11)
+
+/* struct bw_rule_ref.flags (allow_v4/allow_v6 values) */
+#define BW_ALLOW_MGMT               (1U << 0) /* management prefix: reason BW_PASS_MGMT */
+
+/* Parser bounds. */
+#define BW_MAX_VLAN_TAGS            2  /* 802.1Q and 802.1ad (QinQ) */
+#ifndef BW_MAX_IPV6_EXT
+#define BW_MAX_IPV6_EXT             8  /* extension headers walked before giving up */
+#endif
+
+/* IPv6 ND hop limit (RFC 4861 7.1): on-link only, so it cannot be used to
+ * smuggle routed traffic past the denylist. */
+#define BW_ND_HOP_LIMIT             255
+
+/* verdict_stats index: the XDP action taken, plus one slot for would-drop. */
+#define BW_ACTION_ABORTED           0
+#define BW_ACTION_DROP              1
+#define BW_ACTION_PASS              2
+#define BW_ACTION_MONITOR           3 /* would have dropped; passed in monitor mode */
+#define BW_ACTION_MAX               4
+
+#endif

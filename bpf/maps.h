@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Every map of the XDP program. Sizes are BW_MAX_* macros that user space
+ * overrides with -D (controller/maps.py: MapSizes); the defaults here are the
+ * same as the Python defaults.
+ *
+ * With BW_PIN_DIR defined (the normal case) every map is pinned at
+ * BW_PIN_DIR/<name>; a pinned map that already exists is reused, which is how
+ * a restarted or upgraded program keeps its policy and counters. bcc does not
+ * check a reused pin's type or sizes, so controller/dataplane.py does that
+ * before every build.
+ *
+ * Memory (printed at load by `breakwater dataplane attach`): for hash and LRU
+ * maps, entries x (48 + key + value) plus 16 bytes per bucket; for per-CPU
+ * arrays, entries x value x possible CPUs; LPM tries allocate per prefix
+ * stored. controller/maps.py: estimate_bytes() holds the formula.
+ */
+#ifndef BREAKWATER_MAPS_H
+#define BREAKWATER_MAPS_H
+
+#include "structs.h"
+#include "reasons.h"
+#include "consts.h"
+
+#ifdef BW_PIN_DIR
+#define BW_MAP(type, key, val, name, size, flags) \
+    BPF_TABLE_PINNED(type, key, val, name, size, BW_PIN_DIR "/" #name, flags)
+#else
+#define BW_MAP(type, key, val, name, size, flags) \
+    BPF_F_TABLE(type, key, val, name, size, flags)
+#endif
+
+#ifndef BW_MAX_DENY_V4
+#define BW_MAX_DENY_V4      1048576
+#endif
+#ifndef BW_MAX_DENY_V6
+#define BW_MAX_DENY_V6      262144
+#endif
+#ifndef BW_MAX_DENY_PFX_V4
+#define BW_MAX_DENY_PFX_V4  262144
+#endif
+#ifndef BW_MAX_DENY_PFX_V6
+#define BW_MAX_DENY_PFX_V6  65536
+#endif
+#ifndef BW_MAX_ALLOW_V4
+#define BW_MAX_ALLOW_V4     16384
+#endif
+#ifndef BW_MAX_ALLOW_V6
+#define BW_MAX_ALLOW_V6     16384
+#endif
+#ifndef BW_MAX_SRC_V4
+#define BW_MAX_SRC_V4       1048576
+#endif
+#ifndef BW_MAX_SRC_V6
+#define BW_MAX_SRC_V6       262144
+#endif
+#ifndef BW_MAX_RULES
+#define BW_MAX_RULES        16384
+#endif
+
+// Run-time switches (monitor mode, malformed policy) and the build id of the attached program.
+BW_MAP("array", u32, struct bw_config, config, 1, 0);
+
+// Allowlist and management prefixes, IPv4. One trie for both: an entry with
+// BW_ALLOW_MGMT reports BW_PASS_MGMT. Both always win, so one lookup serves both.
+BW_MAP("lpm_trie", struct bw_lpm_v4, struct bw_rule_ref, allow_v4, BW_MAX_ALLOW_V4, BPF_F_NO_PREALLOC);
+// Allowlist and management prefixes, IPv6.
+BW_MAP("lpm_trie", struct bw_lpm_v6, struct bw_rule_ref, allow_v6, BW_MAX_ALLOW_V6, BPF_F_NO_PREALLOC);
+
+// Denied exact IPv4 sources (/32). A hash, not the LPM trie: bench/dataplane.py
+// measures a hash hit at 1M entries well below an LPM lookup, and exact
+// entries are the bulk of any blocklist, so they get the cheap lookup.
+// Each entry carries its own hit counters (struct bw_deny_entry).
+BW_MAP("hash", __be32, struct bw_deny_entry, deny_v4, BW_MAX_DENY_V4, 0);
+// Denied exact IPv6 sources (/128), with hit counters.
+BW_MAP("hash", struct bw_in6, struct bw_deny_entry, deny_v6, BW_MAX_DENY_V6, 0);
+// Denied IPv4 prefixes shorter than /32: longest match.
+BW_MAP("lpm_trie", struct bw_lpm_v4, struct bw_rule_ref, deny_pfx_v4, BW_MAX_DENY_PFX_V4, BPF_F_NO_PREALLOC);
+// Denied IPv6 prefixes shorter than /128.
+BW_MAP("lpm_trie", struct bw_lpm_v6, struct bw_rule_ref, deny_pfx_v6, BW_MAX_DENY_PFX_V6, BPF_F_NO_PREALLOC);
+
+// Per-source IPv4 counters (sources denied by an exact entry are counted on
+// that entry instead). One shared LRU entry per source with atomic adds,
+// not a per-CPU LRU: a per-CPU value costs 72 bytes x CPUs (4.6 KiB a source
+// on 64 cores), which would cap the table near 100k sources in the memory
+// budget. Contention only arises when one source lands on many CPUs at once.
+BW_MAP("lru_hash", __be32, struct bw_src_counters, src_v4, BW_MAX_SRC_V4, 0);
+// Per-source IPv6 counters, keyed by the full /128.
+BW_MAP("lru_hash", struct bw_in6, struct bw_src_counters, src_v6, BW_MAX_SRC_V6, 0);
+
+// Per-rule hit counters (packets, bytes), indexed by bw_rule_ref.rule_id.
+BW_MAP("percpu_array", u32, struct bw_counter, rule_stats, BW_MAX_RULES, 0);
+// Packets and bytes per verdict reason (BW_REASON_*).
+BW_MAP("percpu_array", u32, struct bw_counter, reason_stats, BW_REASON_MAX, 0);
+// Packets and bytes per action taken (BW_ACTION_*).
+BW_MAP("percpu_array", u32, struct bw_counter, verdict_stats, BW_ACTION_MAX, 0);
+
+#endif

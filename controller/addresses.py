@@ -1,0 +1,84 @@
+"""Addresses and prefixes as operators type them, and as map keys."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from . import abi
+from .errors import InputError
+
+__all__ = ["Prefix", "parse_prefix"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, order=True)
+class Prefix:
+    """An IPv4 or IPv6 prefix; a /32 or /128 is an exact address."""
+
+    network: Network
+
+    @property
+    def family(self) -> int:
+        return self.network.version
+
+    @property
+    def is_exact(self) -> bool:
+        return self.network.prefixlen == self.network.max_prefixlen
+
+    def exact_key(self) -> bytes:
+        """Key of the exact-address hash maps: the address, network order."""
+        return self.network.network_address.packed
+
+    def lpm_key(self) -> bytes:
+        """Key of the LPM tries: prefix length (host order) then the address."""
+        key: abi.LpmV4 | abi.LpmV6 = abi.LpmV4() if self.family == 4 else abi.LpmV6()
+        key.prefixlen = self.network.prefixlen
+        packed = self.network.network_address.packed
+        key.addr[:] = list(packed)
+        return bytes(key)
+
+    @classmethod
+    def from_lpm_key(cls, key: bytes) -> Prefix:
+        plen = int.from_bytes(key[:4], "little")
+        addr = key[4:]
+        net: Network = (
+            ipaddress.IPv4Network((addr, plen)) if len(addr) == 4 else ipaddress.IPv6Network((addr, plen))
+        )
+        return cls(net)
+
+    @classmethod
+    def from_exact_key(cls, key: bytes) -> Prefix:
+        net: Network = (
+            ipaddress.IPv4Network((key, 32)) if len(key) == 4 else ipaddress.IPv6Network((key, 128))
+        )
+        return cls(net)
+
+    def __str__(self) -> str:
+        return str(self.network.network_address) if self.is_exact else str(self.network)
+
+
+def parse_prefix(text: str, field: str = "prefix") -> Prefix:
+    """Parse ``198.18.0.1``, ``198.18.0.0/24``, ``2001:db8::/32``.
+
+    Host bits set after the prefix length are an error (``198.18.0.5/24``
+    is refused, naming ``198.18.0.0/24``): a typo there would block a
+    different range than the operator meant.
+    """
+    raw = text.strip()
+    if not raw:
+        raise InputError(f"{field}: empty; expected an IPv4/IPv6 address or prefix")
+    try:
+        net = ipaddress.ip_network(raw, strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(raw, strict=False)
+        except ValueError:
+            raise InputError(
+                f"{field}: {raw!r} is not an IPv4/IPv6 address or prefix"
+            ) from exc
+        raise InputError(
+            f"{field}: {raw!r} has host bits set; did you mean {loose}?"
+        ) from exc
+    return Prefix(net)

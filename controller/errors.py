@@ -1,0 +1,159 @@
+"""Breakwater's errors, and the one place library errors become them.
+
+Every failure an operator can see is a :class:`BreakwaterError` whose message
+is one line saying what went wrong and what to do next::
+
+    BreakwaterError
+    ├── SetupError                 the machine is not ready
+    │   ├── NotRootError           needs root (CAP_BPF + CAP_NET_ADMIN)
+    │   ├── BpfUnsupportedError    kernel refuses BPF / XDP
+    │   ├── HeadersMissingError    bcc cannot find kernel headers
+    │   └── BpfFsError             /sys/fs/bpf is not mounted
+    ├── InterfaceError
+    │   ├── InterfaceNotFoundError
+    │   ├── NotAttachedError       no Breakwater program on the interface
+    │   └── AttachConflictError    a foreign program or another XDP mode is attached
+    ├── ProgramLoadError           compile or verifier failure
+    ├── MapError
+    │   ├── MapFullError           an update would not fit (nothing was changed)
+    │   ├── PinnedMapMismatchError a pinned map's layout differs from this build
+    │   └── MapOperationError      a map syscall failed (with errno)
+    └── InputError                 a bad address, prefix, rule id or option
+
+bcc, libbpf (ctypes), pyroute2 and OS errors are converted by
+:func:`from_os_error` and :func:`from_bcc_error`, called only where Breakwater
+calls those libraries (``_libbpf.py``, ``program.py``, ``netlink.py``).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+
+__all__ = [
+    "AttachConflictError",
+    "BpfFsError",
+    "BpfUnsupportedError",
+    "BreakwaterError",
+    "HeadersMissingError",
+    "InputError",
+    "InterfaceError",
+    "InterfaceNotFoundError",
+    "MapError",
+    "MapFullError",
+    "MapOperationError",
+    "NotAttachedError",
+    "NotRootError",
+    "PinnedMapMismatchError",
+    "ProgramLoadError",
+    "SetupError",
+    "from_bcc_error",
+    "from_os_error",
+]
+
+
+class BreakwaterError(Exception):
+    """Base of every error Breakwater reports."""
+
+
+class SetupError(BreakwaterError):
+    """The machine is not ready to run Breakwater."""
+
+
+class NotRootError(SetupError):
+    """Loading XDP programs and touching BPF maps needs root."""
+
+
+class BpfUnsupportedError(SetupError):
+    """The kernel refused a BPF or XDP operation Breakwater needs."""
+
+
+class HeadersMissingError(SetupError):
+    """bcc cannot compile without kernel headers."""
+
+
+class BpfFsError(SetupError):
+    """The BPF filesystem is missing, so maps cannot be pinned."""
+
+
+class InterfaceError(BreakwaterError):
+    """Something about a network interface."""
+
+
+class InterfaceNotFoundError(InterfaceError):
+    """The named interface does not exist (in the given namespace)."""
+
+
+class NotAttachedError(InterfaceError):
+    """No Breakwater program is attached to the interface."""
+
+
+class AttachConflictError(InterfaceError):
+    """Another XDP program, or Breakwater in another mode, holds the interface."""
+
+
+class ProgramLoadError(BreakwaterError):
+    """The XDP program failed to compile or was rejected by the verifier."""
+
+
+class MapError(BreakwaterError):
+    """A BPF map operation failed."""
+
+
+class MapFullError(MapError):
+    """An update would overflow a map. Raised before or instead of a partial apply."""
+
+
+class PinnedMapMismatchError(MapError):
+    """A pinned map's type or sizes differ from what this build expects."""
+
+
+class MapOperationError(MapError):
+    """A map syscall failed; ``errno`` holds the kernel's error number."""
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class InputError(BreakwaterError, ValueError):
+    """Bad input from an operator or caller: nothing was changed."""
+
+
+def from_os_error(err: int, what: str) -> BreakwaterError:
+    """Convert a kernel errno from a BPF or netlink call on ``what`` into our error."""
+    name = errno_mod.errorcode.get(err, str(err))
+    text = os.strerror(err)
+    if err == errno_mod.EPERM:
+        if os.geteuid() != 0:
+            return NotRootError(f"{what}: permission denied; run as root (sudo)")
+        return BpfUnsupportedError(
+            f"{what}: operation not permitted even as root; check the kernel lockdown "
+            "mode and kernel.unprivileged_bpf_disabled"
+        )
+    if err == errno_mod.ENOSYS:
+        return BpfUnsupportedError(f"{what}: this kernel has no BPF syscall (CONFIG_BPF_SYSCALL)")
+    if err in (errno_mod.E2BIG, errno_mod.ENOSPC):
+        return MapFullError(f"{what}: map is full ({name})")
+    if err == errno_mod.ENODEV:
+        return InterfaceNotFoundError(f"{what}: no such interface")
+    return MapOperationError(f"{what}: {text} ({name})", err)
+
+
+def from_bcc_error(exc: Exception, what: str) -> BreakwaterError:
+    """Convert an exception raised inside bcc (compile, load, attach) into our error."""
+    text = str(exc)
+    if "kernel headers" in text or "/build" in text and "chdir" in text:
+        return HeadersMissingError(
+            f"{what}: bcc cannot find kernel headers for {os.uname().release}; "
+            "run `make setup` (installs Debian's linux-headers and links "
+            f"/lib/modules/{os.uname().release}/build)"
+        )
+    if "Permission denied" in text or "Operation not permitted" in text:
+        if os.geteuid() != 0:
+            return NotRootError(f"{what}: permission denied; run as root (sudo)")
+    if "No such device" in text:
+        return InterfaceNotFoundError(f"{what}: no such interface")
+    if "Failed to load BPF program" in text or "Failed to compile" in text:
+        return ProgramLoadError(f"{what}: {text.splitlines()[-1] if text else 'failed'}")
+    return BreakwaterError(f"{what}: {text}")
