@@ -61,7 +61,6 @@ LOGGER = logging.getLogger("breakwater.dataplane")
 
 DEFAULT_PIN_ROOT = Path(os.environ.get("BREAKWATER_PIN_ROOT", "/sys/fs/bpf/breakwater"))
 PROG_PIN = "prog"
-OLD_SUFFIX = ".old"
 AttachMode = Literal["native", "generic", "auto"]
 
 
@@ -141,6 +140,7 @@ class _Replacement:
     keys: bytes = b""
     values: bytes = b""
     count: int = 0
+    old_fd: int = -1  # the replaced map, held while unpinned
 
 
 def _plan_pins(pin_dir: Path, sizes: MapSizes, replace_maps: bool) -> list[_Replacement]:
@@ -194,23 +194,32 @@ def _read_entries(fd: int, info: lb.MapInfo, s: MapSpec) -> tuple[bytes, bytes, 
 
 
 def _set_aside(pin_dir: Path, plan: list[_Replacement]) -> None:
+    """Unpin maps to be replaced, holding an fd so they can be pinned back.
+    (bpffs has no rename.) The attached program keeps using them meanwhile."""
     for rep in plan:
-        (pin_dir / rep.spec.name).rename(pin_dir / (rep.spec.name + OLD_SUFFIX))
+        path = pin_dir / rep.spec.name
+        rep.old_fd = lb.obj_get(path)
+        path.unlink()
 
 
 def _restore(pin_dir: Path, plan: list[_Replacement]) -> None:
+    """Undo :func:`_set_aside` after a failed build or attach."""
     for rep in plan:
-        new, old = pin_dir / rep.spec.name, pin_dir / (rep.spec.name + OLD_SUFFIX)
-        if old.exists():
-            with contextlib.suppress(FileNotFoundError):
-                new.unlink()
-            old.rename(new)
-
-
-def _drop_old(pin_dir: Path, plan: list[_Replacement]) -> None:
-    for rep in plan:
+        if rep.old_fd < 0:
+            continue
+        path = pin_dir / rep.spec.name
         with contextlib.suppress(FileNotFoundError):
-            (pin_dir / (rep.spec.name + OLD_SUFFIX)).unlink()
+            path.unlink()
+        lb.obj_pin(rep.old_fd, path)
+        lb.close(rep.old_fd)
+        rep.old_fd = -1
+
+
+def _drop_old(plan: list[_Replacement]) -> None:
+    for rep in plan:
+        if rep.old_fd >= 0:
+            lb.close(rep.old_fd)
+            rep.old_fd = -1
 
 
 def _copy_entries(maps: MapSet, plan: list[_Replacement]) -> None:
@@ -326,7 +335,7 @@ def attach(
         loaded.close()
         _restore(pin_dir, plan)
         raise
-    _drop_old(pin_dir, plan)
+    _drop_old(plan)
     prog_pin = pin_dir / PROG_PIN
     with contextlib.suppress(FileNotFoundError):
         prog_pin.unlink()

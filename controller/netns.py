@@ -1,0 +1,138 @@
+"""Network namespaces and veth pairs for the lab, tests, benchmarks and demo.
+
+Everything a :class:`Lab` creates is removed by :meth:`Lab.close` (also on
+error, as a context manager). Lab namespaces get only connected routes, so
+nothing in them can reach beyond the veth links the lab made. Addresses come
+from 198.18.0.0/15, the benchmarking range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .errors import BreakwaterError, from_os_error
+
+__all__ = ["Lab", "Veth", "in_netns"]
+
+LOGGER = logging.getLogger("breakwater.netns")
+
+
+@dataclass(frozen=True)
+class Veth:
+    """One end of a veth pair."""
+
+    netns: str
+    ifname: str
+    address: str | None  # CIDR, e.g. 198.18.0.1/24
+
+
+@dataclass
+class Lab:
+    """Creates namespaces and veth pairs; removes all of them on close."""
+
+    tag: str = "lab"
+    namespaces: list[str] = field(default_factory=list)
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.prefix:
+            self.prefix = f"bw{self.tag[:6]}{secrets.token_hex(2)}"
+
+    def namespace(self, name: str) -> str:
+        """Create namespace ``<prefix>-<name>`` with loopback up; returns its name."""
+        full = f"{self.prefix}-{name}"
+        try:
+            netns.create(full)
+        except OSError as exc:
+            raise from_os_error(exc.errno or 1, f"create network namespace {full}") from exc
+        self.namespaces.append(full)
+        with IPRoute(netns=full) as ipr:
+            lo = ipr.link_lookup(ifname="lo")
+            if lo:
+                ipr.link("set", index=lo[0], state="up")
+        return full
+
+    def veth(
+        self,
+        a: tuple[str, str, str | None],
+        b: tuple[str, str, str | None],
+        mtu: int = 1500,
+    ) -> tuple[Veth, Veth]:
+        """A veth pair between (netns, ifname, cidr) ``a`` and ``b``, both up."""
+        (ns_a, if_a, addr_a), (ns_b, if_b, addr_b) = a, b
+        tmp = f"bwt{secrets.token_hex(4)}"
+        try:
+            with IPRoute(netns=ns_a) as ipr:
+                ipr.link("add", ifname=if_a, kind="veth", peer={"ifname": tmp})
+                idx = ipr.link_lookup(ifname=tmp)[0]
+                ipr.link("set", index=idx, net_ns_fd=ns_b)
+            with IPRoute(netns=ns_b) as ipr:
+                idx = ipr.link_lookup(ifname=tmp)[0]
+                ipr.link("set", index=idx, ifname=if_b)
+        except NetlinkError as exc:
+            raise from_os_error(int(exc.code), f"create veth {if_a}/{if_b}") from exc
+        for ns, ifname, addr in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
+            self.configure(ns, ifname, addr, mtu)
+        return Veth(ns_a, if_a, addr_a), Veth(ns_b, if_b, addr_b)
+
+    def configure(self, ns: str, ifname: str, addr: str | None, mtu: int = 1500) -> None:
+        with IPRoute(netns=ns) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            ipr.link("set", index=idx, mtu=mtu)
+            if addr:
+                ip, _, plen = addr.partition("/")
+                ipr.addr("add", index=idx, address=ip, prefixlen=int(plen or 32))
+            ipr.link("set", index=idx, state="up")
+
+    def add_address(self, ns: str, ifname: str, addr: str) -> None:
+        """Another address on an interface (e.g. one per simulated source)."""
+        with IPRoute(netns=ns) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            ip, _, plen = addr.partition("/")
+            ipr.addr("add", index=idx, address=ip, prefixlen=int(plen or 32))
+
+    def add_route(self, ns: str, dst: str, gateway: str) -> None:
+        """A route inside the lab (never a default route)."""
+        if dst in ("0.0.0.0/0", "default", "::/0"):
+            raise BreakwaterError("lab namespaces get no default route")
+        with IPRoute(netns=ns) as ipr:
+            ipr.route("add", dst=dst, gateway=gateway)
+
+    def close(self) -> None:
+        """Remove every namespace (and so every veth in it) this lab made."""
+        for ns in reversed(self.namespaces):
+            try:
+                netns.remove(ns)
+            except OSError as exc:
+                LOGGER.warning("could not remove namespace %s: %s", ns, exc)
+        self.namespaces.clear()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the body with the calling thread inside namespace ``name``."""
+    if not name:
+        yield
+        return
+    netns.pushns(name)
+    try:
+        yield
+    finally:
+        netns.popns()
+

@@ -1,0 +1,279 @@
+"""Bounded traffic for the lab: UDP senders and receivers inside namespaces.
+
+Every generator stops by itself: after its packet count or its time limit,
+whichever comes first. Each runs in a forked child that enters the lab
+namespace, so the caller's namespace is never touched.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection
+
+import select
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import netns
+
+__all__ = ["RawFlood", "UdpSink", "UdpStream", "run_in_netns", "send_raw", "send_udp"]
+
+# Hard ceiling on any generator's run time, whatever the caller asks.
+MAX_SECONDS = 120.0
+# How often a receiver checks whether it was told to stop.
+POLL_SECONDS = 0.05
+
+_CTX = mp.get_context("fork")
+
+
+def _enter(ns: str | None) -> None:
+    if ns:
+        netns.setns(ns)
+
+
+def _child(conn: multiprocessing.connection.Connection, ns: str | None,
+           fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        _enter(ns)
+        conn.send(("ok", fn(*args)))
+    except BaseException as exc:  # reported to the parent, which re-raises
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def run_in_netns(ns: str | None, fn: Callable[..., Any], *args: Any, timeout: float = MAX_SECONDS) -> Any:
+    """Run ``fn(*args)`` in a child inside ``ns`` and return its result."""
+    parent, child = _CTX.Pipe(duplex=False)
+    proc = _CTX.Process(target=_child, args=(child, ns, fn, args), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            raise TimeoutError(f"child in {ns} did not finish within {timeout:.0f}s")
+        status, value = parent.recv()
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+    if status != "ok":
+        raise RuntimeError(f"in netns {ns}: {value}")
+    return value
+
+
+def _pace(sent: int, start: float, pps: float | None) -> None:
+    if pps:
+        ahead = sent / pps - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def _send_udp(sources: Sequence[str], dst: str, dport: int, count: int, pps: float | None,
+              payload: int, max_seconds: float) -> dict[str, int]:
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    socks = []
+    for src in sources:
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.bind((src, 0))
+        socks.append(s)
+    data = b"B" * payload
+    sent: Counter[str] = Counter()
+    start = time.monotonic()
+    deadline = start + min(max_seconds, MAX_SECONDS)
+    total = 0
+    for i in range(count):
+        for src, s in zip(sources, socks, strict=True):
+            try:
+                s.sendto(data, (dst, dport))
+                sent[src] += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                pass  # ENOBUFS under load: the packet was not sent, and not counted
+            total += 1
+        _pace(total, start, pps)
+        if i % 64 == 0 and time.monotonic() > deadline:
+            break
+    for s in socks:
+        s.close()
+    return dict(sent)
+
+
+def send_udp(ns: str | None, sources: Sequence[str], dst: str, dport: int, count: int,
+             pps: float | None = None, payload: int = 32, max_seconds: float = 30.0) -> dict[str, int]:
+    """Send ``count`` datagrams from each source address (bound locally in ``ns``).
+
+    ``pps`` paces the total rate. Returns datagrams sent per source."""
+    result: dict[str, int] = run_in_netns(ns, _send_udp, list(sources), dst, dport, count, pps,
+                                          payload, max_seconds, timeout=max_seconds + 30)
+    return result
+
+
+@dataclass
+class UdpStream:
+    """A sender running in the background (see :func:`send_udp`)."""
+
+    proc: mp.process.BaseProcess
+    conn: multiprocessing.connection.Connection
+
+    @classmethod
+    def start(cls, ns: str | None, sources: Sequence[str], dst: str, dport: int, count: int,
+              pps: float | None = None, payload: int = 32, max_seconds: float = 30.0) -> UdpStream:
+        parent, child = _CTX.Pipe(duplex=False)
+        proc = _CTX.Process(
+            target=_child,
+            args=(child, ns, _send_udp, (list(sources), dst, dport, count, pps, payload, max_seconds)),
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        return cls(proc, parent)
+
+    def wait(self, timeout: float = MAX_SECONDS) -> dict[str, int]:
+        if not self.conn.poll(timeout):
+            self.proc.kill()
+            raise TimeoutError("sender did not finish")
+        status, value = self.conn.recv()
+        self.proc.join(5)
+        if status != "ok":
+            raise RuntimeError(value)
+        result: dict[str, int] = value
+        return result
+
+
+def _sink(conn: multiprocessing.connection.Connection, ns: str | None, bind: str, port: int,
+          max_seconds: float) -> None:
+    try:
+        _enter(ns)
+        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        s.bind((bind, port))
+        s.setblocking(False)
+        conn.send(("ready", None))
+        counts: Counter[str] = Counter()
+        deadline = time.monotonic() + min(max_seconds, MAX_SECONDS)
+        while time.monotonic() < deadline:
+            if conn.poll():
+                break
+            r, _, _ = select.select([s], [], [], POLL_SECONDS)
+            if not r:
+                continue
+            while True:
+                try:
+                    _, addr = s.recvfrom(2048)
+                except BlockingIOError:
+                    break
+                counts[addr[0]] += 1
+        # drain what is already queued
+        while True:
+            try:
+                _, addr = s.recvfrom(2048)
+            except BlockingIOError:
+                break
+            counts[addr[0]] += 1
+        conn.send(("ok", dict(counts)))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class UdpSink:
+    """A UDP receiver in a namespace counting datagrams per source address."""
+
+    proc: mp.process.BaseProcess
+    conn: multiprocessing.connection.Connection
+
+    @classmethod
+    def start(cls, ns: str | None, bind: str, port: int, max_seconds: float = 60.0) -> UdpSink:
+        parent, child = _CTX.Pipe(duplex=True)
+        proc = _CTX.Process(target=_sink, args=(child, ns, bind, port, max_seconds), daemon=True)
+        proc.start()
+        if not parent.poll(10):
+            proc.kill()
+            raise TimeoutError("receiver did not start")
+        status, value = parent.recv()
+        if status != "ready":
+            raise RuntimeError(value)
+        return cls(proc, parent)
+
+    def stop(self, settle: float = 0.2) -> dict[str, int]:
+        """Stop after ``settle`` seconds and return datagrams received per source."""
+        time.sleep(settle)
+        self.conn.send("stop")
+        if not self.conn.poll(10):
+            self.proc.kill()
+            raise TimeoutError("receiver did not stop")
+        status, value = self.conn.recv()
+        self.proc.join(5)
+        if status != "ok":
+            raise RuntimeError(value)
+        result: dict[str, int] = value
+        return result
+
+
+def _send_raw(ifname: str, frames: Sequence[bytes], count: int, pps: float | None,
+              max_seconds: float) -> int:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    start = time.monotonic()
+    deadline = start + min(max_seconds, MAX_SECONDS)
+    sent = 0
+    n = len(frames)
+    for i in range(count):
+        try:
+            s.send(frames[i % n])
+            sent += 1
+        except OSError:
+            pass
+        _pace(i + 1, start, pps)
+        if i % 256 == 0 and time.monotonic() > deadline:
+            break
+    s.close()
+    return sent
+
+
+def send_raw(ns: str | None, ifname: str, frames: Sequence[bytes], count: int,
+             pps: float | None = None, max_seconds: float = 30.0) -> int:
+    """Send ``count`` crafted Ethernet frames (cycling through ``frames``) on
+    ``ifname`` in ``ns``: for spoofed sources. Returns frames sent."""
+    sent: int = run_in_netns(ns, _send_raw, ifname, list(frames), count, pps, max_seconds,
+                             timeout=max_seconds + 30)
+    return sent
+
+
+@dataclass
+class RawFlood:
+    """:func:`send_raw` in the background."""
+
+    proc: mp.process.BaseProcess
+    conn: multiprocessing.connection.Connection
+
+    @classmethod
+    def start(cls, ns: str | None, ifname: str, frames: Sequence[bytes], count: int,
+              pps: float | None = None, max_seconds: float = 30.0) -> RawFlood:
+        parent, child = _CTX.Pipe(duplex=False)
+        proc = _CTX.Process(target=_child,
+                            args=(child, ns, _send_raw, (ifname, list(frames), count, pps, max_seconds)),
+                            daemon=True)
+        proc.start()
+        child.close()
+        return cls(proc, parent)
+
+    def wait(self, timeout: float = MAX_SECONDS) -> int:
+        if not self.conn.poll(timeout):
+            self.proc.kill()
+            raise TimeoutError("flood did not finish")
+        status, value = self.conn.recv()
+        self.proc.join(5)
+        if status != "ok":
+            raise RuntimeError(value)
+        return int(value)
+
+
