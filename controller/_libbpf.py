@@ -25,6 +25,7 @@ __all__ = [
     "BPF_NOEXIST",
     "MapInfo",
     "ProgInfo",
+    "TestRun",
     "close",
     "map_delete_batch",
     "map_delete_elem",
@@ -40,7 +41,6 @@ __all__ = [
     "prog_fd_by_id",
     "prog_info",
     "prog_test_run",
-    "TestRun",
 ]
 
 BPF_ANY = 0
@@ -122,12 +122,8 @@ def _err(rc: int) -> int:
     return -rc
 
 
-def _buf(data: bytes | bytearray | memoryview | ctypes.Array[ctypes.c_char]) -> ctypes.c_void_p:
-    if isinstance(data, ctypes.Array):
-        return ctypes.cast(data, ctypes.c_void_p)
-    cbuf = (ctypes.c_char * len(data)).from_buffer(data) if not isinstance(data, bytes) else None
-    if cbuf is not None:
-        return ctypes.cast(cbuf, ctypes.c_void_p)
+def _buf(data: bytes) -> ctypes.c_void_p:
+    """A pointer into ``data`` (no copy); the caller keeps ``data`` alive."""
     return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p)
 
 

@@ -86,7 +86,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     else:
         table(["INTERFACE", "ACTION", "MODE", "PROG ID", "MAPS MEMORY", "NOTE"],
               [[r.ifname, r.action, r.mode, r.prog_id, human_bytes(r.memory_bytes),
-                r.fallback_reason and f"native failed: {r.fallback_reason}"
+                (r.fallback_reason and f"native failed: {r.fallback_reason}")
                 or (r.replaced_maps and "replaced " + ",".join(r.replaced_maps)) or ""]
                for r in results], right=[3])
     sys.stdout.flush()

@@ -16,6 +16,8 @@ from . import abi
 from .bpfmap import MapSet
 from .reasons import Action, Reason
 
+DENY_DTYPE = np.dtype([("rule_id", "<u4"), ("flags", "<u4"), ("packets", "<u8"), ("bytes", "<u8")])
+
 __all__ = [
     "Sources",
     "TopRow",
@@ -58,15 +60,47 @@ class Sources:
         return {name: int(row[name]) for name in abi.SRC_COUNTER_FIELDS}
 
 
-def read_sources(maps: MapSet) -> Sources:
-    """One batch read of src_v4 and src_v6."""
+def _denied(maps: MapSet, fam: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact deny entries as per-source rows: every packet counted there was a drop."""
+    keys, values, n = maps[f"deny_{fam}"].read_all()
+    entries = np.frombuffer(values, dtype=DENY_DTYPE, count=n)
+    rows = np.zeros(n, dtype=abi.SRC_COUNTERS_DTYPE)
+    rows["packets"] = entries["packets"]
+    rows["bytes"] = entries["bytes"]
+    rows["drops"] = entries["packets"]
+    hit = entries["packets"] > 0
+    return np.frombuffer(keys, dtype=f"S{width}", count=n)[hit], rows[hit]
+
+
+def _merge(keys: np.ndarray, rows: np.ndarray, more_keys: np.ndarray,
+           more: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum rows of equal keys (a source seen before and after it was denied)."""
+    if not len(more_keys):
+        return keys, rows
+    all_keys = np.concatenate([keys, more_keys])
+    uniq, inverse = np.unique(all_keys, return_inverse=True)
+    out = np.zeros(len(uniq), dtype=abi.SRC_COUNTERS_DTYPE)
+    both = np.concatenate([rows, more])
+    for name in abi.SRC_COUNTER_FIELDS:
+        np.add.at(out[name], inverse, both[name])
+    return uniq, out
+
+
+def read_sources(maps: MapSet, include_denied: bool = True) -> Sources:
+    """One batch read of src_v4 and src_v6.
+
+    Sources denied by an exact entry are counted on that entry, not in the
+    LRU maps; with ``include_denied`` (the default) those entries are read
+    too and merged in, so a denied source still shows its packets and drops.
+    """
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for fam, width in (("v4", 4), ("v6", 16)):
         keys, values, n = maps[f"src_{fam}"].read_all()
-        out[fam] = (
-            np.frombuffer(keys, dtype=f"S{width}", count=n),
-            np.frombuffer(values, dtype=abi.SRC_COUNTERS_DTYPE, count=n),
-        )
+        k = np.frombuffer(keys, dtype=f"S{width}", count=n)
+        v = np.frombuffer(values, dtype=abi.SRC_COUNTERS_DTYPE, count=n)
+        if include_denied:
+            k, v = _merge(k, v, *_denied(maps, fam, width))
+        out[fam] = (k, v)
     return Sources(time.monotonic(), out["v4"][0], out["v4"][1], out["v6"][0], out["v6"][1])
 
 

@@ -323,8 +323,9 @@ def attach(
         if state.prog_id:
             old_fd = lb.prog_fd_by_id(state.prog_id)
             try:
-                used = "generic" if state.mode == "generic" else "native"
-                netlink.attach_xdp(ifname, loaded.fd, used, netns, replace_fd=old_fd)
+                same: netlink.Mode = "generic" if state.mode == "generic" else "native"
+                netlink.attach_xdp(ifname, loaded.fd, same, netns, replace_fd=old_fd)
+                used: str = same
             finally:
                 lb.close(old_fd)
             action = "upgraded"

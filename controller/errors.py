@@ -143,15 +143,14 @@ def from_os_error(err: int, what: str) -> BreakwaterError:
 def from_bcc_error(exc: Exception, what: str) -> BreakwaterError:
     """Convert an exception raised inside bcc (compile, load, attach) into our error."""
     text = str(exc)
-    if "kernel headers" in text or "/build" in text and "chdir" in text:
+    if "kernel headers" in text or ("/build" in text and "chdir" in text):
         return HeadersMissingError(
             f"{what}: bcc cannot find kernel headers for {os.uname().release}; "
             "run `make setup` (installs Debian's linux-headers and links "
             f"/lib/modules/{os.uname().release}/build)"
         )
-    if "Permission denied" in text or "Operation not permitted" in text:
-        if os.geteuid() != 0:
-            return NotRootError(f"{what}: permission denied; run as root (sudo)")
+    if ("Permission denied" in text or "Operation not permitted" in text) and os.geteuid() != 0:
+        return NotRootError(f"{what}: permission denied; run as root (sudo)")
     if "No such device" in text:
         return InterfaceNotFoundError(f"{what}: no such interface")
     if "Failed to load BPF program" in text or "Failed to compile" in text:

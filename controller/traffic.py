@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.connection
-
 import select
 import socket
 import time
