@@ -7,7 +7,7 @@
 #define BREAKWATER_CONSTS_H
 
 /* Bumped whenever a map's key or value layout changes. */
-#define BW_ABI_VERSION              1
+#define BW_ABI_VERSION              2
 
 /* struct bw_config.flags */
 #define BW_CFG_MONITOR              (1U << 0) /* count would-drop, drop nothing */
@@ -24,6 +24,40 @@
 
 /* struct bw_rule_ref.flags (allow_v4/allow_v6 values) */
 #define BW_ALLOW_MGMT               (1U << 0) /* management prefix: reason BW_PASS_MGMT */
+
+/* Rule slots and generations (atomic rule-set swaps, controller/swap.py).
+ * config.gen is the generation packets are judged by; it is read once per
+ * packet, so a packet sees one rule set whole. Double-buffered maps use slot
+ * gen & 1; exact deny entries carry the generations they are valid for. */
+#define BW_RULE_ABSENT              0xFFFFFFFFU /* bw_deny_entry.prev_rule_id: not present before `since` */
+#define BW_GEN_INF                  0xFFFFFFFFU /* bw_deny_entry.until: never removed */
+#define BW_SLOTS                    2
+
+/* Signature table (bit-vector classifier: signature i is bit i). */
+#ifndef BW_MAX_SIGS
+#define BW_MAX_SIGS                 256
+#endif
+#define BW_SIG_WORDS                (BW_MAX_SIGS / 64)
+
+/* struct bw_sig.action */
+#define BW_SIG_DROP                 1
+#define BW_SIG_RATE_LIMIT           2
+#define BW_SIG_ALLOW                3
+#define BW_SIG_MONITOR              4 /* count and go on: not a verdict */
+
+/* struct bw_sig.frag */
+#define BW_SIG_FRAG_ANY             0
+#define BW_SIG_FRAG_YES             1
+#define BW_SIG_FRAG_NO              2
+
+/* struct bw_sig.flags */
+#define BW_SIG_PER_SOURCE           (1U << 0) /* one token bucket per source */
+
+/* struct bw_sig_meta.flags: which signature tries hold entries in this slot */
+#define BW_SIG_SRC_V4               (1U << 0)
+#define BW_SIG_SRC_V6               (1U << 1)
+#define BW_SIG_DST_V4               (1U << 2)
+#define BW_SIG_DST_V6               (1U << 3)
 
 /* Parser bounds. */
 #define BW_MAX_VLAN_TAGS            2  /* 802.1Q and 802.1ad (QinQ) */

@@ -57,11 +57,19 @@
 #ifndef BW_MAX_RULES
 #define BW_MAX_RULES        16384
 #endif
+#ifndef BW_MAX_SIG_PREFIXES
+#define BW_MAX_SIG_PREFIXES 8192
+#endif
+#ifndef BW_MAX_RL_SRC
+#define BW_MAX_RL_SRC       262144
+#endif
 
-// Run-time switches (monitor mode, malformed policy) and the build id of the attached program.
+// Run-time switches (monitor mode, malformed policy), the rule-set generation
+// and the build id of the attached program.
 BW_MAP("array", u32, struct bw_config, config, 1, 0);
 
-// Allowlist and management prefixes, IPv4. One trie for both: an entry with
+// Allowlist and management prefixes, IPv4, keyed by slot byte + prefix (both
+// buffers of a swap in one trie). One trie for both kinds: an entry with
 // BW_ALLOW_MGMT reports BW_PASS_MGMT. Both always win, so one lookup serves both.
 BW_MAP("lpm_trie", struct bw_lpm_v4, struct bw_rule_ref, allow_v4, BW_MAX_ALLOW_V4, BPF_F_NO_PREALLOC);
 // Allowlist and management prefixes, IPv6.
@@ -70,11 +78,13 @@ BW_MAP("lpm_trie", struct bw_lpm_v6, struct bw_rule_ref, allow_v6, BW_MAX_ALLOW_
 // Denied exact IPv4 sources (/32). A hash, not the LPM trie: bench/dataplane.py
 // measures a hash hit at 1M entries well below an LPM lookup, and exact
 // entries are the bulk of any blocklist, so they get the cheap lookup.
-// Each entry carries its own hit counters (struct bw_deny_entry).
+// Each entry carries its own hit counters and the generations it is valid
+// for (struct bw_deny_entry): a swap writes only the entries that change,
+// and unchanged entries keep their counters.
 BW_MAP("hash", __be32, struct bw_deny_entry, deny_v4, BW_MAX_DENY_V4, 0);
 // Denied exact IPv6 sources (/128), with hit counters.
 BW_MAP("hash", struct bw_in6, struct bw_deny_entry, deny_v6, BW_MAX_DENY_V6, 0);
-// Denied IPv4 prefixes shorter than /32: longest match.
+// Denied IPv4 prefixes shorter than /32: longest match, slot byte first.
 BW_MAP("lpm_trie", struct bw_lpm_v4, struct bw_rule_ref, deny_pfx_v4, BW_MAX_DENY_PFX_V4, BPF_F_NO_PREALLOC);
 // Denied IPv6 prefixes shorter than /128.
 BW_MAP("lpm_trie", struct bw_lpm_v6, struct bw_rule_ref, deny_pfx_v6, BW_MAX_DENY_PFX_V6, BPF_F_NO_PREALLOC);
@@ -88,8 +98,35 @@ BW_MAP("lru_hash", __be32, struct bw_src_counters, src_v4, BW_MAX_SRC_V4, 0);
 // Per-source IPv6 counters, keyed by the full /128.
 BW_MAP("lru_hash", struct bw_in6, struct bw_src_counters, src_v6, BW_MAX_SRC_V6, 0);
 
-// Per-rule hit counters (packets, bytes), indexed by bw_rule_ref.rule_id.
-BW_MAP("percpu_array", u32, struct bw_counter, rule_stats, BW_MAX_RULES, 0);
+// Per-rule counters (matched, bytes, dropped, rate-limited), indexed by rule slot.
+BW_MAP("percpu_array", u32, struct bw_rule_counter, rule_stats, BW_MAX_RULES, 0);
+
+// Signatures in evaluation order, slot s at [s * BW_MAX_SIGS ...].
+BW_MAP("array", u32, struct bw_sig, sigs, BW_SLOTS * BW_MAX_SIGS, 0);
+// Per slot: signature count, trie use, and the default candidate sets.
+BW_MAP("array", u32, struct bw_sig_meta, sig_meta, BW_SLOTS, 0);
+// Candidate signatures by IP protocol, [slot * 256 + protocol].
+BW_MAP("array", u32, struct bw_bits, sig_proto, BW_SLOTS * 256, 0);
+// Candidate signatures by source port, [slot * 65536 + port]: a port range is
+// one bit in many entries, so a lookup costs the same for any range.
+BW_MAP("array", u32, struct bw_bits, sig_sport, BW_SLOTS * 65536, 0);
+// Candidate signatures by destination port, [slot * 65536 + port].
+BW_MAP("array", u32, struct bw_bits, sig_dport, BW_SLOTS * 65536, 0);
+// Candidate signatures by source prefix, IPv4: each prefix's bits include
+// those of every shorter prefix containing it (one longest-match lookup
+// yields the whole candidate set).
+BW_MAP("lpm_trie", struct bw_lpm_v4, struct bw_bits, sig_src_v4, BW_MAX_SIG_PREFIXES, BPF_F_NO_PREALLOC);
+// Candidate signatures by source prefix, IPv6.
+BW_MAP("lpm_trie", struct bw_lpm_v6, struct bw_bits, sig_src_v6, BW_MAX_SIG_PREFIXES, BPF_F_NO_PREALLOC);
+// Candidate signatures by destination prefix, IPv4.
+BW_MAP("lpm_trie", struct bw_lpm_v4, struct bw_bits, sig_dst_v4, BW_MAX_SIG_PREFIXES, BPF_F_NO_PREALLOC);
+// Candidate signatures by destination prefix, IPv6.
+BW_MAP("lpm_trie", struct bw_lpm_v6, struct bw_bits, sig_dst_v6, BW_MAX_SIG_PREFIXES, BPF_F_NO_PREALLOC);
+// Aggregate token buckets, one per rule slot: the whole rule shares it, so it
+// holds against floods where every packet has a new (spoofed) source.
+BW_MAP("array", u32, struct bw_rl_state, rl_agg, BW_MAX_RULES, 0);
+// Per-source token buckets of per_source rate-limit rules (LRU: sources come and go).
+BW_MAP("lru_hash", struct bw_rl_key, struct bw_rl_state, rl_src, BW_MAX_RL_SRC, 0);
 // Packets and bytes per verdict reason (BW_REASON_*).
 BW_MAP("percpu_array", u32, struct bw_counter, reason_stats, BW_REASON_MAX, 0);
 // Packets and bytes per action taken (BW_ACTION_*).

@@ -56,7 +56,7 @@ struct bw_packet {
     __u8 icmp_type;
     __u8 hop_limit;      /* IPv6 hop limit / IPv4 TTL */
     __u8 vlans;          /* VLAN tags seen */
-    __u8 pad;
+    __u8 l3_off;         /* offset of the IP header in the frame */
     __u16 sport;         /* host order; 0 when no transport header */
     __u16 dport;
     __be32 src4;
@@ -285,6 +285,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct bw_packet *pk
     if (proto < 0)
         return proto;
     pkt->l3 = bw_ntohs(proto);
+    pkt->l3_off = c.pos - data;
 
     int next;
     if (pkt->l3 == ETH_P_IP)

@@ -23,10 +23,14 @@
 #define BW_PASS_MGMT                4  /* always-pass: configured management prefix */
 #define BW_PASS_ALLOW               5  /* allowlist prefix */
 #define BW_PASS_NON_IP              6  /* not IPv4/IPv6/ARP (LLDP, ...): left to the stack */
+#define BW_PASS_SIGNATURE           7  /* an allow signature matched */
+#define BW_PASS_RATE_LIMIT          8  /* a rate-limit signature matched, within its rate */
 
 /* Drop by policy. */
 #define BW_DROP_DENY_SRC            32 /* exact source address in the denylist */
 #define BW_DROP_DENY_PREFIX         33 /* source inside a denied prefix */
+#define BW_DROP_SIGNATURE           34 /* a drop signature matched */
+#define BW_DROP_RATE_LIMIT          35 /* a rate-limit signature matched, over its rate */
 
 /* Malformed input: the packet cannot be parsed as far as its headers claim. */
 #define BW_MALFORMED_ETH            64 /* shorter than an Ethernet header */

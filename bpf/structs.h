@@ -6,25 +6,35 @@
 #ifndef BREAKWATER_STRUCTS_H
 #define BREAKWATER_STRUCTS_H
 
+#include "consts.h"
+
 /* Run-time switches; single entry of the config map. */
 struct bw_config {
     __u32 flags;      /* BW_CFG_* */
     __u32 abi;        /* BW_ABI_VERSION of the program that wrote it */
     __u64 build_id;   /* hash of the sources and sizes the running program was built from */
+    __u32 gen;        /* rule-set generation packets are judged by */
+    __u32 pad;
 };
 
 struct bw_in6 {
     __u32 a[4];       /* network byte order */
 };
 
+/* LPM keys start with the slot byte (gen & 1), so one trie holds both
+ * buffers of a swap: prefixlen counts those 8 bits too. */
 struct bw_lpm_v4 {
-    __u32 prefixlen;
-    __u32 addr;       /* network byte order */
+    __u32 prefixlen;  /* 8 + prefix length */
+    __u8 slot;
+    __u8 addr[4];     /* network byte order */
+    __u8 pad[3];
 };
 
 struct bw_lpm_v6 {
-    __u32 prefixlen;
-    struct bw_in6 addr;
+    __u32 prefixlen;  /* 8 + prefix length */
+    __u8 slot;
+    __u8 addr[16];
+    __u8 pad[3];
 };
 
 /* Value of every allow/deny entry: which rule put it there. */
@@ -37,9 +47,11 @@ struct bw_rule_ref {
  * counters. A source denied here is counted on this entry (atomic adds) and
  * not in src_v4/src_v6: one map lookup on the drop path instead of two. */
 struct bw_deny_entry {
-    __u32 rule_id;    /* index into rule_stats; 0 = not attributed */
-    __u32 flags;
-    __u64 packets;    /* dropped (or would-drop) packets from this source */
+    __u32 rule_id;       /* rule slot from generation `since` on; 0 = not attributed */
+    __u32 prev_rule_id;  /* rule slot before `since`, or BW_RULE_ABSENT */
+    __u32 since;         /* first generation that sees rule_id */
+    __u32 until;         /* first generation that no longer sees the entry (BW_GEN_INF) */
+    __u64 packets;       /* dropped (or would-drop) packets from this source */
     __u64 bytes;
 };
 
@@ -57,10 +69,65 @@ struct bw_src_counters {
     __u64 frags;      /* any IPv4/IPv6 fragment, first or not */
 };
 
-/* Packets and bytes; per-CPU values of reason_stats, verdict_stats, rule_stats. */
+/* Packets and bytes; per-CPU values of reason_stats and verdict_stats. */
 struct bw_counter {
     __u64 packets;
     __u64 bytes;
+};
+
+/* Per-CPU value of rule_stats. */
+struct bw_rule_counter {
+    __u64 packets;       /* matched */
+    __u64 bytes;
+    __u64 dropped;       /* dropped (or would-drop in monitor mode) */
+    __u64 rate_limited;  /* dropped for exceeding the rule's rate */
+};
+
+/* A set of signatures: bit i is signature i of a slot. */
+struct bw_bits {
+    __u64 w[BW_SIG_WORDS];
+};
+
+/* One signature rule. Rates are GCRA (virtual scheduling): a packet costs
+ * pkt_cost ns of the rule's schedule and is within the limit when the
+ * schedule runs at most pkt_tol ns ahead of now; bytes likewise, with a
+ * 32.32 fixed-point cost per byte. */
+struct bw_sig {
+    __u32 rule_id;       /* rule slot (rule_stats, rl_agg) */
+    __u8 action;         /* BW_SIG_* */
+    __u8 frag;           /* BW_SIG_FRAG_* */
+    __u8 tcp_mask;       /* TCP flags that must equal tcp_value */
+    __u8 tcp_value;
+    __u16 len_lo;        /* IP length range (IP header + payload) */
+    __u16 len_hi;
+    __u32 flags;         /* BW_SIG_PER_SOURCE */
+    __u64 pkt_cost;      /* ns per packet; 0 = no packet rate */
+    __u64 pkt_tol;       /* burst tolerance, ns */
+    __u64 byte_cost;     /* ns per byte, 32.32 fixed point; 0 = no bit rate */
+    __u64 byte_tol;      /* burst tolerance, ns */
+};
+
+/* Per slot: how many signatures, and the candidate sets for packets that
+ * miss a dimension's map. */
+struct bw_sig_meta {
+    __u32 count;         /* signatures in this slot; 0 skips the stage */
+    __u32 flags;         /* BW_SIG_SRC_V4 ... which prefix tries are in use */
+    struct bw_bits src_any[2];   /* [0] IPv4, [1] IPv6: no source constraint */
+    struct bw_bits dst_any[2];
+    struct bw_bits noport;       /* no port constraint: for packets without ports */
+};
+
+/* Key of a per-source token bucket. */
+struct bw_rl_key {
+    __u32 rule_id;
+    __u32 family;
+    struct bw_in6 addr;  /* IPv4 in a[0] */
+};
+
+/* Token-bucket state (GCRA theoretical arrival times, ns). */
+struct bw_rl_state {
+    __u64 tat_pkt;
+    __u64 tat_byte;
 };
 
 #endif

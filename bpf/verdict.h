@@ -18,8 +18,16 @@
 struct bw_verdict {
     __u32 action;    /* XDP_PASS or XDP_DROP */
     __u32 reason;    /* BW_REASON_* */
-    __u32 rule_id;   /* rule that decided, 0 if none */
+    __u32 rule_id;   /* rule slot that decided, 0 if none */
+    __u32 limited;   /* dropped for exceeding a rate */
     struct bw_deny_entry *entry;   /* exact deny entry that decided: counts the source */
+};
+
+/* What a packet is judged by: read once from config at entry. */
+struct bw_view {
+    __u32 flags;     /* BW_CFG_* */
+    __u32 gen;       /* rule-set generation */
+    __u8 slot;       /* gen & 1: the double-buffered maps' half */
 };
 
 static __always_inline int decide(struct bw_verdict *v, __u32 action, __u32 reason, __u32 rule_id)
@@ -53,20 +61,37 @@ static __always_inline int check_always_pass(struct bw_packet *pkt, struct bw_ve
     return 0;
 }
 
+static __always_inline void lpm_v4_key(struct bw_lpm_v4 *k, __u8 slot, __be32 addr)
+{
+    k->prefixlen = 8 + 32;
+    k->slot = slot;
+    __builtin_memcpy(k->addr, &addr, 4);
+}
+
+static __always_inline void lpm_v6_key(struct bw_lpm_v6 *k, __u8 slot, const struct bw_in6 *addr)
+{
+    k->prefixlen = 8 + 128;
+    k->slot = slot;
+    __builtin_memcpy(k->addr, addr, 16);
+}
+
 /* Allowlist and management prefixes: checked before any drop, always win. */
-static __always_inline int check_allow(struct bw_packet *pkt, struct bw_verdict *v, __u32 flags)
+static __always_inline int check_allow(struct bw_packet *pkt, struct bw_verdict *v,
+                                       struct bw_view *view)
 {
     struct bw_rule_ref *ref = 0;
 
     if (pkt->family == 4) {
-        if (!(flags & BW_CFG_TRIE_ALLOW_V4))
+        if (!(view->flags & BW_CFG_TRIE_ALLOW_V4))
             return 0;
-        struct bw_lpm_v4 key = { .prefixlen = 32, .addr = pkt->src4 };
+        struct bw_lpm_v4 key = {};
+        lpm_v4_key(&key, view->slot, pkt->src4);
         ref = allow_v4.lookup(&key);
     } else {
-        if (!(flags & BW_CFG_TRIE_ALLOW_V6))
+        if (!(view->flags & BW_CFG_TRIE_ALLOW_V6))
             return 0;
-        struct bw_lpm_v6 key = { .prefixlen = 128, .addr = pkt->src6 };
+        struct bw_lpm_v6 key = {};
+        lpm_v6_key(&key, view->slot, &pkt->src6);
         ref = allow_v6.lookup(&key);
     }
     if (!ref)
@@ -75,39 +100,257 @@ static __always_inline int check_allow(struct bw_packet *pkt, struct bw_verdict 
                   ref->rule_id);
 }
 
-/* Denylist: the exact-address hash first (the bulk of entries, one cheap
- * lookup), then the prefix trie. */
-static __always_inline int deny_exact(struct bw_verdict *v, struct bw_deny_entry *e)
+/* An exact deny entry as generation `gen` sees it: the rule slot, or -1. */
+static __always_inline long deny_rule_at(struct bw_deny_entry *e, __u32 gen)
 {
-    v->entry = e;
-    return decide(v, XDP_DROP, BW_DROP_DENY_SRC, e->rule_id);
+    if (gen >= e->until)
+        return -1;
+    __u32 rule = gen >= e->since ? e->rule_id : e->prev_rule_id;
+    return rule == BW_RULE_ABSENT ? -1 : (long)rule;
 }
 
-static __always_inline int check_deny(struct bw_packet *pkt, struct bw_verdict *v, __u32 flags)
+static __always_inline int deny_exact(struct bw_verdict *v, struct bw_deny_entry *e, long rule)
+{
+    v->entry = e;
+    return decide(v, XDP_DROP, BW_DROP_DENY_SRC, (__u32)rule);
+}
+
+/* Denylist: the exact-address hash first (the bulk of entries, one cheap
+ * lookup), then the prefix trie. */
+static __always_inline int check_deny(struct bw_packet *pkt, struct bw_verdict *v,
+                                      struct bw_view *view)
 {
     struct bw_deny_entry *e;
     struct bw_rule_ref *ref;
+    long rule;
 
     if (pkt->family == 4) {
         e = deny_v4.lookup(&pkt->src4);
-        if (e)
-            return deny_exact(v, e);
-        if (!(flags & BW_CFG_TRIE_DENY_PFX_V4))
+        if (e && (rule = deny_rule_at(e, view->gen)) >= 0)
+            return deny_exact(v, e, rule);
+        if (!(view->flags & BW_CFG_TRIE_DENY_PFX_V4))
             return 0;
-        struct bw_lpm_v4 key = { .prefixlen = 32, .addr = pkt->src4 };
+        struct bw_lpm_v4 key = {};
+        lpm_v4_key(&key, view->slot, pkt->src4);
         ref = deny_pfx_v4.lookup(&key);
     } else {
         e = deny_v6.lookup(&pkt->src6);
-        if (e)
-            return deny_exact(v, e);
-        if (!(flags & BW_CFG_TRIE_DENY_PFX_V6))
+        if (e && (rule = deny_rule_at(e, view->gen)) >= 0)
+            return deny_exact(v, e, rule);
+        if (!(view->flags & BW_CFG_TRIE_DENY_PFX_V6))
             return 0;
-        struct bw_lpm_v6 key = { .prefixlen = 128, .addr = pkt->src6 };
+        struct bw_lpm_v6 key = {};
+        lpm_v6_key(&key, view->slot, &pkt->src6);
         ref = deny_pfx_v6.lookup(&key);
     }
     if (!ref)
         return 0;
     return decide(v, XDP_DROP, BW_DROP_DENY_PREFIX, ref->rule_id);
+}
+
+/* -- signatures ------------------------------------------------------------ */
+
+static __always_inline void bits_and(struct bw_bits *a, const struct bw_bits *b)
+{
+#pragma unroll
+    for (int i = 0; i < BW_SIG_WORDS; i++)
+        a->w[i] &= b->w[i];
+}
+
+static __always_inline void bits_and_or_clear(struct bw_bits *a, const struct bw_bits *b)
+{
+    if (b) {
+        bits_and(a, b);
+    } else {
+#pragma unroll
+        for (int i = 0; i < BW_SIG_WORDS; i++)
+            a->w[i] = 0;
+    }
+}
+
+/* Index of the single set bit of v. */
+static __always_inline __u32 bit_index(__u64 v)
+{
+    __u32 n = 0;
+    if (v >> 32) { n += 32; v >>= 32; }
+    if (v >> 16) { n += 16; v >>= 16; }
+    if (v >> 8)  { n += 8;  v >>= 8; }
+    if (v >> 4)  { n += 4;  v >>= 4; }
+    if (v >> 2)  { n += 2;  v >>= 2; }
+    if (v >> 1)  { n += 1; }
+    return n;
+}
+
+/* Candidate signatures of a packet: the AND over every dimension. */
+static __always_inline int sig_candidates(struct bw_packet *pkt, struct bw_view *view,
+                                          struct bw_sig_meta *meta, struct bw_bits *cand)
+{
+    int v6 = pkt->family == 6;
+    struct bw_bits *b;
+
+    /* source */
+    b = 0;
+    if (!v6 && (meta->flags & BW_SIG_SRC_V4)) {
+        struct bw_lpm_v4 key = {};
+        lpm_v4_key(&key, view->slot, pkt->src4);
+        b = sig_src_v4.lookup(&key);
+    } else if (v6 && (meta->flags & BW_SIG_SRC_V6)) {
+        struct bw_lpm_v6 key = {};
+        lpm_v6_key(&key, view->slot, &pkt->src6);
+        b = sig_src_v6.lookup(&key);
+    }
+    *cand = b ? *b : meta->src_any[v6];
+
+    /* destination */
+    b = 0;
+    if (!v6 && (meta->flags & BW_SIG_DST_V4)) {
+        struct bw_lpm_v4 key = {};
+        lpm_v4_key(&key, view->slot, pkt->dst4);
+        b = sig_dst_v4.lookup(&key);
+    } else if (v6 && (meta->flags & BW_SIG_DST_V6)) {
+        struct bw_lpm_v6 key = {};
+        lpm_v6_key(&key, view->slot, &pkt->dst6);
+        b = sig_dst_v6.lookup(&key);
+    }
+    bits_and(cand, b ? b : &meta->dst_any[v6]);
+
+    /* protocol */
+    __u32 idx = (__u32)view->slot * 256 + pkt->l4;
+    bits_and_or_clear(cand, sig_proto.lookup(&idx));
+
+    /* ports: only a parsed TCP/UDP header has them */
+    if (pkt->l4_seen && (pkt->l4 == IPPROTO_TCP || pkt->l4 == IPPROTO_UDP)) {
+        idx = (__u32)view->slot * 65536 + pkt->sport;
+        bits_and_or_clear(cand, sig_sport.lookup(&idx));
+        idx = (__u32)view->slot * 65536 + pkt->dport;
+        bits_and_or_clear(cand, sig_dport.lookup(&idx));
+    } else {
+        bits_and(cand, &meta->noport);
+    }
+    __u64 any = 0;
+#pragma unroll
+    for (int i = 0; i < BW_SIG_WORDS; i++)
+        any |= cand->w[i];
+    return any != 0;
+}
+
+/* The fields the bitmaps do not cover. */
+static __always_inline int sig_matches(struct bw_sig *s, struct bw_packet *pkt)
+{
+    if (s->tcp_mask && (!pkt->l4_seen || pkt->l4 != IPPROTO_TCP ||
+                        (pkt->tcp_flags & s->tcp_mask) != s->tcp_value))
+        return 0;
+    __u32 iplen = pkt->len - pkt->l3_off;
+    if (iplen < s->len_lo || iplen > s->len_hi)
+        return 0;
+    if (s->frag == BW_SIG_FRAG_YES && !pkt->frag)
+        return 0;
+    if (s->frag == BW_SIG_FRAG_NO && pkt->frag)
+        return 0;
+    return 1;
+}
+
+/* One GCRA step on *tat: within the limit if the schedule is at most `tol`
+ * ahead of now; then it advances by `cost`. Lock-free (compare-and-swap), so
+ * every CPU shares one exact schedule. */
+static __always_inline int gcra(__u64 *tat, __u64 now, __u64 cost, __u64 tol)
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        __u64 old = *(volatile __u64 *)tat;
+        __u64 t = old > now ? old : now;
+        if (t - now > tol)
+            return 0;
+        if (__sync_val_compare_and_swap(tat, old, t + cost) == old)
+            return 1;
+    }
+    return 0;   /* lost four races in a row: the bucket is under heavy load */
+}
+
+static __always_inline struct bw_rl_state *bucket(struct bw_sig *s, struct bw_packet *pkt)
+{
+    __u32 rule = s->rule_id;
+    if (!(s->flags & BW_SIG_PER_SOURCE))
+        return rl_agg.lookup(&rule);
+    struct bw_rl_key key = { .rule_id = rule, .family = pkt->family };
+    if (pkt->family == 4)
+        key.addr.a[0] = pkt->src4;
+    else
+        key.addr = pkt->src6;
+    struct bw_rl_state *st = rl_src.lookup(&key);
+    if (st)
+        return st;
+    struct bw_rl_state fresh = {};
+    rl_src.insert(&key, &fresh);
+    return rl_src.lookup(&key);
+}
+
+static __always_inline int within_rate(struct bw_sig *s, struct bw_packet *pkt)
+{
+    struct bw_rl_state *st = bucket(s, pkt);
+    if (!st)
+        return 1;   /* no bucket could be made (map full): fail open, counted as passed */
+    __u64 now = bpf_ktime_get_ns();
+    if (s->pkt_cost && !gcra(&st->tat_pkt, now, s->pkt_cost, s->pkt_tol))
+        return 0;
+    if (s->byte_cost) {
+        __u64 len = pkt->len;
+        __u64 cost = len * (s->byte_cost >> 32) + ((len * (s->byte_cost & 0xFFFFFFFF)) >> 32);
+        if (!gcra(&st->tat_byte, now, cost, s->byte_tol))
+            return 0;
+    }
+    return 1;
+}
+
+static __always_inline void count_rule(__u32 rule, __u32 len, int dropped, int limited)
+{
+    struct bw_rule_counter *c = rule_stats.lookup(&rule);
+    if (c) {
+        c->packets += 1;
+        c->bytes += len;
+        c->dropped += dropped;
+        c->rate_limited += limited;
+    }
+}
+
+/* Signatures in order, first match wins; monitor signatures count and go on. */
+static __always_inline int check_signatures(struct bw_packet *pkt, struct bw_verdict *v,
+                                            struct bw_view *view)
+{
+    __u32 mslot = view->slot;
+    struct bw_sig_meta *meta = sig_meta.lookup(&mslot);
+    if (!meta || !meta->count)
+        return 0;
+    struct bw_bits cand;
+    if (!sig_candidates(pkt, view, meta, &cand))
+        return 0;
+
+    for (int w = 0; w < BW_SIG_WORDS; w++) {
+        __u64 bits = cand.w[w];
+        for (int j = 0; j < 64; j++) {
+            if (!bits)
+                break;
+            __u64 low = bits & (~bits + 1);
+            bits &= bits - 1;
+            __u32 idx = (__u32)view->slot * BW_MAX_SIGS + w * 64 + bit_index(low);
+            struct bw_sig *s = sigs.lookup(&idx);
+            if (!s || !sig_matches(s, pkt))
+                continue;
+            if (s->action == BW_SIG_MONITOR) {
+                count_rule(s->rule_id, pkt->len, 0, 0);
+                continue;
+            }
+            if (s->action == BW_SIG_DROP)
+                return decide(v, XDP_DROP, BW_DROP_SIGNATURE, s->rule_id);
+            if (s->action == BW_SIG_ALLOW)
+                return decide(v, XDP_PASS, BW_PASS_SIGNATURE, s->rule_id);
+            if (within_rate(s, pkt))
+                return decide(v, XDP_PASS, BW_PASS_RATE_LIMIT, s->rule_id);
+            v->limited = 1;
+            return decide(v, XDP_DROP, BW_DROP_RATE_LIMIT, s->rule_id);
+        }
+    }
+    return 0;
 }
 
 static __always_inline void count(struct bw_counter *c, __u32 len)
@@ -199,22 +442,20 @@ static __always_inline void account_source(struct bw_packet *pkt, int dropped)
 
 /* The one exit: apply monitor mode, record the action, its reason, the rule
  * and the source, and return the action. */
-static __always_inline int bw_out(struct bw_packet *pkt, struct bw_verdict *v, __u32 flags)
+static __always_inline int bw_out(struct bw_packet *pkt, struct bw_verdict *v, struct bw_view *view)
 {
     __u32 action = v->action;
     __u32 slot = action == XDP_DROP ? BW_ACTION_DROP : BW_ACTION_PASS;
 
-    if (action == XDP_DROP && (flags & BW_CFG_MONITOR)) {
+    if (action == XDP_DROP && (view->flags & BW_CFG_MONITOR)) {
         action = XDP_PASS;
         slot = BW_ACTION_MONITOR;
     }
     count(verdict_stats.lookup(&slot), pkt->len);
     __u32 reason = v->reason;
     count(reason_stats.lookup(&reason), pkt->len);
-    if (v->rule_id) {
-        __u32 rule = v->rule_id;
-        count(rule_stats.lookup(&rule), pkt->len);
-    }
+    if (v->rule_id)
+        count_rule(v->rule_id, pkt->len, v->action == XDP_DROP, v->limited);
     if (v->entry) {
         __sync_fetch_and_add(&v->entry->packets, 1);
         __sync_fetch_and_add(&v->entry->bytes, pkt->len);

@@ -13,6 +13,14 @@ import numpy as np
 
 __all__ = [
     "ABI_VERSION",
+    "DENY_DTYPE",
+    "RULE_COUNTER_DTYPE",
+    "Bits",
+    "RlKey",
+    "RlState",
+    "RuleCounter",
+    "Sig",
+    "SigMeta",
     "ALLOW_MGMT",
     "CFG_MONITOR",
     "CFG_PASS_MALFORMED",
@@ -32,7 +40,7 @@ __all__ = [
     "SrcCounters",
 ]
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 CFG_MONITOR = 1 << 0
 CFG_PASS_MALFORMED = 1 << 1
 # "This trie may hold entries" bits (BW_CFG_TRIE_*), by map name.
@@ -45,12 +53,35 @@ TRIE_FLAGS = {
 ALLOW_MGMT = 1 << 0
 MAX_VLAN_TAGS = 2
 MAX_IPV6_EXT = 8
+RULE_ABSENT = 0xFFFFFFFF
+GEN_INF = 0xFFFFFFFF
+SLOTS = 2
+MAX_SIGS = 256
+SIG_WORDS = MAX_SIGS // 64
+SIG_DROP = 1
+SIG_RATE_LIMIT = 2
+SIG_ALLOW = 3
+SIG_MONITOR = 4
+SIG_FRAG_ANY = 0
+SIG_FRAG_YES = 1
+SIG_FRAG_NO = 2
+SIG_PER_SOURCE = 1 << 0
+SIG_SRC_V4 = 1 << 0
+SIG_SRC_V6 = 1 << 1
+SIG_DST_V4 = 1 << 2
+SIG_DST_V6 = 1 << 3
 
 
 class Config(ctypes.Structure):
     """``struct bw_config``: run-time switches, single entry of ``config``."""
 
-    _fields_ = [("flags", ctypes.c_uint32), ("abi", ctypes.c_uint32), ("build_id", ctypes.c_uint64)]
+    _fields_ = [
+        ("flags", ctypes.c_uint32),
+        ("abi", ctypes.c_uint32),
+        ("build_id", ctypes.c_uint64),
+        ("gen", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
 
 
 class In6(ctypes.Structure):
@@ -60,15 +91,25 @@ class In6(ctypes.Structure):
 
 
 class LpmV4(ctypes.Structure):
-    """``struct bw_lpm_v4``: LPM trie key."""
+    """``struct bw_lpm_v4``: LPM trie key, slot byte first (prefixlen counts it)."""
 
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("slot", ctypes.c_uint8),
+        ("addr", ctypes.c_uint8 * 4),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
 
 
 class LpmV6(ctypes.Structure):
-    """``struct bw_lpm_v6``: LPM trie key."""
+    """``struct bw_lpm_v6``: LPM trie key, slot byte first (prefixlen counts it)."""
 
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("slot", ctypes.c_uint8),
+        ("addr", ctypes.c_uint8 * 16),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
 
 
 class RuleRef(ctypes.Structure):
@@ -78,14 +119,24 @@ class RuleRef(ctypes.Structure):
 
 
 class DenyEntry(ctypes.Structure):
-    """``struct bw_deny_entry``: value of the exact deny maps, with hit counters."""
+    """``struct bw_deny_entry``: value of the exact deny maps: the rule slot,
+    the generations it is valid for, and hit counters."""
 
     _fields_ = [
         ("rule_id", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
+        ("prev_rule_id", ctypes.c_uint32),
+        ("since", ctypes.c_uint32),
+        ("until", ctypes.c_uint32),
         ("packets", ctypes.c_uint64),
         ("bytes", ctypes.c_uint64),
     ]
+
+    def rule_at(self, gen: int) -> int | None:
+        """The rule slot generation ``gen`` sees, or None (as ``deny_rule_at``)."""
+        if gen >= self.until:
+            return None
+        rule = self.rule_id if gen >= self.since else self.prev_rule_id
+        return None if rule == RULE_ABSENT else int(rule)
 
 
 SRC_COUNTER_FIELDS = ("packets", "bytes", "drops", "syn", "ack", "udp", "icmp", "gre", "frags")
@@ -103,5 +154,79 @@ class Counter(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+class RuleCounter(ctypes.Structure):
+    """``struct bw_rule_counter``: per-rule counters."""
+
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("dropped", ctypes.c_uint64),
+        ("rate_limited", ctypes.c_uint64),
+    ]
+
+
+class Bits(ctypes.Structure):
+    """``struct bw_bits``: a set of signatures (bit i = signature i)."""
+
+    _fields_ = [("w", ctypes.c_uint64 * SIG_WORDS)]
+
+    @classmethod
+    def of(cls, mask: int) -> Bits:
+        b = cls()
+        for i in range(SIG_WORDS):
+            b.w[i] = (mask >> (64 * i)) & 0xFFFFFFFFFFFFFFFF
+        return b
+
+
+class Sig(ctypes.Structure):
+    """``struct bw_sig``: one signature rule."""
+
+    _fields_ = [
+        ("rule_id", ctypes.c_uint32),
+        ("action", ctypes.c_uint8),
+        ("frag", ctypes.c_uint8),
+        ("tcp_mask", ctypes.c_uint8),
+        ("tcp_value", ctypes.c_uint8),
+        ("len_lo", ctypes.c_uint16),
+        ("len_hi", ctypes.c_uint16),
+        ("flags", ctypes.c_uint32),
+        ("pkt_cost", ctypes.c_uint64),
+        ("pkt_tol", ctypes.c_uint64),
+        ("byte_cost", ctypes.c_uint64),
+        ("byte_tol", ctypes.c_uint64),
+    ]
+
+
+class SigMeta(ctypes.Structure):
+    """``struct bw_sig_meta``: per-slot signature count and default candidate sets."""
+
+    _fields_ = [
+        ("count", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("src_any", Bits * 2),
+        ("dst_any", Bits * 2),
+        ("noport", Bits),
+    ]
+
+
+class RlKey(ctypes.Structure):
+    """``struct bw_rl_key``: per-source token bucket key."""
+
+    _fields_ = [("rule_id", ctypes.c_uint32), ("family", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+
+
+class RlState(ctypes.Structure):
+    """``struct bw_rl_state``: GCRA schedules, ns."""
+
+    _fields_ = [("tat_pkt", ctypes.c_uint64), ("tat_byte", ctypes.c_uint64)]
+
+
 SRC_COUNTERS_DTYPE = np.dtype([(name, "<u8") for name in SRC_COUNTER_FIELDS])
 COUNTER_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
+RULE_COUNTER_DTYPE = np.dtype(
+    [("packets", "<u8"), ("bytes", "<u8"), ("dropped", "<u8"), ("rate_limited", "<u8")]
+)
+DENY_DTYPE = np.dtype(
+    [("rule_id", "<u4"), ("prev_rule_id", "<u4"), ("since", "<u4"), ("until", "<u4"),
+     ("packets", "<u8"), ("bytes", "<u8")]
+)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from . import abi
 from .errors import InputError
 
 __all__ = ["Prefix", "parse_prefix"]
@@ -31,20 +30,12 @@ class Prefix:
         """Key of the exact-address hash maps: the address, network order."""
         return self.network.network_address.packed
 
-    def lpm_key(self) -> bytes:
-        """Key of the LPM tries: prefix length (host order) then the address."""
-        key: abi.LpmV4 | abi.LpmV6 = abi.LpmV4() if self.family == 4 else abi.LpmV6()
-        key.prefixlen = self.network.prefixlen
-        packed = self.network.network_address.packed
-        key.addr[:] = list(packed)
-        return bytes(key)
-
     @classmethod
-    def from_lpm_key(cls, key: bytes) -> Prefix:
-        plen = int.from_bytes(key[:4], "little")
-        addr = key[4:]
+    def from_parts(cls, addr: bytes, prefixlen: int) -> Prefix:
+        """From a network address (4 or 16 bytes) and a prefix length."""
         net: Network = (
-            ipaddress.IPv4Network((addr, plen)) if len(addr) == 4 else ipaddress.IPv6Network((addr, plen))
+            ipaddress.IPv4Network((addr, prefixlen)) if len(addr) == 4
+            else ipaddress.IPv6Network((addr, prefixlen))
         )
         return cls(net)
 

@@ -16,9 +16,8 @@ from . import abi
 from .bpfmap import MapSet
 from .reasons import Action, Reason
 
-DENY_DTYPE = np.dtype([("rule_id", "<u4"), ("flags", "<u4"), ("packets", "<u8"), ("bytes", "<u8")])
-
 __all__ = [
+    "RuleTotals",
     "Sources",
     "TopRow",
     "Totals",
@@ -63,7 +62,7 @@ class Sources:
 def _denied(maps: MapSet, fam: str, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact deny entries as per-source rows: every packet counted there was a drop."""
     keys, values, n = maps[f"deny_{fam}"].read_all()
-    entries = np.frombuffer(values, dtype=DENY_DTYPE, count=n)
+    entries = np.frombuffer(values, dtype=abi.DENY_DTYPE, count=n)
     rows = np.zeros(n, dtype=abi.SRC_COUNTERS_DTYPE)
     rows["packets"] = entries["packets"]
     rows["bytes"] = entries["bytes"]
@@ -179,8 +178,19 @@ def action_totals(maps: MapSet) -> dict[Action, Totals]:
     return {a: Totals(int(arr[a.value]["packets"]), int(arr[a.value]["bytes"])) for a in Action}
 
 
-def rule_totals(maps: MapSet) -> dict[int, Totals]:
-    """Hit counters of every rule id with at least one hit."""
-    arr = _percpu_totals(maps, "rule_stats")
+@dataclass(frozen=True)
+class RuleTotals:
+    """One rule slot's counters, summed over CPUs."""
+
+    packets: int  # matched
+    bytes: int
+    dropped: int  # dropped, or would-drop in monitor mode
+    rate_limited: int  # dropped for exceeding the rule's rate
+
+
+def rule_totals(maps: MapSet) -> dict[int, RuleTotals]:
+    """Counters of every rule slot with at least one match."""
+    arr = maps["rule_stats"].percpu_sum(abi.RULE_COUNTER_DTYPE)
     hit = np.nonzero(arr["packets"])[0]
-    return {int(i): Totals(int(arr[i]["packets"]), int(arr[i]["bytes"])) for i in hit}
+    return {int(i): RuleTotals(int(arr[i]["packets"]), int(arr[i]["bytes"]), int(arr[i]["dropped"]),
+                               int(arr[i]["rate_limited"])) for i in hit}

@@ -55,6 +55,8 @@ class MapSizes:
     src_v4: int = 1 << 20
     src_v6: int = 1 << 18
     rules: int = 1 << 14
+    sig_prefixes: int = 1 << 13
+    rl_src: int = 1 << 18
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -141,12 +143,34 @@ MAP_SPECS: tuple[MapSpec, ...] = (
             "per-source IPv4 counters", "src_v4"),
     MapSpec("src_v6", 9, "lru_hash", abi.In6, abi.SrcCounters, "counters",
             "per-source IPv6 counters", "src_v6"),
-    MapSpec("rule_stats", 6, "percpu_array", ctypes.c_uint32, abi.Counter, "counters",
-            "per-rule hit counters", "rules", percpu=True),
+    MapSpec("rule_stats", 6, "percpu_array", ctypes.c_uint32, abi.RuleCounter, "counters",
+            "per-rule counters: matched, dropped, rate-limited", "rules", percpu=True),
     MapSpec("reason_stats", 6, "percpu_array", ctypes.c_uint32, abi.Counter, "counters",
             "packets and bytes per verdict reason", fixed_entries=REASON_MAX, percpu=True),
     MapSpec("verdict_stats", 6, "percpu_array", ctypes.c_uint32, abi.Counter, "counters",
             "packets and bytes per action", fixed_entries=ACTION_MAX, percpu=True),
+    MapSpec("sigs", 2, "array", ctypes.c_uint32, abi.Sig, "policy",
+            "signatures in evaluation order, per slot", fixed_entries=abi.SLOTS * abi.MAX_SIGS),
+    MapSpec("sig_meta", 2, "array", ctypes.c_uint32, abi.SigMeta, "policy",
+            "signature count and default candidates, per slot", fixed_entries=abi.SLOTS),
+    MapSpec("sig_proto", 2, "array", ctypes.c_uint32, abi.Bits, "policy",
+            "candidate signatures by IP protocol", fixed_entries=abi.SLOTS * 256),
+    MapSpec("sig_sport", 2, "array", ctypes.c_uint32, abi.Bits, "policy",
+            "candidate signatures by source port", fixed_entries=abi.SLOTS * 65536),
+    MapSpec("sig_dport", 2, "array", ctypes.c_uint32, abi.Bits, "policy",
+            "candidate signatures by destination port", fixed_entries=abi.SLOTS * 65536),
+    MapSpec("sig_src_v4", 11, "lpm_trie", abi.LpmV4, abi.Bits, "policy",
+            "candidate signatures by source prefix, IPv4", "sig_prefixes", flags=BPF_F_NO_PREALLOC),
+    MapSpec("sig_src_v6", 11, "lpm_trie", abi.LpmV6, abi.Bits, "policy",
+            "candidate signatures by source prefix, IPv6", "sig_prefixes", flags=BPF_F_NO_PREALLOC),
+    MapSpec("sig_dst_v4", 11, "lpm_trie", abi.LpmV4, abi.Bits, "policy",
+            "candidate signatures by destination prefix, IPv4", "sig_prefixes", flags=BPF_F_NO_PREALLOC),
+    MapSpec("sig_dst_v6", 11, "lpm_trie", abi.LpmV6, abi.Bits, "policy",
+            "candidate signatures by destination prefix, IPv6", "sig_prefixes", flags=BPF_F_NO_PREALLOC),
+    MapSpec("rl_agg", 2, "array", ctypes.c_uint32, abi.RlState, "counters",
+            "aggregate token buckets, one per rule slot", "rules"),
+    MapSpec("rl_src", 9, "lru_hash", abi.RlKey, abi.RlState, "counters",
+            "per-source token buckets", "rl_src"),
 )
 
 
@@ -182,7 +206,7 @@ def estimate_bytes(s: MapSpec, entries: int, cpus: int | None = None) -> int:
     if s.type_name == "array":
         return entries * _r8(s.value_size)
     if s.type_name == "lpm_trie":
-        return entries * (LPM_NODE_OVERHEAD + (s.key_size - 4) + s.value_size)
+        return entries * (LPM_NODE_OVERHEAD + (s.key_size - 4) + _r8(s.value_size))
     raise ValueError(s.type_name)
 
 

@@ -1,0 +1,352 @@
+"""Atomic rule-set swaps.
+
+A packet is judged by the generation it reads from ``config.gen`` at entry,
+and every policy map is consistent for each generation:
+
+* the tries (allow, deny prefixes, signature prefixes) and the signature
+  arrays are double-buffered: generation ``g`` reads slot ``g & 1``;
+* exact deny entries carry the generations they are valid for
+  (``since``/``until``/``prev_rule_id``), so a swap writes only the entries
+  that change, and unchanged entries keep their hit counters.
+
+:func:`apply` fills the idle slot and the pending exact entries, flips
+``config.gen`` with one aligned 4-byte store, waits out packets still judged
+by the old generation, then clears what the old generation alone used. If
+anything fails before the flip, what was written is undone and the old set
+stays in force. Rule counters (``rule_stats``) are indexed by rule slot and
+not touched by a swap, so rules that survive keep their counters.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import abi
+from .bpfmap import MapSet
+from .errors import BreakwaterError
+
+__all__ = ["Image", "SigImage", "SwapResult", "TrieKey", "apply", "empty_sig_image", "read_image"]
+
+LOGGER = logging.getLogger("breakwater.swap")
+
+EXACT_MAPS = ("deny_v4", "deny_v6")
+POLICY_TRIES = ("allow_v4", "allow_v6", "deny_pfx_v4", "deny_pfx_v6")
+SIG_TRIES = ("sig_src_v4", "sig_src_v6", "sig_dst_v4", "sig_dst_v6")
+SIG_ARRAYS = {"sig_proto": 256, "sig_sport": 65536, "sig_dport": 65536}
+# An XDP run takes microseconds under RCU; once this has passed after the
+# flip, no packet can still be judged by the old generation, so what only it
+# used can be cleared.
+GRACE_SECONDS = 0.002
+
+TrieKey = tuple[int, bytes]
+"""A trie entry's (prefix length, network address bytes)."""
+
+
+@dataclass
+class SigImage:
+    """The signature stage of one rule set, ready for one slot."""
+
+    sigs: list[abi.Sig]
+    meta: abi.SigMeta
+    proto: bytes  # 256 packed struct bw_bits
+    sport: bytes  # 65536 packed struct bw_bits
+    dport: bytes  # 65536 packed struct bw_bits
+    tries: dict[str, dict[TrieKey, bytes]] = field(default_factory=dict)  # sig_src_v4 ...
+
+
+def empty_sig_image() -> SigImage:
+    bits = ctypes.sizeof(abi.Bits)
+    return SigImage([], abi.SigMeta(), bytes(256 * bits), bytes(65536 * bits), bytes(65536 * bits))
+
+
+@dataclass
+class Image:
+    """What the policy maps should hold, whole."""
+
+    exact: dict[str, dict[bytes, int]]  # deny_v4/deny_v6: address bytes -> rule slot
+    tries: dict[str, dict[TrieKey, bytes]]  # allow_*/deny_pfx_*: key -> struct bw_rule_ref bytes
+    sigs: SigImage | None = None  # None: keep the signatures in force
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    gen: int
+    exact_added: int
+    exact_changed: int
+    exact_removed: int
+    trie_entries: int
+    signatures: int
+    seconds: float
+
+
+def _config(maps: MapSet) -> abi.Config:
+    raw = maps["config"].lookup(bytes(4))
+    return abi.Config.from_buffer_copy(raw) if raw else abi.Config()
+
+
+def _lpm_key(name: str, slot: int, key: TrieKey) -> bytes:
+    plen, addr = key
+    k: abi.LpmV4 | abi.LpmV6 = abi.LpmV4() if name.endswith("v4") else abi.LpmV6()
+    k.prefixlen = 8 + plen
+    k.slot = slot
+    k.addr[:] = list(addr)
+    return bytes(k)
+
+
+def _trie_entries(maps: MapSet, name: str) -> dict[int, dict[TrieKey, bytes]]:
+    """Entries of a trie by slot."""
+    m = maps[name]
+    ksz, vsz = m.spec.key_size, m.spec.value_size
+    keys, values, n = m.read_all()
+    out: dict[int, dict[TrieKey, bytes]] = {0: {}, 1: {}}
+    alen = 4 if name.endswith("v4") else 16
+    for i in range(n):
+        k = keys[i * ksz : (i + 1) * ksz]
+        plen = int.from_bytes(k[:4], "little") - 8
+        out.setdefault(k[4], {})[(plen, k[5 : 5 + alen])] = values[i * vsz : (i + 1) * vsz]
+    return out
+
+
+def _exact_table(maps: MapSet, name: str) -> tuple[list[bytes], np.ndarray]:
+    m = maps[name]
+    keys, values, n = m.read_all()
+    ksz = m.spec.key_size
+    return [keys[i * ksz : (i + 1) * ksz] for i in range(n)], np.frombuffer(
+        values, dtype=abi.DENY_DTYPE, count=n
+    ).copy()
+
+
+def _visible(rows: np.ndarray, gen: int) -> np.ndarray:
+    """Rule slot each exact entry has at ``gen``, or -1 (vector form of rule_at)."""
+    rule = np.where(gen >= rows["since"], rows["rule_id"], rows["prev_rule_id"]).astype(np.int64)
+    rule[(rows["until"] <= gen) | (rule == abi.RULE_ABSENT)] = -1
+    return rule
+
+
+def read_image(maps: MapSet) -> Image:
+    """The allow/deny contents in force now (signatures are carried, not read)."""
+    gen = _config(maps).gen
+    exact: dict[str, dict[bytes, int]] = {}
+    for name in EXACT_MAPS:
+        keys, rows = _exact_table(maps, name)
+        rules = _visible(rows, gen)
+        exact[name] = {k: int(r) for k, r in zip(keys, rules, strict=True) if r >= 0}
+    tries = {name: _trie_entries(maps, name)[gen & 1] for name in POLICY_TRIES}
+    return Image(exact, tries, None)
+
+
+def _entry(rule: int, prev: int, since: int, until: int, packets: int = 0, nbytes: int = 0) -> bytes:
+    return bytes(abi.DenyEntry(rule, prev, since, until, packets, nbytes))
+
+
+@dataclass
+class _Undo:
+    """What to reverse if the swap fails before the flip."""
+
+    inserted: list[tuple[str, list[bytes]]] = field(default_factory=list)
+    overwritten: list[tuple[str, list[bytes], list[bytes]]] = field(default_factory=list)
+
+    def run(self, maps: MapSet) -> None:
+        for name, keys in self.inserted:
+            maps[name].delete_many(keys)
+        for name, keys, old in self.overwritten:
+            maps[name].overwrite(keys, old)
+
+
+def _stage_exact(maps: MapSet, name: str, want: dict[bytes, int], gen: int, nxt_gen: int,
+                 undo: _Undo) -> tuple[int, int, int, list[bytes]]:
+    """Write the pending entries of one exact map. Returns (added, changed,
+    removed, keys to delete after the flip)."""
+    keys, rows = _exact_table(maps, name)
+    rules = _visible(rows, gen)
+    index = {k: i for i, k in enumerate(keys)}
+    new_keys: list[bytes] = []
+    new_vals: list[bytes] = []
+    mod_keys: list[bytes] = []
+    mod_vals: list[bytes] = []
+    mod_old: list[bytes] = []
+    removed_after: list[bytes] = []
+    changed = removed = 0
+    for k, rule in want.items():
+        i = index.get(k)
+        if i is None:
+            new_keys.append(k)
+            new_vals.append(_entry(rule, abi.RULE_ABSENT, nxt_gen, abi.GEN_INF))
+            continue
+        row = rows[i]
+        cur = int(rules[i])
+        if cur == rule and int(row["until"]) == abi.GEN_INF:
+            continue  # in force and staying: untouched, counters and all
+        prev = abi.RULE_ABSENT if cur < 0 else cur
+        if cur != rule:
+            changed += cur >= 0
+        mod_keys.append(k)
+        mod_old.append(bytes(row.tobytes()))
+        mod_vals.append(_entry(rule, prev, nxt_gen, abi.GEN_INF, int(row["packets"]), int(row["bytes"])))
+    for k, i in index.items():
+        if k in want:
+            continue
+        row = rows[i]
+        if rules[i] < 0:
+            removed_after.append(k)  # leftover of an earlier swap: invisible already
+            continue
+        removed += 1
+        mod_keys.append(k)
+        mod_old.append(bytes(row.tobytes()))
+        mod_vals.append(_entry(int(row["rule_id"]), int(row["prev_rule_id"]), int(row["since"]),
+                               nxt_gen, int(row["packets"]), int(row["bytes"])))
+        removed_after.append(k)
+    m = maps[name]
+    m.insert_new(new_keys, new_vals)
+    undo.inserted.append((name, new_keys))
+    if mod_keys:
+        m.overwrite(mod_keys, mod_vals)
+        undo.overwritten.append((name, mod_keys, mod_old))
+    return len(new_keys), changed, removed, removed_after
+
+
+def _stage_trie(maps: MapSet, name: str, want: dict[TrieKey, bytes], nxt: int,
+                stale: dict[TrieKey, bytes], undo: _Undo) -> int:
+    m = maps[name]
+    if stale:
+        m.delete_many([_lpm_key(name, nxt, k) for k in stale])
+    keys = [_lpm_key(name, nxt, k) for k in want]
+    m.insert_new(keys, list(want.values()))
+    undo.inserted.append((name, keys))
+    return len(keys)
+
+
+def _array_keys(base: int, n: int) -> list[bytes]:
+    raw = np.arange(base, base + n, dtype="<u4").tobytes()
+    return [raw[i * 4 : i * 4 + 4] for i in range(n)]
+
+
+def _write_array(maps: MapSet, name: str, base: int, packed: bytes, width: int) -> None:
+    n = len(packed) // width
+    maps[name].overwrite(_array_keys(base, n), [packed[i * width : (i + 1) * width] for i in range(n)])
+
+
+def _read_array(maps: MapSet, name: str, base: int, n: int) -> bytes:
+    m = maps[name]
+    _, values, count = m.read_all()
+    width = m.spec.value_size
+    return values[base * width : (base + n) * width]
+
+
+def _current_sigs(maps: MapSet, cur: int, tries: dict[str, dict[int, dict[TrieKey, bytes]]]) -> SigImage:
+    """The signatures in force (slot ``cur``), to carry into the next slot."""
+    meta = abi.SigMeta.from_buffer_copy(maps["sig_meta"].lookup(cur.to_bytes(4, "little")) or
+                                        bytes(ctypes.sizeof(abi.SigMeta)))
+    if meta.count == 0:
+        return empty_sig_image()
+    width = ctypes.sizeof(abi.Sig)
+    raw = _read_array(maps, "sigs", cur * abi.MAX_SIGS, meta.count)
+    sigs = [abi.Sig.from_buffer_copy(raw[i * width : (i + 1) * width]) for i in range(meta.count)]
+    return SigImage(
+        sigs, meta,
+        _read_array(maps, "sig_proto", cur * 256, 256),
+        _read_array(maps, "sig_sport", cur * 65536, 65536),
+        _read_array(maps, "sig_dport", cur * 65536, 65536),
+        {name: tries[name][cur] for name in SIG_TRIES},
+    )
+
+
+def _stage_sigs(maps: MapSet, img: SigImage, nxt: int,
+                tries: dict[str, dict[int, dict[TrieKey, bytes]]], undo: _Undo) -> None:
+    if len(img.sigs) > abi.MAX_SIGS:
+        raise BreakwaterError(f"{len(img.sigs)} signatures; the table holds {abi.MAX_SIGS}")
+    img.meta.count = len(img.sigs)
+    flags = 0
+    for bit, name in ((abi.SIG_SRC_V4, "sig_src_v4"), (abi.SIG_SRC_V6, "sig_src_v6"),
+                      (abi.SIG_DST_V4, "sig_dst_v4"), (abi.SIG_DST_V6, "sig_dst_v6")):
+        if img.tries.get(name):
+            flags |= bit
+    img.meta.flags = flags
+    for name in SIG_TRIES:
+        _stage_trie(maps, name, img.tries.get(name, {}), nxt, tries[name][nxt], undo)
+    if img.sigs:
+        width = ctypes.sizeof(abi.Sig)
+        _write_array(maps, "sigs", nxt * abi.MAX_SIGS, b"".join(bytes(s) for s in img.sigs), width)
+        bw = ctypes.sizeof(abi.Bits)
+        _write_array(maps, "sig_proto", nxt * 256, img.proto, bw)
+        _write_array(maps, "sig_sport", nxt * 65536, img.sport, bw)
+        _write_array(maps, "sig_dport", nxt * 65536, img.dport, bw)
+    maps["sig_meta"].update(nxt.to_bytes(4, "little"), bytes(img.meta))
+
+
+def _zero_rules(maps: MapSet, slots: list[int]) -> None:
+    if not slots:
+        return
+    keys = [s.to_bytes(4, "little") for s in slots]
+    rs, rl = maps["rule_stats"], maps["rl_agg"]
+    rs.overwrite(keys, [bytes(rs.spec.full_value_size())] * len(keys))
+    rl.overwrite(keys, [bytes(rl.spec.full_value_size())] * len(keys))
+
+
+def apply(maps: MapSet, image: Image, new_rules: tuple[int, ...] = (),
+          freed_rules: tuple[int, ...] = ()) -> SwapResult:
+    """Make ``image`` the policy in force, all at once.
+
+    ``new_rules``: rule slots that start counting from zero (zeroed before the
+    flip, and once more after it for a slot freed by this same change);
+    ``freed_rules``: slots no rule uses any more (zeroed after the flip).
+    """
+    started = time.perf_counter()
+    with maps.locked():
+        cfg = _config(maps)
+        gen = cfg.gen
+        cur, nxt, nxt_gen = gen & 1, (gen + 1) & 1, gen + 1
+        if nxt_gen >= abi.GEN_INF:
+            raise BreakwaterError("rule-set generation exhausted; reattach with --replace-maps")
+        tries = {name: _trie_entries(maps, name) for name in (*POLICY_TRIES, *SIG_TRIES)}
+        sigs = image.sigs if image.sigs is not None else _current_sigs(maps, cur, tries)
+        undo = _Undo()
+        added = changed = removed = 0
+        delete_after: list[tuple[str, list[bytes]]] = []
+        trie_total = 0
+        try:
+            for name in EXACT_MAPS:
+                a, c, r, later = _stage_exact(maps, name, image.exact.get(name, {}), gen, nxt_gen, undo)
+                added, changed, removed = added + a, changed + c, removed + r
+                delete_after.append((name, later))
+            for name in POLICY_TRIES:
+                trie_total += _stage_trie(maps, name, image.tries.get(name, {}), nxt,
+                                          tries[name][nxt], undo)
+            _stage_sigs(maps, sigs, nxt, tries, undo)
+            _zero_rules(maps, list(new_rules))
+        except BaseException:
+            LOGGER.error("swap to generation %d failed; undoing, generation %d stays in force",
+                         nxt_gen, gen)
+            undo.run(maps)
+            raise
+        # Tries the new generation uses must be looked up from the flip on.
+        uses = {name: bool(image.tries.get(name)) for name in POLICY_TRIES}
+        cfg = _config(maps)
+        for name, used in uses.items():
+            if used:
+                cfg.flags |= abi.TRIE_FLAGS[name]
+        cfg.gen = nxt_gen
+        maps["config"].update(bytes(4), bytes(cfg))  # the flip
+        time.sleep(GRACE_SECONDS)
+        for name, keys in delete_after:
+            maps[name].delete_many(keys)
+        for name in (*POLICY_TRIES, *SIG_TRIES):
+            old = tries[name][cur]
+            if old:
+                maps[name].delete_many([_lpm_key(name, cur, k) for k in old])
+        cfg = _config(maps)
+        for name, used in uses.items():
+            if not used:
+                cfg.flags &= ~abi.TRIE_FLAGS[name]
+        maps["config"].update(bytes(4), bytes(cfg))
+        _zero_rules(maps, sorted(set(freed_rules)))
+    seconds = time.perf_counter() - started
+    LOGGER.info("rule set generation %d in force (%.1f ms)", nxt_gen, seconds * 1000,
+                extra={"event": "swap", "gen": nxt_gen, "exact_added": added,
+                       "exact_changed": changed, "exact_removed": removed})
+    return SwapResult(nxt_gen, added, changed, removed, trie_total, len(sigs.sigs), seconds)
