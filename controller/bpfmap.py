@@ -179,7 +179,7 @@ class PinnedMap:
             if self.spec.type_name in BATCH_TYPES and keys:
                 # A batch delete stops at the first absent key: delete what
                 # exists, one batch per run of present keys.
-                present = [k for k in keys if self.lookup(k) is not None]
+                present = [k for k in dict.fromkeys(keys) if self.lookup(k) is not None]
                 for start in range(0, len(present), WRITE_CHUNK):
                     ks = present[start : start + WRITE_CHUNK]
                     n, err = lb.map_delete_batch(self.fd, b"".join(ks), len(ks))
@@ -187,7 +187,7 @@ class PinnedMap:
                     if err and err != errno.ENOENT:
                         raise from_os_error(err, f"map {self.name}: batch delete")
             else:
-                for k in keys:
+                for k in dict.fromkeys(keys):
                     deleted += lb.map_delete_elem(self.fd, k)
         except BreakwaterError as exc:
             raise self._fail("delete", exc) from exc

@@ -311,7 +311,7 @@ def attach(
         _restore(pin_dir, plan)
         raise
     try:
-        with MapSet.open(pin_dir, sizes) as maps:
+        with MapSet.open(pin_dir, sizes) as maps, maps.locked():
             _copy_entries(maps, plan)
             cfg = read_config(maps)
             cfg.abi = abi.ABI_VERSION
@@ -457,13 +457,15 @@ def status(
 
 
 def set_flags(maps: MapSet, *, monitor: bool | None = None, pass_malformed: bool | None = None) -> abi.Config:
-    """Switch monitor mode / malformed policy at run time (no reload)."""
-    cfg = read_config(maps)
-    for flag, on in ((abi.CFG_MONITOR, monitor), (abi.CFG_PASS_MALFORMED, pass_malformed)):
-        if on is True:
-            cfg.flags |= flag
-        elif on is False:
-            cfg.flags &= ~flag
-    write_config(maps, cfg)
+    """Switch monitor mode / malformed policy at run time (no reload). Takes
+    the pin directory's lock: the same word holds the trie bits."""
+    with maps.locked():
+        cfg = read_config(maps)
+        for flag, on in ((abi.CFG_MONITOR, monitor), (abi.CFG_PASS_MALFORMED, pass_malformed)):
+            if on is True:
+                cfg.flags |= flag
+            elif on is False:
+                cfg.flags &= ~flag
+        write_config(maps, cfg)
     return cfg
 
