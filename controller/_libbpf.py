@@ -40,6 +40,7 @@ __all__ = [
     "possible_cpus",
     "prog_fd_by_id",
     "prog_info",
+    "prog_map_ids",
     "prog_test_run",
 ]
 
@@ -194,6 +195,23 @@ def prog_info(fd: int) -> ProgInfo:
     return ProgInfo(
         int.from_bytes(raw[0:4], "little"), int.from_bytes(raw[4:8], "little"), raw[8:16].hex(), name
     )
+
+
+def prog_map_ids(fd: int) -> list[int]:
+    """Ids of the maps a program uses."""
+    nr = int.from_bytes(_info(fd, "read program info")[52:56], "little")
+    if not nr:
+        return []
+    ids = (ctypes.c_uint32 * nr)()
+    buf = ctypes.create_string_buffer(256)
+    ctypes.memmove(ctypes.addressof(buf) + 52, ctypes.byref(ctypes.c_uint32(nr)), 4)
+    ptr = ctypes.c_uint64(ctypes.addressof(ids))
+    ctypes.memmove(ctypes.addressof(buf) + 56, ctypes.byref(ptr), 8)
+    size = ctypes.c_uint32(256)
+    rc = _lib().bpf_obj_get_info_by_fd(fd, ctypes.cast(buf, ctypes.c_void_p), ctypes.byref(size))
+    if rc < 0:
+        raise from_os_error(_err(rc), "read program map ids")
+    return list(ids)
 
 
 def prog_fd_by_id(prog_id: int) -> int:

@@ -99,6 +99,46 @@ def _pinned_prog_id(pin_dir: Path) -> int:
         lb.close(fd)
 
 
+def _is_ours(prog_id: int, pin_dir: Path) -> bool:
+    """Whether program ``prog_id`` is Breakwater's for this pin directory: it
+    uses the pinned config map. (The ``prog`` pin alone is not proof: a
+    loader killed between an atomic swap and re-pinning leaves it stale.)"""
+    if not prog_id:
+        return False
+    if prog_id == _pinned_prog_id(pin_dir):
+        return True
+    config = pin_dir / "config"
+    if not config.exists():
+        return False
+    mfd = lb.obj_get(config)
+    try:
+        config_id = lb.map_info(mfd).id
+    finally:
+        lb.close(mfd)
+    try:
+        pfd = lb.prog_fd_by_id(prog_id)
+    except BreakwaterError:
+        return False
+    try:
+        return config_id in lb.prog_map_ids(pfd)
+    finally:
+        lb.close(pfd)
+
+
+def _repin(pin_dir: Path, prog_id: int) -> None:
+    """Point the ``prog`` pin at ``prog_id`` (after a swap, or to heal a stale pin)."""
+    if _pinned_prog_id(pin_dir) == prog_id:
+        return
+    fd = lb.prog_fd_by_id(prog_id)
+    try:
+        path = pin_dir / PROG_PIN
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        lb.obj_pin(fd, path)
+    finally:
+        lb.close(fd)
+
+
 def open_maps(ifname: str, pin_root: Path = DEFAULT_PIN_ROOT) -> MapSet:
     """The pinned maps of ``ifname``'s program (no compile, no netlink)."""
     pin_dir = pin_dir_for(ifname, pin_root)
@@ -276,7 +316,7 @@ def attach(
     ensure_bpffs(pin_root)
     state = netlink.xdp_state(ifname, netns)
     pin_dir = pin_dir_for(ifname, pin_root)
-    ours = _pinned_prog_id(pin_dir)
+    ours = state.prog_id if _is_ours(state.prog_id, pin_dir) else 0
     where = f"{ifname} (netns {netns})" if netns else ifname
 
     if state.prog_id and state.prog_id != ours and not force:
@@ -296,6 +336,7 @@ def attach(
         try:
             with MapSet.open(pin_dir, sizes) as maps:
                 if read_config(maps).build_id == build.build_id:
+                    _repin(pin_dir, ours)
                     LOGGER.info("adopted program %d on %s (%s)", ours, where, state.mode)
                     return AttachResult(ifname, netns, "adopted", str(state.mode), ours,
                                         build.build_id, memory_bytes(maps))
@@ -313,10 +354,6 @@ def attach(
     try:
         with MapSet.open(pin_dir, sizes) as maps, maps.locked():
             _copy_entries(maps, plan)
-            cfg = read_config(maps)
-            cfg.abi = abi.ABI_VERSION
-            cfg.build_id = build.build_id
-            write_config(maps, cfg)
             mem = memory_bytes(maps)
         action: Literal["attached", "upgraded"]
         fallback = ""
@@ -337,11 +374,16 @@ def attach(
         _restore(pin_dir, plan)
         raise
     _drop_old(plan)
-    prog_pin = pin_dir / PROG_PIN
-    with contextlib.suppress(FileNotFoundError):
-        prog_pin.unlink()
-    lb.obj_pin(loaded.fd, prog_pin)
     prog_id = lb.prog_info(loaded.fd).id
+    _repin(pin_dir, prog_id)
+    # Only now, with the new program attached, does config name its build: a
+    # failure or kill before this leaves the old build id, so the next
+    # attach upgrades again instead of adopting the wrong program.
+    with MapSet.open(pin_dir, sizes) as maps, maps.locked():
+        cfg = read_config(maps)
+        cfg.abi = abi.ABI_VERSION
+        cfg.build_id = build.build_id
+        write_config(maps, cfg)
     loaded.close()
     LOGGER.info("%s program %d on %s (%s mode), maps %.1f MiB", action, prog_id, where, used,
                 mem / 2**20)
@@ -377,7 +419,6 @@ def detach(
     the next attach unless ``purge``. Returns whether a program was detached."""
     require_root()
     pin_dir = pin_dir_for(ifname, pin_root)
-    ours = _pinned_prog_id(pin_dir)
     detached = False
     try:
         state = netlink.xdp_state(ifname, netns)
@@ -386,7 +427,7 @@ def detach(
             raise
         state = None  # the interface is gone: only the pins are left to clean
     if state and state.prog_id:
-        if state.prog_id != ours and not force:
+        if not _is_ours(state.prog_id, pin_dir) and not force:
             raise AttachConflictError(
                 f"{ifname}: the attached program (id {state.prog_id}) is not Breakwater's; "
                 "pass --force to detach it anyway"
@@ -438,7 +479,7 @@ def status(
     """Interface, mode, program id, and each map's size, fill and memory."""
     state = netlink.xdp_state(ifname, netns)
     pin_dir = pin_dir_for(ifname, pin_root)
-    ours = _pinned_prog_id(pin_dir) if pin_dir.exists() else 0
+    ours = _is_ours(state.prog_id, pin_dir) if pin_dir.exists() else False
     maps_status: list[MapStatus] = []
     cfg = abi.Config()
     if (pin_dir / "config").exists():
@@ -450,14 +491,15 @@ def status(
                 maps_status.append(MapStatus(m.name, m.spec.type_name, m.max_entries, entries, mem,
                                              m.spec.purpose))
     return InterfaceStatus(
-        ifname, netns, bool(state.prog_id), bool(ours) and ours == state.prog_id, state.mode,
+        ifname, netns, bool(state.prog_id), ours, state.mode,
         state.prog_id, state.oper_state, bool(cfg.flags & abi.CFG_MONITOR),
         bool(cfg.flags & abi.CFG_PASS_MALFORMED), cfg.build_id, maps_status,
     )
 
 
 def set_flags(maps: MapSet, *, monitor: bool | None = None, pass_malformed: bool | None = None) -> abi.Config:
-    """Switch monitor mode / malformed policy at run time (no reload)."""
+    """Switch monitor mode / malformed policy at run time (no reload). Takes
+    the pin directory's lock: the same word holds the trie bits."""
     with maps.locked():
         cfg = read_config(maps)
         for flag, on in ((abi.CFG_MONITOR, monitor), (abi.CFG_PASS_MALFORMED, pass_malformed)):

@@ -3,7 +3,11 @@
 Everything a :class:`Lab` creates is removed by :meth:`Lab.close` (also on
 error, as a context manager). Lab namespaces get only connected routes, so
 nothing in them can reach beyond the veth links the lab made. Addresses come
-from 198.18.0.0/15, the benchmarking range.
+from 198.18.0.0/15, the benchmarking range (and 2001:db8::/32 for IPv6).
+
+IPv6 addresses are added without duplicate address detection (no address in
+a lab is ever duplicated), so they are usable at once; :meth:`Lab.add_neighbour`
+pins a neighbour entry so that no ARP or ND runs while traffic is counted.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from types import TracebackType
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
 from .errors import BreakwaterError, from_os_error
 
@@ -85,19 +91,33 @@ class Lab:
 
     def configure(self, ns: str, ifname: str, addr: str | None, mtu: int = 1500) -> None:
         with IPRoute(netns=ns) as ipr:
-            idx = ipr.link_lookup(ifname=ifname)[0]
+            idx = _index(ipr, ns, ifname)
             ipr.link("set", index=idx, mtu=mtu)
             if addr:
-                ip, _, plen = addr.partition("/")
-                ipr.addr("add", index=idx, address=ip, prefixlen=int(plen or 32))
+                _add_addr(ipr, idx, addr)
             ipr.link("set", index=idx, state="up")
 
     def add_address(self, ns: str, ifname: str, addr: str) -> None:
         """Another address on an interface (e.g. one per simulated source)."""
         with IPRoute(netns=ns) as ipr:
-            idx = ipr.link_lookup(ifname=ifname)[0]
-            ip, _, plen = addr.partition("/")
-            ipr.addr("add", index=idx, address=ip, prefixlen=int(plen or 32))
+            _add_addr(ipr, _index(ipr, ns, ifname), addr)
+
+    def mac(self, ns: str, ifname: str) -> str:
+        """The interface's link-layer address, e.g. ``ca:b3:34:a4:72:00``."""
+        with IPRoute(netns=ns) as ipr:
+            link = ipr.get_links(_index(ipr, ns, ifname))[0]
+        return str(link.get_attr("IFLA_ADDRESS"))
+
+    def add_neighbour(self, ns: str, ifname: str, address: str, lladdr: str) -> None:
+        """A permanent neighbour entry (IPv4 or IPv6): traffic to ``address``
+        then needs no ARP or ND, and nothing but the caller's packets crosses
+        the link."""
+        with IPRoute(netns=ns) as ipr:
+            idx = _index(ipr, ns, ifname)
+            try:
+                ipr.neigh("add", dst=address, lladdr=lladdr, ifindex=idx, state=NUD_PERMANENT)
+            except NetlinkError as exc:
+                raise from_os_error(int(exc.code), f"add neighbour {address} on {ifname}") from exc
 
     def add_route(self, ns: str, dst: str, gateway: str) -> None:
         """A route inside the lab (never a default route)."""
@@ -122,6 +142,25 @@ class Lab:
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _index(ipr: IPRoute, ns: str, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise BreakwaterError(f"interface {ifname} not found in namespace {ns}")
+    return int(found[0])
+
+
+def _add_addr(ipr: IPRoute, idx: int, addr: str) -> None:
+    """Add ``addr`` (CIDR); IPv6 without DAD, so it is not left tentative."""
+    ip, _, plen = addr.partition("/")
+    v6 = ":" in ip
+    prefixlen = int(plen) if plen else (128 if v6 else 32)
+    flags = IFA_F_NODAD if v6 else 0
+    try:
+        ipr.addr("add", index=idx, address=ip, prefixlen=prefixlen, flags=flags)
+    except NetlinkError as exc:
+        raise from_os_error(int(exc.code), f"add address {addr}") from exc
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ namespace, so the caller's namespace is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
 import select
@@ -25,6 +26,16 @@ __all__ = ["RawFlood", "UdpSink", "UdpStream", "run_in_netns", "send_raw", "send
 MAX_SECONDS = 120.0
 # How often a receiver checks whether it was told to stop.
 POLL_SECONDS = 0.05
+# Receive buffer of a sink. Set with SO_RCVBUFFORCE (root), which ignores
+# net.core.rmem_max: a small buffer overflows while the sink process waits
+# for a CPU, and the lost datagrams would look like drops by the data plane.
+SINK_RCVBUF = 32 << 20
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h; Python's socket module lacks it
+# With these set, a datagram the device or qdisc drops fails its sendto with
+# ENOBUFS instead of being reported as sent (linux/in.h, linux/in6.h): send
+# counts stay exact even when a veth drops under load.
+IP_RECVERR = 11
+IPV6_RECVERR = 25
 
 _CTX = mp.get_context("fork")
 
@@ -78,6 +89,10 @@ def _send_udp(sources: Sequence[str], dst: str, dport: int, count: int, pps: flo
     for src in sources:
         s = socket.socket(family, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
         s.bind((src, 0))
         socks.append(s)
     data = b"B" * payload
@@ -144,6 +159,29 @@ class UdpStream:
         result: dict[str, int] = value
         return result
 
+    @property
+    def running(self) -> bool:
+        return self.proc.is_alive()
+
+    def close(self) -> None:
+        """Kill the child if it still runs (cleanup after a failure)."""
+        _kill(self.proc, self.conn)
+
+
+def _set_rcvbuf(s: socket.socket, size: int) -> None:
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:  # not root: capped at net.core.rmem_max
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def _kill(proc: mp.process.BaseProcess, conn: multiprocessing.connection.Connection) -> None:
+    """Stop a helper child now, whatever it is doing (for cleanup paths)."""
+    if proc.is_alive():
+        proc.kill()
+    proc.join(5)
+    conn.close()
+
 
 def _sink(conn: multiprocessing.connection.Connection, ns: str | None, bind: str, port: int,
           max_seconds: float) -> None:
@@ -151,7 +189,7 @@ def _sink(conn: multiprocessing.connection.Connection, ns: str | None, bind: str
         _enter(ns)
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         s = socket.socket(family, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        _set_rcvbuf(s, SINK_RCVBUF)
         s.bind((bind, port))
         s.setblocking(False)
         conn.send(("ready", None))
@@ -204,7 +242,8 @@ class UdpSink:
     def stop(self, settle: float = 0.2) -> dict[str, int]:
         """Stop after ``settle`` seconds and return datagrams received per source."""
         time.sleep(settle)
-        self.conn.send("stop")
+        with contextlib.suppress(BrokenPipeError):  # it may have ended at its own deadline
+            self.conn.send("stop")
         if not self.conn.poll(10):
             self.proc.kill()
             raise TimeoutError("receiver did not stop")
@@ -214,6 +253,14 @@ class UdpSink:
             raise RuntimeError(value)
         result: dict[str, int] = value
         return result
+
+    @property
+    def running(self) -> bool:
+        return self.proc.is_alive()
+
+    def close(self) -> None:
+        """Kill the child if it still runs (cleanup after a failure)."""
+        _kill(self.proc, self.conn)
 
 
 def _send_raw(ifname: str, frames: Sequence[bytes], count: int, pps: float | None,
@@ -275,4 +322,10 @@ class RawFlood:
             raise RuntimeError(value)
         return int(value)
 
+    @property
+    def running(self) -> bool:
+        return self.proc.is_alive()
 
+    def close(self) -> None:
+        """Kill the child if it still runs (cleanup after a failure)."""
+        _kill(self.proc, self.conn)

@@ -1,0 +1,104 @@
+"""Fixtures for the real-packet tests: Breakwater on a veth, in a namespace lab
+(topology in ``lab.py``).
+
+Cleanup, whatever the test body did: ``bw`` detaches (purging the pins),
+``lab`` removes both namespaces (and so the veth and any XDP attachment on
+it), ``pin_root`` unlinks whatever is left under the test's own pin root
+(``/sys/fs/bpf/bw-nt-<uuid>``). A teardown that finds a leftover fails the
+test, so a leak cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+from pyroute2 import netns as pyroute2_netns
+
+from controller import dataplane
+from controller.netns import Lab
+
+from .lab import (
+    BPFFS,
+    CLIENT_IFNAME,
+    CLIENT_V4,
+    CLIENT_V6,
+    EDGE_V4,
+    EDGE_V6,
+    EXTRA_V4,
+    EXTRA_V6,
+    IFNAME,
+    MODES,
+    NETNS_SIZES,
+    PIN_ROOT_PREFIX,
+    V4_PLEN,
+    V6_PLEN,
+    Breakwater,
+    Topology,
+    detach_quietly,
+    remove_pins,
+)
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each test runs once per XDP mode."""
+    return str(request.param)
+
+
+@pytest.fixture
+def pin_root() -> Iterator[Path]:
+    """A pin root of this test's own, removed with everything in it."""
+    root = BPFFS / f"{PIN_ROOT_PREFIX}{uuid.uuid4().hex[:12]}"
+    try:
+        yield root
+    finally:
+        remove_pins(root)
+    assert not root.exists(), f"pins left behind under {root}"
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A lab whose namespaces are removed at teardown (checked)."""
+    lab = Lab("nt")
+    try:
+        yield lab
+    finally:
+        made = list(lab.namespaces)
+        lab.close()
+        left = set(made) & set(pyroute2_netns.listnetns())
+        assert not left, f"namespaces left behind: {sorted(left)}"
+
+
+@pytest.fixture
+def topology(lab: Lab) -> Topology:
+    """Edge and client namespaces, the veth, every address, static neighbours."""
+    edge = lab.namespace("edge")
+    client = lab.namespace("client")
+    lab.veth((edge, IFNAME, f"{EDGE_V4}/{V4_PLEN}"),
+             (client, CLIENT_IFNAME, f"{CLIENT_V4}/{V4_PLEN}"))
+    lab.add_address(edge, IFNAME, f"{EDGE_V6}/{V6_PLEN}")
+    client_addrs = [CLIENT_V4, *EXTRA_V4, CLIENT_V6, *EXTRA_V6]
+    for addr in client_addrs[1:]:
+        lab.add_address(client, CLIENT_IFNAME, f"{addr}/{V6_PLEN if ':' in addr else V4_PLEN}")
+    edge_mac = lab.mac(edge, IFNAME)
+    client_mac = lab.mac(client, CLIENT_IFNAME)
+    for addr in (EDGE_V4, EDGE_V6):
+        lab.add_neighbour(client, CLIENT_IFNAME, addr, edge_mac)
+    for addr in client_addrs:
+        lab.add_neighbour(edge, IFNAME, addr, client_mac)
+    return Topology(lab, edge, client)
+
+
+@pytest.fixture
+def bw(mode: str, pin_root: Path, topology: Topology) -> Iterator[Breakwater]:
+    """Breakwater attached to bw0 in ``mode``, with its own pin root."""
+    try:
+        result = dataplane.attach(IFNAME, cast("dataplane.AttachMode", mode), NETNS_SIZES,
+                                  pin_root=pin_root, netns=topology.edge)
+        yield Breakwater(topology, mode, pin_root, result)
+    finally:
+        detach_quietly(topology, pin_root)

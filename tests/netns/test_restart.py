@@ -1,0 +1,208 @@
+"""Restart safety under traffic: the loader dies, comes back, and upgrades.
+
+The loader is the real command line (``breakwater dataplane attach
+--foreground``) run as a process. While a bounded UDP stream flows from a
+denied and an allowed source, the loader is SIGKILLed, restarted (it must
+adopt the program it finds), SIGKILLed again and restarted with
+``--reload`` (it must swap in a new program atomically). Not one denied
+datagram may reach the receiver, the allowed stream must arrive, and the
+counters must have survived every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import counters, dataplane, netlink, policy, traffic
+
+from .lab import CLIENT_V4, EDGE_V4, EXTRA_V4, IFNAME, PORT, Topology, detach_quietly, size_args
+
+pytestmark = pytest.mark.netns
+
+REPO = Path(__file__).resolve().parents[2]
+ALLOWED = CLIENT_V4  # 198.18.0.2
+DENIED = EXTRA_V4[0]  # 198.18.0.3
+# The stream: 30k datagrams per source at 5k pps each (6 s), at most 20 s.
+STREAM_COUNT = 30_000
+STREAM_PPS = 10_000.0
+STREAM_MAX_SECONDS = 20.0
+# How long a loader may take to report ready (it compiles on attach/reload).
+READY_SECONDS = 30.0
+# Pause after each SIGKILL: traffic flows with no loader at all.
+DEAD_SECONDS = 0.5
+DELIVERED_MIN = 0.99
+
+
+@dataclass
+class Loader:
+    """One ``breakwater dataplane attach --foreground`` process."""
+
+    proc: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+    ready: dict[str, Any] = field(default_factory=dict)  # its loader_ready log line
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far."""
+        out = []
+        for line in self.stderr.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if isinstance(doc, dict):
+                    out.append(doc)
+        return out
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in self.events() if e.get("event") == name), None)
+
+    def wait_ready(self) -> dict[str, Any]:
+        """Wait for ``loader_ready``; then its JSON report on stdout is complete."""
+        deadline = time.monotonic() + READY_SECONDS
+        while time.monotonic() < deadline:
+            ready = self.event("loader_ready")
+            if ready is not None:
+                return ready
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        pytest.fail(f"loader not ready (exit {self.proc.poll()}):\n{self.stderr.read_text()}")
+
+    def report(self) -> dict[str, Any]:
+        """The loader's one-interface ``--json`` attach report."""
+        rows = json.loads(self.stdout.read_text())
+        assert len(rows) == 1, rows
+        row: dict[str, Any] = rows[0]
+        return row
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind runs in the loader."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@dataclass
+class Loaders:
+    """Starts loaders and kills every one of them at teardown."""
+
+    topo: Topology
+    mode: str
+    pin_root: Path
+    workdir: Path
+    started: list[Loader] = field(default_factory=list)
+
+    def argv(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "controller.cli", "--pin-root", str(self.pin_root),
+                "dataplane", "attach", IFNAME, "--netns", self.topo.edge, "--mode", self.mode,
+                *size_args(), "--foreground", "--json", *extra]
+
+    def start(self, *extra: str) -> Loader:
+        n = len(self.started)
+        out, err = self.workdir / f"loader{n}.out", self.workdir / f"loader{n}.err"
+        with out.open("wb") as fout, err.open("wb") as ferr:
+            proc = subprocess.Popen(self.argv(*extra), cwd=REPO, stdout=fout, stderr=ferr,
+                                    stdin=subprocess.DEVNULL)
+        loader = Loader(proc, out, err)
+        self.started.append(loader)
+        loader.ready = loader.wait_ready()
+        return loader
+
+    def kill_all(self) -> None:
+        for loader in self.started:
+            with contextlib.suppress(Exception):
+                loader.kill()
+
+
+@pytest.fixture
+def loaders(mode: str, pin_root: Path, topology: Topology, tmp_path: Path) -> Iterator[Loaders]:
+    """Loader processes for bw0; at teardown every one is killed, then the
+    program is detached and the pins purged."""
+    started = Loaders(topology, mode, pin_root, tmp_path)
+    try:
+        yield started
+    finally:
+        started.kill_all()
+        detach_quietly(topology, pin_root)
+
+
+def cli(pin_root: Path, *args: str) -> Any:
+    """Run ``breakwater --pin-root PIN ARGS --json`` and return its JSON output."""
+    done = subprocess.run([sys.executable, "-m", "controller.cli", "--pin-root", str(pin_root),
+                           *args, "--json"], cwd=REPO, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout)
+
+
+def deny_hits(pin_root: Path, address: str) -> int:
+    with dataplane.open_maps(IFNAME, pin_root) as maps:
+        return next(e.hits for e in policy.entries(maps, "deny") if str(e.prefix) == address)
+
+
+def test_kill_restart_and_upgrade_under_traffic(loaders: Loaders, topology: Topology,
+                                                mode: str, pin_root: Path) -> None:
+    first = loaders.start()
+    assert first.report()["action"] == "attached"
+    assert first.ready["actions"] == ["attached"]
+    prog_id = first.report()["prog_id"]
+    assert netlink.xdp_state(IFNAME, topology.edge).prog_id == prog_id
+    assert cli(pin_root, "deny", "add", DENIED)[0]["added"] == 1
+
+    sink = traffic.UdpSink.start(topology.edge, EDGE_V4, PORT,
+                                 max_seconds=STREAM_MAX_SECONDS + 30)
+    stream: traffic.UdpStream | None = None
+    try:
+        stream = traffic.UdpStream.start(topology.client, [ALLOWED, DENIED], EDGE_V4, PORT,
+                                         STREAM_COUNT, pps=STREAM_PPS,
+                                         max_seconds=STREAM_MAX_SECONDS)
+        deadline = time.monotonic() + 5
+        while deny_hits(pin_root, DENIED) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert deny_hits(pin_root, DENIED) > 0, "no traffic reached the program"
+
+        first.kill()
+        time.sleep(DEAD_SECONDS)
+        assert netlink.xdp_state(IFNAME, topology.edge).prog_id == prog_id  # still in force
+
+        second = loaders.start()
+        assert (second.report()["action"], second.report()["prog_id"]) == ("adopted", prog_id)
+        second.kill()
+        time.sleep(DEAD_SECONDS)
+
+        third = loaders.start("--reload")
+        upgraded = third.report()
+        assert upgraded["action"] == "upgraded"
+        assert upgraded["prog_id"] != prog_id
+        state = netlink.xdp_state(IFNAME, topology.edge)
+        assert (state.prog_id, state.mode) == (upgraded["prog_id"], mode)
+        assert stream.running, "the stream ended before the upgrade: lengthen it"
+
+        sent = stream.wait(STREAM_MAX_SECONDS + 10)
+        got = sink.stop(settle=0.5)
+    finally:
+        if stream is not None:
+            stream.close()
+        sink.close()
+
+    third.proc.send_signal(signal.SIGTERM)
+    assert third.proc.wait(10) == 0
+    assert third.event("loader_exit") is not None
+    assert netlink.xdp_state(IFNAME, topology.edge).prog_id == upgraded["prog_id"]
+
+    assert got.get(DENIED, 0) == 0, "a denied datagram got through during a restart"
+    assert got.get(ALLOWED, 0) >= DELIVERED_MIN * sent[ALLOWED], (got, sent)
+    with dataplane.open_maps(IFNAME, pin_root) as maps:
+        # Counters carried over the kills, the adoption and the upgrade.
+        assert deny_hits(pin_root, DENIED) == sent[DENIED]
+        allowed = counters.read_sources(maps).lookup(ALLOWED)
+        assert allowed is not None and allowed["packets"] == sent[ALLOWED]
