@@ -101,17 +101,22 @@ BW_MAP("lru_hash", struct bw_in6, struct bw_src_counters, src_v6, BW_MAX_SRC_V6,
 // Per-rule counters (matched, bytes, dropped, rate-limited), indexed by rule slot.
 BW_MAP("percpu_array", u32, struct bw_rule_counter, rule_stats, BW_MAX_RULES, 0);
 
+// BPF_F_MMAPABLE arrays: user space fills the idle slot of a swap with plain
+// stores through mmap (4 MiB of port bitmaps in about a millisecond, where a
+// batch update takes tens); no packet reads the idle slot.
+#define BW_F_MMAPABLE (1U << 10)
+
 // Signatures in evaluation order, slot s at [s * BW_MAX_SIGS ...].
-BW_MAP("array", u32, struct bw_sig, sigs, BW_SLOTS * BW_MAX_SIGS, 0);
+BW_MAP("array", u32, struct bw_sig, sigs, BW_SLOTS * BW_MAX_SIGS, BW_F_MMAPABLE);
 // Per slot: signature count, trie use, and the default candidate sets.
 BW_MAP("array", u32, struct bw_sig_meta, sig_meta, BW_SLOTS, 0);
 // Candidate signatures by IP protocol, [slot * 256 + protocol].
-BW_MAP("array", u32, struct bw_bits, sig_proto, BW_SLOTS * 256, 0);
+BW_MAP("array", u32, struct bw_bits, sig_proto, BW_SLOTS * 256, BW_F_MMAPABLE);
 // Candidate signatures by source port, [slot * 65536 + port]: a port range is
 // one bit in many entries, so a lookup costs the same for any range.
-BW_MAP("array", u32, struct bw_bits, sig_sport, BW_SLOTS * 65536, 0);
+BW_MAP("array", u32, struct bw_bits, sig_sport, BW_SLOTS * 65536, BW_F_MMAPABLE);
 // Candidate signatures by destination port, [slot * 65536 + port].
-BW_MAP("array", u32, struct bw_bits, sig_dport, BW_SLOTS * 65536, 0);
+BW_MAP("array", u32, struct bw_bits, sig_dport, BW_SLOTS * 65536, BW_F_MMAPABLE);
 // Candidate signatures by source prefix, IPv4: each prefix's bits include
 // those of every shorter prefix containing it (one longest-match lookup
 // yields the whole candidate set).

@@ -38,6 +38,7 @@
 #define BW_PROTO_GRE     47
 #define BW_PROTO_ICMPV6  58
 #define BW_PROTO_MH      135   /* IPv6 mobility header: an extension header */
+#define BW_PROTO_SCTP    132
 
 struct bw_cursor {
     void *pos;
@@ -85,6 +86,13 @@ struct bw_ipv6_frag_hdr {
 struct bw_gre_hdr {
     __be16 flags;
     __be16 proto;
+};
+
+struct bw_sctp_hdr {     /* common header */
+    __be16 source;
+    __be16 dest;
+    __be32 vtag;
+    __be32 csum;
 };
 
 struct bw_icmp_hdr {     /* type, code, checksum and the 4-byte rest-of-header */
@@ -227,7 +235,7 @@ static __always_inline int parse_ipv6(struct bw_cursor *c, void *end, struct bw_
     return next;
 }
 
-/* Transport header: TCP, UDP, ICMP, ICMPv6 or GRE. Other protocols are
+/* Transport header: TCP, UDP, SCTP, ICMP, ICMPv6 or GRE. Other protocols are
  * accepted unparsed. Returns the protocol. */
 static __always_inline int parse_l4(struct bw_cursor *c, void *end, int proto,
                                     struct bw_packet *pkt)
@@ -251,6 +259,13 @@ static __always_inline int parse_l4(struct bw_cursor *c, void *end, int proto,
         pkt->sport = bw_ntohs(uh->source);
         pkt->dport = bw_ntohs(uh->dest);
         c->pos = uh + 1;
+    } else if (proto == BW_PROTO_SCTP) {
+        struct bw_sctp_hdr *sh = c->pos;
+        if ((void *)(sh + 1) > end)
+            return -BW_MALFORMED_L4;
+        pkt->sport = bw_ntohs(sh->source);
+        pkt->dport = bw_ntohs(sh->dest);
+        c->pos = sh + 1;
     } else if (proto == IPPROTO_ICMP || proto == BW_PROTO_ICMPV6) {
         struct bw_icmp_hdr *ih = c->pos;
         if ((void *)(ih + 1) > end)

@@ -40,7 +40,7 @@
 #define BW_MALFORMED_IPV6           68 /* IPv6 header truncated or version != 6 */
 #define BW_MALFORMED_IPV6_EXT       69 /* extension header truncated */
 #define BW_MALFORMED_IPV6_CHAIN     70 /* more than BW_MAX_IPV6_EXT extension headers */
-#define BW_MALFORMED_L4             71 /* TCP/UDP/ICMP/ICMPv6/GRE header truncated */
+#define BW_MALFORMED_L4             71 /* TCP/UDP/SCTP/ICMP/ICMPv6/GRE header truncated */
 
 /* One past the highest code: sizes the per-reason counter array. */
 #define BW_REASON_MAX               128

@@ -218,8 +218,9 @@ static __always_inline int sig_candidates(struct bw_packet *pkt, struct bw_view 
     __u32 idx = (__u32)view->slot * 256 + pkt->l4;
     bits_and_or_clear(cand, sig_proto.lookup(&idx));
 
-    /* ports: only a parsed TCP/UDP header has them */
-    if (pkt->l4_seen && (pkt->l4 == IPPROTO_TCP || pkt->l4 == IPPROTO_UDP)) {
+    /* ports: only a parsed TCP/UDP/SCTP header has them */
+    if (pkt->l4_seen && (pkt->l4 == IPPROTO_TCP || pkt->l4 == IPPROTO_UDP ||
+                         pkt->l4 == BW_PROTO_SCTP)) {
         idx = (__u32)view->slot * 65536 + pkt->sport;
         bits_and_or_clear(cand, sig_sport.lookup(&idx));
         idx = (__u32)view->slot * 65536 + pkt->dport;

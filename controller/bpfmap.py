@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -172,6 +173,38 @@ class PinnedMap:
         except BreakwaterError as exc:
             raise self._fail("update", exc) from exc
 
+    def update_packed(self, keys: bytes, values: bytes, count: int) -> None:
+        """Batch-update ``count`` packed keys and values (BPF_ANY): the fast
+        path for array slices, with no per-element Python objects."""
+        try:
+            n, err = lb.map_update_batch(self.fd, keys, values, count, lb.BPF_ANY)
+            if err:
+                raise from_os_error(err, f"map {self.name}: batch update ({n} of {count} applied)")
+        except BreakwaterError as exc:
+            raise self._fail("update", exc) from exc
+
+    def write_mmap(self, index: int, packed: bytes) -> None:
+        """Write packed values from element ``index`` on, through mmap (arrays
+        made with BPF_F_MMAPABLE). Plain stores: only for elements no packet
+        reads meanwhile (the idle slot of a swap)."""
+        stride = (self.spec.value_size + 7) // 8 * 8
+        if stride != self.spec.value_size:
+            raise ValueError(f"{self.name}: mmap writes need 8-byte values")
+        size = self.max_entries * stride
+        length = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        try:
+            with mmap.mmap(self.fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mem:
+                mem[index * stride : index * stride + len(packed)] = packed
+        except OSError as exc:
+            raise self._fail("mmap", from_os_error(exc.errno or errno.EINVAL, f"map {self.name}: mmap")) from exc
+
+    def read_mmap(self, index: int, count: int) -> bytes:
+        stride = self.spec.value_size
+        size = self.max_entries * stride
+        length = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        with mmap.mmap(self.fd, length, mmap.MAP_SHARED, mmap.PROT_READ) as mem:
+            return bytes(mem[index * stride : (index + count) * stride])
+
     def delete_many(self, keys: Sequence[bytes]) -> int:
         """Delete keys; absent ones are skipped. Returns how many were deleted."""
         deleted = 0
@@ -252,6 +285,8 @@ class MapSet:
     def __init__(self, pin_dir: Path, maps: dict[str, PinnedMap]) -> None:
         self.pin_dir = pin_dir
         self.maps = maps
+        self._lock_fd = -1
+        self._lock_depth = 0
 
     @classmethod
     def open(cls, pin_dir: Path, sizes: MapSizes | None = None) -> MapSet:
@@ -285,12 +320,22 @@ class MapSet:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[MapSet]:
-        """Hold the pin directory's lock (flock): one writer at a time."""
+        """Hold the pin directory's lock (flock): one writer at a time, across
+        processes. Re-entrant within this MapSet."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
         fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd, self._lock_depth = fd, 1
             yield self
         finally:
+            self._lock_fd, self._lock_depth = -1, 0
             os.close(fd)
 
     def is_empty(self, name: str) -> bool:

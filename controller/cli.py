@@ -11,21 +11,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
-from . import counters, dataplane, logs, policy
+from . import counters, dataplane, enforce, logs, policy
 from .addresses import Prefix, parse_prefix
 from .blocklist import read_file
 from .errors import BreakwaterError, InputError
 from .maps import MapSizes
 from .output import emit_json, human_bytes, human_rate, table
+from .presets import reflection_rule
 from .reasons import Action, Reason
+from .rules import RuleAction, RuleSet
 
 __all__ = ["build_parser", "main"]
 
@@ -185,48 +188,235 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- allow / deny ---------------------------------------------------------------
+# -- rule sets ------------------------------------------------------------------
+
+def _user() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
+
+
+def _edit_rules(args: argparse.Namespace, edit: Callable[[RuleSet], RuleSet],
+                dry_run: bool = False) -> list[dict[str, Any]]:
+    """Apply ``edit`` to each interface's rule set and swap the result in."""
+    rows: list[dict[str, Any]] = []
+    for ifname in _interfaces(args):
+        with dataplane.open_maps(ifname, args.pin_root) as maps, maps.locked():
+            prev = enforce.load_applied(args.state_dir, ifname)
+            before = prev.rules if prev else RuleSet.from_rules(())
+            after = edit(before)
+            mgmt = prev.management if prev else ()
+            out = enforce.apply(maps, after, prev, management=mgmt, dry_run=dry_run)
+            if out.swap is not None:
+                enforce.save_applied(args.state_dir, ifname,
+                                     enforce.Applied(after, out.compiled.slots, out.swap.gen, mgmt))
+        rows.append(_outcome_row(ifname, out))
+    return rows
+
+
+def _outcome_row(ifname: str, out: enforce.Outcome) -> dict[str, Any]:
+    c = out.compiled
+    return {
+        "interface": ifname,
+        "added": [r.id for r in out.diff.added],
+        "removed": [r.id for r in out.diff.removed],
+        "changed": [new.id for _, new in out.diff.changed],
+        "unchanged": len(out.diff.unchanged),
+        "deny_exact": sum(1 for d in c.deny if d.prefix.is_exact),
+        "deny_prefix": sum(1 for d in c.deny if not d.prefix.is_exact),
+        "allow": len(c.allow),
+        "signatures": len(c.signatures),
+        "warnings": list(c.warnings),
+        "applied": out.swap is not None,
+        "generation": out.swap.gen if out.swap else None,
+        "swap_ms": round(out.swap.seconds * 1000, 2) if out.swap else None,
+    }
+
+
+def _print_outcomes(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        emit_json(rows)
+        return
+    table(["INTERFACE", "ADDED", "REMOVED", "CHANGED", "UNCHANGED", "DENY /32,/128", "DENY PFX",
+           "ALLOW", "SIGNATURES", "RESULT"],
+          [[r["interface"], len(r["added"]), len(r["removed"]), len(r["changed"]), r["unchanged"],
+            r["deny_exact"], r["deny_prefix"], r["allow"], r["signatures"],
+            f"generation {r['generation']} in force ({r['swap_ms']} ms)" if r["applied"]
+            else "dry run: nothing changed"] for r in rows], right=[1, 2, 3, 4, 5, 6, 7, 8])
+    for r in rows[:1]:
+        for label in ("added", "removed", "changed"):
+            if r[label]:
+                print(f"{label}: {', '.join(r[label])}")
+        for w in r["warnings"]:
+            print(f"warning: {w}")
+
+
+def cmd_rules_apply(args: argparse.Namespace) -> int:
+    rules = enforce.load_file(Path(args.file))
+    _print_outcomes(_edit_rules(args, lambda _: rules, dry_run=args.dry_run), args.json)
+    return 0
+
+
+def cmd_rules_del(args: argparse.Namespace) -> int:
+    def edit(rs: RuleSet) -> RuleSet:
+        missing = [i for i in args.ids if rs.get(i) is None]
+        if missing:
+            raise InputError(f"no rule {', '.join(map(repr, missing))}: `breakwater rules list` shows them")
+        return RuleSet.from_rules(r for r in rs.rules if r.id not in set(args.ids))
+
+    _print_outcomes(_edit_rules(args, edit, dry_run=args.dry_run), args.json)
+    return 0
+
+
+def cmd_rules_preset(args: argparse.Namespace) -> int:
+    dst = [parse_prefix(p, field="--dst") for p in args.dst]
+    if args.action == "rate_limit":
+        if not args.pps and not args.bps:
+            raise InputError("--action rate_limit needs --pps and/or --bps")
+        action = RuleAction("rate_limit", pps=args.pps, bps=args.bps, scope=args.scope)
+    else:
+        action = RuleAction(args.action)
+    new = reflection_rule(args.id, dst, action, fragments=args.fragments, created_by=_user(),
+                          comment="reflection preset")
+
+    def edit(rs: RuleSet) -> RuleSet:
+        ids = {r.id for r in new}
+        return RuleSet.from_rules([*(r for r in rs.rules if r.id not in ids), *new])
+
+    _print_outcomes(_edit_rules(args, edit, dry_run=args.dry_run), args.json)
+    return 0
+
+
+def _rule_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for ifname in _interfaces(args):
+        prev = enforce.load_applied(args.state_dir, ifname)
+        if prev is None:
+            continue
+        with dataplane.open_maps(ifname, args.pin_root) as maps:
+            totals = counters.rule_totals(maps)
+        for r in sorted(prev.rules.rules, key=lambda r: r.order):
+            slot = prev.slots.get(r.id)
+            t = totals.get(slot)
+            rows.append({
+                "interface": ifname, "id": r.id, "priority": r.priority, "action": r.action.to_value(),
+                "match": r.match.to_dict(), "origin": r.origin,
+                "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+                "comment": r.comment, "created_by": r.created_by, "slot": slot,
+                "matched": t.packets if t else 0, "dropped": t.dropped if t else 0,
+                "rate_limited": t.rate_limited if t else 0, "bytes": t.bytes if t else 0,
+            })
+    return rows
+
+
+def _match_text(match: dict[str, Any]) -> str:
+    parts = []
+    for k, v in match.items():
+        if isinstance(v, list):
+            v = ",".join(map(str, v[:3])) + (f",+{len(v) - 3}" if len(v) > 3 else "")
+        parts.append(f"{k}={v}")
+    return " ".join(parts) or "(everything)"
+
+
+def _action_text(action: Any) -> str:
+    if isinstance(action, str):
+        return action
+    rate = " ".join(f"{k}={v}" for k, v in action.items() if k != "kind")
+    return f"{action['kind']}({rate})"
+
+
+def cmd_rules_list(args: argparse.Namespace) -> int:
+    rows = _rule_rows(args)
+    if args.json:
+        emit_json(rows)
+        return 0
+    table(["INTERFACE", "ID", "PRIO", "ACTION", "MATCH", "ORIGIN", "EXPIRES", "MATCHED", "DROPPED",
+           "LIMITED"],
+          [[r["interface"], r["id"], r["priority"], _action_text(r["action"]), _match_text(r["match"]),
+            r["origin"], r["expires_at"] or "-", r["matched"], r["dropped"], r["rate_limited"]]
+           for r in rows], right=[2, 7, 8, 9])
+    return 0
+
+
+def cmd_rules_show(args: argparse.Namespace) -> int:
+    rows = [r for r in _rule_rows(args) if r["id"] == args.id]
+    if not rows:
+        raise InputError(f"no rule {args.id!r}: `breakwater rules list` shows them")
+    if args.json:
+        emit_json(rows)
+        return 0
+    for r in rows:
+        for k, v in r.items():
+            print(f"{k:>13}: {v}")
+    return 0
+
+
+# -- allow / deny: edits of source-only rules ---------------------------------------
 
 def cmd_list_add(args: argparse.Namespace) -> int:
     prefixes = _prefixes(args)
-    entries = [policy.Entry(p, args.rule_id, getattr(args, "management", False)) for p in prefixes]
+    kind: Literal["drop", "allow"] = "drop" if args.which == "deny" else "allow"
+    if getattr(args, "management", False):
+        return _management_add(args, prefixes)
+    rule_id = args.rule or f"cli-{args.which}"
+    rows = _edit_rules(args, lambda rs: enforce.with_sources(
+        rs, rule_id, kind, prefixes, created_by=_user(), comment=f"breakwater {args.which} add"))
+    _print_outcomes(rows, args.json)
+    return 0
+
+
+def _management_add(args: argparse.Namespace, prefixes: list[Prefix]) -> int:
     rows = []
     for ifname in _interfaces(args):
-        with dataplane.open_maps(ifname, args.pin_root) as maps:
-            r = policy.add(maps, args.which, entries)
-        rows.append({"interface": ifname, "added": r.added, "updated": r.updated,
-                     "unchanged": r.unchanged})
-    if args.json:
-        emit_json(rows)
-    else:
-        table(["INTERFACE", "ADDED", "UPDATED", "UNCHANGED"],
-              [[r["interface"], r["added"], r["updated"], r["unchanged"]] for r in rows],
-              right=[1, 2, 3])
+        with dataplane.open_maps(ifname, args.pin_root) as maps, maps.locked():
+            prev = enforce.load_applied(args.state_dir, ifname)
+            rules = prev.rules if prev else RuleSet.from_rules(())
+            mgmt = tuple(dict.fromkeys((*(prev.management if prev else ()), *prefixes)))
+            out = enforce.apply(maps, rules, prev, management=mgmt)
+            assert out.swap is not None
+            enforce.save_applied(args.state_dir, ifname,
+                                 enforce.Applied(rules, out.compiled.slots, out.swap.gen, mgmt))
+        rows.append(_outcome_row(ifname, out))
+    _print_outcomes(rows, args.json)
     return 0
 
 
 def cmd_list_del(args: argparse.Namespace) -> int:
     prefixes = _prefixes(args)
-    rows = []
-    for ifname in _interfaces(args):
-        with dataplane.open_maps(ifname, args.pin_root) as maps:
-            n = policy.remove(maps, args.which, prefixes)
-        rows.append({"interface": ifname, "removed": n, "not_found": len(prefixes) - n})
-    if args.json:
-        emit_json(rows)
-    else:
-        table(["INTERFACE", "REMOVED", "NOT FOUND"],
-              [[r["interface"], r["removed"], r["not_found"]] for r in rows], right=[1, 2])
+    kind = "drop" if args.which == "deny" else "allow"
+    found: list[int] = []
+
+    def edit(rs: RuleSet) -> RuleSet:
+        out, n = enforce.without_sources(rs, kind, prefixes)
+        found.append(n)
+        return out
+
+    rows = _edit_rules(args, edit)
+    if args.which == "allow":
+        for ifname in _interfaces(args):
+            prev = enforce.load_applied(args.state_dir, ifname)
+            if prev and set(prefixes) & set(prev.management):
+                mgmt = tuple(p for p in prev.management if p not in set(prefixes))
+                with dataplane.open_maps(ifname, args.pin_root) as maps, maps.locked():
+                    out = enforce.apply(maps, prev.rules, prev, management=mgmt)
+                    assert out.swap is not None
+                    enforce.save_applied(args.state_dir, ifname, enforce.Applied(
+                        prev.rules, out.compiled.slots, out.swap.gen, mgmt))
+    if not any(found):
+        print("none of those prefixes is in a source-only rule", file=sys.stderr)
+    _print_outcomes(rows, args.json)
     return 0
 
 
 def cmd_list_show(args: argparse.Namespace) -> int:
     out: list[dict[str, Any]] = []
     for ifname in _interfaces(args):
+        prev = enforce.load_applied(args.state_dir, ifname)
+        names = {s: rid for rid, s in (prev.slots.to_dict().items() if prev else [])}
         with dataplane.open_maps(ifname, args.pin_root) as maps:
             for e in policy.entries(maps, args.which):
-                out.append({"interface": ifname, "prefix": str(e.prefix), "rule_id": e.rule_id,
-                            "management": e.management, "hits": e.hits, "hit_bytes": e.hit_bytes})
+                out.append({"interface": ifname, "prefix": str(e.prefix),
+                            "rule": names.get(e.rule_id, "management" if e.management else "-"),
+                            "slot": e.rule_id, "management": e.management, "hits": e.hits,
+                            "hit_bytes": e.hit_bytes})
     if args.limit:
         out = out[: args.limit]
     if args.json:
@@ -234,11 +424,11 @@ def cmd_list_show(args: argparse.Namespace) -> int:
         return 0
     headers = ["INTERFACE", "PREFIX", "RULE"]
     if args.which == "allow":
-        table([*headers, "KIND"], [[r["interface"], r["prefix"], r["rule_id"] or "-",
+        table([*headers, "KIND"], [[r["interface"], r["prefix"], r["rule"],
                                     "management" if r["management"] else "allow"] for r in out])
     else:
         table([*headers, "HITS", "HIT BYTES"],
-              [[r["interface"], r["prefix"], r["rule_id"] or "-",
+              [[r["interface"], r["prefix"], r["rule"],
                 r["hits"] if "/" not in r["prefix"] else "(per source)",
                 human_bytes(r["hit_bytes"]) if "/" not in r["prefix"] else ""] for r in out],
               right=[3])
@@ -290,12 +480,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
             reasons = counters.reason_totals(maps)
             rules = counters.rule_totals(maps)
             monitor = bool(dataplane.read_config(maps).flags & 1)
+        prev = enforce.load_applied(args.state_dir, ifname)
+        names = {s: rid for rid, s in (prev.slots.to_dict().items() if prev else [])}
         report.append({
             "interface": ifname,
             "policy": "monitor" if monitor else "enforce",
             "actions": {a.label: dataclasses.asdict(t) for a, t in actions.items()},
             "reasons": {r.label: dataclasses.asdict(t) for r, t in reasons.items() if t.packets},
-            "rules": {str(k): dataclasses.asdict(t) for k, t in sorted(rules.items())},
+            "rules": {names.get(k, f"slot {k}"): dict(dataclasses.asdict(t), slot=k)
+                      for k, t in sorted(rules.items())},
         })
     if args.json:
         emit_json(report)
@@ -314,9 +507,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
                for r in Reason if r.label in rep["reasons"]], right=[1, 2, 3])
         if rep["rules"]:
             print()
-            table(["RULE", "PACKETS", "BYTES"],
-                  [[k, v["packets"], human_bytes(v["bytes"])] for k, v in rep["rules"].items()],
-                  right=[0, 1, 2])
+            table(["RULE", "SLOT", "MATCHED", "BYTES", "DROPPED", "RATE-LIMITED"],
+                  [[k, v["slot"], v["packets"], human_bytes(v["bytes"]), v["dropped"], v["rate_limited"]]
+                   for k, v in rep["rules"].items()], right=[1, 2, 3, 4, 5])
     return 0
 
 
@@ -337,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pin-root", type=Path, default=dataplane.DEFAULT_PIN_ROOT,
                    help="bpffs directory of the pinned programs and maps "
                         "(default %(default)s, or $BREAKWATER_PIN_ROOT)")
+    p.add_argument("--state-dir", type=Path, default=enforce.DEFAULT_STATE_DIR,
+                   help="where the rule set in force is recorded (default %(default)s, "
+                        "or $BREAKWATER_STATE_DIR)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -401,8 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
         add.add_argument("prefixes", nargs="*", metavar="PREFIX")
         add.add_argument("--file", action="append",
                          help="read prefixes from a file (plain CIDR, Spamhaus DROP, FireHOL)")
-        add.add_argument("--rule-id", type=int, default=0,
-                         help="rule id the entries count against (default 0: none)")
+        add.add_argument("--rule", metavar="ID",
+                         help=f"source-only rule to add them to (default cli-{which}; created if missing)")
         if which == "allow":
             add.add_argument("--management", action="store_true",
                              help="management prefix (reported as pass_mgmt)")
@@ -417,6 +613,39 @@ def build_parser() -> argparse.ArgumentParser:
         ls.add_argument("--limit", type=int, default=0, help="show at most N entries")
         common(ls)
         ls.set_defaults(func=cmd_list_show, which=which)
+
+    rp = sub.add_parser("rules", help="the rule set: apply a file atomically, list, show, delete")
+    rsub = rp.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    ra = rsub.add_parser("apply", help="make FILE (TOML, or .json) the whole rule set, atomically")
+    ra.add_argument("file", metavar="FILE")
+    ra.add_argument("--dry-run", action="store_true", help="compile and show the diff, change nothing")
+    common(ra)
+    ra.set_defaults(func=cmd_rules_apply)
+    rl = rsub.add_parser("list", help="rules in force with their counters")
+    common(rl)
+    rl.set_defaults(func=cmd_rules_list)
+    rs_ = rsub.add_parser("show", help="one rule in full")
+    rs_.add_argument("id", metavar="ID")
+    common(rs_)
+    rs_.set_defaults(func=cmd_rules_show)
+    rd = rsub.add_parser("del", help="delete rules by id")
+    rd.add_argument("ids", nargs="+", metavar="ID")
+    rd.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    common(rd)
+    rd.set_defaults(func=cmd_rules_del)
+    rpre = rsub.add_parser("preset", help="add a built-in rule group (reflection)")
+    rpre.add_argument("preset", choices=["reflection"])
+    rpre.add_argument("--dst", action="append", required=True, metavar="PREFIX",
+                      help="protected destination prefix (repeatable)")
+    rpre.add_argument("--action", choices=["drop", "rate_limit", "monitor"], default="drop")
+    rpre.add_argument("--pps", type=int, help="with --action rate_limit: packets/s per port")
+    rpre.add_argument("--bps", type=int, help="with --action rate_limit: bits/s per port")
+    rpre.add_argument("--scope", choices=["aggregate", "per_source"], default="aggregate")
+    rpre.add_argument("--id", default="amp", help="id prefix of the rules (default amp: amp-ntp, ...)")
+    rpre.add_argument("--fragments", action="store_true", help="also match UDP fragments to --dst")
+    rpre.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    common(rpre)
+    rpre.set_defaults(func=cmd_rules_preset)
 
     t = sub.add_parser("top", help="top sources by rate, from two counter reads")
     t.add_argument("--interval", type=float, default=1.0, help="seconds between reads (default 1)")

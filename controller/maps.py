@@ -123,6 +123,7 @@ class MapSpec:
 
 
 BPF_F_NO_PREALLOC = 1
+BPF_F_MMAPABLE = 1 << 10
 
 MAP_SPECS: tuple[MapSpec, ...] = (
     MapSpec("config", 2, "array", ctypes.c_uint32, abi.Config, "config",
@@ -150,15 +151,15 @@ MAP_SPECS: tuple[MapSpec, ...] = (
     MapSpec("verdict_stats", 6, "percpu_array", ctypes.c_uint32, abi.Counter, "counters",
             "packets and bytes per action", fixed_entries=ACTION_MAX, percpu=True),
     MapSpec("sigs", 2, "array", ctypes.c_uint32, abi.Sig, "policy",
-            "signatures in evaluation order, per slot", fixed_entries=abi.SLOTS * abi.MAX_SIGS),
+            "signatures in evaluation order, per slot", fixed_entries=abi.SLOTS * abi.MAX_SIGS, flags=BPF_F_MMAPABLE),
     MapSpec("sig_meta", 2, "array", ctypes.c_uint32, abi.SigMeta, "policy",
             "signature count and default candidates, per slot", fixed_entries=abi.SLOTS),
     MapSpec("sig_proto", 2, "array", ctypes.c_uint32, abi.Bits, "policy",
-            "candidate signatures by IP protocol", fixed_entries=abi.SLOTS * 256),
+            "candidate signatures by IP protocol", fixed_entries=abi.SLOTS * 256, flags=BPF_F_MMAPABLE),
     MapSpec("sig_sport", 2, "array", ctypes.c_uint32, abi.Bits, "policy",
-            "candidate signatures by source port", fixed_entries=abi.SLOTS * 65536),
+            "candidate signatures by source port", fixed_entries=abi.SLOTS * 65536, flags=BPF_F_MMAPABLE),
     MapSpec("sig_dport", 2, "array", ctypes.c_uint32, abi.Bits, "policy",
-            "candidate signatures by destination port", fixed_entries=abi.SLOTS * 65536),
+            "candidate signatures by destination port", fixed_entries=abi.SLOTS * 65536, flags=BPF_F_MMAPABLE),
     MapSpec("sig_src_v4", 11, "lpm_trie", abi.LpmV4, abi.Bits, "policy",
             "candidate signatures by source prefix, IPv4", "sig_prefixes", flags=BPF_F_NO_PREALLOC),
     MapSpec("sig_src_v6", 11, "lpm_trie", abi.LpmV6, abi.Bits, "policy",

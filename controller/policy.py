@@ -81,21 +81,21 @@ def add(maps: MapSet, which: List, items: Iterable[Entry]) -> ApplyResult:
     added = updated = unchanged = 0
     for e in batch:
         name = target(which, e.prefix)
+        old: object
+        new: object
         if name in image.exact:
             table = image.exact[name]
             key = e.prefix.exact_key()
-            old_rule = table.get(key)
+            old, new = table.get(key), e.rule_id
             table[key] = e.rule_id
-            new_value: object = e.rule_id
         else:
             tries = image.tries.setdefault(name, {})
             tk = trie_key(e.prefix)
-            old_ref = tries.get(tk)
+            old, new = tries.get(tk), e.ref()
             tries[tk] = e.ref()
-            old_rule, new_value = (None if old_ref is None else old_ref), tries[tk]
-        if old_rule is None:
+        if old is None:
             added += 1
-        elif old_rule == new_value:
+        elif old == new:
             unchanged += 1
         else:
             updated += 1

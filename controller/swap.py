@@ -221,21 +221,13 @@ def _stage_trie(maps: MapSet, name: str, want: dict[TrieKey, bytes], nxt: int,
     return len(keys)
 
 
-def _array_keys(base: int, n: int) -> list[bytes]:
-    raw = np.arange(base, base + n, dtype="<u4").tobytes()
-    return [raw[i * 4 : i * 4 + 4] for i in range(n)]
-
-
 def _write_array(maps: MapSet, name: str, base: int, packed: bytes, width: int) -> None:
-    n = len(packed) // width
-    maps[name].overwrite(_array_keys(base, n), [packed[i * width : (i + 1) * width] for i in range(n)])
+    """Write a slice of an idle-slot array: plain stores through mmap."""
+    maps[name].write_mmap(base, packed)
 
 
 def _read_array(maps: MapSet, name: str, base: int, n: int) -> bytes:
-    m = maps[name]
-    _, values, count = m.read_all()
-    width = m.spec.value_size
-    return values[base * width : (base + n) * width]
+    return maps[name].read_mmap(base, n)
 
 
 def _current_sigs(maps: MapSet, cur: int, tries: dict[str, dict[int, dict[TrieKey, bytes]]]) -> SigImage:
