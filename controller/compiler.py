@@ -31,8 +31,10 @@ slot, so its counters survive the swap to the new set.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import itertools
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -69,6 +71,7 @@ MAX_WARNINGS: Final = 100
 """Warnings kept per compile; the rest are summed up in one last line."""
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Dimension = Literal["src", "dst"]
 PortDimension = Literal["sport", "dport"]
 
@@ -154,9 +157,15 @@ class SlotTable:
         used = set(kept.values())
         free = _free_slots(used, freed, max_rule_slots)
         table = dict(kept)
-        for rid, s in zip(new_ids, free, strict=False):
-            table[rid] = s
-        return SlotTable(table), freed
+        table.update(zip(new_ids, free, strict=False))
+        return SlotTable._trusted(table), freed
+
+    @classmethod
+    def _trusted(cls, table: dict[str, int]) -> SlotTable:
+        """A table built by :meth:`assign`, valid by construction: skip the checks."""
+        out = object.__new__(cls)
+        object.__setattr__(out, "slots", MappingProxyType(table))
+        return out
 
 
 def _free_slots(used: set[int], freed: frozenset[int], limit: int) -> Iterator[int]:
@@ -510,17 +519,18 @@ def compile_ruleset(
     if now.tzinfo is None or now.utcoffset() is None:
         raise InputError("now: needs a time zone (use datetime.now(UTC))")
     active = [r for r in rs.rules if r.expires_at is None or r.expires_at > now]
-    active.sort(key=_order)
+    active.sort(key=_ORDER)
     table, freed = (slots or SlotTable()).assign((r.id for r in active), max_rule_slots)
     slot_of = table.slots
     warn = _Warnings()
 
-    allow: dict[Prefix, AllowEntry] = {}
+    # Keyed by the network: hashing it directly is cheaper than hashing the Prefix.
+    allow: dict[Network, AllowEntry] = {}
     for p in management:
         if not isinstance(p, Prefix):
             raise InputError(f"management: expected a Prefix, got {type(p).__name__}")
-        allow.setdefault(p, AllowEntry(p, 0, "", True))
-    deny: dict[Prefix, DenyEntry] = {}
+        allow.setdefault(p.network, AllowEntry(p, 0, "", True))
+    deny: dict[Network, DenyEntry] = {}
     sig_rules: list[Rule] = []
     for rule in active:
         m = rule.match
@@ -528,10 +538,9 @@ def compile_ruleset(
         if kind == "drop" and m.is_src_only:
             slot = slot_of[rule.id]
             for p in m.src:
-                old = deny.get(p)
-                if old is None:
-                    deny[p] = DenyEntry(p, slot, rule.id)
-                else:
+                entry = DenyEntry(p, slot, rule.id)
+                old = deny.setdefault(p.network, entry)
+                if old is not entry:
                     warn.add(
                         f"rule {rule.id!r}: source {p} is already denied by rule {old.rule_id!r} "
                         f"(earlier in priority order); the entry counts for {old.rule_id!r}"
@@ -539,9 +548,9 @@ def compile_ruleset(
         elif kind == "allow" and m.is_src_only:
             slot = slot_of[rule.id]
             for p in m.src:
-                prev = allow.get(p)
+                prev = allow.get(p.network)
                 if prev is None:
-                    allow[p] = AllowEntry(p, slot, rule.id)
+                    allow[p.network] = AllowEntry(p, slot, rule.id)
                 else:
                     owner = "a management prefix" if prev.management else f"allowed by rule {prev.rule_id!r}"
                     warn.add(f"rule {rule.id!r}: source {p} is already {owner}; the entry counts there")
@@ -555,8 +564,7 @@ def compile_ruleset(
             f"(first over the limit: {sig_rules[max_signatures].id!r})"
         )
     signatures = tuple(_signature(i, r, slot_of[r.id]) for i, r in enumerate(sig_rules))
-    priority = {r.id: r.priority for r in active}
-    _shadowing(tuple(deny.values()), tuple(allow.values()), signatures, priority, warn)
+    _shadowing(tuple(deny.values()), tuple(allow.values()), signatures, active, warn)
     expiries = [r.expires_at for r in active if r.expires_at is not None]
     return CompiledSet(
         deny=tuple(deny.values()),
@@ -569,8 +577,7 @@ def compile_ruleset(
     )
 
 
-def _order(rule: Rule) -> tuple[int, str]:
-    return (rule.priority, rule.id)
+_ORDER: Final = operator.attrgetter("priority", "id")
 
 
 def _signature(index: int, rule: Rule, slot: int) -> Signature:
@@ -601,32 +608,58 @@ _Row = tuple[int, int, int, str, Prefix]
 
 
 class _Index:
-    """Entries by family, to find those overlapping a prefix."""
+    """Entries by family, to find those overlapping a prefix; each view is
+    built on first use, so a compile pays only for the questions it asks."""
 
-    def __init__(self, entries: Iterable[tuple[Prefix, int, str]]) -> None:
+    def __init__(self, entries: Sequence[DenyEntry | AllowEntry], priority: Mapping[str, int]) -> None:
+        self._entries = entries
+        self._priority = priority
+
+    @functools.cached_property
+    def _rows(self) -> dict[int, list[_Row]]:
         rows: dict[int, list[_Row]] = {4: [], 6: []}
-        for p, prio, rid in entries:
-            rows[p.family].append((int(p.network.network_address), p.network.prefixlen, prio, rid, p))
-        self.rows = {f: sorted(r, key=lambda x: (x[0], x[1])) for f, r in rows.items()}
-        self.starts = {f: [r[0] for r in rs] for f, rs in self.rows.items()}
-        self.by_len: dict[int, dict[int, dict[int, list[_Row]]]] = {4: {}, 6: {}}
-        for f, rs in self.rows.items():
+        for e in self._entries:
+            net = e.prefix.network
+            row = (int(net.network_address), net.prefixlen, self._priority[e.rule_id], e.rule_id, e.prefix)
+            rows[net.version].append(row)
+        for rs in rows.values():
+            rs.sort(key=lambda x: (x[0], x[1]))
+        return rows
+
+    @functools.cached_property
+    def _starts(self) -> dict[int, list[int]]:
+        return {f: [r[0] for r in rs] for f, rs in self._rows.items()}
+
+    @functools.cached_property
+    def _by_len(self) -> dict[int, list[tuple[int, dict[int, list[_Row]]]]]:
+        out: dict[int, list[tuple[int, dict[int, list[_Row]]]]] = {}
+        for f, rs in self._rows.items():
+            tables: dict[int, dict[int, list[_Row]]] = {}
             for row in rs:
-                self.by_len[f].setdefault(row[1], {}).setdefault(row[0], []).append(row)
-        self.by_priority = {f: sorted(rs, key=lambda x: (x[2], x[3])) for f, rs in self.rows.items()}
-        self.priorities = {f: [r[2] for r in rs] for f, rs in self.by_priority.items()}
+                tables.setdefault(row[1], {}).setdefault(row[0], []).append(row)
+            out[f] = sorted(tables.items())
+        return out
+
+    @functools.cached_property
+    def _by_priority(self) -> dict[int, tuple[list[int], list[_Row]]]:
+        out: dict[int, tuple[list[int], list[_Row]]] = {}
+        for f, rs in self._rows.items():
+            ordered = sorted(rs, key=lambda x: (x[2], x[3]))
+            out[f] = ([r[2] for r in ordered], ordered)
+        return out
 
     def overlapping(self, p: Prefix) -> Iterator[_Row]:
         """Entries inside ``p`` (or equal), then entries containing ``p``."""
-        f, plen = p.family, p.network.prefixlen
-        start, end = int(p.network.network_address), int(p.network.broadcast_address)
-        lo = bisect.bisect_left(self.starts[f], start)
-        hi = bisect.bisect_right(self.starts[f], end)
-        for row in self.rows[f][lo:hi]:
+        net = p.network
+        f, plen = net.version, net.prefixlen
+        start, end = int(net.network_address), int(net.broadcast_address)
+        lo = bisect.bisect_left(self._starts[f], start)
+        hi = bisect.bisect_right(self._starts[f], end)
+        for row in self._rows[f][lo:hi]:
             if row[1] >= plen:
                 yield row
-        bits = p.network.max_prefixlen
-        for length, table in sorted(self.by_len[f].items()):
+        bits = net.max_prefixlen
+        for length, table in self._by_len[f]:
             if length >= plen:
                 break
             mask = ((1 << length) - 1) << (bits - length)
@@ -634,8 +667,8 @@ class _Index:
 
     def later(self, family: int, priority: int) -> list[_Row]:
         """Entries of ``family`` with a priority number above ``priority``."""
-        i = bisect.bisect_right(self.priorities[family], priority)
-        return self.by_priority[family][i:]
+        priorities, rows = self._by_priority[family]
+        return rows[bisect.bisect_right(priorities, priority) :]
 
 
 def _later_overlaps(index: _Index, sig: Signature) -> list[_Row]:
@@ -659,21 +692,33 @@ def _shadowing(
     deny: tuple[DenyEntry, ...],
     allow: tuple[AllowEntry, ...],
     signatures: tuple[Signature, ...],
-    priority: Mapping[str, int],
+    active: Sequence[Rule],
     warn: _Warnings,
 ) -> None:
-    """Warn where allow/deny entries override what the priorities say.
+    """Warn where allow/deny entries override what the priorities say, in
+    the cases that let through traffic or block it against the operator's
+    apparent intent:
 
+    * an ``allow`` signature before (lower priority number) src-only drop
+      rules that share its sources: the deny entries still drop;
+    * a ``drop``/``rate_limit`` signature with source prefixes before
+      src-only allow rules that share them: the allow entries still pass;
+    * a src-only allow rule after src-only drop rules it overlaps: allow wins.
+
+    Not warned: rate-limit or drop signatures without source prefixes (the
+    reflection preset, say) ahead of deny entries or allow entries; the
+    entries being stricter there, or the allowlist winning, is the design.
     Best effort: overlaps are judged on source prefixes only, so a warning
     means "some traffic may be handled differently than the priorities suggest".
     """
     rule_allow = [a for a in allow if not a.management]
-    deny_index = _Index((d.prefix, priority[d.rule_id], d.rule_id) for d in deny) if deny else None
-    allow_index = (
-        _Index((a.prefix, priority[a.rule_id], a.rule_id) for a in rule_allow) if rule_allow else None
-    )
+    if not rule_allow and not (deny and any(s.action == "allow" for s in signatures)):
+        return  # nothing to compare: the common case of many denies and no allow rules
+    priority = {r.id: r.priority for r in active}
+    deny_index = _Index(deny, priority) if deny else None
+    allow_index = _Index(rule_allow, priority) if rule_allow else None
     for s in signatures:
-        if deny_index is not None and s.action in ("allow", "rate_limit"):
+        if deny_index is not None and s.action == "allow":
             rows = _later_overlaps(deny_index, s)
             if rows:
                 ex = rows[0]
@@ -683,7 +728,7 @@ def _shadowing(
                     f"sources (e.g. {ex[3]!r} {ex[4]}, priority {ex[2]}); deny entries are checked "
                     "before signatures, so that traffic is dropped"
                 )
-        if allow_index is not None and s.action in ("drop", "rate_limit"):
+        if allow_index is not None and s.action in ("drop", "rate_limit") and s.src:
             rows = _later_overlaps(allow_index, s)
             if rows:
                 ex = rows[0]

@@ -134,6 +134,14 @@ _MATCH_KEYS: Final = ("src", "dst", "protocol", "sport", "dport", "tcp_flags", "
 _ACTION_KEYS: Final = ("kind", "pps", "bps", "burst_packets", "burst_bytes", "scope")
 _RATE_FIELDS: Final = ("pps", "bps", "burst_packets", "burst_bytes")
 _SET_KEYS: Final = ("version", "rules")
+# Keys written in the wrong table, and the table they belong in.
+_NOT_RULE_KEYS: Final = {
+    **dict.fromkeys(_MATCH_KEYS, "match"), **dict.fromkeys(_ACTION_KEYS[1:], "action"),
+}
+_NOT_MATCH_KEYS: Final = {
+    **dict.fromkeys([k for k in _RULE_KEYS if k != "match"], "the rule table"),
+    **dict.fromkeys(_ACTION_KEYS[1:], "action"),
+}
 
 
 # --- errors with a field path ------------------------------------------------
@@ -177,12 +185,25 @@ def _show(value: object) -> str:
     return type(value).__name__
 
 
-def _check_keys(table: Mapping[str, object], known: Sequence[str]) -> None:
+def _check_keys(
+    table: Mapping[str, object], known: Sequence[str], elsewhere: Mapping[str, str] | None = None
+) -> None:
+    """Refuse unknown keys, suggesting the closest known one, or the table
+    where a key belongs (``elsewhere``: key → table name)."""
+    other = elsewhere or {}
     for key in table:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise FieldError("", f"unknown key {key!r}{hint}; known: {', '.join(sorted(known))}")
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), [*known, *other], n=1)
+        if key in other:
+            hint = f" ({key!r} belongs in {other[key]})"
+        elif close and close[0] in other:
+            hint = f" (did you mean {close[0]!r} in {other[close[0]]}?)"
+        elif close:
+            hint = f" (did you mean {close[0]!r}?)"
+        else:
+            hint = ""
+        raise FieldError("", f"unknown key {key!r}{hint}; known: {', '.join(sorted(known))}")
 
 
 def _table(value: object, what: str = "a table") -> Mapping[str, object]:
@@ -505,7 +526,7 @@ class Match:
     @classmethod
     def from_dict(cls, data: object) -> Match:
         table = _table(data, "a match table, e.g. {protocol = \"udp\", sport = 53}")
-        _check_keys(table, _MATCH_KEYS)
+        _check_keys(table, _MATCH_KEYS, _NOT_MATCH_KEYS)
         src = _parse_prefixes(table.get("src", ()), "src")
         dst = _parse_prefixes(table.get("dst", ()), "dst")
         protocol: int | None = None
@@ -725,7 +746,7 @@ class Rule:
     def from_dict(cls, data: object, now: datetime | None = None) -> Rule:
         """Parse one rule table; ``ttl`` counts from ``now`` (default: the current time)."""
         table = _table(data, "a rule table")
-        _check_keys(table, _RULE_KEYS)
+        _check_keys(table, _RULE_KEYS, _NOT_RULE_KEYS)
         if "id" not in table:
             raise FieldError("id", "missing; every rule needs an id")
         rid = _check_id(table["id"])
