@@ -34,6 +34,7 @@ import bisect
 import functools
 import ipaddress
 import itertools
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +71,7 @@ MAX_WARNINGS: Final = 100
 """Warnings kept per compile; the rest are summed up in one last line."""
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Dimension = Literal["src", "dst"]
 PortDimension = Literal["sport", "dport"]
 
@@ -155,9 +157,15 @@ class SlotTable:
         used = set(kept.values())
         free = _free_slots(used, freed, max_rule_slots)
         table = dict(kept)
-        for rid, s in zip(new_ids, free, strict=False):
-            table[rid] = s
-        return SlotTable(table), freed
+        table.update(zip(new_ids, free, strict=False))
+        return SlotTable._trusted(table), freed
+
+    @classmethod
+    def _trusted(cls, table: dict[str, int]) -> SlotTable:
+        """A table built by :meth:`assign`, valid by construction: skip the checks."""
+        out = object.__new__(cls)
+        object.__setattr__(out, "slots", MappingProxyType(table))
+        return out
 
 
 def _free_slots(used: set[int], freed: frozenset[int], limit: int) -> Iterator[int]:
@@ -511,17 +519,18 @@ def compile_ruleset(
     if now.tzinfo is None or now.utcoffset() is None:
         raise InputError("now: needs a time zone (use datetime.now(UTC))")
     active = [r for r in rs.rules if r.expires_at is None or r.expires_at > now]
-    active.sort(key=_order)
+    active.sort(key=_ORDER)
     table, freed = (slots or SlotTable()).assign((r.id for r in active), max_rule_slots)
     slot_of = table.slots
     warn = _Warnings()
 
-    allow: dict[Prefix, AllowEntry] = {}
+    # Keyed by the network: hashing it directly is cheaper than hashing the Prefix.
+    allow: dict[Network, AllowEntry] = {}
     for p in management:
         if not isinstance(p, Prefix):
             raise InputError(f"management: expected a Prefix, got {type(p).__name__}")
-        allow.setdefault(p, AllowEntry(p, 0, "", True))
-    deny: dict[Prefix, DenyEntry] = {}
+        allow.setdefault(p.network, AllowEntry(p, 0, "", True))
+    deny: dict[Network, DenyEntry] = {}
     sig_rules: list[Rule] = []
     for rule in active:
         m = rule.match
@@ -530,7 +539,7 @@ def compile_ruleset(
             slot = slot_of[rule.id]
             for p in m.src:
                 entry = DenyEntry(p, slot, rule.id)
-                old = deny.setdefault(p, entry)
+                old = deny.setdefault(p.network, entry)
                 if old is not entry:
                     warn.add(
                         f"rule {rule.id!r}: source {p} is already denied by rule {old.rule_id!r} "
@@ -539,9 +548,9 @@ def compile_ruleset(
         elif kind == "allow" and m.is_src_only:
             slot = slot_of[rule.id]
             for p in m.src:
-                prev = allow.get(p)
+                prev = allow.get(p.network)
                 if prev is None:
-                    allow[p] = AllowEntry(p, slot, rule.id)
+                    allow[p.network] = AllowEntry(p, slot, rule.id)
                 else:
                     owner = "a management prefix" if prev.management else f"allowed by rule {prev.rule_id!r}"
                     warn.add(f"rule {rule.id!r}: source {p} is already {owner}; the entry counts there")
@@ -555,8 +564,7 @@ def compile_ruleset(
             f"(first over the limit: {sig_rules[max_signatures].id!r})"
         )
     signatures = tuple(_signature(i, r, slot_of[r.id]) for i, r in enumerate(sig_rules))
-    priority = {r.id: r.priority for r in active}
-    _shadowing(tuple(deny.values()), tuple(allow.values()), signatures, priority, warn)
+    _shadowing(tuple(deny.values()), tuple(allow.values()), signatures, active, warn)
     expiries = [r.expires_at for r in active if r.expires_at is not None]
     return CompiledSet(
         deny=tuple(deny.values()),
@@ -569,8 +577,7 @@ def compile_ruleset(
     )
 
 
-def _order(rule: Rule) -> tuple[int, str]:
-    return (rule.priority, rule.id)
+_ORDER: Final = operator.attrgetter("priority", "id")
 
 
 def _signature(index: int, rule: Rule, slot: int) -> Signature:
@@ -685,7 +692,7 @@ def _shadowing(
     deny: tuple[DenyEntry, ...],
     allow: tuple[AllowEntry, ...],
     signatures: tuple[Signature, ...],
-    priority: Mapping[str, int],
+    active: Sequence[Rule],
     warn: _Warnings,
 ) -> None:
     """Warn where allow/deny entries override what the priorities say, in
@@ -705,6 +712,9 @@ def _shadowing(
     means "some traffic may be handled differently than the priorities suggest".
     """
     rule_allow = [a for a in allow if not a.management]
+    if not rule_allow and not (deny and any(s.action == "allow" for s in signatures)):
+        return  # nothing to compare: the common case of many denies and no allow rules
+    priority = {r.id: r.priority for r in active}
     deny_index = _Index(deny, priority) if deny else None
     allow_index = _Index(rule_allow, priority) if rule_allow else None
     for s in signatures:
