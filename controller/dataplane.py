@@ -274,6 +274,24 @@ def _copy_entries(maps: MapSet, plan: list[_Replacement]) -> None:
         )
 
 
+def _carried_config(pin_dir: Path) -> tuple[int, int] | None:
+    """(flags, gen) of the pinned config map, whatever its layout version,
+    so a replaced config map keeps the generation every other map's
+    entries are relative to. None when there is no config pin."""
+    path = pin_dir / "config"
+    if not path.exists():
+        return None
+    fd = lb.obj_get(path)
+    try:
+        info = lb.map_info(fd)
+        raw = lb.map_lookup_elem(fd, bytes(4), info.value_size) or bytes(info.value_size)
+    finally:
+        lb.close(fd)
+    flags = int.from_bytes(raw[0:4], "little")
+    gen = int.from_bytes(raw[16:20], "little") if len(raw) >= 20 else 0
+    return flags, gen
+
+
 def read_config(maps: MapSet) -> abi.Config:
     raw = maps["config"].lookup(bytes(4))
     return abi.Config.from_buffer_copy(raw) if raw else abi.Config()
@@ -344,6 +362,7 @@ def attach(
             pass  # the upgrade path below reports or replaces the mismatch
 
     plan = _plan_pins(pin_dir, sizes, replace_maps)
+    carried = _carried_config(pin_dir) if any(r.spec.name == "config" for r in plan) else None
     pin_dir.mkdir(parents=True, exist_ok=True)
     _set_aside(pin_dir, plan)
     try:
@@ -354,6 +373,10 @@ def attach(
     try:
         with MapSet.open(pin_dir, sizes) as maps, maps.locked():
             _copy_entries(maps, plan)
+            if carried is not None:
+                cfg = read_config(maps)
+                cfg.flags, cfg.gen = carried
+                write_config(maps, cfg)
             mem = memory_bytes(maps)
         action: Literal["attached", "upgraded"]
         fallback = ""
