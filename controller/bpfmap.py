@@ -196,7 +196,8 @@ class PinnedMap:
             with mmap.mmap(self.fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mem:
                 mem[index * stride : index * stride + len(packed)] = packed
         except OSError as exc:
-            raise self._fail("mmap", from_os_error(exc.errno or errno.EINVAL, f"map {self.name}: mmap")) from exc
+            err = from_os_error(exc.errno or errno.EINVAL, f"map {self.name}: mmap")
+            raise self._fail("mmap", err) from exc
 
     def read_mmap(self, index: int, count: int) -> bytes:
         stride = self.spec.value_size
