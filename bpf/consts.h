@@ -45,11 +45,6 @@
 #define BW_SIG_ALLOW                3
 #define BW_SIG_MONITOR              4 /* count and go on: not a verdict */
 
-/* struct bw_sig.frag */
-#define BW_SIG_FRAG_ANY             0
-#define BW_SIG_FRAG_YES             1
-#define BW_SIG_FRAG_NO              2
-
 /* struct bw_sig.flags */
 #define BW_SIG_PER_SOURCE           (1U << 0) /* one token bucket per source */
 

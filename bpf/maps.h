@@ -117,6 +117,10 @@ BW_MAP("array", u32, struct bw_bits, sig_proto, BW_SLOTS * 256, BW_F_MMAPABLE);
 BW_MAP("array", u32, struct bw_bits, sig_sport, BW_SLOTS * 65536, BW_F_MMAPABLE);
 // Candidate signatures by destination port, [slot * 65536 + port].
 BW_MAP("array", u32, struct bw_bits, sig_dport, BW_SLOTS * 65536, BW_F_MMAPABLE);
+// Candidate signatures by TCP flags byte, [slot * 256 + flags].
+BW_MAP("array", u32, struct bw_bits, sig_tcpflags, BW_SLOTS * 256, BW_F_MMAPABLE);
+// Candidate signatures by IP length, [slot * 65536 + length].
+BW_MAP("array", u32, struct bw_bits, sig_len, BW_SLOTS * 65536, BW_F_MMAPABLE);
 // Candidate signatures by source prefix, IPv4: each prefix's bits include
 // those of every shorter prefix containing it (one longest-match lookup
 // yields the whole candidate set).

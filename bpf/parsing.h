@@ -44,28 +44,6 @@ struct bw_cursor {
     void *pos;
 };
 
-/* What the parser learned; everything later reads only this. */
-struct bw_packet {
-    __u32 len;           /* frame length */
-    __u16 l3;            /* ethertype after VLAN tags, host order */
-    __u8 family;         /* 4 or 6 once a valid IP header was read, else 0 */
-    __u8 l4;             /* IP protocol of the transport header (after IPv6 extensions) */
-    __u8 l4_seen;        /* the transport header was present and parsed */
-    __u8 frag;           /* any fragment (first or later) */
-    __u8 later_frag;     /* non-first fragment: carries no transport header */
-    __u8 tcp_flags;
-    __u8 icmp_type;
-    __u8 hop_limit;      /* IPv6 hop limit / IPv4 TTL */
-    __u8 vlans;          /* VLAN tags seen */
-    __u8 l3_off;         /* offset of the IP header in the frame */
-    __u16 sport;         /* host order; 0 when no transport header */
-    __u16 dport;
-    __be32 src4;
-    __be32 dst4;
-    struct bw_in6 src6;
-    struct bw_in6 dst6;
-};
-
 struct bw_vlan_hdr {
     __be16 tci;
     __be16 proto;
@@ -150,6 +128,7 @@ static __always_inline int parse_ipv4(struct bw_cursor *c, void *end, struct bw_
     c->pos += hdrsize;
 
     pkt->family = 4;
+    pkt->ip_len = bw_ntohs(iph->tot_len);
     pkt->src4 = iph->saddr;
     pkt->dst4 = iph->daddr;
     pkt->hop_limit = iph->ttl;
@@ -217,6 +196,7 @@ static __always_inline int parse_ipv6(struct bw_cursor *c, void *end, struct bw_
     c->pos = ip6 + 1;
 
     pkt->family = 6;
+    pkt->ip_len = bw_ntohs(ip6->payload_len) + sizeof(*ip6);
     copy_in6(&pkt->src6, &ip6->saddr);
     copy_in6(&pkt->dst6, &ip6->daddr);
     pkt->hop_limit = ip6->hop_limit;

@@ -94,13 +94,9 @@ struct bw_bits {
  * 32.32 fixed-point cost per byte. */
 struct bw_sig {
     __u32 rule_id;       /* rule slot (rule_stats, rl_agg) */
-    __u8 action;         /* BW_SIG_* */
-    __u8 frag;           /* BW_SIG_FRAG_* */
-    __u8 tcp_mask;       /* TCP flags that must equal tcp_value */
-    __u8 tcp_value;
-    __u16 len_lo;        /* IP length range (IP header + payload) */
-    __u16 len_hi;
+    __u32 action;        /* BW_SIG_* */
     __u32 flags;         /* BW_SIG_PER_SOURCE */
+    __u32 pad;
     __u64 pkt_cost;      /* ns per packet; 0 = no packet rate */
     __u64 pkt_tol;       /* burst tolerance, ns */
     __u64 byte_cost;     /* ns per byte, 32.32 fixed point; 0 = no bit rate */
@@ -115,6 +111,10 @@ struct bw_sig_meta {
     struct bw_bits src_any[2];   /* [0] IPv4, [1] IPv6: no source constraint */
     struct bw_bits dst_any[2];
     struct bw_bits noport;       /* no port constraint: for packets without ports */
+    struct bw_bits notcp;        /* no TCP-flags constraint: for packets without a TCP header */
+    struct bw_bits frag_yes;     /* may match a fragment */
+    struct bw_bits frag_no;      /* may match a packet that is not a fragment */
+    struct bw_bits monitor;      /* monitor signatures: counted, never deciding */
 };
 
 /* Key of a per-source token bucket. */
@@ -128,6 +128,36 @@ struct bw_rl_key {
 struct bw_rl_state {
     __u64 tat_pkt;
     __u64 tat_byte;
+};
+
+/* What the parser learned; everything later reads only this. */
+struct bw_packet {
+    __u32 len;           /* frame length */
+    __u16 l3;            /* ethertype after VLAN tags, host order */
+    __u8 family;         /* 4 or 6 once a valid IP header was read, else 0 */
+    __u8 l4;             /* IP protocol of the transport header (after IPv6 extensions) */
+    __u8 l4_seen;        /* the transport header was present and parsed */
+    __u8 frag;           /* any fragment (first or later) */
+    __u8 later_frag;     /* non-first fragment: carries no transport header */
+    __u8 tcp_flags;
+    __u8 icmp_type;
+    __u8 hop_limit;      /* IPv6 hop limit / IPv4 TTL */
+    __u8 vlans;          /* VLAN tags seen */
+    __u8 l3_off;         /* offset of the IP header in the frame */
+    __u16 ip_len;        /* IP length from the header: IPv4 total length, IPv6 payload + 40 */
+    __u16 sport;         /* host order; 0 when no transport header */
+    __u16 dport;
+    __be32 src4;
+    __be32 dst4;
+    struct bw_in6 src6;
+    struct bw_in6 dst6;
+};
+
+/* What a packet is judged by: read once from config at entry. */
+struct bw_view {
+    __u32 flags;     /* BW_CFG_* */
+    __u32 gen;       /* rule-set generation */
+    __u8 slot;       /* gen & 1: the double-buffered maps' half */
 };
 
 #endif

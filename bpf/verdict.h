@@ -23,13 +23,6 @@ struct bw_verdict {
     struct bw_deny_entry *entry;   /* exact deny entry that decided: counts the source */
 };
 
-/* What a packet is judged by: read once from config at entry. */
-struct bw_view {
-    __u32 flags;     /* BW_CFG_* */
-    __u32 gen;       /* rule-set generation */
-    __u8 slot;       /* gen & 1: the double-buffered maps' half */
-};
-
 static __always_inline int decide(struct bw_verdict *v, __u32 action, __u32 reason, __u32 rule_id)
 {
     v->action = action;
@@ -168,20 +161,23 @@ static __always_inline void bits_and_or_clear(struct bw_bits *a, const struct bw
     }
 }
 
-/* Index of the single set bit of v. */
+/* Index of the highest set bit of v (v has one bit set here). Branch-free:
+ * a branchy binary search gives the verifier 64 distinct paths per call. */
 static __always_inline __u32 bit_index(__u64 v)
 {
-    __u32 n = 0;
-    if (v >> 32) { n += 32; v >>= 32; }
-    if (v >> 16) { n += 16; v >>= 16; }
-    if (v >> 8)  { n += 8;  v >>= 8; }
-    if (v >> 4)  { n += 4;  v >>= 4; }
-    if (v >> 2)  { n += 2;  v >>= 2; }
-    if (v >> 1)  { n += 1; }
-    return n;
+    __u64 n = 0, t;
+    t = ((v >> 32) | (~(v >> 32) + 1)) >> 63; n += t << 5; v >>= t << 5;
+    t = ((v >> 16) | (~(v >> 16) + 1)) >> 63; n += t << 4; v >>= t << 4;
+    t = ((v >> 8) | (~(v >> 8) + 1)) >> 63;   n += t << 3; v >>= t << 3;
+    t = ((v >> 4) | (~(v >> 4) + 1)) >> 63;   n += t << 2; v >>= t << 2;
+    t = ((v >> 2) | (~(v >> 2) + 1)) >> 63;   n += t << 1; v >>= t << 1;
+    t = ((v >> 1) | (~(v >> 1) + 1)) >> 63;   n += t;
+    return (__u32)(n & 63);
 }
 
-/* Candidate signatures of a packet: the AND over every dimension. */
+/* The signatures a packet matches: the AND over every dimension's bitmap
+ * (protocol, ports, prefixes, TCP flags, IP length, fragment). No signature
+ * is checked one by one: the lowest set bit left is the first match. */
 static __always_inline int sig_candidates(struct bw_packet *pkt, struct bw_view *view,
                                           struct bw_sig_meta *meta, struct bw_bits *cand)
 {
@@ -228,6 +224,22 @@ static __always_inline int sig_candidates(struct bw_packet *pkt, struct bw_view 
     } else {
         bits_and(cand, &meta->noport);
     }
+
+    /* TCP flags: only a parsed TCP header has them */
+    if (pkt->l4_seen && pkt->l4 == IPPROTO_TCP) {
+        idx = (__u32)view->slot * 256 + pkt->tcp_flags;
+        bits_and_or_clear(cand, sig_tcpflags.lookup(&idx));
+    } else {
+        bits_and(cand, &meta->notcp);
+    }
+
+    /* IP length */
+    idx = (__u32)view->slot * 65536 + pkt->ip_len;
+    bits_and_or_clear(cand, sig_len.lookup(&idx));
+
+    /* fragments */
+    bits_and(cand, pkt->frag ? &meta->frag_yes : &meta->frag_no);
+
     __u64 any = 0;
 #pragma unroll
     for (int i = 0; i < BW_SIG_WORDS; i++)
@@ -235,32 +247,17 @@ static __always_inline int sig_candidates(struct bw_packet *pkt, struct bw_view 
     return any != 0;
 }
 
-/* The fields the bitmaps do not cover. */
-static __always_inline int sig_matches(struct bw_sig *s, struct bw_packet *pkt)
-{
-    if (s->tcp_mask && (!pkt->l4_seen || pkt->l4 != IPPROTO_TCP ||
-                        (pkt->tcp_flags & s->tcp_mask) != s->tcp_value))
-        return 0;
-    __u32 iplen = pkt->len - pkt->l3_off;
-    if (iplen < s->len_lo || iplen > s->len_hi)
-        return 0;
-    if (s->frag == BW_SIG_FRAG_YES && !pkt->frag)
-        return 0;
-    if (s->frag == BW_SIG_FRAG_NO && pkt->frag)
-        return 0;
-    return 1;
-}
-
-/* One GCRA step on *tat: within the limit if the schedule is at most `tol`
- * ahead of now; then it advances by `cost`. Lock-free (compare-and-swap), so
- * every CPU shares one exact schedule. */
+/* One GCRA step on *tat: the packet is within the limit if, with its cost
+ * added, the schedule runs at most `tol` ahead of now (so a packet larger
+ * than the whole burst never fits). Lock-free (compare-and-swap), so every
+ * CPU shares one exact schedule. */
 static __always_inline int gcra(__u64 *tat, __u64 now, __u64 cost, __u64 tol)
 {
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         __u64 old = *(volatile __u64 *)tat;
         __u64 t = old > now ? old : now;
-        if (t - now > tol)
+        if (t + cost - now > tol)
             return 0;
         if (__sync_val_compare_and_swap(tat, old, t + cost) == old)
             return 1;
@@ -295,10 +292,13 @@ static __always_inline int within_rate(struct bw_sig *s, struct bw_packet *pkt)
     if (s->pkt_cost && !gcra(&st->tat_pkt, now, s->pkt_cost, s->pkt_tol))
         return 0;
     if (s->byte_cost) {
-        __u64 len = pkt->len;
+        __u64 len = pkt->ip_len;   /* rates count IP bytes, like Match.length */
         __u64 cost = len * (s->byte_cost >> 32) + ((len * (s->byte_cost & 0xFFFFFFFF)) >> 32);
-        if (!gcra(&st->tat_byte, now, cost, s->byte_tol))
+        if (!gcra(&st->tat_byte, now, cost, s->byte_tol)) {
+            if (s->pkt_cost)   /* give back the packet's share: it was not sent */
+                __sync_fetch_and_add(&st->tat_pkt, -s->pkt_cost);
             return 0;
+        }
     }
     return 1;
 }
@@ -314,6 +314,46 @@ static __always_inline void count_rule(__u32 rule, __u32 len, int dropped, int l
     }
 }
 
+/* Lowest set bit of a bitmap, as an index; -1 if empty. */
+static __always_inline int first_bit(struct bw_bits *b)
+{
+#pragma unroll
+    for (int w = 0; w < BW_SIG_WORDS; w++) {
+        __u64 v = b->w[w];
+        if (v)
+            return w * 64 + bit_index(v & (~v + 1));
+    }
+    return -1;
+}
+
+/* Count the monitor signatures that match before the deciding one (the
+ * lowest terminal bit): up to BW_MONITOR_PER_WORD of them in each 64-bit
+ * word of the bitmap. Branch-free masks keep the verifier's walk linear. */
+#define BW_MONITOR_PER_WORD 4
+static __always_inline void count_monitors(struct bw_packet *pkt, struct bw_view *view,
+                                           struct bw_bits *mon, struct bw_bits *term)
+{
+    __u64 alive = ~0ULL;   /* all ones until the word holding the deciding signature */
+#pragma unroll
+    for (int w = 0; w < BW_SIG_WORDS; w++) {
+        __u64 t = term->w[w];
+        __u64 below = (t & (~t + 1)) - 1;   /* bits under the lowest terminal; all if none */
+        __u64 m = mon->w[w] & below & alive;
+        alive &= ~((((t | (~t + 1)) >> 63) ^ 1) - 1);   /* cleared once a terminal is seen */
+#pragma unroll
+        for (int i = 0; i < BW_MONITOR_PER_WORD; i++) {
+            if (!m)
+                break;
+            __u64 low = m & (~m + 1);
+            m &= m - 1;
+            __u32 idx = (__u32)view->slot * BW_MAX_SIGS + w * 64 + bit_index(low);
+            struct bw_sig *s = sigs.lookup(&idx);
+            if (s)
+                count_rule(s->rule_id, pkt->len, 0, 0);
+        }
+    }
+}
+
 /* Signatures in order, first match wins; monitor signatures count and go on. */
 static __always_inline int check_signatures(struct bw_packet *pkt, struct bw_verdict *v,
                                             struct bw_view *view)
@@ -325,33 +365,28 @@ static __always_inline int check_signatures(struct bw_packet *pkt, struct bw_ver
     struct bw_bits cand;
     if (!sig_candidates(pkt, view, meta, &cand))
         return 0;
-
-    for (int w = 0; w < BW_SIG_WORDS; w++) {
-        __u64 bits = cand.w[w];
-        for (int j = 0; j < 64; j++) {
-            if (!bits)
-                break;
-            __u64 low = bits & (~bits + 1);
-            bits &= bits - 1;
-            __u32 idx = (__u32)view->slot * BW_MAX_SIGS + w * 64 + bit_index(low);
-            struct bw_sig *s = sigs.lookup(&idx);
-            if (!s || !sig_matches(s, pkt))
-                continue;
-            if (s->action == BW_SIG_MONITOR) {
-                count_rule(s->rule_id, pkt->len, 0, 0);
-                continue;
-            }
-            if (s->action == BW_SIG_DROP)
-                return decide(v, XDP_DROP, BW_DROP_SIGNATURE, s->rule_id);
-            if (s->action == BW_SIG_ALLOW)
-                return decide(v, XDP_PASS, BW_PASS_SIGNATURE, s->rule_id);
-            if (within_rate(s, pkt))
-                return decide(v, XDP_PASS, BW_PASS_RATE_LIMIT, s->rule_id);
-            v->limited = 1;
-            return decide(v, XDP_DROP, BW_DROP_RATE_LIMIT, s->rule_id);
-        }
+    struct bw_bits mon, term;
+#pragma unroll
+    for (int i = 0; i < BW_SIG_WORDS; i++) {
+        mon.w[i] = cand.w[i] & meta->monitor.w[i];
+        term.w[i] = cand.w[i] & ~meta->monitor.w[i];
     }
-    return 0;
+    count_monitors(pkt, view, &mon, &term);
+    int first = first_bit(&term);
+    if (first < 0)
+        return 0;
+    __u32 idx = (__u32)view->slot * BW_MAX_SIGS + first;
+    struct bw_sig *s = sigs.lookup(&idx);
+    if (!s)
+        return 0;
+    if (s->action == BW_SIG_DROP)
+        return decide(v, XDP_DROP, BW_DROP_SIGNATURE, s->rule_id);
+    if (s->action == BW_SIG_ALLOW)
+        return decide(v, XDP_PASS, BW_PASS_SIGNATURE, s->rule_id);
+    if (within_rate(s, pkt))
+        return decide(v, XDP_PASS, BW_PASS_RATE_LIMIT, s->rule_id);
+    v->limited = 1;
+    return decide(v, XDP_DROP, BW_DROP_RATE_LIMIT, s->rule_id);
 }
 
 static __always_inline void count(struct bw_counter *c, __u32 len)

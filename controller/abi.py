@@ -18,9 +18,23 @@ __all__ = [
     "CFG_PASS_MALFORMED",
     "COUNTER_DTYPE",
     "DENY_DTYPE",
+    "GEN_INF",
     "MAX_IPV6_EXT",
+    "MAX_SIGS",
     "MAX_VLAN_TAGS",
+    "RULE_ABSENT",
     "RULE_COUNTER_DTYPE",
+    "SIG_ALLOW",
+    "SIG_DROP",
+    "SIG_DST_V4",
+    "SIG_DST_V6",
+    "SIG_MONITOR",
+    "SIG_PER_SOURCE",
+    "SIG_RATE_LIMIT",
+    "SIG_SRC_V4",
+    "SIG_SRC_V6",
+    "SIG_WORDS",
+    "SLOTS",
     "SRC_COUNTERS_DTYPE",
     "SRC_COUNTER_FIELDS",
     "TRIE_FLAGS",
@@ -62,9 +76,6 @@ SIG_DROP = 1
 SIG_RATE_LIMIT = 2
 SIG_ALLOW = 3
 SIG_MONITOR = 4
-SIG_FRAG_ANY = 0
-SIG_FRAG_YES = 1
-SIG_FRAG_NO = 2
 SIG_PER_SOURCE = 1 << 0
 SIG_SRC_V4 = 1 << 0
 SIG_SRC_V6 = 1 << 1
@@ -183,13 +194,9 @@ class Sig(ctypes.Structure):
 
     _fields_ = [
         ("rule_id", ctypes.c_uint32),
-        ("action", ctypes.c_uint8),
-        ("frag", ctypes.c_uint8),
-        ("tcp_mask", ctypes.c_uint8),
-        ("tcp_value", ctypes.c_uint8),
-        ("len_lo", ctypes.c_uint16),
-        ("len_hi", ctypes.c_uint16),
+        ("action", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
         ("pkt_cost", ctypes.c_uint64),
         ("pkt_tol", ctypes.c_uint64),
         ("byte_cost", ctypes.c_uint64),
@@ -206,6 +213,10 @@ class SigMeta(ctypes.Structure):
         ("src_any", Bits * 2),
         ("dst_any", Bits * 2),
         ("noport", Bits),
+        ("notcp", Bits),
+        ("frag_yes", Bits),
+        ("frag_no", Bits),
+        ("monitor", Bits),
     ]
 
 

@@ -14,6 +14,7 @@ import fcntl
 import logging
 import mmap
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,8 +287,7 @@ class MapSet:
     def __init__(self, pin_dir: Path, maps: dict[str, PinnedMap]) -> None:
         self.pin_dir = pin_dir
         self.maps = maps
-        self._lock_fd = -1
-        self._lock_depth = 0
+        self._held = threading.local()  # per thread: lock depth
 
     @classmethod
     def open(cls, pin_dir: Path, sizes: MapSizes | None = None) -> MapSet:
@@ -323,20 +323,21 @@ class MapSet:
     def locked(self) -> Iterator[MapSet]:
         """Hold the pin directory's lock (flock): one writer at a time, across
         processes. Re-entrant within this MapSet."""
-        if self._lock_depth:
-            self._lock_depth += 1
+        depth = getattr(self._held, "depth", 0)
+        if depth:
+            self._held.depth = depth + 1
             try:
                 yield self
             finally:
-                self._lock_depth -= 1
+                self._held.depth = depth
             return
         fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd, self._lock_depth = fd, 1
+            self._held.depth = 1
             yield self
         finally:
-            self._lock_fd, self._lock_depth = -1, 0
+            self._held.depth = 0
             os.close(fd)
 
     def is_empty(self, name: str) -> bool:

@@ -77,45 +77,47 @@ def add(maps: MapSet, which: List, items: Iterable[Entry]) -> ApplyResult:
     any map would overflow. A repeated prefix keeps its last entry."""
     batch = list(items)
     _validate(which, batch, maps)
-    image = swap.read_image(maps)
-    added = updated = unchanged = 0
-    for e in batch:
-        name = target(which, e.prefix)
-        old: object
-        new: object
-        if name in image.exact:
-            table = image.exact[name]
-            key = e.prefix.exact_key()
-            old, new = table.get(key), e.rule_id
-            table[key] = e.rule_id
-        else:
-            tries = image.tries.setdefault(name, {})
-            tk = trie_key(e.prefix)
-            old, new = tries.get(tk), e.ref()
-            tries[tk] = e.ref()
-        if old is None:
-            added += 1
-        elif old == new:
-            unchanged += 1
-        else:
-            updated += 1
-    if added or updated:
-        swap.apply(maps, image)
+    last = {(target(which, e.prefix), e.prefix): e for e in batch}  # a repeat: the last wins
+    with maps.locked():
+        image = swap.read_image(maps)
+        added = updated = unchanged = 0
+        for (name, prefix), e in last.items():
+            old: object
+            new: object
+            if name in image.exact:
+                table = image.exact[name]
+                key = prefix.exact_key()
+                old, new = table.get(key), e.rule_id
+                table[key] = e.rule_id
+            else:
+                tries = image.tries.setdefault(name, {})
+                tk = trie_key(prefix)
+                old, new = tries.get(tk), e.ref()
+                tries[tk] = e.ref()
+            if old is None:
+                added += 1
+            elif old == new:
+                unchanged += 1
+            else:
+                updated += 1
+        if added or updated:
+            swap.apply(maps, image)
     return ApplyResult(added, updated, unchanged)
 
 
 def remove(maps: MapSet, which: List, prefixes: Iterable[Prefix]) -> int:
     """Remove entries; absent ones are ignored. Returns how many were removed."""
-    image = swap.read_image(maps)
-    removed = 0
-    for p in prefixes:
-        name = target(which, p)
-        if name in image.exact:
-            removed += image.exact[name].pop(p.exact_key(), None) is not None
-        else:
-            removed += image.tries.get(name, {}).pop(trie_key(p), None) is not None
-    if removed:
-        swap.apply(maps, image)
+    with maps.locked():
+        image = swap.read_image(maps)
+        removed = 0
+        for p in prefixes:
+            name = target(which, p)
+            if name in image.exact:
+                removed += image.exact[name].pop(p.exact_key(), None) is not None
+            else:
+                removed += image.tries.get(name, {}).pop(trie_key(p), None) is not None
+        if removed:
+            swap.apply(maps, image)
     return removed
 
 

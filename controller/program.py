@@ -69,7 +69,8 @@ class Build:
 
     @classmethod
     def make(cls, sizes: MapSizes, pin_dir: Path | None, extra: tuple[str, ...] = ()) -> Build:
-        flags = [*sizes.cflags(), f"-I{BPF_DIR}", "-Wno-macro-redefined"]
+        flags = [*sizes.cflags(), f"-I{BPF_DIR}", "-Wno-macro-redefined",
+                 "-Werror=implicit-function-declaration"]
         if pin_dir is not None:
             flags.append(f'-DBW_PIN_DIR="{pin_dir}"')
         return cls(bundle(BPF_DIR / MAIN_SOURCE), tuple(flags) + extra)

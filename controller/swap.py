@@ -37,7 +37,9 @@ LOGGER = logging.getLogger("breakwater.swap")
 EXACT_MAPS = ("deny_v4", "deny_v6")
 POLICY_TRIES = ("allow_v4", "allow_v6", "deny_pfx_v4", "deny_pfx_v6")
 SIG_TRIES = ("sig_src_v4", "sig_src_v6", "sig_dst_v4", "sig_dst_v6")
-SIG_ARRAYS = {"sig_proto": 256, "sig_sport": 65536, "sig_dport": 65536}
+SIG_ARRAYS = {"sig_proto": 256, "sig_sport": 65536, "sig_dport": 65536, "sig_tcpflags": 256,
+              "sig_len": 65536}
+"""Per-slot bitmap arrays of the signature stage and their entries per slot."""
 # An XDP run takes microseconds under RCU; once this has passed after the
 # flip, no packet can still be judged by the old generation, so what only it
 # used can be cleared.
@@ -53,15 +55,13 @@ class SigImage:
 
     sigs: list[abi.Sig]
     meta: abi.SigMeta
-    proto: bytes  # 256 packed struct bw_bits
-    sport: bytes  # 65536 packed struct bw_bits
-    dport: bytes  # 65536 packed struct bw_bits
+    arrays: dict[str, bytes]  # SIG_ARRAYS name -> its slot's packed struct bw_bits
     tries: dict[str, dict[TrieKey, bytes]] = field(default_factory=dict)  # sig_src_v4 ...
 
 
 def empty_sig_image() -> SigImage:
     bits = ctypes.sizeof(abi.Bits)
-    return SigImage([], abi.SigMeta(), bytes(256 * bits), bytes(65536 * bits), bytes(65536 * bits))
+    return SigImage([], abi.SigMeta(), {name: bytes(n * bits) for name, n in SIG_ARRAYS.items()})
 
 
 @dataclass
@@ -221,7 +221,7 @@ def _stage_trie(maps: MapSet, name: str, want: dict[TrieKey, bytes], nxt: int,
     return len(keys)
 
 
-def _write_array(maps: MapSet, name: str, base: int, packed: bytes, width: int) -> None:
+def _write_array(maps: MapSet, name: str, base: int, packed: bytes) -> None:
     """Write a slice of an idle-slot array: plain stores through mmap."""
     maps[name].write_mmap(base, packed)
 
@@ -241,9 +241,7 @@ def _current_sigs(maps: MapSet, cur: int, tries: dict[str, dict[int, dict[TrieKe
     sigs = [abi.Sig.from_buffer_copy(raw[i * width : (i + 1) * width]) for i in range(meta.count)]
     return SigImage(
         sigs, meta,
-        _read_array(maps, "sig_proto", cur * 256, 256),
-        _read_array(maps, "sig_sport", cur * 65536, 65536),
-        _read_array(maps, "sig_dport", cur * 65536, 65536),
+        {name: _read_array(maps, name, cur * n, n) for name, n in SIG_ARRAYS.items()},
         {name: tries[name][cur] for name in SIG_TRIES},
     )
 
@@ -262,22 +260,28 @@ def _stage_sigs(maps: MapSet, img: SigImage, nxt: int,
     for name in SIG_TRIES:
         _stage_trie(maps, name, img.tries.get(name, {}), nxt, tries[name][nxt], undo)
     if img.sigs:
-        width = ctypes.sizeof(abi.Sig)
-        _write_array(maps, "sigs", nxt * abi.MAX_SIGS, b"".join(bytes(s) for s in img.sigs), width)
-        bw = ctypes.sizeof(abi.Bits)
-        _write_array(maps, "sig_proto", nxt * 256, img.proto, bw)
-        _write_array(maps, "sig_sport", nxt * 65536, img.sport, bw)
-        _write_array(maps, "sig_dport", nxt * 65536, img.dport, bw)
+        _write_array(maps, "sigs", nxt * abi.MAX_SIGS, b"".join(bytes(s) for s in img.sigs))
+        for name, n in SIG_ARRAYS.items():
+            _write_array(maps, name, nxt * n, img.arrays[name])
     maps["sig_meta"].update(nxt.to_bytes(4, "little"), bytes(img.meta))
 
 
 def _zero_rules(maps: MapSet, slots: list[int]) -> None:
+    """Reset a rule slot: its counters, its aggregate bucket and every
+    per-source bucket it had, so a rule that takes the slot starts fresh."""
     if not slots:
         return
     keys = [s.to_bytes(4, "little") for s in slots]
     rs, rl = maps["rule_stats"], maps["rl_agg"]
     rs.overwrite(keys, [bytes(rs.spec.full_value_size())] * len(keys))
     rl.overwrite(keys, [bytes(rl.spec.full_value_size())] * len(keys))
+    src = maps["rl_src"]
+    raw, _, n = src.read_all()
+    ksz = src.spec.key_size
+    wanted = set(slots)
+    stale = [raw[i * ksz : (i + 1) * ksz] for i in range(n)
+             if int.from_bytes(raw[i * ksz : i * ksz + 4], "little") in wanted]
+    src.delete_many(stale)
 
 
 def apply(maps: MapSet, image: Image, new_rules: tuple[int, ...] = (),

@@ -1,16 +1,20 @@
 """Fixtures for the data-plane tests: the real XDP program, built once.
 
 ``bpf_program`` compiles and loads ``bpf/breakwater.c`` with small maps,
-pinned in a fresh directory under /sys/fs/bpf, once per session (a build
-takes about half a second). ``dp`` hands it to one test with every
-policy map, source table, counter and config flag cleared first, so each
-table row starts from nothing. Teardown always closes every fd, unlinks
-every pin and removes the directory, whatever happened during the build.
+pinned in a fresh directory under /sys/fs/bpf, once per session. ``dp``
+hands it to one test with every policy map, source table, token bucket,
+counter, signature table (both slots) and the config word (flags and
+generation) cleared first, so each table row starts from nothing.
+``tiny_program``/``tiny`` do the same for a build whose every map holds 64
+entries, for the tests that fill one. Teardown always closes every fd,
+unlinks every pin and removes the directory, whatever happened during the
+build.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Iterator
@@ -21,8 +25,9 @@ import pytest
 
 from controller import _libbpf as lb
 from controller import abi, dataplane, program
+from controller.addresses import Prefix
 from controller.bpfmap import MapSet
-from controller.maps import MAP_SPECS, MapSizes
+from controller.maps import BPF_F_MMAPABLE, MAP_SPECS, MapSizes
 from controller.program import LoadedProgram
 
 LOGGER = logging.getLogger("breakwater.tests.bpf")
@@ -41,12 +46,18 @@ TEST_SIZES = MapSizes(
     src_v4=4096,
     src_v6=4096,
     rules=4096,
+    sig_prefixes=1024,
+    rl_src=4096,
 )
 
-# Maps emptied between tests (everything that holds entries, not arrays).
-ENTRY_MAPS = tuple(s.name for s in MAP_SPECS if s.role in ("policy", "counters") and not s.percpu)
-# Per-CPU counter arrays zeroed between tests.
-COUNTER_ARRAYS = tuple(s.name for s in MAP_SPECS if s.percpu)
+ARRAY_TYPES = ("array", "percpu_array")
+# Maps emptied between tests: everything that holds entries (hashes, LRUs,
+# tries: allow/deny, sources, per-source buckets, signature prefixes).
+ENTRY_MAPS = tuple(s.name for s in MAP_SPECS
+                   if s.role in ("policy", "counters") and s.type_name not in ARRAY_TYPES)
+# Arrays zeroed between tests (their elements cannot be deleted): per-CPU
+# counters, aggregate buckets, the signature table of both slots.
+ZEROED_ARRAYS = tuple(s.name for s in MAP_SPECS if s.name != "config" and s.type_name in ARRAY_TYPES)
 
 XDP_ABORTED = 0
 XDP_DROP = 1
@@ -70,27 +81,63 @@ class DataPlane:
         """One BPF_PROG_TEST_RUN; the XDP action the program returned."""
         return lb.prog_test_run(self.prog_fd, packet).retval
 
+    def run_many(self, packet: bytes, repeat: int) -> lb.TestRun:
+        """One BPF_PROG_TEST_RUN of ``repeat`` runs of ``packet``."""
+        return lb.prog_test_run(self.prog_fd, packet, repeat)
+
     def config(self) -> abi.Config:
         return dataplane.read_config(self.maps)
 
     def reset(self) -> None:
-        """Empty every allow/deny/source map, zero the counters, clear the flags."""
+        """Empty every entry map, zero every array (counters, buckets, both
+        signature slots: sig_meta counts back to 0), and clear the config
+        word's flags and generation."""
         for name in ENTRY_MAPS:
             m = self.maps[name]
             keys = m.keys()
             if keys:
                 m.delete_many(keys)
             assert self.maps.is_empty(name), f"{name} still holds entries after reset"
-        for name in COUNTER_ARRAYS:
-            m = self.maps[name]
-            n = m.max_entries
-            indexes = b"".join(i.to_bytes(4, "little") for i in range(n))
-            zeros = bytes(m.spec.full_value_size() * n)
-            done, err = lb.map_update_batch(m.fd, indexes, zeros, n, 0)
-            assert (done, err) == (n, 0), f"zeroing {name}: {done}/{n} written, errno {err}"
+        for name in ZEROED_ARRAYS:
+            _zero_array(self.maps, name)
         cfg = self.config()
         cfg.flags = 0
+        cfg.gen = 0
         dataplane.write_config(self.maps, cfg)
+        assert [self.sig_meta(s).count for s in range(abi.SLOTS)] == [0] * abi.SLOTS
+
+    def sig_meta(self, slot: int) -> abi.SigMeta:
+        raw = self.maps["sig_meta"].lookup(slot.to_bytes(4, "little"))
+        assert raw is not None
+        return abi.SigMeta.from_buffer_copy(raw)
+
+
+def lpm_key(trie: str, slot: int, prefix: Prefix) -> bytes:
+    """Key of ``prefix`` in slot ``slot`` of an LPM trie (slot byte first,
+    counted in prefixlen), built from the abi twin, not from controller.swap."""
+    key: abi.LpmV4 | abi.LpmV6 = abi.LpmV4() if trie.endswith("v4") else abi.LpmV6()
+    key.prefixlen = 8 + prefix.network.prefixlen
+    key.slot = slot
+    key.addr[:] = list(prefix.network.network_address.packed)
+    return bytes(key)
+
+
+def _zero_array(maps: MapSet, name: str) -> None:
+    """Every element of an array map zeroed: through mmap where the map
+    allows it (4 MiB of port bitmaps at memcpy speed), else one batch update."""
+    m = maps[name]
+    n = m.max_entries
+    if m.spec.flags & BPF_F_MMAPABLE:
+        m.write_mmap(0, _zeros(m.spec.value_size * n))
+        return
+    indexes = b"".join(i.to_bytes(4, "little") for i in range(n))
+    done, err = lb.map_update_batch(m.fd, indexes, _zeros(m.spec.full_value_size() * n), n, 0)
+    assert (done, err) == (n, 0), f"zeroing {name}: {done}/{n} written, errno {err}"
+
+
+@functools.cache
+def _zeros(n: int) -> bytes:
+    return bytes(n)
 
 
 def _remove_pins(pin_dir: Path) -> None:
@@ -141,3 +188,21 @@ def dp(bpf_program: DataPlane) -> DataPlane:
     """The session program with every map and flag reset: a clean start."""
     bpf_program.reset()
     return bpf_program
+
+
+# Every map tiny, so filling one takes 64 entries.
+TINY = 64
+TINY_SIZES = MapSizes(**{name: TINY for name in MapSizes().as_dict()})
+
+
+@pytest.fixture(scope="session")
+def tiny_program() -> Iterator[DataPlane]:
+    """A second program, every map 64 entries, in its own pin directory."""
+    with built_program(TINY_SIZES, "test-tiny") as prog:
+        yield prog
+
+
+@pytest.fixture
+def tiny(tiny_program: DataPlane) -> DataPlane:
+    tiny_program.reset()
+    return tiny_program

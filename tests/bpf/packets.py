@@ -71,12 +71,12 @@ def eth(**kw: Any) -> Packet:
     return Ether(src=MAC_SRC, dst=MAC_DST, **kw)
 
 
-def ip4(src: str = SRC4, **kw: Any) -> Packet:
-    return IP(src=src, dst=DST4, **kw)
+def ip4(src: str = SRC4, dst: str = DST4, **kw: Any) -> Packet:
+    return IP(src=src, dst=dst, **kw)
 
 
-def ip6(src: str = SRC6, **kw: Any) -> Packet:
-    return IPv6(src=src, dst=DST6, **kw)
+def ip6(src: str = SRC6, dst: str = DST6, **kw: Any) -> Packet:
+    return IPv6(src=src, dst=dst, **kw)
 
 
 def frame(*layers: Packet | bytes) -> bytes:

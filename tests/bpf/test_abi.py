@@ -65,6 +65,12 @@ def test_struct_layouts_match_bcc(bpf_program: DataPlane, s: MapSpec) -> None:
         (abi.DenyEntry, "bw_deny_entry"),
         (abi.SrcCounters, "bw_src_counters"),
         (abi.Counter, "bw_counter"),
+        (abi.RuleCounter, "bw_rule_counter"),
+        (abi.Bits, "bw_bits"),
+        (abi.Sig, "bw_sig"),
+        (abi.SigMeta, "bw_sig_meta"),
+        (abi.RlKey, "bw_rl_key"),
+        (abi.RlState, "bw_rl_state"),
     ],
     ids=lambda v: v if isinstance(v, str) else v.__name__,
 )
@@ -82,6 +88,13 @@ def test_every_struct_twin_is_used_by_a_map(bpf_program: DataPlane, ours: type, 
 def test_numpy_dtypes_match_ctypes() -> None:
     assert abi.SRC_COUNTERS_DTYPE.itemsize == ctypes.sizeof(abi.SrcCounters)
     assert abi.COUNTER_DTYPE.itemsize == ctypes.sizeof(abi.Counter)
+    for dtype, twin in ((abi.RULE_COUNTER_DTYPE, abi.RuleCounter), (abi.DENY_DTYPE, abi.DenyEntry)):
+        assert dtype.itemsize == ctypes.sizeof(twin)
+        names = tuple(f[0] for f in twin._fields_)
+        assert dtype.names == names
+        fields = dtype.fields
+        assert fields is not None
+        assert [fields[n][1] for n in names] == [getattr(twin, n).offset for n in names]
     assert abi.SRC_COUNTERS_DTYPE.names == abi.SRC_COUNTER_FIELDS
     assert tuple(f[0] for f in abi.SrcCounters._fields_) == abi.SRC_COUNTER_FIELDS
 

@@ -36,7 +36,7 @@ from controller.addresses import parse_prefix
 from controller.errors import InputError, MapOperationError
 from controller.reasons import Action, Reason
 
-from .conftest import XDP_DROP, XDP_PASS, DataPlane
+from .conftest import XDP_DROP, XDP_PASS, DataPlane, lpm_key
 from .packets import (
     SRC4,
     SRC6,
@@ -60,6 +60,7 @@ A = Action
 MAX_EXT = abi.MAX_IPV6_EXT
 ETH_HLEN = 14
 PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_AH, PROTO_FRAG, PROTO_MH = 6, 17, 58, 51, 44, 135
+PROTO_SCTP, PROTO_ESP = 132, 50
 ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_LLDP = 0x0800, 0x86DD, 0x8100, 0x88CC
 CLASS_FIELDS = ("syn", "ack", "udp", "icmp", "gre", "frags")
 
@@ -131,8 +132,11 @@ PARSE_ROWS = [
     Row("ipv4 last fragment (offset, no mf): udp-like payload is not parsed",
         frame(ip4(frag=100, proto=PROTO_UDP), bytes(UDP())), R.PASS_DEFAULT, source=SRC4,
         moved=("frags",)),
-    Row("ipv4 sctp: other protocol passes unparsed", frame(ip4(), SCTP()), R.PASS_DEFAULT,
-        source=SRC4),
+    Row("ipv4 sctp is parsed (ports), moves no class counter", frame(ip4(), SCTP()),
+        R.PASS_DEFAULT, source=SRC4),
+    Row("ipv4 non-first fragment: sctp-like payload is not parsed",
+        frame(ip4(frag=3, proto=PROTO_SCTP), b"\x00"), R.PASS_DEFAULT, source=SRC4,
+        moved=("frags",)),
     Row("ipv4 in 802.1q", frame(Dot1Q(vlan=10), ip4(), UDP()), R.PASS_DEFAULT, source=SRC4,
         moved=("udp",)),
     Row("ipv4 in 802.1ad+802.1q (qinq)", frame(Dot1AD(vlan=100), Dot1Q(vlan=10), ip4(), UDP()),
@@ -178,8 +182,10 @@ PARSE_ROWS = [
     Row(f"ipv6 {MAX_EXT} extension headers, the last a non-first fragment",
         ipv6_chain(MAX_EXT - 1, bytes([60, 0, 0, 8, 0, 0, 0, 1]) + bytes(8), last_nh=PROTO_FRAG),
         R.PASS_DEFAULT, source=SRC6, moved=("frags",)),
-    Row("ipv6 sctp: other protocol passes unparsed", frame(ip6(), SCTP()), R.PASS_DEFAULT,
-        source=SRC6),
+    Row("ipv6 sctp is parsed (ports), moves no class counter", frame(ip6(), SCTP()),
+        R.PASS_DEFAULT, source=SRC6),
+    Row("ipv4 esp: other protocol passes unparsed", frame(ip4(proto=PROTO_ESP), bytes(8)),
+        R.PASS_DEFAULT, source=SRC4),
     Row("ipv6 no next header (59)", frame(ip6(nh=59)), R.PASS_DEFAULT, source=SRC6),
     Row("lldp is non-ip", lldp(), R.PASS_NON_IP),
     Row("unknown ethertype inside qinq is non-ip",
@@ -213,6 +219,8 @@ MALFORMED_ROWS = [
         source=SRC4),
     Row("ipv4 gre truncated", frame(ip4(proto=47), _l4_cut(GRE(), 3)), R.MALFORMED_L4, A.DROP,
         source=SRC4),
+    Row("ipv4 sctp truncated", frame(ip4(proto=PROTO_SCTP), _l4_cut(SCTP(), 11)), R.MALFORMED_L4,
+        A.DROP, source=SRC4),
     Row("ipv4 first fragment with truncated tcp",
         frame(ip4(flags="MF", proto=PROTO_TCP), _l4_cut(TCP(), 10)), R.MALFORMED_L4, A.DROP,
         source=SRC4, moved=("frags",)),
@@ -227,6 +235,8 @@ MALFORMED_ROWS = [
         A.DROP, source=SRC6),
     Row("ipv6 icmpv6 truncated", frame(ip6(nh=PROTO_ICMPV6), _l4_cut(ICMPv6EchoRequest(), 4)),
         R.MALFORMED_L4, A.DROP, source=SRC6),
+    Row("ipv6 sctp truncated", frame(ip6(nh=PROTO_SCTP), _l4_cut(SCTP(), 4)), R.MALFORMED_L4,
+        A.DROP, source=SRC6),
     Row("ipv6 hop-by-hop truncated to one byte", frame(ip6(nh=0), b"\x11"), R.MALFORMED_IPV6_EXT,
         A.DROP, source=SRC6),
     Row("ipv6 hop-by-hop longer than the packet", frame(ip6(nh=0), bytes([17, 1]) + bytes(6)),
@@ -409,7 +419,9 @@ def check_outcome(dp: DataPlane, packet: bytes, retvals: list[int], *, reason: R
     assert {r: t for r, t in reasons.items() if t != zero} == {reason: moved_totals}
     actions = counters.action_totals(dp.maps)
     assert {a: t for a, t in actions.items() if t != zero} == {action: moved_totals}
-    assert counters.rule_totals(dp.maps) == ({rule: moved_totals} if rule else {})
+    dropped = times if action != A.PASS else 0  # monitor mode counts would-drops
+    assert counters.rule_totals(dp.maps) == (
+        {rule: counters.RuleTotals(times, times * n, dropped, 0)} if rule else {})
 
     # The LRU source tables alone: an exact-deny drop is not counted there.
     lru = counters.read_sources(dp.maps, include_denied=False)
@@ -619,12 +631,29 @@ def test_clear_trie_bit_skips_the_trie(dp: DataPlane, which: policy.List, trie: 
                                        packet: bytes, reason: Reason) -> None:
     """The program does not look in a trie whose bit is clear (why user space
     must set it before the first insert)."""
-    key = parse_prefix(prefix).lpm_key()
+    key = lpm_key(trie, dp.config().gen & 1, parse_prefix(prefix))
     dp.maps[trie].update(key, bytes(abi.RuleRef(5, 0)))
     assert _reason_of_one(dp, packet) == (XDP_PASS, R.PASS_DEFAULT)
 
     cfg = dp.config()
     cfg.flags |= abi.TRIE_FLAGS[trie]
+    dataplane.write_config(dp.maps, cfg)
+    expected_retval = XDP_DROP if reason.is_drop else XDP_PASS
+    assert _reason_of_one(dp, packet) == (expected_retval, reason)
+
+
+@pytest.mark.parametrize(("which", "trie", "prefix", "packet", "reason"), TRIES)
+def test_idle_slot_of_a_trie_is_not_seen(dp: DataPlane, which: policy.List, trie: str,
+                                         prefix: str, packet: bytes, reason: Reason) -> None:
+    """An entry in the other slot (gen + 1) & 1 is invisible, bit set or not,
+    until config.gen moves to that generation."""
+    cfg = dp.config()
+    idle = (cfg.gen + 1) & 1
+    dp.maps[trie].update(lpm_key(trie, idle, parse_prefix(prefix)), bytes(abi.RuleRef(5, 0)))
+    cfg.flags |= abi.TRIE_FLAGS[trie]
+    dataplane.write_config(dp.maps, cfg)
+    assert _reason_of_one(dp, packet) == (XDP_PASS, R.PASS_DEFAULT)
+    cfg.gen += 1
     dataplane.write_config(dp.maps, cfg)
     expected_retval = XDP_DROP if reason.is_drop else XDP_PASS
     assert _reason_of_one(dp, packet) == (expected_retval, reason)

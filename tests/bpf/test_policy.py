@@ -4,43 +4,26 @@ all-or-nothing adds (full maps, bad input) and batches past the 1024-key
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import threading
-from collections.abc import Iterator
 
 import pytest
 from scapy.layers.inet import UDP
 
-from controller import abi, bpfmap, counters, dataplane, policy
+from controller import abi, bpfmap, counters, dataplane, policy, swap
 from controller.addresses import Prefix, parse_prefix
 from controller.errors import InputError, MapFullError
-from controller.maps import MapSizes
 
-from .conftest import XDP_DROP, XDP_PASS, DataPlane, built_program
+from .conftest import TINY, XDP_DROP, XDP_PASS, DataPlane
 from .packets import SRC4, SRC6, frame, ip4, ip6
 
 pytestmark = pytest.mark.bpf
 
-# Every map tiny, so filling one takes 64 entries.
-TINY = 64
-TINY_SIZES = MapSizes(**{name: TINY for name in MapSizes().as_dict()})
 # Past PinnedMap.contains' per-key threshold (1024), so the one-read path runs.
 BATCH = 5000
 
 POLICY_MAPS = ("allow_v4", "allow_v6", "deny_v4", "deny_v6", "deny_pfx_v4", "deny_pfx_v6")
-
-
-@pytest.fixture(scope="module")
-def tiny_program() -> Iterator[DataPlane]:
-    """A second program, every map 64 entries, in its own pin directory."""
-    with built_program(TINY_SIZES, "test-tiny") as prog:
-        yield prog
-
-
-@pytest.fixture
-def tiny(tiny_program: DataPlane) -> DataPlane:
-    tiny_program.reset()
-    return tiny_program
 
 
 def entry(prefix: str, rule_id: int = 0, management: bool = False) -> policy.Entry:
@@ -58,9 +41,11 @@ def listing(dp: DataPlane, which: policy.List) -> list[tuple[str, int, bool, int
 
 
 def snapshot(dp: DataPlane) -> tuple[object, ...]:
-    """Everything an add could change: every policy map's raw contents and the flags."""
+    """Everything an add could change: every policy map's raw contents (both
+    slots of the tries), the flags and the generation."""
     raw = tuple(sorted(_pairs(dp, name)) for name in POLICY_MAPS)
-    return (*raw, dp.config().flags)
+    cfg = dp.config()
+    return (*raw, cfg.flags, cfg.gen)
 
 
 def _pairs(dp: DataPlane, name: str) -> list[tuple[bytes, bytes]]:
@@ -113,8 +98,12 @@ def test_allow_round_trip_with_management(dp: DataPlane) -> None:
 
 
 def test_repeated_prefix_keeps_the_last_entry(dp: DataPlane) -> None:
-    assert policy.add(dp.maps, "deny", [entry(SRC4, 1), entry(SRC4, 2)]) == policy.ApplyResult(1, 0, 0)
+    policy.add(dp.maps, "deny", [entry(SRC4, 1), entry(SRC4, 2)])
     assert listing(dp, "deny") == [(SRC4, 2, False, 0, 0)]
+
+
+def test_repeated_prefix_counts_once(dp: DataPlane) -> None:
+    assert policy.add(dp.maps, "deny", [entry(SRC4, 1), entry(SRC4, 2)]) == policy.ApplyResult(1, 0, 0)
 
 
 def test_remove_skips_absent_entries(dp: DataPlane) -> None:
@@ -156,7 +145,7 @@ def test_rule_id_update_keeps_hit_counters(dp: DataPlane, address: str, packet: 
     assert dp.run(packet) == XDP_DROP
     assert listing(dp, "deny") == [(address, 2, False, 4, 4 * n)]
     assert counters.rule_totals(dp.maps) == {
-        1: counters.Totals(3, 3 * n), 2: counters.Totals(1, n)}
+        1: counters.RuleTotals(3, 3 * n, 3, 0), 2: counters.RuleTotals(1, n, 1, 0)}
 
 
 # -- all or nothing ----------------------------------------------------------------
@@ -237,7 +226,8 @@ def test_batch_of_exact_entries(dp: DataPlane) -> None:
 
     # The data plane enforces the last entry of the batch.
     assert dp.run(frame(ip4(src=hosts[-1]), UDP())) == XDP_DROP
-    assert counters.rule_totals(dp.maps) == {2: counters.Totals(1, len(frame(ip4(), UDP())))}
+    n = len(frame(ip4(), UDP()))
+    assert counters.rule_totals(dp.maps) == {2: counters.RuleTotals(1, n, 1, 0)}
 
     removed = policy.remove(dp.maps, "deny", [parse_prefix(h) for h in hosts + more + v4_hosts(
         50, "198.19.128.0")])
@@ -258,6 +248,37 @@ def test_batch_of_prefixes(dp: DataPlane) -> None:
     assert dp.run(frame(ip6(src=src), UDP())) == XDP_DROP
     assert policy.remove(dp.maps, "deny", prefixes) == BATCH
     assert dp.config().flags == 0
+
+
+# -- concurrent writers ----------------------------------------------------------
+def test_concurrent_adds_from_two_map_sets_both_survive(dp: DataPlane,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers (two MapSets on one pin directory, as two processes would
+    have) add different entries at once: both must end up enforced. The
+    read is slowed down until both writers have read, if the locking lets
+    them; with the lock held from read to swap the second waits instead."""
+    real_read = swap.read_image
+    both_read = threading.Barrier(2)
+
+    def read_then_wait(maps: bpfmap.MapSet) -> swap.Image:
+        image = real_read(maps)
+        # Broken: the other writer is waiting for the lock, as it should.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait(timeout=LOCK_WAIT_S)
+        return image
+
+    monkeypatch.setattr(swap, "read_image", read_then_wait)
+    other = bpfmap.MapSet.open(dp.pin_dir, dp.sizes)
+    try:
+        workers = [threading.Thread(target=policy.add, args=(m, "deny", [entry(a, 1)]))
+                   for m, a in ((dp.maps, SRC4), (other, SRC6))]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(10)
+    finally:
+        other.close()
+    assert sorted(e[0] for e in listing(dp, "deny")) == sorted([SRC4, SRC6])
 
 
 # -- config word shared by trie bits and run-time switches --------------------------

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from controller import abi
+from controller import abi, swap
 from controller.addresses import Prefix, parse_prefix
 from controller.errors import InputError
 
@@ -71,15 +71,22 @@ def test_input_error_is_a_value_error() -> None:
         parse_prefix("nope")
 
 
+@pytest.mark.parametrize("slot", [0, 1])
 @pytest.mark.parametrize("text", ["198.18.4.0/22", "2001:db8:4::/48", "0.0.0.0/0", "::/0"])
-def test_lpm_key_round_trip(text: str) -> None:
+def test_lpm_key_layout_and_round_trip(text: str, slot: int) -> None:
+    """LPM keys (built by controller.swap, the one writer of the tries): the
+    slot byte leads the data and prefixlen counts its 8 bits."""
     p = parse_prefix(text)
-    key = p.lpm_key()
+    name = "deny_pfx_v4" if p.family == 4 else "deny_pfx_v6"
+    key = swap._lpm_key(name, slot, (p.network.prefixlen, p.network.network_address.packed))
     size = abi.LpmV4 if p.family == 4 else abi.LpmV6
+    alen = 4 if p.family == 4 else 16
     assert len(key) == ctypes.sizeof(size)
-    assert int.from_bytes(key[:4], "little") == p.network.prefixlen
-    assert key[4:] == p.network.network_address.packed
-    assert Prefix.from_lpm_key(key) == p
+    assert int.from_bytes(key[:4], "little") == 8 + p.network.prefixlen
+    assert key[4] == slot
+    assert key[5 : 5 + alen] == p.network.network_address.packed
+    assert key[5 + alen :] == bytes(3)
+    assert Prefix.from_parts(key[5 : 5 + alen], int.from_bytes(key[:4], "little") - 8) == p
 
 
 @pytest.mark.parametrize("text", ["198.18.0.10", "2001:db8::10"])

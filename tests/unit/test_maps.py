@@ -10,6 +10,7 @@ import pytest
 from controller import abi
 from controller.errors import InputError
 from controller.maps import (
+    BPF_F_MMAPABLE,
     HTAB_BUCKET_BYTES,
     HTAB_ELEM_OVERHEAD,
     LPM_NODE_OVERHEAD,
@@ -70,10 +71,11 @@ def _r8(n: int) -> int:
 
 
 def test_estimate_hash() -> None:
-    s = spec("deny_v4")  # 4-byte key, 24-byte value
+    s = spec("deny_v4")  # 4-byte key, 32-byte struct bw_deny_entry
+    assert s.value_size == ctypes.sizeof(abi.DenyEntry) == 32
     # entries x (48 + key + value, 8-aligned) + 16 per power-of-two bucket.
-    assert estimate_bytes(s, 1000) == 1000 * (HTAB_ELEM_OVERHEAD + 8 + 24) + HTAB_BUCKET_BYTES * 1024
-    assert estimate_bytes(s, 1024) == 1024 * (48 + 8 + 24) + 16 * 1024
+    assert estimate_bytes(s, 1000) == 1000 * (HTAB_ELEM_OVERHEAD + 8 + 32) + HTAB_BUCKET_BYTES * 1024
+    assert estimate_bytes(s, 1024) == 1024 * (48 + 8 + 32) + 16 * 1024
 
 
 def test_estimate_lru() -> None:
@@ -81,20 +83,44 @@ def test_estimate_lru() -> None:
     assert estimate_bytes(s, 3) == 3 * (48 + 16 + 72) + 16 * 4
 
 
+def test_estimate_rl_src() -> None:
+    s = spec("rl_src")  # 24-byte struct bw_rl_key, 16-byte struct bw_rl_state
+    assert (s.key_size, s.value_size) == (24, 16)
+    assert estimate_bytes(s, 5) == 5 * (48 + 24 + 16) + 16 * 8
+
+
 def test_estimate_percpu_array() -> None:
-    s = spec("rule_stats")
-    assert estimate_bytes(s, 100, cpus=64) == 100 * ctypes.sizeof(abi.Counter) * 64
-    assert estimate_bytes(s, 100, cpus=1) == 1600
+    s = spec("rule_stats")  # struct bw_rule_counter: packets, bytes, dropped, rate_limited
+    assert estimate_bytes(s, 100, cpus=64) == 100 * ctypes.sizeof(abi.RuleCounter) * 64
+    assert estimate_bytes(s, 100, cpus=1) == 3200
+    assert estimate_bytes(spec("reason_stats"), 100, cpus=1) == 100 * ctypes.sizeof(abi.Counter)
 
 
 def test_estimate_array() -> None:
     assert estimate_bytes(spec("config"), 1) == _r8(ctypes.sizeof(abi.Config))
+    # Both slots of the signature table, fixed size whatever MapSizes says.
+    sigs = spec("sigs")
+    assert sigs.entries(MapSizes(rules=1)) == abi.SLOTS * abi.MAX_SIGS
+    assert estimate_bytes(sigs, sigs.entries(MapSizes())) == abi.SLOTS * abi.MAX_SIGS * 48
+    ports = spec("sig_dport")
+    assert estimate_bytes(ports, ports.entries(MapSizes())) == abi.SLOTS * 65536 * 8 * abi.SIG_WORDS
+
+
+def test_mmapable_maps_are_the_idle_slot_arrays() -> None:
+    """swap writes these through mmap: arrays with 8-byte-multiple values."""
+    mmapable = {s.name for s in MAP_SPECS if s.flags & BPF_F_MMAPABLE}
+    assert mmapable == {"sigs", "sig_proto", "sig_sport", "sig_dport", "sig_tcpflags", "sig_len"}
+    for name in mmapable:
+        s = spec(name)
+        assert s.type_name == "array" and s.value_size % 8 == 0, name
 
 
 def test_estimate_lpm_trie() -> None:
-    # entries x (40 + address bytes + value).
-    assert estimate_bytes(spec("deny_pfx_v4"), 10) == 10 * (LPM_NODE_OVERHEAD + 4 + 8)
-    assert estimate_bytes(spec("allow_v6"), 10) == 10 * (LPM_NODE_OVERHEAD + 16 + 8)
+    # entries x (40 + key data + value); the data after prefixlen is the slot
+    # byte, the address and the padding: 8 bytes for IPv4, 20 for IPv6.
+    assert estimate_bytes(spec("deny_pfx_v4"), 10) == 10 * (LPM_NODE_OVERHEAD + 8 + 8)
+    assert estimate_bytes(spec("allow_v6"), 10) == 10 * (LPM_NODE_OVERHEAD + 20 + 8)
+    assert estimate_bytes(spec("sig_src_v4"), 10) == 10 * (LPM_NODE_OVERHEAD + 8 + 8 * abi.SIG_WORDS)
 
 
 def test_total_is_the_sum() -> None:
