@@ -287,7 +287,8 @@ def memory_bytes(maps: MapSet) -> int:
     """Kernel-accounted memory of the maps (fdinfo memlock), or the estimate."""
     total = 0
     for m in maps.maps.values():
-        total += fdinfo_memlock(m.fd) or estimate_bytes(m.spec, m.max_entries)
+        mem = fdinfo_memlock(m.fd)
+        total += mem if mem is not None else estimate_bytes(m.spec, m.max_entries)
     return total
 
 
@@ -487,7 +488,9 @@ def status(
             cfg = read_config(maps)
             for m in maps.maps.values():
                 entries = m.count() if count_entries else -1
-                mem = fdinfo_memlock(m.fd) or estimate_bytes(m.spec, m.max_entries)
+                mem = fdinfo_memlock(m.fd)
+                if mem is None:
+                    mem = estimate_bytes(m.spec, m.max_entries)
                 maps_status.append(MapStatus(m.name, m.spec.type_name, m.max_entries, entries, mem,
                                              m.spec.purpose))
     return InterfaceStatus(
