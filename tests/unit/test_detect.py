@@ -1,0 +1,507 @@
+"""controller.detect and controller.samples: attack detection on recorded counter sequences."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from controller.addresses import parse_prefix
+from controller.detect import DEST_VECTORS, AttackEvent, DetectConfig, Detector, Vector, VectorThreshold
+from controller.errors import InputError
+from controller.samples import (
+    DESTINATION_DTYPE,
+    SOURCE_DTYPE,
+    Sample,
+    address_from_words,
+    address_words,
+    dump_recording,
+    load_recording,
+    v4_words,
+    words_from_packed,
+)
+from tests.unit.recordings import (
+    VICTIM,
+    VICTIM2,
+    VICTIM3,
+    VICTIM4,
+    VICTIM6,
+    Traffic,
+    background,
+    bots,
+    http_proxy,
+    load,
+    mirai_syn,
+    ntp_reflection,
+    record,
+    spoofed_syn,
+    v4_block,
+    v6_block,
+    wave,
+)
+
+N = DetectConfig().start_intervals
+M = DetectConfig().end_intervals
+UNPROTECTED = "192.0.2.80"
+
+
+def run(samples: Sequence[Sample], config: DetectConfig | None = None) -> tuple[Detector, list[AttackEvent]]:
+    det = Detector(config)
+    events: list[AttackEvent] = []
+    for sample in samples:
+        events += det.observe(sample)
+    return det, events
+
+
+def of_kind(events: Sequence[AttackEvent], kind: str) -> list[AttackEvent]:
+    return [e for e in events if e.kind == kind]
+
+
+def victim(address: str) -> object:
+    return parse_prefix(address)
+
+
+# --- one flood per vector ------------------------------------------------------------
+
+FLOODS: dict[Vector, Traffic] = {
+    "syn": mirai_syn(),
+    "ack": Traffic(bots(500), VICTIM, 200, {"ack": 1}, start=5, stop=20),
+    "udp": Traffic(bots(500), VICTIM, 200, {"udp": 1}, size=512, start=5, stop=20),
+    "icmp": Traffic(bots(500), VICTIM, 40, {"icmp": 1}, size=84, start=5, stop=20),
+    "gre": Traffic(bots(500), VICTIM, 40, {"gre": 1}, size=1400, start=5, stop=20),
+    "fragment": Traffic(bots(500), VICTIM, 40, {"frags": 1, "udp": 1}, size=1480, start=5, stop=20),
+    "reflection": ntp_reflection(),
+    "many_source": http_proxy(),
+    "source_rate": Traffic(bots(2), UNPROTECTED, 30_000, {"ack": 1}, start=5, stop=20, protected=False),
+}
+
+
+@pytest.mark.parametrize("vector", list(FLOODS))
+def test_each_vector_starts_after_n_intervals_and_ends_after_m(vector: Vector) -> None:
+    samples = wave(1.0, 40.0, FLOODS[vector])
+    _, events = run(samples)
+    # the flood covers the intervals ending at 6, 7, 8, ...: the N-th of them starts it
+    start_t = 5.0 + N
+    assert not [e for e in events if e.t < start_t]
+    started = of_kind(events, "started")
+    assert [(e.vector, e.t) for e in started] == [(vector, start_t)]
+    attack = started[0]
+    assert attack.victim == (None if vector == "source_rate" else victim(VICTIM))
+    assert attack.onset_at == 5.0
+    assert attack.pps > attack.threshold_pps
+    # last flood interval ends at 20; M quiet intervals later it is over
+    ended = of_kind(events, "ended")
+    assert [(e.id, e.t) for e in ended] == [(attack.id, 20.0 + M)]
+    assert ended[0].ended_at == 20.0 + M
+    assert ended[0].peak_pps >= attack.pps
+    updates = [e for e in events if e.kind == "updated"]
+    assert {e.id for e in updates} == {attack.id}
+    assert len(updates) == 20 + M - start_t - 1
+
+
+def test_noise_below_thresholds_starts_nothing() -> None:
+    cfg = DetectConfig()
+    noise = [
+        Traffic(bots(90), VICTIM, 100, {"syn": 1}, start=2),  # 9000 SYN/s < 10000
+        Traffic(bots(450, "198.18.10.1"), VICTIM2, 100, {"udp": 1}, start=2),  # 45k UDP/s < 50k
+        Traffic(bots(45, "198.18.20.1"), VICTIM3, 100, {"icmp": 1}, start=2),  # 4.5k < 5k
+        Traffic(bots(1, "198.18.30.1"), UNPROTECTED, 19_000, {"ack": 1}, protected=False),
+        # over the threshold, but for N-1 intervals only
+        mirai_syn(VICTIM4, start=10, stop=10 + N - 1),
+        ntp_reflection(VICTIM4, start=20, stop=20 + N - 1),
+    ]
+    assert cfg.syn.pps > 9000 and cfg.udp.pps > 45_000 and cfg.source_pps > 19_000
+    samples = wave(1.0, 40.0, *noise, victims=(VICTIM, VICTIM2, VICTIM3, VICTIM4))
+    _, events = run(samples, cfg)
+    assert events == []
+
+
+def test_syn_needs_its_share_of_the_destination() -> None:
+    # 10.4k SYN/s is over the floor but only 20% of the packets: a flash crowd of short connections
+    crowd = Traffic(v4_block("172.20.0.1", 1000), VICTIM, 52, {"syn": 0.2, "ack": 0.75}, start=5)
+    _, events = run(wave(1.0, 20.0, crowd))
+    assert events == []
+    # the same SYN rate as most of the destination's packets is a flood
+    syn_only = Traffic(v4_block("172.20.0.1", 500), VICTIM, 20.8, {"syn": 1}, start=5)
+    _, events = run(wave(1.0, 20.0, syn_only))
+    assert [(e.vector, e.profile) for e in of_kind(events, "started")] == [("syn", "diffuse")]
+
+
+# --- baselines ------------------------------------------------------------------------
+
+
+def test_baselines_learn_and_raise_the_threshold_of_a_busy_destination() -> None:
+    cfg = DetectConfig(baseline_tau=20.0)
+    busy_legit = Traffic(v4_block("172.20.0.1", 400), VICTIM, 100, {"udp": 1}, size=1200)  # 40k UDP/s
+    flood = 60_000  # over the 50k floor, under 3 x 40k
+    floods = [Traffic(bots(600, first), dst, flood / 600, {"udp": 1}, start=100, stop=120)
+              for first, dst in (("198.18.0.1", VICTIM), ("198.18.10.1", VICTIM2))]
+    samples = wave(1.0, 140.0, busy_legit, *floods, victims=(VICTIM, VICTIM2))
+    det = Detector(cfg)
+    events: list[AttackEvent] = []
+    for s in samples[:100]:
+        events += det.observe(s)
+    assert events == []
+    assert det.baseline(VICTIM, "udp") == pytest.approx(40_000, rel=0.01)
+    assert det.threshold(VICTIM, "udp") == pytest.approx(120_000, rel=0.01)
+    assert det.threshold(VICTIM2, "udp") == cfg.udp.pps
+    quiet_baseline = det.baseline(VICTIM2, "packets")
+    for s in samples[100:]:
+        events += det.observe(s)
+        if det.active:
+            # learning stops while an attack is active on the destination
+            assert det.baseline(VICTIM2, "packets") == quiet_baseline
+    assert {(e.vector, str(e.victim)) for e in of_kind(events, "started")} == {("udp", VICTIM2)}
+
+
+def test_baselines_survive_a_restart() -> None:
+    samples = wave(1.0, 30.0, Traffic(v4_block("172.20.0.1", 400), VICTIM, 100, {"udp": 1}))
+    det, _ = run(samples, DetectConfig(baseline_tau=10.0))
+    saved = det.baselines()
+    assert saved[VICTIM]["udp"] == pytest.approx(40_000, rel=0.05)
+    fresh = Detector(DetectConfig(baseline_tau=10.0))
+    fresh.load_baselines(saved)
+    assert fresh.threshold(VICTIM, "udp") == pytest.approx(det.threshold(VICTIM, "udp"))
+    with pytest.raises(InputError, match=r"unknown class 'udpp'"):
+        fresh.load_baselines({VICTIM: {"udpp": 1.0}})
+
+
+# --- hysteresis ----------------------------------------------------------------------
+
+
+def test_attack_between_end_and_start_threshold_does_not_end() -> None:
+    cfg = DetectConfig()
+    tail = Traffic(bots(500), VICTIM, 14, {"syn": 1}, start=20, stop=40)  # 7000/s: over 0.5 x 10k
+    _, events = run(wave(1.0, 60.0, mirai_syn(stop=20), tail), cfg)
+    assert [e.t for e in of_kind(events, "ended")] == [40.0 + M]
+    tail_events = [e for e in events if 20 < e.t <= 40]
+    assert tail_events and all(not e.over_threshold for e in tail_events)
+
+
+def test_attack_being_dropped_does_not_end() -> None:
+    # from t=8 every flood packet is dropped by the data plane, which still counts it
+    _, events = run(wave(1.0, 60.0, mirai_syn(stop=40, dropped_from=8)))
+    ended = of_kind(events, "ended")
+    assert [e.t for e in ended] == [40.0 + M]
+    during = [e for e in events if 10 <= e.t <= 40]
+    assert all(e.kind == "updated" and e.over_threshold for e in during)
+    assert all(e.dropped_pps == pytest.approx(1_000_000) for e in during)
+
+
+def test_end_takes_m_quiet_intervals() -> None:
+    cfg = DetectConfig(end_intervals=4)
+    # a gap of 3 quiet intervals inside the flood does not end it
+    samples = wave(1.0, 40.0, mirai_syn(stop=12), mirai_syn(start=15, stop=25), )
+    _, events = run(samples, cfg)
+    assert len(of_kind(events, "started")) == 1
+    assert [e.t for e in of_kind(events, "ended")] == [25.0 + 4]
+
+
+# --- interval length --------------------------------------------------------------------
+
+
+def decisions(events: Sequence[AttackEvent]) -> dict[tuple[str, str], tuple[str, frozenset[str]]]:
+    last = {e.id: e for e in events}
+    return {(e.vector, str(e.victim)): (e.profile, frozenset(map(str, e.offenders))) for e in last.values()}
+
+
+def test_100ms_and_1s_intervals_make_the_same_decisions() -> None:
+    floods = (mirai_syn(VICTIM), ntp_reflection(VICTIM2), http_proxy(VICTIM3),
+              spoofed_syn(VICTIM4, pps=50_000))
+    victims = (VICTIM, VICTIM2, VICTIM3, VICTIM4)
+    coarse = wave(1.0, 40.0, *floods, victims=victims)
+    fine = wave(0.1, 40.0, *floods, victims=victims)
+    # same traffic, packet for packet
+    assert sum(int(s.destinations["packets"].sum()) for s in coarse) == sum(
+        int(s.destinations["packets"].sum()) for s in fine)
+    _, slow = run(coarse)
+    _, fast = run(fine)
+    assert decisions(slow) == decisions(fast)
+    assert set(decisions(slow)) == {("syn", VICTIM), ("reflection", VICTIM2), ("many_source", VICTIM3),
+                                    ("syn", VICTIM4)}
+    for events, dt in ((slow, 1.0), (fast, 0.1)):
+        for e in of_kind(events, "started"):
+            assert 5.0 <= e.onset_at <= 5.0 + 3 * dt
+            assert e.started_at == pytest.approx(e.onset_at + N * dt)
+        for e in of_kind(events, "ended"):
+            assert e.ended_at == pytest.approx(20.0 + M * dt)
+        peaks = {e.vector + str(e.victim): e.peak_pps for e in of_kind(events, "ended")}
+        assert peaks["syn" + VICTIM] == pytest.approx(1_000_000)
+        assert peaks["reflection" + VICTIM2] == pytest.approx(900_000)
+
+
+def test_mixed_interval_lengths() -> None:
+    fine = wave(0.1, 10.0, mirai_syn(start=5))
+    coarse = record(10.0, 1.0, [background(VICTIM), mirai_syn(start=5)], t0=10.0)
+    _, events = run([*fine, *coarse])
+    started = of_kind(events, "started")
+    assert [e.vector for e in started] == ["syn"]
+    assert started[0].t == pytest.approx(5.3)
+    assert not of_kind(events, "ended")
+
+
+# --- source profiles ----------------------------------------------------------------------
+
+
+def test_random_spoofed_flood_is_detected_as_churn() -> None:
+    _, events = run(wave(1.0, 30.0, spoofed_syn(pps=60_000)))
+    started = of_kind(events, "started")
+    assert [(e.vector, e.profile) for e in started] == [("syn", "spoofed")]
+    attack = started[0]
+    assert attack.offenders == ()  # no source sends enough to be named
+    assert attack.sources > 100_000  # the window's worth of one-packet sources
+    assert attack.pps == pytest.approx(60_000, rel=0.01)
+
+
+def test_botnet_with_fixed_sources_is_concentrated() -> None:
+    _, events = run(wave(1.0, 30.0, mirai_syn()))
+    (attack,) = of_kind(events, "started")
+    assert attack.profile == "concentrated"
+    assert len(attack.offenders) == 500
+    expected = {str(address_from_words(*w)) for w in zip(*bots(500), strict=True)}
+    assert {str(p) for p in attack.offenders} == expected
+    assert len(attack.top_sources) == DetectConfig().report_sources
+    assert all(s.pps == pytest.approx(2000) for s in attack.top_sources)
+
+
+def test_diffuse_flood_has_too_little_from_named_sources() -> None:
+    # 4000 sources at 40 SYN/s: each under offender_pps, but 160k SYN/s together
+    flood = Traffic(v4_block("198.18.0.1", 4000), VICTIM, 40, {"syn": 1}, start=5, stop=20)
+    _, events = run(wave(1.0, 30.0, flood))
+    syn, many = sorted(of_kind(events, "started"), key=lambda e: e.vector != "syn")
+    assert (syn.vector, syn.profile) == ("syn", "diffuse")
+    assert syn.offenders == ()
+    # so many moderate sources are also a many-source flood, whose newcomers can be named
+    assert (many.vector, len(many.offenders)) == ("many_source", 4000)
+
+
+def test_many_source_flood_with_each_source_under_the_per_source_threshold() -> None:
+    cfg = DetectConfig()
+    _, events = run(wave(1.0, 40.0, http_proxy(count=2000, pps=5)), cfg)
+    (attack,) = of_kind(events, "started")
+    assert (attack.vector, attack.victim, attack.profile) == ("many_source", victim(VICTIM), "diffuse")
+    assert attack.sources == 2200  # 2000 proxies + 200 legitimate clients
+    proxies = {str(address_from_words(*w)) for w in zip(*v4_block("198.19.0.1", 2000), strict=True)}
+    assert {str(p) for p in attack.offenders} == proxies  # newcomers only, no legitimate client
+    assert all(s.pps <= 6 < cfg.offender_pps < cfg.source_pps for s in attack.top_sources)
+
+
+def test_heavy_sources_are_not_a_many_source_flood() -> None:
+    # 2000 sources at 100 ACK/s each: an ACK flood from named offenders, not "many moderate sources"
+    flood = Traffic(v4_block("198.19.0.1", 2000), VICTIM, 100, {"ack": 1}, start=5, stop=20)
+    _, events = run(wave(1.0, 30.0, flood))
+    assert [(e.vector, e.profile) for e in of_kind(events, "started")] == [("ack", "concentrated")]
+
+
+def test_reflection_is_not_also_a_udp_flood() -> None:
+    _, events = run(wave(1.0, 30.0, ntp_reflection(count=300, pps=3000)))
+    (attack,) = of_kind(events, "started")
+    assert (attack.vector, attack.pps) == ("reflection", 900_000)
+    assert len(attack.offenders) == 300
+
+
+def test_source_rate_by_bits() -> None:
+    jumbo = Traffic(bots(1), UNPROTECTED, 5000, {"udp": 1}, size=9000, start=5, stop=20, protected=False)
+    _, events = run(wave(1.0, 40.0, jumbo))
+    (attack,) = of_kind(events, "started")
+    assert attack.vector == "source_rate"
+    assert attack.bps == pytest.approx(5000 * 9000 * 8)
+    assert [str(p) for p in attack.offenders] == ["198.18.0.1"]
+
+
+def test_source_rate_members_leave_one_by_one() -> None:
+    short = Traffic(bots(1), UNPROTECTED, 30_000, {"ack": 1}, start=5, stop=10, protected=False)
+    long = Traffic(bots(1, "198.18.9.9"), UNPROTECTED, 30_000, {"ack": 1}, start=5, stop=30,
+                   protected=False)
+    _, events = run(wave(1.0, 60.0, short, long))
+    members = {e.t: {str(p) for p in e.offenders} for e in events}
+    assert members[8.0] == {"198.18.0.1", "198.18.9.9"}
+    assert members[10.0 + M] == {"198.18.9.9"}
+    assert [e.t for e in of_kind(events, "ended")] == [30.0 + M]
+
+
+def test_ipv6_victim_and_sources() -> None:
+    flood = Traffic(v6_block("2001:db8:b0::1", 100, step=1 << 16), VICTIM6, 2000, {"syn": 1},
+                    start=5, stop=20)
+    _, events = run(wave(1.0, 30.0, flood, victims=(VICTIM6,)))
+    (attack,) = of_kind(events, "started")
+    assert attack.victim == victim(VICTIM6)
+    assert attack.id.startswith("syn-2001-db8-d--10-")
+    assert len(attack.offenders) == 100 and all(p.family == 6 and p.is_exact for p in attack.offenders)
+
+
+def test_several_vectors_on_one_victim() -> None:
+    udp = Traffic(bots(500, "198.18.100.1"), VICTIM, 200, {"udp": 1}, start=5, stop=20)
+    _, events = run(wave(1.0, 30.0, mirai_syn(), udp))
+    assert sorted(e.vector for e in of_kind(events, "started")) == ["syn", "udp"]
+    ids = [e.id for e in of_kind(events, "started")]
+    assert len(set(ids)) == 2
+
+
+# --- recordings and samples -------------------------------------------------------------------
+
+
+def test_json_recording() -> None:
+    samples = load("syn_small.json")
+    assert len(samples) == 20 and samples[0].dt == 1.0
+    _, events = run(samples, DetectConfig(end_intervals=5))
+    started = of_kind(events, "started")
+    assert [(e.vector, str(e.victim), e.t, len(e.offenders)) for e in started] == [
+        ("syn", VICTIM, 6.0, 12)]
+    assert [e.t for e in of_kind(events, "ended")] == [15.0]
+
+
+def test_recording_round_trip() -> None:
+    samples = wave(1.0, 3.0, mirai_syn(start=1, count=3), victims=(VICTIM,))
+    again = load_recording(dump_recording(samples))
+    for a, b in zip(samples, again, strict=True):
+        assert (a.t, a.dt) == (b.t, b.dt)
+        assert sorted(a.sources.tolist()) == sorted(b.sources.tolist())
+        assert sorted(a.destinations.tolist()) == sorted(b.destinations.tolist())
+
+
+def test_sample_build_and_words() -> None:
+    s = Sample.build(1.0, 0.5, {"198.18.0.1": {"packets": 3, "syn": 3, "dst": VICTIM},
+                                "2001:db8::5": {"packets": 1, "dst": VICTIM6}},
+                     {VICTIM: {"packets": 3, "syn": 3}})
+    assert address_words("198.18.0.1") == (0, 0xFFFF_C612_0001)
+    assert str(address_from_words(*address_words("2001:db8::5"))) == "2001:db8::5"
+    assert int(s.sources["syn"][0]) == 3 and int(s.sources["dst_lo"][0]) == address_words(VICTIM)[1]
+    packed4 = np.array([bytes([198, 18, 0, 1])], dtype="S4")
+    packed6 = np.array([bytes.fromhex("20010db8000000000000000000000005")], dtype="S16")
+    for packed, text in ((packed4, "198.18.0.1"), (packed6, "2001:db8::5")):
+        hi, lo = words_from_packed(packed)
+        assert (int(hi[0]), int(lo[0])) == address_words(text)
+    hi, lo = v4_words([int.from_bytes(bytes([10, 0, 0, 1]), "big")])
+    assert str(address_from_words(int(hi[0]), int(lo[0]))) == "10.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Sample.build(1.0, 0.0), r"dt: 0.0 s is out of range 0.001..3600 s"),
+        (lambda: Sample.build(math.nan, 1.0), r"t: nan is not a finite number"),
+        (lambda: Sample.build(1.0, 1.0, {"1.2.3.4": {"sny": 1}}),
+         r"sources\['1.2.3.4'\]: unknown counter 'sny' \(did you mean 'syn'\?\)"),
+        (lambda: Sample.build(1.0, 1.0, {"1.2.3.4": {"packets": -1}}),
+         r"sources\['1.2.3.4'\].packets: -1 is out of range 0..2\^64-1"),
+        (lambda: Sample.build(1.0, 1.0, {"1.2.3.4": {"dst": "2001:db8::1"}}),
+         r"IPv6 destination for an IPv4 source"),
+        (lambda: Sample.build(1.0, 1.0, {}, {"203.0.113.1": {"refl": 1, "dst": "1.1.1.1"}}),
+         r"destinations\['203.0.113.1'\]: unknown counter 'dst'"),
+        (lambda: Sample(1.0, 1.0, np.zeros(1, DESTINATION_DTYPE), np.zeros(0, DESTINATION_DTYPE)),
+         r"sources: dtype .* is not the expected"),
+        (lambda: load_recording('{"samples": [{"t": 2, "dt": 1}, {"t": 1, "dt": 1}]}'),
+         r"recording.samples\[1\].t: 1.0 is not after 2.0"),
+    ],
+)
+def test_sample_errors(build: object, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        build()  # type: ignore[operator]
+
+
+def test_samples_must_move_forward() -> None:
+    det = Detector()
+    det.observe(Sample.empty(5.0, 1.0))
+    with pytest.raises(InputError, match=r"sample.t: 5.0 is not after the previous sample's 5.0"):
+        det.observe(Sample.empty(5.0, 1.0))
+
+
+def test_large_sample_is_handled_in_arrays() -> None:
+    # 100k sources with a few heavy ones among them (functional: timing is in the report, not here)
+    rng = np.random.default_rng(3)
+    n = 100_000
+    src = np.zeros(n, SOURCE_DTYPE)
+    addrs = rng.choice(1 << 30, n, replace=False).astype(np.uint64) + np.uint64(0x0B000000)
+    src["addr_hi"], src["addr_lo"] = v4_words(addrs)
+    dst_hi, dst_lo = address_words(VICTIM)
+    src["dst_hi"], src["dst_lo"] = dst_hi, dst_lo
+    src["packets"] = rng.integers(1, 10, n)
+    src["packets"][:5] = 50_000
+    src["ack"] = src["packets"]
+    dest = np.zeros(1, DESTINATION_DTYPE)
+    dest["addr_hi"], dest["addr_lo"] = dst_hi, dst_lo
+    dest["packets"] = dest["ack"] = src["packets"].sum()
+    det = Detector()
+    events: list[AttackEvent] = []
+    for i in range(N):
+        events = det.observe(Sample(float(i + 1), 1.0, src, dest))
+    kinds = {(e.vector, e.kind) for e in events}
+    assert ("source_rate", "started") in kinds and ("ack", "started") in kinds
+    heavy = next(e for e in events if e.vector == "source_rate")
+    assert len(heavy.offenders) == 5
+    assert det.tracked_sources == n
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: DetectConfig(start_intervals=0), r"^start_intervals: 0 is out of range 1..1000$"),
+        (lambda: DetectConfig(end_fraction=1.5), r"^end_fraction: 1.5 is out of range; must be above 0"),
+        (lambda: DetectConfig(window=0), r"^window: 0 is out of range; must be at least 0.1"),
+        (lambda: VectorThreshold(pps=0), r"^pps: 0 is out of range; must be above 0"),
+        (lambda: DetectConfig(many_max_source_pps=30_000),
+         r"^many_max_source_pps: 30000 is not below source_pps 20000"),
+        (lambda: DetectConfig(many_source=VectorThreshold(5000, min_share=0.5)),
+         r"^many_source.min_share: not used by this vector"),
+        (lambda: DetectConfig.from_dict({"strat_intervals": 3}),
+         r"unknown key 'strat_intervals' \(did you mean 'start_intervals'\?\)"),
+        (lambda: DetectConfig.from_dict({"syn": {"pps": -5}}), r"^syn.pps: -5 is out of range"),
+        (lambda: DetectConfig.from_dict({"udp": {"factor": 2}}), r"^udp.pps: missing"),
+        (lambda: DetectConfig.from_dict({"icmp": {"pps": 1, "facter": 2}}),
+         r"^icmp: unknown key 'facter' \(did you mean 'factor'\?\)"),
+        (lambda: DetectConfig.from_dict({"start_intervals": "3"}),
+         r"^start_intervals: expected an integer, got '3'"),
+    ],
+)
+def test_config_errors_name_the_field(make: object, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        make()  # type: ignore[operator]
+
+
+def test_config_from_dict() -> None:
+    cfg = DetectConfig.from_dict({"start_intervals": 2, "syn": {"pps": 5000, "factor": 5, "min_share": 0.3}})
+    assert cfg.start_intervals == 2
+    assert cfg.syn == VectorThreshold(5000, 5, 0.3)
+    assert cfg.ack == DetectConfig().ack
+    assert set(DEST_VECTORS) <= {f for f in DetectConfig.__dataclass_fields__}
+
+
+def test_event_to_dict() -> None:
+    _, events = run(wave(1.0, 10.0, mirai_syn(count=10, pps=2000)))
+    data = of_kind(events, "started")[0].to_dict()
+    assert data["vector"] == "syn" and data["victim"] == VICTIM and data["kind"] == "started"
+    assert data["offenders"] == 10 and len(data["top_sources"]) == 10  # type: ignore[arg-type]
+
+
+def test_docs_name_every_setting_and_the_vector_defaults() -> None:
+    from dataclasses import fields
+    from pathlib import Path
+
+    from controller.mitigate import MitigateConfig
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "detection.md").read_text()
+    for cls in (DetectConfig, MitigateConfig):
+        for f in fields(cls):
+            assert f"`{f.name}`" in text, f"docs/detection.md does not mention {cls.__name__}.{f.name}"
+    cfg = DetectConfig()
+    for vector in DEST_VECTORS:
+        th = cfg.threshold(vector)
+        share = "—" if vector == "many_source" else f"{th.min_share:g}"
+        row = f"| {th.pps:,.0f} | {th.factor:g} | {share} |".replace(",", " ")
+        rows = [x for x in text.splitlines() if x.startswith(f"| `{vector}` |") and x.count("|") == 6]
+        assert len(rows) == 1 and rows[0].endswith(row), (vector, rows, row)
+
+
+def test_offenders_are_capped_to_the_heaviest() -> None:
+    light = Traffic(bots(300), VICTIM, 1000, {"syn": 1}, start=5, stop=20)
+    heavy = Traffic(bots(50, "198.18.100.1"), VICTIM, 5000, {"syn": 1}, start=5, stop=20)
+    _, events = run(wave(1.0, 10.0, light, heavy), DetectConfig(max_offenders=60))
+    attack = events[-1]
+    assert len(attack.offenders) == 60
+    assert {str(x) for x in attack.offenders[:50]} == {f"198.18.100.{i}" for i in range(1, 51)}
