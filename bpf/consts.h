@@ -21,6 +21,9 @@
 #define BW_CFG_TRIE_ALLOW_V6        (1U << 9)
 #define BW_CFG_TRIE_DENY_PFX_V4     (1U << 10)
 #define BW_CFG_TRIE_DENY_PFX_V6     (1U << 11)
+/* Protected prefixes are configured: count per destination (dst_v4/dst_v6). */
+#define BW_CFG_TRIE_PROTECT_V4      (1U << 12)
+#define BW_CFG_TRIE_PROTECT_V6      (1U << 13)
 
 /* struct bw_rule_ref.flags (allow_v4/allow_v6 values) */
 #define BW_ALLOW_MGMT               (1U << 0) /* management prefix: reason BW_PASS_MGMT */

@@ -54,6 +54,15 @@
 #ifndef BW_MAX_SRC_V6
 #define BW_MAX_SRC_V6       262144
 #endif
+#ifndef BW_MAX_DST_V4
+#define BW_MAX_DST_V4       65536
+#endif
+#ifndef BW_MAX_DST_V6
+#define BW_MAX_DST_V6       16384
+#endif
+#ifndef BW_MAX_PROTECT
+#define BW_MAX_PROTECT      4096
+#endif
 #ifndef BW_MAX_RULES
 #define BW_MAX_RULES        16384
 #endif
@@ -97,6 +106,18 @@ BW_MAP("lpm_trie", struct bw_lpm_v6, struct bw_rule_ref, deny_pfx_v6, BW_MAX_DEN
 BW_MAP("lru_hash", __be32, struct bw_src_counters, src_v4, BW_MAX_SRC_V4, 0);
 // Per-source IPv6 counters, keyed by the full /128.
 BW_MAP("lru_hash", struct bw_in6, struct bw_src_counters, src_v6, BW_MAX_SRC_V6, 0);
+
+// Protected prefixes (the services this edge fronts), IPv4: packets to them
+// are counted per destination. Configuration, not policy: not double-buffered.
+BW_MAP("lpm_trie", struct bw_lpm_v4, u32, protect_v4, BW_MAX_PROTECT, BPF_F_NO_PREALLOC);
+// Protected prefixes, IPv6.
+BW_MAP("lpm_trie", struct bw_lpm_v6, u32, protect_v6, BW_MAX_PROTECT, BPF_F_NO_PREALLOC);
+// Per-destination counters inside the protected prefixes, IPv4 (LRU).
+BW_MAP("lru_hash", __be32, struct bw_dst_counters, dst_v4, BW_MAX_DST_V4, 0);
+// Per-destination counters inside the protected prefixes, IPv6.
+BW_MAP("lru_hash", struct bw_in6, struct bw_dst_counters, dst_v6, BW_MAX_DST_V6, 0);
+// Reflection source ports (1 = amplification port), for the refl counter.
+BW_MAP("array", u32, u32, refl_ports, 65536, 0);
 
 // Per-rule counters (matched, bytes, dropped, rate-limited), indexed by rule slot.
 BW_MAP("percpu_array", u32, struct bw_rule_counter, rule_stats, BW_MAX_RULES, 0);

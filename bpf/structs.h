@@ -67,6 +67,21 @@ struct bw_src_counters {
     __u64 icmp;       /* ICMP and ICMPv6 */
     __u64 gre;
     __u64 frags;      /* any IPv4/IPv6 fragment, first or not */
+    struct bw_in6 last_dst;   /* destination of the source's latest packet (IPv4 in a[0]) */
+};
+
+/* Per-destination counters for the protected prefixes (dst_v4, dst_v6). */
+struct bw_dst_counters {
+    __u64 packets;
+    __u64 bytes;
+    __u64 drops;      /* dropped, or would-drop in monitor mode */
+    __u64 syn;
+    __u64 ack;
+    __u64 udp;
+    __u64 icmp;
+    __u64 gre;
+    __u64 frags;
+    __u64 refl;       /* UDP from a reflection source port (refl_ports) */
 };
 
 /* Packets and bytes; per-CPU values of reason_stats and verdict_stats. */

@@ -431,6 +431,10 @@ static __always_inline void first_counters(struct bw_src_counters *d, struct bw_
     d->udp = cls == BW_CLASS_UDP;
     d->icmp = cls == BW_CLASS_ICMP;
     d->gre = cls == BW_CLASS_GRE;
+    if (pkt->family == 4)
+        d->last_dst.a[0] = pkt->dst4;
+    else
+        d->last_dst = pkt->dst6;
 }
 
 /* Per-source counters: one shared LRU entry per source, atomic adds. */
@@ -460,6 +464,10 @@ static __always_inline void account_source(struct bw_packet *pkt, int dropped)
     }
     __sync_fetch_and_add(&c->packets, 1);
     __sync_fetch_and_add(&c->bytes, pkt->len);
+    if (pkt->family == 4)
+        c->last_dst.a[0] = pkt->dst4;   /* plain stores: the latest wins */
+    else
+        c->last_dst = pkt->dst6;
     if (dropped)
         __sync_fetch_and_add(&c->drops, 1);
     if (pkt->frag)
@@ -474,6 +482,71 @@ static __always_inline void account_source(struct bw_packet *pkt, int dropped)
         __sync_fetch_and_add(&c->icmp, 1);
     else if (cls == BW_CLASS_GRE)
         __sync_fetch_and_add(&c->gre, 1);
+}
+
+/* Per-destination counters, for destinations inside a protected prefix. */
+static __always_inline void account_destination(struct bw_packet *pkt, struct bw_view *view,
+                                                int dropped)
+{
+    struct bw_dst_counters *c;
+    __u32 *hit;
+
+    if (pkt->family == 4) {
+        if (!(view->flags & BW_CFG_TRIE_PROTECT_V4))
+            return;
+        struct bw_lpm_v4 key = {};
+        lpm_v4_key(&key, 0, pkt->dst4);
+        hit = protect_v4.lookup(&key);
+        if (!hit)
+            return;
+        c = dst_v4.lookup(&pkt->dst4);
+    } else {
+        if (!(view->flags & BW_CFG_TRIE_PROTECT_V6))
+            return;
+        struct bw_lpm_v6 key = {};
+        lpm_v6_key(&key, 0, &pkt->dst6);
+        hit = protect_v6.lookup(&key);
+        if (!hit)
+            return;
+        c = dst_v6.lookup(&pkt->dst6);
+    }
+    int cls = classify(pkt);
+    __u64 refl = 0;
+    if (cls == BW_CLASS_UDP) {
+        __u32 port = pkt->sport;
+        __u32 *r = refl_ports.lookup(&port);
+        refl = r && *r;
+    }
+    if (!c) {
+        struct bw_dst_counters d = {
+            .packets = 1, .bytes = pkt->len, .drops = dropped, .frags = pkt->frag,
+            .syn = cls == BW_CLASS_SYN, .ack = cls == BW_CLASS_ACK, .udp = cls == BW_CLASS_UDP,
+            .icmp = cls == BW_CLASS_ICMP, .gre = cls == BW_CLASS_GRE, .refl = refl,
+        };
+        if (pkt->family == 4)
+            dst_v4.insert(&pkt->dst4, &d);
+        else
+            dst_v6.insert(&pkt->dst6, &d);
+        return;   /* lost a race to another CPU: one packet uncounted at most */
+    }
+    __sync_fetch_and_add(&c->packets, 1);
+    __sync_fetch_and_add(&c->bytes, pkt->len);
+    if (dropped)
+        __sync_fetch_and_add(&c->drops, 1);
+    if (pkt->frag)
+        __sync_fetch_and_add(&c->frags, 1);
+    if (cls == BW_CLASS_SYN)
+        __sync_fetch_and_add(&c->syn, 1);
+    else if (cls == BW_CLASS_ACK)
+        __sync_fetch_and_add(&c->ack, 1);
+    else if (cls == BW_CLASS_UDP)
+        __sync_fetch_and_add(&c->udp, 1);
+    else if (cls == BW_CLASS_ICMP)
+        __sync_fetch_and_add(&c->icmp, 1);
+    else if (cls == BW_CLASS_GRE)
+        __sync_fetch_and_add(&c->gre, 1);
+    if (refl)
+        __sync_fetch_and_add(&c->refl, 1);
 }
 
 /* The one exit: apply monitor mode, record the action, its reason, the rule
@@ -498,6 +571,8 @@ static __always_inline int bw_out(struct bw_packet *pkt, struct bw_verdict *v, s
     } else if (pkt->family) {
         account_source(pkt, v->action == XDP_DROP);
     }
+    if (pkt->family)
+        account_destination(pkt, view, v->action == XDP_DROP);
     return action;
 }
 

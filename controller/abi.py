@@ -18,10 +18,13 @@ __all__ = [
     "CFG_PASS_MALFORMED",
     "COUNTER_DTYPE",
     "DENY_DTYPE",
+    "DST_COUNTERS_DTYPE",
+    "DST_COUNTER_FIELDS",
     "GEN_INF",
     "MAX_IPV6_EXT",
     "MAX_SIGS",
     "MAX_VLAN_TAGS",
+    "PROTECT_FLAGS",
     "RULE_ABSENT",
     "RULE_COUNTER_DTYPE",
     "SIG_ALLOW",
@@ -42,6 +45,7 @@ __all__ = [
     "Config",
     "Counter",
     "DenyEntry",
+    "DstCounters",
     "In6",
     "LpmV4",
     "LpmV6",
@@ -151,12 +155,22 @@ class DenyEntry(ctypes.Structure):
 
 
 SRC_COUNTER_FIELDS = ("packets", "bytes", "drops", "syn", "ack", "udp", "icmp", "gre", "frags")
+DST_COUNTER_FIELDS = (*SRC_COUNTER_FIELDS, "refl")
+# "Protected prefixes are configured" bits (BW_CFG_TRIE_PROTECT_*), by map name.
+PROTECT_FLAGS = {"protect_v4": 1 << 12, "protect_v6": 1 << 13}
 
 
 class SrcCounters(ctypes.Structure):
-    """``struct bw_src_counters``: per-source counters."""
+    """``struct bw_src_counters``: per-source counters and the latest destination."""
 
-    _fields_ = [(name, ctypes.c_uint64) for name in SRC_COUNTER_FIELDS]
+    _fields_ = [*((name, ctypes.c_uint64) for name in SRC_COUNTER_FIELDS),
+                ("last_dst", ctypes.c_uint8 * 16)]
+
+
+class DstCounters(ctypes.Structure):
+    """``struct bw_dst_counters``: per-destination counters (protected prefixes)."""
+
+    _fields_ = [(name, ctypes.c_uint64) for name in DST_COUNTER_FIELDS]
 
 
 class Counter(ctypes.Structure):
@@ -232,7 +246,8 @@ class RlState(ctypes.Structure):
     _fields_ = [("tat_pkt", ctypes.c_uint64), ("tat_byte", ctypes.c_uint64)]
 
 
-SRC_COUNTERS_DTYPE = np.dtype([(name, "<u8") for name in SRC_COUNTER_FIELDS])
+SRC_COUNTERS_DTYPE = np.dtype([*((name, "<u8") for name in SRC_COUNTER_FIELDS), ("last_dst", "V16")])
+DST_COUNTERS_DTYPE = np.dtype([(name, "<u8") for name in DST_COUNTER_FIELDS])
 COUNTER_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 RULE_COUNTER_DTYPE = np.dtype(
     [("packets", "<u8"), ("bytes", "<u8"), ("dropped", "<u8"), ("rate_limited", "<u8")]

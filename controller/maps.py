@@ -57,6 +57,9 @@ class MapSizes:
     rules: int = 1 << 14
     sig_prefixes: int = 1 << 13
     rl_src: int = 1 << 18
+    dst_v4: int = 1 << 16
+    dst_v6: int = 1 << 14
+    protect: int = 1 << 12
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -144,6 +147,16 @@ MAP_SPECS: tuple[MapSpec, ...] = (
             "per-source IPv4 counters", "src_v4"),
     MapSpec("src_v6", 9, "lru_hash", abi.In6, abi.SrcCounters, "counters",
             "per-source IPv6 counters", "src_v6"),
+    MapSpec("protect_v4", 11, "lpm_trie", abi.LpmV4, ctypes.c_uint32, "config",
+            "protected prefixes (counted per destination), IPv4", "protect", flags=BPF_F_NO_PREALLOC),
+    MapSpec("protect_v6", 11, "lpm_trie", abi.LpmV6, ctypes.c_uint32, "config",
+            "protected prefixes (counted per destination), IPv6", "protect", flags=BPF_F_NO_PREALLOC),
+    MapSpec("dst_v4", 9, "lru_hash", ctypes.c_uint32, abi.DstCounters, "counters",
+            "per-destination counters in the protected prefixes, IPv4", "dst_v4"),
+    MapSpec("dst_v6", 9, "lru_hash", abi.In6, abi.DstCounters, "counters",
+            "per-destination counters in the protected prefixes, IPv6", "dst_v6"),
+    MapSpec("refl_ports", 2, "array", ctypes.c_uint32, ctypes.c_uint32, "config",
+            "reflection source ports (1 = amplification port)", fixed_entries=65536),
     MapSpec("rule_stats", 6, "percpu_array", ctypes.c_uint32, abi.RuleCounter, "counters",
             "per-rule counters: matched, dropped, rate-limited", "rules", percpu=True),
     MapSpec("reason_stats", 6, "percpu_array", ctypes.c_uint32, abi.Counter, "counters",
