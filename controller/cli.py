@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from . import counters, dataplane, enforce, logs, policy
 from .addresses import Prefix, parse_prefix
+from .agentconfig import DEFAULT_CONFIG as DEFAULT_AGENT_CONFIG
 from .blocklist import read_file
 from .errors import BreakwaterError, InputError
 from .maps import MapSizes
@@ -513,6 +514,56 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_overrides(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if args.agent_interface:
+        out["interfaces"] = [{"name": n, **({"netns": args.netns} if args.netns else {})}
+                             for n in args.agent_interface]
+    elif args.netns:
+        raise InputError("--netns needs --interface (or set netns per interface in the config)")
+    if args.interval is not None:
+        out["interval"] = args.interval
+    if args.monitor is not None:
+        out["mode"] = "monitor" if args.monitor else "enforce"
+    for key in ("agent_pin_root", "agent_state_dir"):
+        value = getattr(args, key)
+        if value is not None:
+            out[key.removeprefix("agent_")] = str(value)
+    if args.metrics is not None:
+        out["metrics"] = args.metrics
+    return out
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from . import agent, agentconfig
+
+    overrides = _agent_overrides(args)
+    cfg = agentconfig.load(Path(args.config), overrides)
+    if args.check_config:
+        emit_json(cfg.to_dict())
+        return 0
+    return agent.run(cfg, config_path=Path(args.config), overrides=overrides)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from .store import DB_NAME, Store
+
+    state_dir = args.events_state_dir or args.state_dir
+    path = state_dir / DB_NAME
+    if not path.exists():
+        raise BreakwaterError(f"no agent state at {path}: is `breakwater agent` running with this "
+                              "--state-dir?")
+    with Store.open(state_dir, readonly=True) as store:
+        rows = store.events(args.limit)
+    if args.json:
+        emit_json([r.to_dict() for r in rows])
+        return 0
+    table(["TIME", "INTERFACE", "KIND", "VECTOR", "VICTIM", "PROFILE", "PEAK PPS", "RULES"],
+          [[r.to_dict()["time"], r.ifname, r.kind, r.vector, r.victim or "-", r.profile,
+            human_rate(r.peak_pps), ",".join(r.rules) or "-"] for r in rows], right=[6])
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -658,6 +709,35 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="packets by action, reason and rule")
     common(st)
     st.set_defaults(func=cmd_stats)
+
+    ag = sub.add_parser("agent", help="run the detection and mitigation daemon")
+    ag.add_argument("--config", default=str(DEFAULT_AGENT_CONFIG),
+                    help="agent configuration, TOML (default %(default)s; see docs/agent.toml)")
+    ag.add_argument("-i", "--interface", dest="agent_interface", action="append", metavar="IFACE",
+                    help="interface to protect (repeatable; replaces the config's interfaces)")
+    ag.add_argument("--netns", help="with --interface: network namespace of the interfaces")
+    ag.add_argument("--interval", type=float, help="seconds between detection intervals (min 0.1)")
+    amode = ag.add_mutually_exclusive_group()
+    amode.add_argument("--monitor", dest="monitor", action="store_true", default=None,
+                       help="plan and report, never apply automatic rules")
+    amode.add_argument("--enforce", dest="monitor", action="store_false",
+                       help="apply automatic rules (the default)")
+    ag.add_argument("--pin-root", dest="agent_pin_root", type=Path,
+                    help="bpffs directory of the pins (default: the config's pin_root)")
+    ag.add_argument("--state-dir", dest="agent_state_dir", type=Path,
+                    help="state directory, holds agent.db (default: the config's state_dir)")
+    ag.add_argument("--metrics", metavar="ADDR:PORT",
+                    help='metrics listen address (default 127.0.0.1:9611; "" disables)')
+    ag.add_argument("--check-config", action="store_true",
+                    help="validate the configuration, print the effective one, exit (0 ok, 2 bad)")
+    ag.set_defaults(func=cmd_agent)
+
+    ev = sub.add_parser("events", help="recent attack events from the agent's state database")
+    ev.add_argument("--limit", type=int, default=50, help="at most N events (default 50)")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--state-dir", dest="events_state_dir", type=Path,
+                    help="the agent's state directory (default: the global --state-dir)")
+    ev.set_defaults(func=cmd_events)
 
     dm = sub.add_parser("demo", help="a real flood in a namespace lab, counted then dropped")
     dm.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -1,0 +1,147 @@
+"""The agent's configuration: every invalid key is an exit-2 error naming the
+file and the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller import agentconfig, cli
+from controller.agentconfig import ConfigError, load, parse
+
+BASE = 'interfaces = ["eth0"]\n'
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    cfg = parse({"interfaces": ["eth0"]})
+    assert cfg.interval == 1.0
+    assert cfg.mode == "enforce"
+    assert cfg.detach_on_exit is False
+    assert str(cfg.state_dir) == "/var/lib/breakwater"
+    assert cfg.metrics == ("127.0.0.1", 9611)
+    assert cfg.interfaces[0].mode == "auto" and cfg.interfaces[0].netns is None
+
+
+def test_full_file(tmp_path: Path) -> None:
+    cfg = load(_write(tmp_path, """
+interfaces = [{ name = "bw0", netns = "edge", mode = "generic" }, "eth1"]
+protected = ["198.18.0.0/24", "2001:db8::/64"]
+management = ["198.18.1.0/28"]
+allowlist = ["198.18.2.1"]
+mode = "monitor"
+interval = 0.25
+detach_on_exit = true
+state_dir = "/tmp/bw-state"
+pin_root = "/sys/fs/bpf/bw-test"
+metrics = "[::1]:9000"
+[sizes]
+deny_v4 = 4096
+[detect]
+source_pps = 5000.0
+[detect.syn]
+pps = 2000
+[mitigate]
+rule_ttl = 30.0
+"""))
+    assert [i.name for i in cfg.interfaces] == ["bw0", "eth1"]
+    assert cfg.interfaces[0].netns == "edge"
+    assert cfg.monitor and cfg.mitigate.monitor
+    assert [str(p) for p in cfg.mitigate.allowlist] == ["198.18.2.1"]
+    assert cfg.mitigate.management == cfg.management
+    assert cfg.metrics == ("::1", 9000)
+    assert cfg.sizes.deny_v4 == 4096
+    assert cfg.detect.source_pps == 5000.0 and cfg.detect.syn.pps == 2000
+    assert cfg.mitigate.rule_ttl == 30.0
+    assert cfg.to_dict()["interfaces"][0] == {"name": "bw0", "netns": "edge", "mode": "generic"}
+
+
+@pytest.mark.parametrize(("text", "path", "what"), [
+    ("", "interfaces", "missing"),
+    ("interfaces = []", "interfaces", "non-empty"),
+    ('interfaces = ["eth0"]\nintervall = 1', "intervall", "did you mean 'interval'"),
+    ('interfaces = [{ nam = "x" }]', "interfaces[0].nam", "unknown key"),
+    ("interfaces = [{ netns = \"x\" }]", "interfaces[0].name", "missing"),
+    ('interfaces = ["this-name-is-too-long"]', "interfaces[0].name", "not a valid interface name"),
+    ('interfaces = [{ name = "a", mode = "turbo" }]', "interfaces[0].mode", "auto, native, generic"),
+    ('interfaces = ["a", "a"]', "interfaces[1].name", "twice"),
+    (BASE + 'protected = ["198.18.0.0/33"]', "protected[0]", ""),
+    (BASE + 'protected = "198.18.0.0/24"', "protected", "list of prefixes"),
+    (BASE + "management = [1]", "management[0]", "prefix string"),
+    (BASE + 'allowlist = ["nope"]', "allowlist[0]", ""),
+    (BASE + 'mode = "block"', "mode", "monitor, enforce"),
+    (BASE + "interval = 0.01", "interval", "0.1..3600"),
+    (BASE + 'interval = "1s"', "interval", "number"),
+    (BASE + 'detach_on_exit = "yes"', "detach_on_exit", "true or false"),
+    (BASE + 'state_dir = "relative"', "state_dir", "absolute"),
+    (BASE + 'pin_root = ""', "pin_root", "non-empty"),
+    (BASE + 'metrics = "localhost"', "metrics", "ADDR:PORT"),
+    (BASE + 'metrics = "127.0.0.1:99999"', "metrics", "ADDR:PORT"),
+    (BASE + "metrics = 9611", "metrics", "ADDR:PORT"),
+    (BASE + "[sizes]\ndeny_v4 = 0", "sizes.deny_v4", "out of range"),
+    (BASE + "[sizes]\ndeny = 10", "sizes.deny", "unknown map"),
+    (BASE + "sizes = 3", "sizes", "table"),
+    (BASE + "[detect]\nsource_pps = -1", "detect.source_pps", "out of range"),
+    (BASE + "[detect]\nsourc_pps = 1", "detect.sourc_pps", "did you mean 'source_pps'"),
+    (BASE + "[detect.syn]\npps = 0", "detect.syn.pps", "out of range"),
+    (BASE + "[detect.syn]\nfactor = 2", "detect.syn.pps", "missing"),
+    (BASE + "[detect.syn]\nppps = 2", "detect.syn", "unknown key"),
+    (BASE + "detect = 1", "detect", "table"),
+    (BASE + "[mitigate]\nrule_ttl = 0", "mitigate.rule_ttl", "out of range"),
+    (BASE + "[mitigate]\nrule_tll = 5", "mitigate.rule_tll", "did you mean 'rule_ttl'"),
+    (BASE + "[mitigate]\nmonitor = true", "mitigate.monitor", "top-level key 'mode'"),
+    (BASE + '[mitigate]\nallowlist = ["198.18.0.1"]', "mitigate.allowlist", "top-level"),
+    (BASE + '[mitigate]\nreflection_action = "tarpit"', "mitigate.reflection_action", "rate_limit, drop"),
+])
+def test_invalid_key(tmp_path: Path, text: str, path: str, what: str) -> None:
+    file = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(file)
+    err = info.value
+    assert err.source == str(file)
+    assert err.path == path, str(err)
+    assert what in err.what, str(err)
+    assert str(err).startswith(f"{file}: {path}: ")
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(_write(tmp_path, "interfaces = ["))
+
+
+def test_missing_file_needs_interfaces(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "absent.toml")
+    cfg = load(tmp_path / "absent.toml", {"interfaces": [{"name": "eth0"}]})
+    assert cfg.interfaces[0].name == "eth0"
+
+
+def test_overrides_win(tmp_path: Path) -> None:
+    file = _write(tmp_path, BASE + "interval = 2\n")
+    cfg = load(file, {"interval": 0.5, "mode": "monitor", "metrics": ""})
+    assert cfg.interval == 0.5 and cfg.monitor and cfg.metrics is None
+
+
+def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _write(tmp_path, BASE)
+    assert cli.main(["agent", "--config", str(good), "--check-config"]) == 0
+    assert '"interval": 1.0' in capsys.readouterr().out
+    assert cli.main(["agent", "--config", str(good), "--check-config", "--interval", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "interval: 0.05 is out of range" in err and "Traceback" not in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BASE + "[detect]\nwindow = 0\n")
+    assert cli.main(["agent", "--config", str(bad), "--check-config"]) == 2
+    assert f"{bad}: detect.window:" in capsys.readouterr().err
+
+
+def test_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "docs" / "agent.toml"
+    cfg = agentconfig.load(example)
+    assert cfg.interfaces

@@ -1,0 +1,91 @@
+"""The agent's SQLite store: round trips, one transaction per interval, reopen."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from controller.addresses import parse_prefix
+from controller.detect import AttackEvent
+from controller.rules import Match, Rule, RuleAction, RuleSet
+from controller.store import Store, StoreError
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def _rule(rid: str, expires: datetime | None = None, origin: str = "auto") -> Rule:
+    return Rule(rid, Match(src=(parse_prefix("198.18.0.3"),)), RuleAction("drop"), priority=500,
+                expires_at=expires, origin=origin)  # type: ignore[arg-type]
+
+
+def _event(kind: str = "started", applied: tuple[str, ...] = ("auto-src-heavy-1",)) -> AttackEvent:
+    return AttackEvent(id="heavy-1", kind=kind, vector="source_rate", victim=None,  # type: ignore[arg-type]
+                       profile="concentrated", t=1.0, onset_at=0.0, started_at=1.0, ended_at=None,
+                       pps=20000.0, bps=1e7, peak_pps=21000.0, peak_bps=1e7, dropped_pps=0.0,
+                       threshold_pps=2000.0, baseline_pps=0.0, over_threshold=True, sources=1,
+                       applied=applied)
+
+
+def test_round_trip_survives_reopen(tmp_path: Path) -> None:
+    manual = RuleSet.from_rules([_rule("keep-out", origin="manual")])
+    auto = [_rule("auto-src-heavy-1", NOW + timedelta(seconds=30))]
+    with Store.open(tmp_path) as store:
+        store.set_manual_rules("bw0", manual)
+        store.commit_interval("bw0", auto_rules=auto, baselines={"198.18.0.1": {"udp": 12.5}},
+                              events=[_event()], at=NOW.timestamp())
+    assert (tmp_path / "agent.db").exists()
+    with Store.open(tmp_path) as store:
+        assert store.manual_rules("bw0") == manual
+        assert store.manual_rules("eth9") is None
+        assert store.auto_rules("bw0") == tuple(auto)
+        assert store.auto_rules("bw0")[0].expires_at == NOW + timedelta(seconds=30)
+        assert store.baselines("bw0") == {"198.18.0.1": {"udp": 12.5}}
+        rows = store.events(10)
+        assert len(rows) == 1
+        row = rows[0]
+        assert (row.kind, row.vector, row.victim, row.peak_pps, row.rules) == (
+            "started", "source_rate", None, 21000.0, ("auto-src-heavy-1",))
+        assert row.to_dict()["time"].startswith("2026-01-01T12:00:00")
+    mode = sqlite3.connect(tmp_path / "agent.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_partial_commits_and_replacement(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        store.commit_interval("bw0", auto_rules=[_rule("a"), _rule("b")])
+        store.commit_interval("bw0", baselines={"198.18.0.1": {"packets": 1.0}})  # rules untouched
+        assert [r.id for r in store.auto_rules("bw0")] == ["a", "b"]
+        store.commit_interval("bw0", auto_rules=[_rule("b")])
+        assert [r.id for r in store.auto_rules("bw0")] == ["b"]
+        store.commit_interval("eth1", auto_rules=[_rule("c")])
+        assert [r.id for r in store.auto_rules("bw0")] == ["b"]
+        store.commit_interval("bw0", auto_rules=[])
+        assert store.auto_rules("bw0") == ()
+
+
+def test_events_order_limit_and_prune(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        for i in range(5):
+            store.commit_interval("bw0", events=[replace(_event(), pps=float(i))], at=float(i))
+        assert [r.pps for r in store.events(3)] == [2.0, 3.0, 4.0]
+        assert store.prune_events(2) == 3
+        assert [r.pps for r in store.events(10)] == [3.0, 4.0]
+
+
+def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        store.commit_interval("bw0", auto_rules=[_rule("a")])
+        with pytest.raises(StoreError):
+            # the same id twice violates the primary key: nothing of this interval is written
+            store.commit_interval("bw0", auto_rules=[_rule("x"), _rule("x")], events=[_event()])
+        assert [r.id for r in store.auto_rules("bw0")] == ["a"]
+        assert store.events() == []
+
+
+def test_readonly_missing_is_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        Store.open(tmp_path / "nowhere", readonly=True).events()
