@@ -266,6 +266,29 @@ def _stage_sigs(maps: MapSet, img: SigImage, nxt: int,
     maps["sig_meta"].update(nxt.to_bytes(4, "little"), bytes(img.meta))
 
 
+def _fold_into_sources(maps: MapSet, name: str, keys: list[bytes]) -> None:
+    """A removed exact deny entry's hits are its source's drops: add them to
+    the per-source counters before the entry goes, so totals never go back."""
+    src = maps["src_v4" if name == "deny_v4" else "src_v6"]
+    deny = maps[name]
+    for k in keys:
+        raw = deny.lookup(k)
+        if raw is None:
+            continue
+        e = abi.DenyEntry.from_buffer_copy(raw)
+        if not e.packets:
+            continue
+        old = src.lookup(k)
+        c = abi.SrcCounters.from_buffer_copy(old) if old else abi.SrcCounters()
+        c.packets += e.packets
+        c.bytes += e.bytes
+        c.drops += e.packets
+        try:
+            src.update(k, bytes(c))
+        except BreakwaterError:
+            LOGGER.warning("could not fold a removed deny entry's counters into %s", src.name)
+
+
 def _zero_rules(maps: MapSet, slots: list[int]) -> None:
     """Reset a rule slot: its counters, its aggregate bucket and every
     per-source bucket it had, so a rule that takes the slot starts fresh."""
@@ -330,6 +353,7 @@ def apply(maps: MapSet, image: Image, new_rules: tuple[int, ...] = (),
         maps["config"].update(bytes(4), bytes(cfg))  # the flip
         time.sleep(GRACE_SECONDS)
         for name, keys in delete_after:
+            _fold_into_sources(maps, name, keys)
             maps[name].delete_many(keys)
         for name in (*POLICY_TRIES, *SIG_TRIES):
             old = tries[name][cur]
