@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
-from . import counters, dataplane, enforce, logs, policy
+from . import abi, counters, dataplane, enforce, logs, policy
 from .addresses import Prefix, parse_prefix
 from .blocklist import read_file
 from .bpfmap import MapSet
@@ -487,7 +487,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             actions = counters.action_totals(maps)
             reasons = counters.reason_totals(maps)
             rules = counters.rule_totals(maps)
-            monitor = bool(dataplane.read_config(maps).flags & 1)
+            monitor = bool(maps.config().flags & abi.CFG_MONITOR)
             prev = _recorded(args, maps)
         names = {s: rid for rid, s in (prev.slots.to_dict().items() if prev else [])}
         report.append({

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from . import abi, swap
+from . import swap
 from .addresses import Prefix, parse_prefix
 from .bpfmap import MapSet
 from .compiler import CompiledSet, SlotTable, compile_ruleset
@@ -70,11 +70,6 @@ def _path(state_dir: Path, pin_dir: Path) -> Path:
     return state_dir / "rules" / f"{pin_dir.name}-{tag}.json"
 
 
-def _gen(maps: MapSet) -> int:
-    raw = maps["config"].lookup(bytes(4))
-    return abi.Config.from_buffer_copy(raw).gen if raw else 0
-
-
 def _read(path: Path) -> Applied | None:
     try:
         doc = json.loads(path.read_text())
@@ -97,7 +92,7 @@ def load_applied(state_dir: Path, maps: MapSet) -> Applied | None:
     Raises :class:`StateMismatchError` when the record is of another
     generation (the maps were purged and recreated, say)."""
     path = _path(state_dir, maps.pin_dir)
-    gen = _gen(maps)
+    gen = maps.config().gen
     found = []
     for candidate in (path.with_suffix(".pending"), path):
         applied = _read(candidate)
@@ -176,7 +171,7 @@ def apply(maps: MapSet, rules: RuleSet, previous: Applied | None, *, now: dateti
     mgmt = tuple(management)
     with maps.locked():
         if state_dir is not None:
-            save_applied(state_dir, maps, Applied(rules, compiled.slots, _gen(maps) + 1, mgmt),
+            save_applied(state_dir, maps, Applied(rules, compiled.slots, maps.config().gen + 1, mgmt),
                          pending=True)
         result = swap.apply(maps, build_image(compiled), new_rules=new_slots,
                             freed_rules=tuple(sorted(compiled.freed_slots)))
