@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _libbpf as lb
+from . import abi
 from .errors import (
     BreakwaterError,
     MapFullError,
@@ -339,6 +340,15 @@ class MapSet:
         finally:
             self._held.depth = 0
             os.close(fd)
+
+    def config(self) -> abi.Config:
+        """The single ``config`` entry (flags, generation, build id)."""
+        raw = self["config"].lookup(bytes(4))
+        return abi.Config.from_buffer_copy(raw) if raw else abi.Config()
+
+    def write_config(self, cfg: abi.Config) -> None:
+        """Write ``config``: hold :meth:`locked` around the read-modify-write."""
+        self["config"].update(bytes(4), bytes(cfg))
 
     def is_empty(self, name: str) -> bool:
         return lb.map_get_next_key(self[name].fd, None, self[name].spec.key_size) is None

@@ -20,10 +20,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
-from . import counters, dataplane, enforce, logs, policy
+from . import abi, counters, dataplane, enforce, logs, policy
 from .addresses import Prefix, parse_prefix
 from .agentconfig import DEFAULT_CONFIG as DEFAULT_AGENT_CONFIG
 from .blocklist import read_file
+from .bpfmap import MapSet
 from .errors import BreakwaterError, InputError
 from .maps import MapSizes
 from .output import emit_json, human_bytes, human_rate, table
@@ -196,21 +197,42 @@ def _user() -> str:
 
 
 def _edit_rules(args: argparse.Namespace, edit: Callable[[RuleSet], RuleSet],
-                dry_run: bool = False) -> list[dict[str, Any]]:
+                dry_run: bool = False, replace_all: bool = False,
+                management: Callable[[enforce.Applied | None], tuple[Prefix, ...]] | None = None,
+                ) -> list[dict[str, Any]]:
     """Apply ``edit`` to each interface's rule set and swap the result in."""
     rows: list[dict[str, Any]] = []
     for ifname in _interfaces(args):
         with dataplane.open_maps(ifname, args.pin_root) as maps, maps.locked():
-            prev = enforce.load_applied(args.state_dir, ifname)
+            prev = _previous(args, maps, replace_all)
             before = prev.rules if prev else RuleSet.from_rules(())
             after = edit(before)
-            mgmt = prev.management if prev else ()
-            out = enforce.apply(maps, after, prev, management=mgmt, dry_run=dry_run)
-            if out.swap is not None:
-                enforce.save_applied(args.state_dir, ifname,
-                                     enforce.Applied(after, out.compiled.slots, out.swap.gen, mgmt))
+            mgmt = management(prev) if management else (prev.management if prev else ())
+            out = enforce.apply(maps, after, prev, management=mgmt, dry_run=dry_run,
+                                state_dir=args.state_dir)
         rows.append(_outcome_row(ifname, out))
     return rows
+
+
+def _recorded(args: argparse.Namespace, maps: MapSet) -> enforce.Applied | None:
+    """The recorded rule set for naming rules in listings (None if it does not match)."""
+    try:
+        return enforce.load_applied(args.state_dir, maps)
+    except enforce.StateMismatchError as exc:
+        LOGGER.warning("%s", exc)
+        return None
+
+
+def _previous(args: argparse.Namespace, maps: MapSet, replace_all: bool) -> enforce.Applied | None:
+    """The recorded rule set; when it does not match the maps, a whole new set
+    (`rules apply`) may still replace it, an edit may not."""
+    try:
+        return enforce.load_applied(args.state_dir, maps)
+    except enforce.StateMismatchError as exc:
+        if not replace_all:
+            raise
+        LOGGER.warning("%s; replacing it", exc)
+        return None
 
 
 def _outcome_row(ifname: str, out: enforce.Outcome) -> dict[str, Any]:
@@ -252,7 +274,8 @@ def _print_outcomes(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 def cmd_rules_apply(args: argparse.Namespace) -> int:
     rules = enforce.load_file(Path(args.file))
-    _print_outcomes(_edit_rules(args, lambda _: rules, dry_run=args.dry_run), args.json)
+    _print_outcomes(_edit_rules(args, lambda _: rules, dry_run=args.dry_run, replace_all=True),
+                    args.json)
     return 0
 
 
@@ -289,10 +312,10 @@ def cmd_rules_preset(args: argparse.Namespace) -> int:
 def _rule_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for ifname in _interfaces(args):
-        prev = enforce.load_applied(args.state_dir, ifname)
-        if prev is None:
-            continue
         with dataplane.open_maps(ifname, args.pin_root) as maps:
+            prev = _recorded(args, maps)
+            if prev is None:
+                continue
             totals = counters.rule_totals(maps)
         for r in sorted(prev.rules.rules, key=lambda r: r.order):
             slot = prev.slots.get(r.id)
@@ -365,18 +388,10 @@ def cmd_list_add(args: argparse.Namespace) -> int:
 
 
 def _management_add(args: argparse.Namespace, prefixes: list[Prefix]) -> int:
-    rows = []
-    for ifname in _interfaces(args):
-        with dataplane.open_maps(ifname, args.pin_root) as maps, maps.locked():
-            prev = enforce.load_applied(args.state_dir, ifname)
-            rules = prev.rules if prev else RuleSet.from_rules(())
-            mgmt = tuple(dict.fromkeys((*(prev.management if prev else ()), *prefixes)))
-            out = enforce.apply(maps, rules, prev, management=mgmt)
-            assert out.swap is not None
-            enforce.save_applied(args.state_dir, ifname,
-                                 enforce.Applied(rules, out.compiled.slots, out.swap.gen, mgmt))
-        rows.append(_outcome_row(ifname, out))
-    _print_outcomes(rows, args.json)
+    def mgmt(prev: enforce.Applied | None) -> tuple[Prefix, ...]:
+        return tuple(dict.fromkeys((*(prev.management if prev else ()), *prefixes)))
+
+    _print_outcomes(_edit_rules(args, lambda rs: rs, management=mgmt), args.json)
     return 0
 
 
@@ -390,17 +405,10 @@ def cmd_list_del(args: argparse.Namespace) -> int:
         found.append(n)
         return out
 
-    rows = _edit_rules(args, edit)
-    if args.which == "allow":
-        for ifname in _interfaces(args):
-            prev = enforce.load_applied(args.state_dir, ifname)
-            if prev and set(prefixes) & set(prev.management):
-                mgmt = tuple(p for p in prev.management if p not in set(prefixes))
-                with dataplane.open_maps(ifname, args.pin_root) as maps, maps.locked():
-                    out = enforce.apply(maps, prev.rules, prev, management=mgmt)
-                    assert out.swap is not None
-                    enforce.save_applied(args.state_dir, ifname, enforce.Applied(
-                        prev.rules, out.compiled.slots, out.swap.gen, mgmt))
+    def mgmt(prev: enforce.Applied | None) -> tuple[Prefix, ...]:
+        return tuple(p for p in (prev.management if prev else ()) if p not in set(prefixes))
+
+    rows = _edit_rules(args, edit, management=mgmt if args.which == "allow" else None)
     if not any(found):
         print("none of those prefixes is in a source-only rule", file=sys.stderr)
     _print_outcomes(rows, args.json)
@@ -410,9 +418,9 @@ def cmd_list_del(args: argparse.Namespace) -> int:
 def cmd_list_show(args: argparse.Namespace) -> int:
     out: list[dict[str, Any]] = []
     for ifname in _interfaces(args):
-        prev = enforce.load_applied(args.state_dir, ifname)
-        names = {s: rid for rid, s in (prev.slots.to_dict().items() if prev else [])}
         with dataplane.open_maps(ifname, args.pin_root) as maps:
+            prev = _recorded(args, maps)
+            names = {s: rid for rid, s in (prev.slots.to_dict().items() if prev else [])}
             for e in policy.entries(maps, args.which):
                 out.append({"interface": ifname, "prefix": str(e.prefix),
                             "rule": names.get(e.rule_id, "management" if e.management else "-"),
@@ -480,8 +488,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
             actions = counters.action_totals(maps)
             reasons = counters.reason_totals(maps)
             rules = counters.rule_totals(maps)
-            monitor = bool(dataplane.read_config(maps).flags & 1)
-        prev = enforce.load_applied(args.state_dir, ifname)
+            monitor = bool(maps.config().flags & abi.CFG_MONITOR)
+            prev = _recorded(args, maps)
         names = {s: rid for rid, s in (prev.slots.to_dict().items() if prev else [])}
         report.append({
             "interface": ifname,

@@ -293,12 +293,11 @@ def _carried_config(pin_dir: Path) -> tuple[int, int] | None:
 
 
 def read_config(maps: MapSet) -> abi.Config:
-    raw = maps["config"].lookup(bytes(4))
-    return abi.Config.from_buffer_copy(raw) if raw else abi.Config()
+    return maps.config()
 
 
 def write_config(maps: MapSet, cfg: abi.Config) -> None:
-    maps["config"].update(bytes(4), bytes(cfg))
+    maps.write_config(cfg)
 
 
 def memory_bytes(maps: MapSet) -> int:

@@ -10,6 +10,8 @@ list`` and the diff summary of ``rules apply`` something to show.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "Applied",
     "Outcome",
+    "StateMismatchError",
     "apply",
     "load_applied",
     "load_file",
@@ -55,12 +58,19 @@ class Applied:
     management: tuple[Prefix, ...] = ()
 
 
-def _path(state_dir: Path, ifname: str) -> Path:
-    return state_dir / "rules" / f"{ifname}.json"
+class StateMismatchError(InputError):
+    """The recorded rule set is not the one the maps hold (maps purged and
+    recreated, or a state directory from elsewhere)."""
 
 
-def load_applied(state_dir: Path, ifname: str) -> Applied | None:
-    path = _path(state_dir, ifname)
+def _path(state_dir: Path, pin_dir: Path) -> Path:
+    """One file per pin directory: the same interface name under another pin
+    root (a test, a namespace) has its own state."""
+    tag = hashlib.sha256(str(pin_dir.resolve()).encode()).hexdigest()[:10]
+    return state_dir / "rules" / f"{pin_dir.name}-{tag}.json"
+
+
+def _read(path: Path) -> Applied | None:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
@@ -74,18 +84,49 @@ def load_applied(state_dir: Path, ifname: str) -> Applied | None:
                    mgmt)
 
 
-def save_applied(state_dir: Path, ifname: str, applied: Applied) -> None:
-    path = _path(state_dir, ifname)
+def load_applied(state_dir: Path, maps: MapSet) -> Applied | None:
+    """The rule set recorded for these maps, checked against their generation.
+
+    A swap records the new set as pending before the flip and as current
+    after it, so a crash in between still finds the set the maps hold.
+    Raises :class:`StateMismatchError` when the record is of another
+    generation (the maps were purged and recreated, say)."""
+    path = _path(state_dir, maps.pin_dir)
+    gen = maps.config().gen
+    found = []
+    for candidate in (path.with_suffix(".pending"), path):
+        applied = _read(candidate)
+        if applied is None:
+            continue
+        if applied.gen == gen:
+            return applied
+        found.append(applied.gen)
+    if found:
+        raise StateMismatchError(
+            f"{path}: the recorded rule set is generation {found[-1]}, the maps in "
+            f"{maps.pin_dir} are at {gen}; `breakwater rules apply FILE` makes FILE the rule set again"
+        )
+    return None
+
+
+def save_applied(state_dir: Path, maps: MapSet, applied: Applied, pending: bool = False) -> None:
+    path = _path(state_dir, maps.pin_dir)
+    if pending:
+        path = path.with_suffix(".pending")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({
         "version": STATE_VERSION,
+        "pin_dir": str(maps.pin_dir),
         "gen": applied.gen,
         "slots": applied.slots.to_dict(),
         "management": [str(p) for p in applied.management],
         "rules": applied.rules.to_dict(),
     }, indent=1))
     os.replace(tmp, path)
+    if not pending:
+        with contextlib.suppress(FileNotFoundError):
+            _path(state_dir, maps.pin_dir).with_suffix(".pending").unlink()
 
 
 def load_file(path: Path) -> RuleSet:
@@ -110,8 +151,10 @@ class Outcome:
 
 
 def apply(maps: MapSet, rules: RuleSet, previous: Applied | None, *, now: datetime | None = None,
-          management: Sequence[Prefix] = (), dry_run: bool = False) -> Outcome:
-    """Compile ``rules`` and make them the set in force, atomically.
+          management: Sequence[Prefix] = (), dry_run: bool = False,
+          state_dir: Path | None = None) -> Outcome:
+    """Compile ``rules`` and make them the set in force, atomically; with
+    ``state_dir``, record it (pending before the flip, current after).
 
     Invalid rules, too many signatures or slots raise :class:`InputError`
     before anything is written.
@@ -125,8 +168,15 @@ def apply(maps: MapSet, rules: RuleSet, previous: Applied | None, *, now: dateti
         return Outcome(diff, compiled, None)
     old = previous.slots if previous else SlotTable()
     new_slots = tuple(sorted(s for rid, s in compiled.slots.to_dict().items() if old.get(rid) != s))
-    result = swap.apply(maps, build_image(compiled), new_rules=new_slots,
-                        freed_rules=tuple(sorted(compiled.freed_slots)))
+    mgmt = tuple(management)
+    with maps.locked():
+        if state_dir is not None:
+            save_applied(state_dir, maps, Applied(rules, compiled.slots, maps.config().gen + 1, mgmt),
+                         pending=True)
+        result = swap.apply(maps, build_image(compiled), new_rules=new_slots,
+                            freed_rules=tuple(sorted(compiled.freed_slots)))
+        if state_dir is not None:
+            save_applied(state_dir, maps, Applied(rules, compiled.slots, result.gen, mgmt))
     for w in compiled.warnings:
         LOGGER.warning("rule set: %s", w)
     return Outcome(diff, compiled, result)

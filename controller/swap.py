@@ -84,11 +84,6 @@ class SwapResult:
     seconds: float
 
 
-def _config(maps: MapSet) -> abi.Config:
-    raw = maps["config"].lookup(bytes(4))
-    return abi.Config.from_buffer_copy(raw) if raw else abi.Config()
-
-
 def _lpm_key(name: str, slot: int, key: TrieKey) -> bytes:
     plen, addr = key
     k: abi.LpmV4 | abi.LpmV6 = abi.LpmV4() if name.endswith("v4") else abi.LpmV6()
@@ -130,7 +125,7 @@ def _visible(rows: np.ndarray, gen: int) -> np.ndarray:
 
 def read_image(maps: MapSet) -> Image:
     """The allow/deny contents in force now (signatures are carried, not read)."""
-    gen = _config(maps).gen
+    gen = maps.config().gen
     exact: dict[str, dict[bytes, int]] = {}
     for name in EXACT_MAPS:
         keys, rows = _exact_table(maps, name)
@@ -266,6 +261,29 @@ def _stage_sigs(maps: MapSet, img: SigImage, nxt: int,
     maps["sig_meta"].update(nxt.to_bytes(4, "little"), bytes(img.meta))
 
 
+def _fold_into_sources(maps: MapSet, name: str, keys: list[bytes]) -> None:
+    """A removed exact deny entry's hits are its source's drops: add them to
+    the per-source counters before the entry goes, so totals never go back."""
+    src = maps["src_v4" if name == "deny_v4" else "src_v6"]
+    deny = maps[name]
+    for k in keys:
+        raw = deny.lookup(k)
+        if raw is None:
+            continue
+        e = abi.DenyEntry.from_buffer_copy(raw)
+        if not e.packets:
+            continue
+        old = src.lookup(k)
+        c = abi.SrcCounters.from_buffer_copy(old) if old else abi.SrcCounters()
+        c.packets += e.packets
+        c.bytes += e.bytes
+        c.drops += e.packets
+        try:
+            src.update(k, bytes(c))
+        except BreakwaterError:
+            LOGGER.warning("could not fold a removed deny entry's counters into %s", src.name)
+
+
 def _zero_rules(maps: MapSet, slots: list[int]) -> None:
     """Reset a rule slot: its counters, its aggregate bucket and every
     per-source bucket it had, so a rule that takes the slot starts fresh."""
@@ -294,7 +312,7 @@ def apply(maps: MapSet, image: Image, new_rules: tuple[int, ...] = (),
     """
     started = time.perf_counter()
     with maps.locked():
-        cfg = _config(maps)
+        cfg = maps.config()
         gen = cfg.gen
         cur, nxt, nxt_gen = gen & 1, (gen + 1) & 1, gen + 1
         if nxt_gen >= abi.GEN_INF:
@@ -322,24 +340,25 @@ def apply(maps: MapSet, image: Image, new_rules: tuple[int, ...] = (),
             raise
         # Tries the new generation uses must be looked up from the flip on.
         uses = {name: bool(image.tries.get(name)) for name in POLICY_TRIES}
-        cfg = _config(maps)
+        cfg = maps.config()
         for name, used in uses.items():
             if used:
                 cfg.flags |= abi.TRIE_FLAGS[name]
         cfg.gen = nxt_gen
-        maps["config"].update(bytes(4), bytes(cfg))  # the flip
+        maps.write_config(cfg)  # the flip
         time.sleep(GRACE_SECONDS)
         for name, keys in delete_after:
+            _fold_into_sources(maps, name, keys)
             maps[name].delete_many(keys)
         for name in (*POLICY_TRIES, *SIG_TRIES):
             old = tries[name][cur]
             if old:
                 maps[name].delete_many([_lpm_key(name, cur, k) for k in old])
-        cfg = _config(maps)
+        cfg = maps.config()
         for name, used in uses.items():
             if not used:
                 cfg.flags &= ~abi.TRIE_FLAGS[name]
-        maps["config"].update(bytes(4), bytes(cfg))
+        maps.write_config(cfg)
         _zero_rules(maps, sorted(set(freed_rules)))
     seconds = time.perf_counter() - started
     LOGGER.info("rule set generation %d in force (%.1f ms)", nxt_gen, seconds * 1000,

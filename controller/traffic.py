@@ -2,7 +2,11 @@
 
 Every generator stops by itself: after its packet count or its time limit,
 whichever comes first. Each runs in a forked child that enters the lab
-namespace, so the caller's namespace is never touched.
+namespace, so the caller's namespace is never touched. A sender can be
+pinned to one CPU (``cpu=``): on veth the receiving side's XDP program runs
+on the sending CPU, so two senders pinned to different CPUs exercise the
+program on both. Background senders report the interval they sent in
+(``window``, ``time.monotonic()`` seconds, measured in the child).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
+import os
 import select
 import socket
 import time
@@ -20,7 +25,16 @@ from typing import Any
 
 from pyroute2 import netns
 
-__all__ = ["RawFlood", "UdpSink", "UdpStream", "run_in_netns", "send_raw", "send_udp"]
+__all__ = [
+    "Child",
+    "RawFlood",
+    "UdpSink",
+    "UdpStream",
+    "run_in_netns",
+    "send_raw",
+    "send_udp",
+    "udp_counters",
+]
 
 # Hard ceiling on any generator's run time, whatever the caller asks.
 MAX_SECONDS = 120.0
@@ -39,33 +53,55 @@ IPV6_RECVERR = 25
 
 _CTX = mp.get_context("fork")
 
+Window = tuple[float, float]
+"""(start, end) of a sender's run, ``time.monotonic()`` seconds."""
 
-def _enter(ns: str | None) -> None:
+
+def _enter(ns: str | None, cpu: int | None = None) -> None:
     if ns:
         netns.setns(ns)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
 
 
 def _child(conn: multiprocessing.connection.Connection, ns: str | None,
-           fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+           fn: Callable[..., Any], args: tuple[Any, ...], cpu: int | None = None) -> None:
     try:
-        _enter(ns)
-        conn.send(("ok", fn(*args)))
+        _enter(ns, cpu)
+        started = time.monotonic()
+        value = fn(*args)
+        conn.send(("ok", value, (started, time.monotonic())))
     except BaseException as exc:  # reported to the parent, which re-raises
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        conn.send(("error", f"{type(exc).__name__}: {exc}", None))
     finally:
         conn.close()
 
 
-def run_in_netns(ns: str | None, fn: Callable[..., Any], *args: Any, timeout: float = MAX_SECONDS) -> Any:
-    """Run ``fn(*args)`` in a child inside ``ns`` and return its result."""
+def _result(conn: multiprocessing.connection.Connection, proc: mp.process.BaseProcess,
+            timeout: float, what: str) -> tuple[Any, Window]:
+    """Wait for a background child's ``(value, window)``; kill it on timeout."""
+    if not conn.poll(timeout):
+        proc.kill()
+        raise TimeoutError(f"{what} did not finish")
+    status, value, window = conn.recv()
+    proc.join(5)
+    if status != "ok":
+        raise RuntimeError(value)
+    return value, window
+
+
+def run_in_netns(ns: str | None, fn: Callable[..., Any], *args: Any, timeout: float = MAX_SECONDS,
+                 cpu: int | None = None) -> Any:
+    """Run ``fn(*args)`` in a child inside ``ns`` (pinned to ``cpu`` if given)
+    and return its result."""
     parent, child = _CTX.Pipe(duplex=False)
-    proc = _CTX.Process(target=_child, args=(child, ns, fn, args), daemon=True)
+    proc = _CTX.Process(target=_child, args=(child, ns, fn, args, cpu), daemon=True)
     proc.start()
     child.close()
     try:
         if not parent.poll(timeout):
             raise TimeoutError(f"child in {ns} did not finish within {timeout:.0f}s")
-        status, value = parent.recv()
+        status, value, _ = parent.recv()
     finally:
         proc.join(5)
         if proc.is_alive():
@@ -119,12 +155,13 @@ def _send_udp(sources: Sequence[str], dst: str, dport: int, count: int, pps: flo
 
 
 def send_udp(ns: str | None, sources: Sequence[str], dst: str, dport: int, count: int,
-             pps: float | None = None, payload: int = 32, max_seconds: float = 30.0) -> dict[str, int]:
+             pps: float | None = None, payload: int = 32, max_seconds: float = 30.0,
+             cpu: int | None = None) -> dict[str, int]:
     """Send ``count`` datagrams from each source address (bound locally in ``ns``).
 
     ``pps`` paces the total rate. Returns datagrams sent per source."""
     result: dict[str, int] = run_in_netns(ns, _send_udp, list(sources), dst, dport, count, pps,
-                                          payload, max_seconds, timeout=max_seconds + 30)
+                                          payload, max_seconds, timeout=max_seconds + 30, cpu=cpu)
     return result
 
 
@@ -134,14 +171,17 @@ class UdpStream:
 
     proc: mp.process.BaseProcess
     conn: multiprocessing.connection.Connection
+    window: Window | None = None  # set by wait()
 
     @classmethod
     def start(cls, ns: str | None, sources: Sequence[str], dst: str, dport: int, count: int,
-              pps: float | None = None, payload: int = 32, max_seconds: float = 30.0) -> UdpStream:
+              pps: float | None = None, payload: int = 32, max_seconds: float = 30.0,
+              cpu: int | None = None) -> UdpStream:
         parent, child = _CTX.Pipe(duplex=False)
         proc = _CTX.Process(
             target=_child,
-            args=(child, ns, _send_udp, (list(sources), dst, dport, count, pps, payload, max_seconds)),
+            args=(child, ns, _send_udp, (list(sources), dst, dport, count, pps, payload, max_seconds),
+                  cpu),
             daemon=True,
         )
         proc.start()
@@ -149,13 +189,7 @@ class UdpStream:
         return cls(proc, parent)
 
     def wait(self, timeout: float = MAX_SECONDS) -> dict[str, int]:
-        if not self.conn.poll(timeout):
-            self.proc.kill()
-            raise TimeoutError("sender did not finish")
-        status, value = self.conn.recv()
-        self.proc.join(5)
-        if status != "ok":
-            raise RuntimeError(value)
+        value, self.window = _result(self.conn, self.proc, timeout, "sender")
         result: dict[str, int] = value
         return result
 
@@ -286,11 +320,11 @@ def _send_raw(ifname: str, frames: Sequence[bytes], count: int, pps: float | Non
 
 
 def send_raw(ns: str | None, ifname: str, frames: Sequence[bytes], count: int,
-             pps: float | None = None, max_seconds: float = 30.0) -> int:
+             pps: float | None = None, max_seconds: float = 30.0, cpu: int | None = None) -> int:
     """Send ``count`` crafted Ethernet frames (cycling through ``frames``) on
     ``ifname`` in ``ns``: for spoofed sources. Returns frames sent."""
     sent: int = run_in_netns(ns, _send_raw, ifname, list(frames), count, pps, max_seconds,
-                             timeout=max_seconds + 30)
+                             timeout=max_seconds + 30, cpu=cpu)
     return sent
 
 
@@ -300,27 +334,68 @@ class RawFlood:
 
     proc: mp.process.BaseProcess
     conn: multiprocessing.connection.Connection
+    window: Window | None = None  # set by wait()
 
     @classmethod
     def start(cls, ns: str | None, ifname: str, frames: Sequence[bytes], count: int,
-              pps: float | None = None, max_seconds: float = 30.0) -> RawFlood:
+              pps: float | None = None, max_seconds: float = 30.0, cpu: int | None = None) -> RawFlood:
         parent, child = _CTX.Pipe(duplex=False)
         proc = _CTX.Process(target=_child,
-                            args=(child, ns, _send_raw, (ifname, list(frames), count, pps, max_seconds)),
+                            args=(child, ns, _send_raw, (ifname, list(frames), count, pps, max_seconds),
+                                  cpu),
                             daemon=True)
         proc.start()
         child.close()
         return cls(proc, parent)
 
     def wait(self, timeout: float = MAX_SECONDS) -> int:
-        if not self.conn.poll(timeout):
-            self.proc.kill()
-            raise TimeoutError("flood did not finish")
-        status, value = self.conn.recv()
-        self.proc.join(5)
-        if status != "ok":
-            raise RuntimeError(value)
+        value, self.window = _result(self.conn, self.proc, timeout, "flood")
         return int(value)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.is_alive()
+
+    def close(self) -> None:
+        """Kill the child if it still runs (cleanup after a failure)."""
+        _kill(self.proc, self.conn)
+
+
+def _snmp_udp() -> dict[str, int]:
+    with open("/proc/net/snmp") as f:  # /proc/net is the calling task's namespace
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return dict(zip(rows[0][1:], map(int, rows[1][1:]), strict=True))
+
+
+def udp_counters(ns: str | None) -> dict[str, int]:
+    """The UDP counters of ``/proc/net/snmp`` in ``ns`` (``InDatagrams``,
+    ``RcvbufErrors``, ``InCsumErrors``, ...): a receiver's own losses."""
+    result: dict[str, int] = run_in_netns(ns, _snmp_udp, timeout=10)
+    return result
+
+
+@dataclass
+class Child:
+    """Any function run in the background in a namespace, the way the
+    generators above run (pinned to ``cpu`` if given): for a test's own
+    bounded senders and receivers. ``fn`` must stop by itself."""
+
+    proc: mp.process.BaseProcess
+    conn: multiprocessing.connection.Connection
+    window: Window | None = None  # set by wait(): when fn ran
+
+    @classmethod
+    def start(cls, ns: str | None, fn: Callable[..., Any], *args: Any, cpu: int | None = None) -> Child:
+        parent, child = _CTX.Pipe(duplex=False)
+        proc = _CTX.Process(target=_child, args=(child, ns, fn, args, cpu), daemon=True)
+        proc.start()
+        child.close()
+        return cls(proc, parent)
+
+    def wait(self, timeout: float = MAX_SECONDS) -> Any:
+        """``fn``'s result (its exception is re-raised as RuntimeError)."""
+        value, self.window = _result(self.conn, self.proc, timeout, "child")
+        return value
 
     @property
     def running(self) -> bool:

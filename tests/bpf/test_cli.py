@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import program
+from controller import abi, program
 from controller.bpfmap import MapSet
 from controller.maps import MapSizes
 
@@ -139,3 +139,23 @@ def test_preset_reflection(cli: tuple[list[str], MapSet]) -> None:
         assert f"amp-{name}" in ids
     bad = run(base, "rules", "preset", "reflection", "--dst", "198.18.0.0/24", "--action", "rate_limit")
     assert bad.returncode == 2 and "--pps" in bad.stderr
+
+
+def test_state_of_other_generation_blocks_edits_not_apply(cli: tuple[list[str], MapSet],
+                                                          tmp_path: Path) -> None:
+    """Maps purged and recreated (generation back to 0) under a recorded rule
+    set: an edit would be computed from the wrong set, so it is refused; a
+    whole `rules apply` replaces it."""
+    base, maps = cli
+    assert run(base, "deny", "add", "198.18.0.3").returncode == 0
+    raw = maps["config"].lookup(bytes(4))
+    assert raw is not None
+    cfg = abi.Config.from_buffer_copy(raw)
+    cfg.gen = 0
+    maps["config"].update(bytes(4), bytes(cfg))
+    r = run(base, "deny", "add", "198.18.0.9")
+    assert r.returncode == 2 and "generation" in r.stderr and "rules apply" in r.stderr
+    path = tmp_path / "rules.toml"
+    path.write_text(RULES)
+    assert run(base, "rules", "apply", str(path)).returncode == 0
+    assert run(base, "deny", "add", "198.18.0.9").returncode == 0

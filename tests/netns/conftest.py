@@ -4,12 +4,16 @@
 Cleanup, whatever the test body did: ``bw`` detaches (purging the pins),
 ``lab`` removes both namespaces (and so the veth and any XDP attachment on
 it), ``pin_root`` unlinks whatever is left under the test's own pin root
-(``/sys/fs/bpf/bw-nt-<uuid>``). A teardown that finds a leftover fails the
-test, so a leak cannot go unnoticed.
+(``/sys/fs/bpf/bw-nt-<uuid>``), ``state_dir`` removes the test's own rule
+state directory. A teardown that finds a leftover fails the test, so a leak
+cannot go unnoticed.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +62,21 @@ def pin_root() -> Iterator[Path]:
     finally:
         remove_pins(root)
     assert not root.exists(), f"pins left behind under {root}"
+
+
+@pytest.fixture
+def state_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A rule state directory of this test's own (``--state-dir``), removed at
+    teardown. ``BREAKWATER_STATE_DIR`` points there too, so no command a test
+    runs can touch ``/var/lib/breakwater``: the state file is named by
+    interface only, and every test's interface is ``bw0``."""
+    root = Path(tempfile.mkdtemp(prefix="bw-nt-state-"))
+    monkeypatch.setenv("BREAKWATER_STATE_DIR", str(root))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert not os.path.exists(root), f"state left behind under {root}"
 
 
 @pytest.fixture

@@ -136,10 +136,12 @@ def loaders(mode: str, pin_root: Path, topology: Topology, tmp_path: Path) -> It
         detach_quietly(topology, pin_root)
 
 
-def cli(pin_root: Path, *args: str) -> Any:
-    """Run ``breakwater --pin-root PIN ARGS --json`` and return its JSON output."""
+def cli(pin_root: Path, state_dir: Path, *args: str) -> Any:
+    """Run ``breakwater --pin-root PIN --state-dir STATE ARGS --json`` and
+    return its JSON output."""
     done = subprocess.run([sys.executable, "-m", "controller.cli", "--pin-root", str(pin_root),
-                           *args, "--json"], cwd=REPO, capture_output=True, timeout=60, check=False)
+                           "--state-dir", str(state_dir), *args, "--json"],
+                          cwd=REPO, capture_output=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr.decode()
     return json.loads(done.stdout)
 
@@ -150,13 +152,15 @@ def deny_hits(pin_root: Path, address: str) -> int:
 
 
 def test_kill_restart_and_upgrade_under_traffic(loaders: Loaders, topology: Topology,
-                                                mode: str, pin_root: Path) -> None:
+                                                mode: str, pin_root: Path, state_dir: Path) -> None:
     first = loaders.start()
     assert first.report()["action"] == "attached"
     assert first.ready["actions"] == ["attached"]
     prog_id = first.report()["prog_id"]
     assert netlink.xdp_state(IFNAME, topology.edge).prog_id == prog_id
-    assert cli(pin_root, "deny", "add", DENIED)[0]["added"] == 1
+    # `deny add` puts the address into the source-only drop rule cli-deny.
+    added = cli(pin_root, state_dir, "deny", "add", DENIED)
+    assert [(r["added"], r["deny_exact"], r["applied"]) for r in added] == [(["cli-deny"], 1, True)]
 
     sink = traffic.UdpSink.start(topology.edge, EDGE_V4, PORT,
                                  max_seconds=STREAM_MAX_SECONDS + 30)
