@@ -66,7 +66,19 @@ def _manual_only(rules: RuleSet) -> RuleSet:
     return RuleSet.from_rules(r for r in rules if r.origin != AUTO_ORIGIN and r.id != ALLOWLIST_RULE_ID)
 
 
+
+def _recorded(state_dir: Path, maps: MapSet) -> enforce.Applied | None:
+    """The rule set recorded for these maps; None (logged) when the record is
+    of another generation: the agent then re-applies its own set whole."""
+    try:
+        return enforce.load_applied(state_dir, maps)
+    except enforce.StateMismatchError as exc:
+        LOGGER.warning("%s", exc)
+        return None
+
+
 @dataclass
+
 class _Interface:
     """One interface's data plane, detector, planner and rule state."""
 
@@ -156,9 +168,9 @@ class Agent:
         now = datetime.now(UTC)
         auto = tuple(r for r in self._store.auto_rules(icfg.name) if r.is_active(now))
         return _Interface(icfg, maps, detector, Planner(self.config.mitigate),
-                          self._manual_rules(icfg.name), auto)
+                          self._manual_rules(icfg.name, maps), auto)
 
-    def _manual_rules(self, ifname: str) -> RuleSet:
+    def _manual_rules(self, ifname: str, maps: MapSet) -> RuleSet:
         """The operator's rules: the rules file if configured, else the stored
         set, else (first start) the rule set a `breakwater rules` command left."""
         assert self._store is not None
@@ -169,7 +181,7 @@ class Agent:
             stored = self._store.manual_rules(ifname)
             if stored is not None:
                 return stored
-            prev = enforce.load_applied(cfg.state_dir, ifname)
+            prev = _recorded(cfg.state_dir, maps)
             rules = _manual_only(prev.rules if prev else RuleSet())
             if prev is not None:
                 LOGGER.info("%s: imported %d manual rules from %s", ifname, len(rules), cfg.state_dir,
@@ -319,7 +331,7 @@ class Agent:
         rules = RuleSet.from_rules([*iface.manual, *(r for r in extra if r.id not in manual_ids),
                                     *(r for r in auto if r.id not in manual_ids)])
         with iface.maps.locked():
-            prev = enforce.load_applied(cfg.state_dir, iface.name)
+            prev = _recorded(cfg.state_dir, iface.maps)
             if (reason == "start" and prev is not None and prev.rules.diff(rules).empty
                     and tuple(prev.management) == tuple(cfg.management)):
                 LOGGER.info("%s: rule set already in force (generation %d)", iface.name, prev.gen)
@@ -331,7 +343,7 @@ class Agent:
                 raise
             assert out.swap is not None
             applied = enforce.Applied(rules, out.compiled.slots, out.swap.gen, tuple(cfg.management))
-            enforce.save_applied(cfg.state_dir, iface.name, applied)
+            enforce.save_applied(cfg.state_dir, iface.maps, applied)
         iface.applies += 1
         LOGGER.info("%s: generation %d in force (%d manual, %d automatic rules; %s)", iface.name,
                     out.swap.gen, len(iface.manual), len(auto), reason,
@@ -372,7 +384,7 @@ class Agent:
                 if new.rules_file is not None:
                     iface.manual = enforce.load_file(new.rules_file)
                 else:
-                    prev = enforce.load_applied(new.state_dir, iface.name)
+                    prev = _recorded(new.state_dir, iface.maps)
                     if prev is not None:
                         iface.manual = _manual_only(prev.rules)
                 self._store.set_manual_rules(iface.name, iface.manual)
@@ -414,7 +426,7 @@ class Agent:
                        {**lab, "reason": reason.label})
                 ex.add("breakwater_reason_bytes_total", "counter", "Bytes by verdict reason.", t.bytes,
                        {**lab, "reason": reason.label})
-            prev = enforce.load_applied(self.config.state_dir, iface.name)
+            prev = _recorded(self.config.state_dir, iface.maps)
             names = {s: rid for rid, s in prev.slots.to_dict().items()} if prev else {}
             ex.family("breakwater_rule_packets_total", "counter", "Packets matched per rule.")
             for slot, rt in sorted(counters.rule_totals(iface.maps).items()):

@@ -95,8 +95,10 @@ def test_numpy_dtypes_match_ctypes() -> None:
         fields = dtype.fields
         assert fields is not None
         assert [fields[n][1] for n in names] == [getattr(twin, n).offset for n in names]
-    assert abi.SRC_COUNTERS_DTYPE.names == abi.SRC_COUNTER_FIELDS
-    assert tuple(f[0] for f in abi.SrcCounters._fields_) == abi.SRC_COUNTER_FIELDS
+    assert abi.SRC_COUNTERS_DTYPE.names == (*abi.SRC_COUNTER_FIELDS, "last_dst")
+    assert tuple(f[0] for f in abi.SrcCounters._fields_) == (*abi.SRC_COUNTER_FIELDS, "last_dst")
+    assert abi.DST_COUNTERS_DTYPE.itemsize == ctypes.sizeof(abi.DstCounters)
+    assert abi.DST_COUNTERS_DTYPE.names == abi.DST_COUNTER_FIELDS
 
 
 @pytest.mark.parametrize("s", MAP_SPECS, ids=SPEC_IDS)

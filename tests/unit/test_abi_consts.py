@@ -16,6 +16,8 @@ from .headers import BPF_DIR, c_int, defines
 
 # consts.h name -> its controller/abi.py value.
 MIRRORED = {
+    "BW_CFG_TRIE_PROTECT_V4": abi.PROTECT_FLAGS["protect_v4"],
+    "BW_CFG_TRIE_PROTECT_V6": abi.PROTECT_FLAGS["protect_v6"],
     "BW_ABI_VERSION": abi.ABI_VERSION,
     "BW_CFG_MONITOR": abi.CFG_MONITOR,
     "BW_CFG_PASS_MALFORMED": abi.CFG_PASS_MALFORMED,
@@ -75,7 +77,7 @@ def test_every_const_is_mirrored() -> None:
 def test_trie_flags_name_the_policy_tries() -> None:
     tries = {s.name for s in MAP_SPECS if s.type_name == "lpm_trie"}
     assert set(abi.TRIE_FLAGS) == set(POLICY_TRIES) == set(swap.POLICY_TRIES)
-    assert tries == set(POLICY_TRIES) | set(SIG_TRIE_FLAGS)
+    assert tries == set(POLICY_TRIES) | set(SIG_TRIE_FLAGS) | set(abi.PROTECT_FLAGS)
     assert len(set(abi.TRIE_FLAGS.values())) == len(abi.TRIE_FLAGS)
     # Disjoint from the run-time switches that share struct bw_config.flags.
     for bit in abi.TRIE_FLAGS.values():

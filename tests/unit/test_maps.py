@@ -79,8 +79,8 @@ def test_estimate_hash() -> None:
 
 
 def test_estimate_lru() -> None:
-    s = spec("src_v6")  # 16-byte key, 72-byte value
-    assert estimate_bytes(s, 3) == 3 * (48 + 16 + 72) + 16 * 4
+    s = spec("src_v6")  # 16-byte key, 88-byte value (9 counters + last destination)
+    assert estimate_bytes(s, 3) == 3 * (48 + 16 + 88) + 16 * 4
 
 
 def test_estimate_rl_src() -> None:
