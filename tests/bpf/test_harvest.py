@@ -1,0 +1,63 @@
+"""Per-destination counters for protected prefixes, the latest destination
+per source, and the harvester's per-interval deltas, through BPF_PROG_TEST_RUN."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from controller import harvest, protect
+from controller.addresses import parse_prefix
+from controller.samples import address_from_words
+
+from .conftest import DataPlane
+
+pytestmark = pytest.mark.bpf
+
+
+def _rows(arr: object) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for r in arr:  # type: ignore[attr-defined]
+        out[str(address_from_words(r["addr_hi"], r["addr_lo"]))] = {
+            n: int(r[n]) for n in r.dtype.names if n not in ("addr_hi", "addr_lo")}
+    return out
+
+
+def test_destinations_sources_and_deltas(dp: DataPlane) -> None:
+    protect.set_protected(dp.maps, [parse_prefix("198.18.0.0/24")])
+    protect.set_reflection_ports(dp.maps)
+    assert protect.protected(dp.maps) == [parse_prefix("198.18.0.0/24")]
+    h = harvest.Harvester()
+    assert h.sample(dp.maps) is None  # the first read only sets the baseline
+    ntp = bytes(Ether() / IP(src="203.0.113.5", dst="198.18.0.10") / UDP(sport=123, dport=4444))
+    syn = bytes(Ether() / IP(src="203.0.113.9", dst="198.18.0.11") / TCP(flags="S"))
+    elsewhere = bytes(Ether() / IP(src="203.0.113.9", dst="198.19.0.1") / TCP(flags="S"))
+    dp.run_many(ntp, 5)
+    dp.run_many(syn, 3)
+    dp.run_many(elsewhere, 2)
+    s = h.sample(dp.maps)
+    assert s is not None and s.dt > 0
+    dst = _rows(s.destinations)
+    assert set(dst) == {"198.18.0.10", "198.18.0.11"}  # 198.19.0.1 is not protected
+    assert dst["198.18.0.10"]["udp"] == dst["198.18.0.10"]["refl"] == 5
+    assert dst["198.18.0.11"]["syn"] == 3 and dst["198.18.0.11"]["refl"] == 0
+    src = _rows(s.sources)
+    assert src["203.0.113.5"]["packets"] == 5
+    assert src["203.0.113.9"]["packets"] == 5
+    last = [r for r in s.sources if str(address_from_words(r["addr_hi"], r["addr_lo"])) == "203.0.113.9"][0]
+    assert str(address_from_words(last["dst_hi"], last["dst_lo"])) == "198.19.0.1"
+    dp.run_many(syn, 4)
+    s2 = h.sample(dp.maps)
+    assert s2 is not None
+    assert set(_rows(s2.destinations)) == {"198.18.0.11"}  # only what moved
+    assert _rows(s2.destinations)["198.18.0.11"]["syn"] == 4  # a delta, not the total
+    assert set(_rows(s2.sources)) == {"203.0.113.9"}
+
+
+def test_unprotecting_clears_the_bit(dp: DataPlane) -> None:
+    protect.set_protected(dp.maps, [parse_prefix("198.18.0.0/24"), parse_prefix("2001:db8::/64")])
+    assert dp.config().flags & (3 << 12) == 3 << 12
+    protect.set_protected(dp.maps, [])
+    assert dp.config().flags & (3 << 12) == 0
+    assert protect.protected(dp.maps) == []
