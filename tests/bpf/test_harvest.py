@@ -45,7 +45,7 @@ def test_destinations_sources_and_deltas(dp: DataPlane) -> None:
     src = _rows(s.sources)
     assert src["203.0.113.5"]["packets"] == 5
     assert src["203.0.113.9"]["packets"] == 5
-    last = [r for r in s.sources if str(address_from_words(r["addr_hi"], r["addr_lo"])) == "203.0.113.9"][0]
+    last = next(r for r in s.sources if str(address_from_words(r["addr_hi"], r["addr_lo"])) == "203.0.113.9")
     assert str(address_from_words(last["dst_hi"], last["dst_lo"])) == "198.19.0.1"
     dp.run_many(syn, 4)
     s2 = h.sample(dp.maps)
