@@ -3,8 +3,10 @@
  * Reference for the cold-cache cases of bench/dataplane.py: the least a
  * filter with a large exact-source set must do per packet. Ethernet + IPv4
  * (bounds checked), one lookup of the source in a hash of LF_ENTRIES
- * entries with the same value size as Breakwater's deny_v4 (24 bytes), and
- * on a hit one atomic packet count, then drop; a miss passes. Run behind
+ * entries with the same value layout as Breakwater's deny_v4 (struct
+ * bw_deny_entry, 32 bytes), and on a hit one atomic packet count, then
+ * drop; a miss passes. It reads no generation: the product's generation
+ * check is part of what the comparison charges to the product. Run behind
  * rotate.c it shows what one cold hash lookup costs on this machine, so the
  * product's cold-cache figures can be read against it.
  */
@@ -15,9 +17,11 @@
 #define LF_ENTRIES 1048576
 #endif
 
-struct lf_value {
+struct lf_value {          /* struct bw_deny_entry (bpf/structs.h) */
     __u32 rule_id;
-    __u32 flags;
+    __u32 prev_rule_id;
+    __u32 since;
+    __u32 until;
     __u64 packets;
     __u64 bytes;
 };
