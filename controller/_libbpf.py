@@ -31,6 +31,7 @@ __all__ = [
     "map_delete_elem",
     "map_get_next_key",
     "map_info",
+    "map_lookup_and_delete_elem",
     "map_lookup_batch",
     "map_lookup_elem",
     "map_update_batch",
@@ -103,6 +104,7 @@ def _lib() -> ctypes.CDLL:
         "bpf_map_lookup_elem": [c_int, vp, vp],
         "bpf_map_update_elem": [c_int, vp, vp, ctypes.c_uint64],
         "bpf_map_delete_elem": [c_int, vp],
+        "bpf_map_lookup_and_delete_elem": [c_int, vp, vp],
         "bpf_map_get_next_key": [c_int, vp, vp],
         "bpf_map_lookup_batch": [c_int, vp, vp, vp, vp, u32p, ctypes.POINTER(_BatchOpts)],
         "bpf_map_update_batch": [c_int, vp, vp, u32p, ctypes.POINTER(_BatchOpts)],
@@ -246,6 +248,17 @@ def map_delete_elem(fd: int, key: bytes) -> bool:
             return False
         raise from_os_error(_err(rc), "map delete")
     return True
+
+
+def map_lookup_and_delete_elem(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """Take one element out of a hash map: its value, or None when absent."""
+    out = ctypes.create_string_buffer(value_size)
+    rc = _lib().bpf_map_lookup_and_delete_elem(fd, _buf(key), ctypes.cast(out, ctypes.c_void_p))
+    if rc < 0:
+        if _err(rc) == errno.ENOENT:
+            return None
+        raise from_os_error(_err(rc), "map lookup-and-delete")
+    return out.raw
 
 
 def map_get_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:

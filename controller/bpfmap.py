@@ -175,6 +175,13 @@ class PinnedMap:
         except BreakwaterError as exc:
             raise self._fail("update", exc) from exc
 
+    def take(self, key: bytes) -> bytes | None:
+        """Delete one element and return its value (None if absent): one syscall."""
+        try:
+            return lb.map_lookup_and_delete_elem(self.fd, key, self.spec.full_value_size())
+        except BreakwaterError as exc:
+            raise self._fail("delete", exc) from exc
+
     def update_packed(self, keys: bytes, values: bytes, count: int) -> None:
         """Batch-update ``count`` packed keys and values (BPF_ANY): the fast
         path for array slices, with no per-element Python objects."""

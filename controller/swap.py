@@ -135,10 +135,6 @@ def read_image(maps: MapSet) -> Image:
     return Image(exact, tries, None)
 
 
-def _entry(rule: int, prev: int, since: int, until: int, packets: int = 0, nbytes: int = 0) -> bytes:
-    return bytes(abi.DenyEntry(rule, prev, since, until, packets, nbytes))
-
-
 @dataclass
 class _Undo:
     """What to reverse if the swap fails before the flip."""
@@ -153,56 +149,61 @@ class _Undo:
             maps[name].overwrite(keys, old)
 
 
+def _packed(rows: np.ndarray) -> list[bytes]:
+    raw = rows.tobytes()
+    w = rows.dtype.itemsize
+    return [raw[i * w : (i + 1) * w] for i in range(len(rows))]
+
+
 def _stage_exact(maps: MapSet, name: str, want: dict[bytes, int], gen: int, nxt_gen: int,
                  undo: _Undo) -> tuple[int, int, int, list[bytes]]:
     """Write the pending entries of one exact map. Returns (added, changed,
-    removed, keys to delete after the flip)."""
+    removed, keys to delete after the flip). Values are built with numpy:
+    a 10k-entry swap must not cost 10k ctypes objects."""
     keys, rows = _exact_table(maps, name)
     rules = _visible(rows, gen)
     index = {k: i for i, k in enumerate(keys)}
-    new_keys: list[bytes] = []
-    new_vals: list[bytes] = []
-    mod_keys: list[bytes] = []
-    mod_vals: list[bytes] = []
-    mod_old: list[bytes] = []
-    removed_after: list[bytes] = []
-    changed = removed = 0
-    for k, rule in want.items():
-        i = index.get(k)
-        if i is None:
-            new_keys.append(k)
-            new_vals.append(_entry(rule, abi.RULE_ABSENT, nxt_gen, abi.GEN_INF))
-            continue
-        row = rows[i]
-        cur = int(rules[i])
-        if cur == rule and int(row["until"]) == abi.GEN_INF:
-            continue  # in force and staying: untouched, counters and all
-        prev = abi.RULE_ABSENT if cur < 0 else cur
-        if cur != rule:
-            changed += cur >= 0
-        mod_keys.append(k)
-        mod_old.append(bytes(row.tobytes()))
-        mod_vals.append(_entry(rule, prev, nxt_gen, abi.GEN_INF, int(row["packets"]), int(row["bytes"])))
-    for k, i in index.items():
-        if k in want:
-            continue
-        row = rows[i]
-        if rules[i] < 0:
-            removed_after.append(k)  # leftover of an earlier swap: invisible already
-            continue
-        removed += 1
-        mod_keys.append(k)
-        mod_old.append(bytes(row.tobytes()))
-        mod_vals.append(_entry(int(row["rule_id"]), int(row["prev_rule_id"]), int(row["since"]),
-                               nxt_gen, int(row["packets"]), int(row["bytes"])))
-        removed_after.append(k)
+    new_keys = [k for k in want if k not in index]
+    staying = [(k, index[k]) for k in want if k in index]
+    gone = [i for k, i in index.items() if k not in want]
+
+    new = np.zeros(len(new_keys), dtype=abi.DENY_DTYPE)
+    new["rule_id"] = [want[k] for k in new_keys]
+    new["prev_rule_id"] = abi.RULE_ABSENT
+    new["since"] = nxt_gen
+    new["until"] = abi.GEN_INF
+
+    # Entries that stay but change rule (or were pending removal): new rule
+    # from the next generation, the current one before it, counters kept.
+    mod_idx = [i for k, i in staying if not (rules[i] == want[k] and rows[i]["until"] == abi.GEN_INF)]
+    mod_keys = [keys[i] for i in mod_idx]
+    changed_rows = rows[mod_idx].copy()
+    cur = rules[mod_idx]
+    changed = int(np.count_nonzero((cur >= 0) & (cur != np.array([want[k] for k in mod_keys],
+                                                                    dtype=np.int64))))
+    changed_rows["prev_rule_id"] = np.where(cur < 0, abi.RULE_ABSENT, cur).astype(np.uint32)
+    changed_rows["rule_id"] = [want[k] for k in mod_keys]
+    changed_rows["since"] = nxt_gen
+    changed_rows["until"] = abi.GEN_INF
+
+    # Entries that go: visible until the next generation; leftovers of an
+    # earlier swap (already invisible) are only deleted.
+    gone_arr = np.array(gone, dtype=np.int64)
+    visible = rules[gone_arr] >= 0 if len(gone) else np.zeros(0, dtype=bool)
+    ending_idx = gone_arr[visible]
+    ending = rows[ending_idx].copy()
+    ending["until"] = nxt_gen
+    removed = len(ending_idx)
+
     m = maps[name]
-    m.insert_new(new_keys, new_vals)
+    m.insert_new(new_keys, _packed(new))
     undo.inserted.append((name, new_keys))
-    if mod_keys:
-        m.overwrite(mod_keys, mod_vals)
-        undo.overwritten.append((name, mod_keys, mod_old))
-    return len(new_keys), changed, removed, removed_after
+    all_mod_keys = mod_keys + [keys[i] for i in ending_idx]
+    if all_mod_keys:
+        old = _packed(rows[mod_idx]) + _packed(rows[ending_idx])
+        m.overwrite(all_mod_keys, _packed(changed_rows) + _packed(ending))
+        undo.overwritten.append((name, all_mod_keys, old))
+    return len(new_keys), changed, removed, [keys[i] for i in gone]
 
 
 def _stage_trie(maps: MapSet, name: str, want: dict[TrieKey, bytes], nxt: int,
@@ -261,13 +262,13 @@ def _stage_sigs(maps: MapSet, img: SigImage, nxt: int,
     maps["sig_meta"].update(nxt.to_bytes(4, "little"), bytes(img.meta))
 
 
-def _fold_into_sources(maps: MapSet, name: str, keys: list[bytes]) -> None:
-    """A removed exact deny entry's hits are its source's drops: add them to
-    the per-source counters before the entry goes, so totals never go back."""
+def _retire_exact(maps: MapSet, name: str, keys: list[bytes]) -> None:
+    """Delete removed exact deny entries, handing each one's hits (its
+    source's drops) to the per-source counters, so totals never go back."""
     src = maps["src_v4" if name == "deny_v4" else "src_v6"]
     deny = maps[name]
     for k in keys:
-        raw = deny.lookup(k)
+        raw = deny.take(k)
         if raw is None:
             continue
         e = abi.DenyEntry.from_buffer_copy(raw)
@@ -348,8 +349,7 @@ def apply(maps: MapSet, image: Image, new_rules: tuple[int, ...] = (),
         maps.write_config(cfg)  # the flip
         time.sleep(GRACE_SECONDS)
         for name, keys in delete_after:
-            _fold_into_sources(maps, name, keys)
-            maps[name].delete_many(keys)
+            _retire_exact(maps, name, keys)
         for name in (*POLICY_TRIES, *SIG_TRIES):
             old = tries[name][cur]
             if old:
