@@ -22,7 +22,8 @@ def test_removed_deny_entry_folds_into_the_source(dp: DataPlane) -> None:
     policy.add(dp.maps, "deny", [policy.Entry(parse_prefix(SRC), 1)])
     for _ in range(5):
         assert dp.run(pkt) == 1  # XDP_DROP
-    assert counters.read_sources(dp.maps).lookup(SRC)["drops"] == 5
+    before = counters.read_sources(dp.maps).lookup(SRC)
+    assert before is not None and before["drops"] == 5
     policy.remove(dp.maps, "deny", [parse_prefix(SRC)])
     after = counters.read_sources(dp.maps, include_denied=False).lookup(SRC)
     assert after is not None and after["packets"] == 5 and after["drops"] == 5
