@@ -437,6 +437,26 @@ static __always_inline void first_counters(struct bw_src_counters *d, struct bw_
         d->last_dst = pkt->dst6;
 }
 
+/* The drop, fragment and class counters that bw_src_counters and
+ * bw_dst_counters share (same field names): one macro for both structs. */
+#define BW_COUNT_CLASSES(c, pkt, cls, dropped)                    \
+    do {                                                          \
+        if (dropped)                                              \
+            __sync_fetch_and_add(&(c)->drops, 1);                 \
+        if ((pkt)->frag)                                          \
+            __sync_fetch_and_add(&(c)->frags, 1);                 \
+        if ((cls) == BW_CLASS_SYN)                                \
+            __sync_fetch_and_add(&(c)->syn, 1);                   \
+        else if ((cls) == BW_CLASS_ACK)                           \
+            __sync_fetch_and_add(&(c)->ack, 1);                   \
+        else if ((cls) == BW_CLASS_UDP)                           \
+            __sync_fetch_and_add(&(c)->udp, 1);                   \
+        else if ((cls) == BW_CLASS_ICMP)                          \
+            __sync_fetch_and_add(&(c)->icmp, 1);                  \
+        else if ((cls) == BW_CLASS_GRE)                           \
+            __sync_fetch_and_add(&(c)->gre, 1);                   \
+    } while (0)
+
 /* Per-source counters: one shared LRU entry per source, atomic adds. */
 static __always_inline void account_source(struct bw_packet *pkt, int dropped)
 {
@@ -468,20 +488,7 @@ static __always_inline void account_source(struct bw_packet *pkt, int dropped)
         c->last_dst.a[0] = pkt->dst4;   /* plain stores: the latest wins */
     else
         c->last_dst = pkt->dst6;
-    if (dropped)
-        __sync_fetch_and_add(&c->drops, 1);
-    if (pkt->frag)
-        __sync_fetch_and_add(&c->frags, 1);
-    if (cls == BW_CLASS_SYN)
-        __sync_fetch_and_add(&c->syn, 1);
-    else if (cls == BW_CLASS_ACK)
-        __sync_fetch_and_add(&c->ack, 1);
-    else if (cls == BW_CLASS_UDP)
-        __sync_fetch_and_add(&c->udp, 1);
-    else if (cls == BW_CLASS_ICMP)
-        __sync_fetch_and_add(&c->icmp, 1);
-    else if (cls == BW_CLASS_GRE)
-        __sync_fetch_and_add(&c->gre, 1);
+    BW_COUNT_CLASSES(c, pkt, cls, dropped);
 }
 
 /* Per-destination counters, for destinations inside a protected prefix. */
@@ -531,20 +538,7 @@ static __always_inline void account_destination(struct bw_packet *pkt, struct bw
     }
     __sync_fetch_and_add(&c->packets, 1);
     __sync_fetch_and_add(&c->bytes, pkt->len);
-    if (dropped)
-        __sync_fetch_and_add(&c->drops, 1);
-    if (pkt->frag)
-        __sync_fetch_and_add(&c->frags, 1);
-    if (cls == BW_CLASS_SYN)
-        __sync_fetch_and_add(&c->syn, 1);
-    else if (cls == BW_CLASS_ACK)
-        __sync_fetch_and_add(&c->ack, 1);
-    else if (cls == BW_CLASS_UDP)
-        __sync_fetch_and_add(&c->udp, 1);
-    else if (cls == BW_CLASS_ICMP)
-        __sync_fetch_and_add(&c->icmp, 1);
-    else if (cls == BW_CLASS_GRE)
-        __sync_fetch_and_add(&c->gre, 1);
+    BW_COUNT_CLASSES(c, pkt, cls, dropped);
     if (refl)
         __sync_fetch_and_add(&c->refl, 1);
 }
