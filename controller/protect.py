@@ -17,14 +17,9 @@ from .addresses import Prefix
 from .bpfmap import MapSet
 from .errors import InputError
 from .presets import REFLECTION_PORTS
-from .swap import _lpm_key
+from .swap import lpm_key
 
 __all__ = ["protected", "set_protected", "set_reflection_ports"]
-
-
-def _config(maps: MapSet) -> abi.Config:
-    raw = maps["config"].lookup(bytes(4))
-    return abi.Config.from_buffer_copy(raw) if raw else abi.Config()
 
 
 def protected(maps: MapSet) -> list[Prefix]:
@@ -46,24 +41,24 @@ def set_protected(maps: MapSet, prefixes: Sequence[Prefix]) -> None:
     want = {"protect_v4": [p for p in prefixes if p.family == 4],
             "protect_v6": [p for p in prefixes if p.family == 6]}
     with maps.locked():
-        cfg = _config(maps)
+        cfg = maps.config()
         for name, ps in want.items():
             if ps:
                 cfg.flags |= abi.PROTECT_FLAGS[name]
-        maps["config"].update(bytes(4), bytes(cfg))
+        maps.write_config(cfg)
         for name, ps in want.items():
             m = maps[name]
-            wanted = {_lpm_key(name, 0, (p.network.prefixlen, p.network.network_address.packed))
+            wanted = {lpm_key(name, 0, (p.network.prefixlen, p.network.network_address.packed))
                       for p in ps}
             current = set(m.keys())
             m.delete_many(sorted(current - wanted))
             new = sorted(wanted - current)
             m.insert_new(new, [bytes(4)] * len(new))
-        cfg = _config(maps)
+        cfg = maps.config()
         for name, ps in want.items():
             if not ps:
                 cfg.flags &= ~abi.PROTECT_FLAGS[name]
-        maps["config"].update(bytes(4), bytes(cfg))
+        maps.write_config(cfg)
 
 
 def set_reflection_ports(maps: MapSet, ports: Iterable[int] | None = None) -> None:

@@ -30,7 +30,16 @@ from . import abi
 from .bpfmap import MapSet
 from .errors import BreakwaterError
 
-__all__ = ["Image", "SigImage", "SwapResult", "TrieKey", "apply", "empty_sig_image", "read_image"]
+__all__ = [
+    "Image",
+    "SigImage",
+    "SwapResult",
+    "TrieKey",
+    "apply",
+    "empty_sig_image",
+    "lpm_key",
+    "read_image",
+]
 
 LOGGER = logging.getLogger("breakwater.swap")
 
@@ -84,7 +93,7 @@ class SwapResult:
     seconds: float
 
 
-def _lpm_key(name: str, slot: int, key: TrieKey) -> bytes:
+def lpm_key(name: str, slot: int, key: TrieKey) -> bytes:
     plen, addr = key
     k: abi.LpmV4 | abi.LpmV6 = abi.LpmV4() if name.endswith("v4") else abi.LpmV6()
     k.prefixlen = 8 + plen
@@ -210,8 +219,8 @@ def _stage_trie(maps: MapSet, name: str, want: dict[TrieKey, bytes], nxt: int,
                 stale: dict[TrieKey, bytes], undo: _Undo) -> int:
     m = maps[name]
     if stale:
-        m.delete_many([_lpm_key(name, nxt, k) for k in stale])
-    keys = [_lpm_key(name, nxt, k) for k in want]
+        m.delete_many([lpm_key(name, nxt, k) for k in stale])
+    keys = [lpm_key(name, nxt, k) for k in want]
     m.insert_new(keys, list(want.values()))
     undo.inserted.append((name, keys))
     return len(keys)
@@ -353,7 +362,7 @@ def apply(maps: MapSet, image: Image, new_rules: tuple[int, ...] = (),
         for name in (*POLICY_TRIES, *SIG_TRIES):
             old = tries[name][cur]
             if old:
-                maps[name].delete_many([_lpm_key(name, cur, k) for k in old])
+                maps[name].delete_many([lpm_key(name, cur, k) for k in old])
         cfg = maps.config()
         for name, used in uses.items():
             if not used:

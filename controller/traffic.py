@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import netns
 
@@ -166,32 +166,26 @@ def send_udp(ns: str | None, sources: Sequence[str], dst: str, dport: int, count
 
 
 @dataclass
-class UdpStream:
-    """A sender running in the background (see :func:`send_udp`)."""
+class _Background:
+    """A bounded generator or receiver in a forked child inside a namespace
+    (pinned to ``cpu`` if given); subclasses name what it runs."""
 
     proc: mp.process.BaseProcess
     conn: multiprocessing.connection.Connection
-    window: Window | None = None  # set by wait()
+    window: Window | None = None  # set by wait(): when the child ran
 
     @classmethod
-    def start(cls, ns: str | None, sources: Sequence[str], dst: str, dport: int, count: int,
-              pps: float | None = None, payload: int = 32, max_seconds: float = 30.0,
-              cpu: int | None = None) -> UdpStream:
+    def _spawn(cls: type[_B], ns: str | None, fn: Callable[..., Any], args: tuple[Any, ...],
+               cpu: int | None) -> _B:
         parent, child = _CTX.Pipe(duplex=False)
-        proc = _CTX.Process(
-            target=_child,
-            args=(child, ns, _send_udp, (list(sources), dst, dport, count, pps, payload, max_seconds),
-                  cpu),
-            daemon=True,
-        )
+        proc = _CTX.Process(target=_child, args=(child, ns, fn, args, cpu), daemon=True)
         proc.start()
         child.close()
         return cls(proc, parent)
 
-    def wait(self, timeout: float = MAX_SECONDS) -> dict[str, int]:
-        value, self.window = _result(self.conn, self.proc, timeout, "sender")
-        result: dict[str, int] = value
-        return result
+    def _wait(self, timeout: float, what: str) -> Any:
+        value, self.window = _result(self.conn, self.proc, timeout, what)
+        return value
 
     @property
     def running(self) -> bool:
@@ -200,6 +194,25 @@ class UdpStream:
     def close(self) -> None:
         """Kill the child if it still runs (cleanup after a failure)."""
         _kill(self.proc, self.conn)
+
+
+_B = TypeVar("_B", bound=_Background)
+
+
+@dataclass
+class UdpStream(_Background):
+    """A sender running in the background (see :func:`send_udp`)."""
+
+    @classmethod
+    def start(cls, ns: str | None, sources: Sequence[str], dst: str, dport: int, count: int,
+              pps: float | None = None, payload: int = 32, max_seconds: float = 30.0,
+              cpu: int | None = None) -> UdpStream:
+        return cls._spawn(ns, _send_udp, (list(sources), dst, dport, count, pps, payload, max_seconds),
+                          cpu)
+
+    def wait(self, timeout: float = MAX_SECONDS) -> dict[str, int]:
+        result: dict[str, int] = self._wait(timeout, "sender")
+        return result
 
 
 def _set_rcvbuf(s: socket.socket, size: int) -> None:
@@ -329,36 +342,16 @@ def send_raw(ns: str | None, ifname: str, frames: Sequence[bytes], count: int,
 
 
 @dataclass
-class RawFlood:
+class RawFlood(_Background):
     """:func:`send_raw` in the background."""
-
-    proc: mp.process.BaseProcess
-    conn: multiprocessing.connection.Connection
-    window: Window | None = None  # set by wait()
 
     @classmethod
     def start(cls, ns: str | None, ifname: str, frames: Sequence[bytes], count: int,
               pps: float | None = None, max_seconds: float = 30.0, cpu: int | None = None) -> RawFlood:
-        parent, child = _CTX.Pipe(duplex=False)
-        proc = _CTX.Process(target=_child,
-                            args=(child, ns, _send_raw, (ifname, list(frames), count, pps, max_seconds),
-                                  cpu),
-                            daemon=True)
-        proc.start()
-        child.close()
-        return cls(proc, parent)
+        return cls._spawn(ns, _send_raw, (ifname, list(frames), count, pps, max_seconds), cpu)
 
     def wait(self, timeout: float = MAX_SECONDS) -> int:
-        value, self.window = _result(self.conn, self.proc, timeout, "flood")
-        return int(value)
-
-    @property
-    def running(self) -> bool:
-        return self.proc.is_alive()
-
-    def close(self) -> None:
-        """Kill the child if it still runs (cleanup after a failure)."""
-        _kill(self.proc, self.conn)
+        return int(self._wait(timeout, "flood"))
 
 
 def _snmp_udp() -> dict[str, int]:
@@ -375,32 +368,15 @@ def udp_counters(ns: str | None) -> dict[str, int]:
 
 
 @dataclass
-class Child:
+class Child(_Background):
     """Any function run in the background in a namespace, the way the
-    generators above run (pinned to ``cpu`` if given): for a test's own
-    bounded senders and receivers. ``fn`` must stop by itself."""
-
-    proc: mp.process.BaseProcess
-    conn: multiprocessing.connection.Connection
-    window: Window | None = None  # set by wait(): when fn ran
+    generators above run: for a test's own bounded senders and receivers.
+    ``fn`` must stop by itself."""
 
     @classmethod
     def start(cls, ns: str | None, fn: Callable[..., Any], *args: Any, cpu: int | None = None) -> Child:
-        parent, child = _CTX.Pipe(duplex=False)
-        proc = _CTX.Process(target=_child, args=(child, ns, fn, args, cpu), daemon=True)
-        proc.start()
-        child.close()
-        return cls(proc, parent)
+        return cls._spawn(ns, fn, args, cpu)
 
     def wait(self, timeout: float = MAX_SECONDS) -> Any:
         """``fn``'s result (its exception is re-raised as RuntimeError)."""
-        value, self.window = _result(self.conn, self.proc, timeout, "child")
-        return value
-
-    @property
-    def running(self) -> bool:
-        return self.proc.is_alive()
-
-    def close(self) -> None:
-        """Kill the child if it still runs (cleanup after a failure)."""
-        _kill(self.proc, self.conn)
+        return self._wait(timeout, "child")

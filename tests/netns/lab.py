@@ -17,11 +17,18 @@ with send counts exactly.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from controller import dataplane, netlink, traffic
 from controller.bpfmap import MapSet
@@ -137,3 +144,44 @@ def detach_quietly(topo: Topology, pin_root: Path) -> None:
         dataplane.detach(IFNAME, pin_root=pin_root, netns=topo.edge, purge=True, force=True)
     except Exception:
         LOGGER.exception("detach from %s in %s failed", IFNAME, topo.edge)
+
+
+@dataclass
+class DaemonProc:
+    """A Breakwater process (loader, agent) whose JSON log lines go to ``stderr``."""
+
+    proc: subprocess.Popen[bytes]
+    stderr: Path
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far."""
+        out = []
+        for line in self.stderr.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if isinstance(doc, dict):
+                    out.append(doc)
+        return out
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        """The first log line with ``"event": name``."""
+        return next((e for e in self.logs() if e.get("event") == name), None)
+
+    def wait_event(self, name: str, timeout: float) -> dict[str, Any]:
+        """Wait for event ``name``; fail (with the log) if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.event(name)
+            if found is not None:
+                return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        pytest.fail(f"no {name} (exit {self.proc.poll()}):\n{self.stderr.read_text()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the process (SIGKILL: no cleanup of any kind runs) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(10)
+

@@ -29,7 +29,17 @@ import pytest
 from controller import counters, dataplane, traffic
 from controller.store import Store
 
-from .lab import CLIENT_V4, EDGE_V4, EXTRA_V4, IFNAME, NETNS_SIZES, PORT, Topology, detach_quietly
+from .lab import (
+    CLIENT_V4,
+    EDGE_V4,
+    EXTRA_V4,
+    IFNAME,
+    NETNS_SIZES,
+    PORT,
+    DaemonProc,
+    Topology,
+    detach_quietly,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -54,35 +64,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class AgentProc:
-    proc: subprocess.Popen[bytes]
-    stderr: Path
-
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stderr.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                doc = json.loads(line)
-                if isinstance(doc, dict):
-                    out.append(doc)
-        return out
-
+class AgentProc(DaemonProc):
     def wait_ready(self) -> dict[str, Any]:
-        deadline = time.monotonic() + READY_SECONDS
-        while time.monotonic() < deadline:
-            ready = next((e for e in self.logs() if e.get("event") == "agent_ready"), None)
-            if ready is not None:
-                return ready
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        pytest.fail(f"agent not ready (exit {self.proc.poll()}):\n{self.stderr.read_text()}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.proc.wait(10)
+        return self.wait_event("agent_ready", READY_SECONDS)
 
 
 @dataclass

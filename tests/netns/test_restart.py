@@ -26,7 +26,17 @@ import pytest
 
 from controller import counters, dataplane, netlink, policy, traffic
 
-from .lab import CLIENT_V4, EDGE_V4, EXTRA_V4, IFNAME, PORT, Topology, detach_quietly, size_args
+from .lab import (
+    CLIENT_V4,
+    EDGE_V4,
+    EXTRA_V4,
+    IFNAME,
+    PORT,
+    DaemonProc,
+    Topology,
+    detach_quietly,
+    size_args,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -45,38 +55,15 @@ DELIVERED_MIN = 0.99
 
 
 @dataclass
-class Loader:
+class Loader(DaemonProc):
     """One ``breakwater dataplane attach --foreground`` process."""
 
-    proc: subprocess.Popen[bytes]
-    stdout: Path
-    stderr: Path
+    stdout: Path = Path()
     ready: dict[str, Any] = field(default_factory=dict)  # its loader_ready log line
-
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON log lines written so far."""
-        out = []
-        for line in self.stderr.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                doc = json.loads(line)
-                if isinstance(doc, dict):
-                    out.append(doc)
-        return out
-
-    def event(self, name: str) -> dict[str, Any] | None:
-        return next((e for e in self.events() if e.get("event") == name), None)
 
     def wait_ready(self) -> dict[str, Any]:
         """Wait for ``loader_ready``; then its JSON report on stdout is complete."""
-        deadline = time.monotonic() + READY_SECONDS
-        while time.monotonic() < deadline:
-            ready = self.event("loader_ready")
-            if ready is not None:
-                return ready
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        pytest.fail(f"loader not ready (exit {self.proc.poll()}):\n{self.stderr.read_text()}")
+        return self.wait_event("loader_ready", READY_SECONDS)
 
     def report(self) -> dict[str, Any]:
         """The loader's one-interface ``--json`` attach report."""
@@ -84,12 +71,6 @@ class Loader:
         assert len(rows) == 1, rows
         row: dict[str, Any] = rows[0]
         return row
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup of any kind runs in the loader."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
 
 
 @dataclass
@@ -113,7 +94,7 @@ class Loaders:
         with out.open("wb") as fout, err.open("wb") as ferr:
             proc = subprocess.Popen(self.argv(*extra), cwd=REPO, stdout=fout, stderr=ferr,
                                     stdin=subprocess.DEVNULL)
-        loader = Loader(proc, out, err)
+        loader = Loader(proc, err, out)
         self.started.append(loader)
         loader.ready = loader.wait_ready()
         return loader

@@ -78,7 +78,7 @@ def test_lpm_key_layout_and_round_trip(text: str, slot: int) -> None:
     slot byte leads the data and prefixlen counts its 8 bits."""
     p = parse_prefix(text)
     name = "deny_pfx_v4" if p.family == 4 else "deny_pfx_v6"
-    key = swap._lpm_key(name, slot, (p.network.prefixlen, p.network.network_address.packed))
+    key = swap.lpm_key(name, slot, (p.network.prefixlen, p.network.network_address.packed))
     size = abi.LpmV4 if p.family == 4 else abi.LpmV6
     alen = 4 if p.family == 4 else 16
     assert len(key) == ctypes.sizeof(size)
