@@ -4,14 +4,15 @@ PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo bench check clean
+.PHONY: help setup test demo bench bench-agent check clean
 
 help:
 	@echo "Breakwater make targets:"
 	@echo "  setup  install Debian packages, kernel headers, bpffs, .venv (scripts/setup.sh)"
 	@echo "  test   run the test suite: pytest -ra tests \$$PYTEST_ARGS"
 	@echo "  demo   run 'breakwater demo'"
-	@echo "  bench  run the dataplane benchmark (bench/dataplane.py)"
+	@echo "  bench  run the benchmarks: bench/dataplane.py, then bench/agent.py"
+	@echo "  bench-agent  run the agent benchmark only (bench/agent.py)"
 	@echo "  check  lint and type-check: ruff check, mypy"
 	@echo "  clean  remove .venv and caches"
 
@@ -26,6 +27,10 @@ demo: setup
 
 bench: setup
 	$(PY) bench/dataplane.py
+	$(PY) bench/agent.py
+
+bench-agent: setup
+	$(PY) bench/agent.py
 
 check: setup
 	$(VENV)/bin/ruff check controller tests bench
