@@ -104,6 +104,10 @@ class Topology:
             assert sent.get(src, 0) > 0, f"sender could not send from {src}: {sent}"
         return sent, received
 
+    def macs(self) -> tuple[str, str]:
+        """(client MAC, edge MAC): source and destination of crafted (spoofed) frames."""
+        return self.lab.mac(self.client, CLIENT_IFNAME), self.lab.mac(self.edge, IFNAME)
+
 
 @dataclass
 class Breakwater:
