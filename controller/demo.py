@@ -947,8 +947,10 @@ class _Demo:
                 wr.sender.close()
         for child in (self.client, self.service):
             if child is not None:
-                with contextlib.suppress(Exception):
+                try:
                     child.close()
+                except OSError as exc:
+                    LOGGER.warning("closing a traffic child: %s", exc)
         if self.maps is not None:
             self.maps.close()
         if self.agent is not None:
@@ -957,9 +959,11 @@ class _Demo:
                 with contextlib.suppress(OSError):
                     shutil.copyfile(self.agent.log, self.keep_log)
         if "edge" in self.ns:  # the agent detaches on exit; this is for when it could not
-            with contextlib.suppress(BreakwaterError):
+            try:
                 dataplane.detach(EDGE_IN, pin_root=self.pin_root, netns=self.ns["edge"], purge=True,
                                  force=True)
+            except BreakwaterError as exc:  # the namespace's removal detaches in any case
+                LOGGER.debug("detach %s: %s", EDGE_IN, exc)
         made = list(self.lab.namespaces)
         self.lab.close()
         _remove_pins(self.pin_root)
