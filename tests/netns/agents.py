@@ -193,10 +193,13 @@ class Agents:
             return counters.read_sources(maps).lookup(address)
 
     def counts(self, legit: str | None = None) -> Counts:
-        """One read of the data plane's totals (and of ``legit``'s own counters)."""
+        """One read of the data plane's totals (and of ``legit``'s own counters).
+
+        ``legit`` is read first: a packet of it counted in between goes to
+        the flood's side of a :class:`Window`, which can only lower its share."""
         with self.maps() as maps:
-            reasons = counters.reason_totals(maps)
             row = counters.read_sources(maps).lookup(legit) if legit else None
+            reasons = counters.reason_totals(maps)
         return Counts(
             time.monotonic(),
             seen=sum(t.packets for t in reasons.values()),
