@@ -966,7 +966,7 @@ class _Demo:
                 LOGGER.debug("detach %s: %s", EDGE_IN, exc)
         made = list(self.lab.namespaces)
         self.lab.close()
-        _remove_pins(self.pin_root)
+        dataplane.remove_pin_tree(self.pin_root)
         shutil.rmtree(self.tmp, ignore_errors=True)
         left = sorted(set(made) & set(pyroute2_netns.listnetns()))
         left += [str(p) for p in (self.pin_root, self.tmp) if p.exists()]
@@ -988,21 +988,6 @@ def _attacks(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         rec["peak_pps"] = round(max(rec["peak_pps"], float(a["peak_pps"])), 1)
         rec["rules"] = sorted(set(rec["rules"]) | set(a["applied"]))
     return list(out.values())
-
-
-def _remove_pins(root: Path) -> None:
-    """Unlink everything pinned under ``root`` (bpffs) and remove it."""
-    if not root.exists():
-        return
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            with contextlib.suppress(FileNotFoundError):
-                (Path(dirpath) / name).unlink()
-        for name in dirnames:
-            with contextlib.suppress(FileNotFoundError):
-                (Path(dirpath) / name).rmdir()
-    with contextlib.suppress(OSError):
-        root.rmdir()
 
 
 def _pct(part: float, whole: float) -> float | None:

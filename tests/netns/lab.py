@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -128,17 +127,8 @@ class Breakwater:
 
 
 def remove_pins(root: Path) -> None:
-    """Remove ``root`` and everything pinned under it (bpffs: unlink, rmdir)."""
-    if not root.exists():
-        return
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            with contextlib.suppress(FileNotFoundError):
-                (Path(dirpath) / name).unlink()
-        for name in dirnames:
-            with contextlib.suppress(FileNotFoundError):
-                (Path(dirpath) / name).rmdir()
-    root.rmdir()
+    """Remove ``root`` and everything pinned under it."""
+    dataplane.remove_pin_tree(root)
 
 
 def detach_quietly(topo: Topology, pin_root: Path) -> None:
