@@ -6,7 +6,10 @@ Tables, per interface:
 * ``auto_rules``: the automatic rules in force, each with its expiry, so a
   restarted agent keeps them and lets them expire on time;
 * ``baselines``: the detector's learned baselines (JSON);
-* ``events``: attack event history (started / ended / rule changes).
+* ``events``: attack event history (started / ended / rule changes);
+* ``meta``: the schema version, and per interface the number of the last
+  attack id issued (``attack_ids/<ifname>``, written with the events that
+  carry the ids), so a restarted detector's ids never repeat.
 
 One interval's writes go in one transaction (:meth:`Store.commit_interval`).
 sqlite errors are converted here, once, into :class:`StoreError`.
@@ -155,6 +158,13 @@ class Store:
             row = self._db.execute("SELECT doc FROM baselines WHERE ifname = ?", (ifname,)).fetchone()
         return {} if row is None else dict(json.loads(row[0]))
 
+    def attack_ids(self, ifname: str) -> int:
+        """The number of the last attack id issued on ``ifname`` (0: none yet)."""
+        with _converted(f"{self.path}: read attack ids"):
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?",
+                                   (f"attack_ids/{ifname}",)).fetchone()
+        return 0 if row is None else int(row[0])
+
     def commit_interval(
         self,
         ifname: str,
@@ -162,11 +172,15 @@ class Store:
         auto_rules: Sequence[Rule] | None = None,
         baselines: Mapping[str, Mapping[str, float]] | None = None,
         events: Sequence[AttackEvent] = (),
+        attack_ids: int | None = None,
         at: float | None = None,
     ) -> None:
         """One interval's state in one transaction (None: leave that part as it is)."""
         when = time.time() if at is None else at
         with self._tx("write interval") as db:
+            if attack_ids is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           (f"attack_ids/{ifname}", str(attack_ids)))
             if auto_rules is not None:
                 db.execute("DELETE FROM auto_rules WHERE ifname = ?", (ifname,))
                 db.executemany(
