@@ -752,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Builds a namespace lab (a legitimate client, a botnet, reflectors and a spoofer "
                     "behind a bridge; an edge with XDP on its ingress veth, routing to an origin), runs "
                     "`breakwater agent` in it with a generated configuration, and floods the origin for "
-                    "~30 s: a UDP flood from 12 real sources, a DNS reflection flood from 800 sources, a "
+                    "~30 s: a UDP flood from 12 real sources, a DNS reflection flood from 2000 sources, a "
                     "spoofed SYN flood. Shows live what the agent detects and mitigates, then a summary "
                     "per vector: time to detect and to mitigate (>= 99% of the flood dropped), flood "
                     "dropped, legitimate delivery. Removes everything it built, also on failure, "
