@@ -2,9 +2,10 @@
 VENV        := .venv
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BUF         := tools/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo bench check clean
+.PHONY: help setup test demo bench check proto clean
 
 help:
 	@echo "Breakwater make targets:"
@@ -12,7 +13,8 @@ help:
 	@echo "  test   run the test suite: pytest -ra tests \$$PYTEST_ARGS"
 	@echo "  demo   run 'breakwater demo'"
 	@echo "  bench  run the dataplane benchmark (bench/dataplane.py)"
-	@echo "  check  lint and type-check: ruff check, mypy"
+	@echo "  check  lint and type-check: ruff check, mypy, generated code current, buf lint"
+	@echo "  proto  regenerate breakwater/v1/ from proto/breakwater/v1/*.proto"
 	@echo "  clean  remove .venv and caches"
 
 setup:
@@ -28,9 +30,15 @@ bench: setup
 	$(PY) bench/dataplane.py
 
 check: setup
-	$(VENV)/bin/ruff check controller tests bench
+	$(VENV)/bin/ruff check controller tests bench scripts
 	$(VENV)/bin/mypy
+	$(PY) scripts/gen_proto.py --check
+	$(BUF) lint
+
+# Needs the dev tools in .venv (make setup); does not need root.
+proto:
+	$(PY) scripts/gen_proto.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 	find . -path ./.git -prune -o -type d -name __pycache__ -exec rm -rf {} +
