@@ -198,6 +198,7 @@ class FleetStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
         with _converted(f"{path}: open"):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
@@ -253,6 +254,13 @@ class FleetStore:
     def version(self) -> int:
         """The rule set's current version (0: nothing ever changed)."""
         with self._lock:
+            return self._version
+
+    def wait_version(self, after: int, timeout: float) -> int:
+        """Block until the version exceeds ``after`` or ``timeout`` seconds
+        pass; returns the version then (the sync streams wait here)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._version > after, timeout=timeout)
             return self._version
 
     def get(self, rule_id: str) -> ScopedRule:
@@ -332,6 +340,7 @@ class FleetStore:
             self._version = version
             for s, _ in stored:
                 self._rules[s.id] = s
+            self._changed.notify_all()
             return Change(version, tuple(s for s, _ in stored), (), actor, reason)
 
     def update(self, rule: ScopedRule, *, etag: str = "", actor: str, reason: str = "",
@@ -355,6 +364,7 @@ class FleetStore:
                                   _audit_doc(new))])
             self._version = version
             self._rules[rule.id] = new
+            self._changed.notify_all()
             return Change(version, (new,), (), actor, reason)
 
     def delete(self, rule_ids: Sequence[str], *, etag: str = "", actor: str, reason: str = "",
@@ -387,6 +397,7 @@ class FleetStore:
             self._version = version
             for r in gone:
                 del self._rules[r.id]
+            self._changed.notify_all()
             return Change(version, (), tuple(gone), actor, reason)
 
     def expire(self, now: datetime | None = None) -> Change:
