@@ -106,5 +106,8 @@ class EventLog:
                 yield e
             if len(batch) == CATCH_UP_BATCH:
                 continue
-            with self._cond:
-                self._cond.wait_for(lambda last=seen: self._last > last, timeout=WATCH_POLL_SECONDS)
+            self._wait_after(seen)
+
+    def _wait_after(self, seq: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._last > seq, timeout=WATCH_POLL_SECONDS)
