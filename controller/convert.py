@@ -7,6 +7,8 @@
   :func:`ruleset_from_proto`: lists of them, e.g. a sync snapshot;
 * :func:`attack_to_proto`, :func:`attack_from_proto`, :func:`event_to_proto`:
   a detector's :class:`~controller.detect.AttackEvent`;
+* :func:`merge_update`: UpdateRule's ``update_mask`` applied to a stored rule;
+* :func:`apply_error`: the NACK detail of an update an agent refused;
 * resource names: ``rules/{rule_id}``, ``nodes/{node_id}``.
 
 Nothing is validated twice: a proto rule becomes the rule-file form that
@@ -30,13 +32,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from breakwater.v1 import event_pb2, rule_pb2
 
 from .addresses import Prefix, parse_prefix
 from .detect import AttackEvent, EventKind, Profile, SourceRate, Vector
-from .errors import InputError
+from .errors import CapacityError, InputError, MapError, MapFullError
 from .rules import (
     ActionKind,
     FieldError,
@@ -54,12 +57,15 @@ __all__ = [
     "ATTACK_PROFILES",
     "ATTACK_VECTORS",
     "FRAGMENTS",
+    "MUTABLE_FIELDS",
     "NODE_WILDCARD",
     "ORIGINS",
     "RATE_LIMIT_SCOPES",
+    "apply_error",
     "attack_from_proto",
     "attack_to_proto",
     "event_to_proto",
+    "merge_update",
     "node_name",
     "parse_node_name",
     "parse_node_parent",
@@ -132,6 +138,10 @@ _ORIGIN_IN: Final = {0: "manual", **{int(v): k for k, v in ORIGINS.items()}}
 _PHASE_IN: Final = {int(v): k for k, v in ATTACK_PHASES.items()}
 _VECTOR_IN: Final = {int(v): k for k, v in ATTACK_VECTORS.items()}
 _PROFILE_IN: Final = {int(v): k for k, v in ATTACK_PROFILES.items()}
+
+MUTABLE_FIELDS: Final = ("match", "action", "priority", "scope", "expire_time", "ttl", "origin", "comment")
+"""The Rule fields an update_mask may name (and their sub-fields)."""
+_OUTPUT_ONLY: Final = frozenset({"name", "created_by", "create_time", "update_time", "version", "etag"})
 
 # rules.py paths that are named differently in the proto (relative to the rule).
 _RENAMED: Final = {"id": "name", "expires_at": "expire_time"}
@@ -546,3 +556,104 @@ def event_to_proto(
         out.time.CopyFrom(out.attack.sample_time)
     return out
 
+
+# --- updates -------------------------------------------------------------------------
+
+
+def _mask_paths(patch: rule_pb2.Rule, mask: field_mask_pb2.FieldMask | None, path: str) -> list[str]:
+    paths = list(mask.paths) if mask is not None else []
+    if not paths:
+        return [fd.name for fd, _ in patch.ListFields() if fd.name in MUTABLE_FIELDS]
+    if "*" in paths:
+        if len(paths) > 1:
+            raise FieldError(f"{path}.paths", '"*" replaces every field; give it alone')
+        return list(MUTABLE_FIELDS)
+    for i, p in enumerate(paths):
+        where = f"{path}.paths[{i}]"
+        head = p.split(".", 1)[0]
+        if head in _OUTPUT_ONLY:
+            raise FieldError(where, f"{p!r}: {head} is set by the server and cannot be updated")
+        if head not in MUTABLE_FIELDS:
+            raise FieldError(where, f"{p!r} is not a field of Rule; fields: {', '.join(MUTABLE_FIELDS)}")
+        descriptor = rule_pb2.Rule.DESCRIPTOR
+        parts = p.split(".")
+        for j, name in enumerate(parts):
+            fd = descriptor.fields_by_name.get(name)
+            if fd is None:
+                raise FieldError(where, f"{p!r}: {descriptor.name} has no field {name!r}")
+            if j < len(parts) - 1:
+                if fd.message_type is None or fd.is_repeated:
+                    raise FieldError(where, f"{p!r}: {name} has no sub-fields")
+                descriptor = fd.message_type
+    return paths
+
+
+def _copy_path(source: Message | None, target: Message, parts: list[str]) -> None:
+    """Copy the field at ``parts`` from ``source`` to ``target``; a field
+    unset in ``source`` (or under an unset parent) is cleared in ``target``."""
+    *parents, leaf = parts
+    for name in parents:
+        source = getattr(source, name) if source is not None and source.HasField(name) else None
+        target = getattr(target, name)
+    fd = target.DESCRIPTOR.fields_by_name[leaf]
+    present = source is not None and (fd.is_repeated or not fd.has_presence or source.HasField(leaf))
+    target.ClearField(leaf)
+    if not present or source is None:
+        return
+    value = getattr(source, leaf)
+    if fd.is_repeated or fd.message_type is not None:
+        getattr(target, leaf).MergeFrom(value)
+    else:
+        setattr(target, leaf, value)
+
+
+def merge_update(
+    current: rule_pb2.Rule,
+    patch: rule_pb2.Rule,
+    mask: field_mask_pb2.FieldMask | None = None,
+    *,
+    path: str = "update_mask",
+) -> rule_pb2.Rule:
+    """``current`` with the fields of ``update_mask`` taken from ``patch``
+    (UpdateRuleRequest.rule), as rule_service.proto says: a masked field
+    unset in ``patch`` is cleared; no mask means every field set in
+    ``patch``; ``"*"`` means every mutable field. Output-only fields stay
+    as in ``current``. The result still needs :func:`rule_from_proto`
+    (which also turns a new ttl into expire_time); mask errors are at
+    ``path.paths[i]``."""
+    out = rule_pb2.Rule()
+    out.CopyFrom(current)
+    for p in _mask_paths(patch, mask, path):
+        _copy_path(patch, out, p.split("."))
+    return out
+
+
+# --- NACKs ---------------------------------------------------------------------------
+
+
+def apply_error(
+    exc: BaseException, rules: Sequence[rule_pb2.Rule] = (), *, path: str = "rules"
+) -> rule_pb2.ApplyError:
+    """The NACK detail of an update an agent refused with ``exc``. A
+    :class:`FieldError` at ``path[i].<field>`` (from
+    :func:`ruleset_from_proto` of ``rules`` with that ``path``) becomes a
+    violation naming rule ``i``'s id and ``<field>``."""
+    if isinstance(exc, InputError):
+        code = rule_pb2.APPLY_ERROR_CODE_INVALID_RULE
+    elif isinstance(exc, CapacityError | MapFullError):
+        code = rule_pb2.APPLY_ERROR_CODE_CAPACITY
+    elif isinstance(exc, MapError):
+        code = rule_pb2.APPLY_ERROR_CODE_DATAPLANE
+    else:
+        code = rule_pb2.APPLY_ERROR_CODE_INTERNAL
+    out = rule_pb2.ApplyError(code=code, message=str(exc) or type(exc).__name__)
+    if isinstance(exc, FieldError):
+        rule_id, field = "", exc.path
+        head, sep, rest = exc.path.partition("].")
+        if sep and head.startswith(f"{path}[") and head[len(path) + 1:].isdigit():
+            i = int(head[len(path) + 1:])
+            if i < len(rules):
+                rule_id = rules[i].name.removeprefix(RULES)
+                field = rest
+        out.violations.append(rule_pb2.RuleViolation(rule_id=rule_id, field=field, description=exc.what))
+    return out

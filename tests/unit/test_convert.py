@@ -9,15 +9,19 @@ from typing import get_args
 
 import pytest
 from google.protobuf import json_format
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
 from breakwater.v1 import event_pb2, rule_pb2
 from controller import convert, detect, rules
 from controller.addresses import parse_prefix
 from controller.convert import (
+    MUTABLE_FIELDS,
+    apply_error,
     attack_from_proto,
     attack_to_proto,
     event_to_proto,
+    merge_update,
     node_name,
     parse_node_name,
     parse_node_parent,
@@ -30,6 +34,7 @@ from controller.convert import (
     scoped_rules_from_proto,
 )
 from controller.detect import AttackEvent, SourceRate
+from controller.errors import CapacityError, MapError, MapFullError
 from controller.rules import FieldError, Match, PortRange, Rule, RuleAction, RuleSet, TcpFlags
 from controller.scope import RuleScope, ScopedRule
 
@@ -449,3 +454,109 @@ def test_node_names() -> None:
             parse_node_name(bad)
     with pytest.raises(FieldError, match=r"^parent: "):
         parse_node_parent("nodes/EDGE")
+
+
+# --- UpdateRule's mask -------------------------------------------------------------------
+
+
+def _stored() -> rule_pb2.Rule:
+    return rule_to_proto(full_rule())
+
+
+def test_mask_replaces_named_fields_only() -> None:
+    patch = rule_pb2.Rule(comment="new", priority=3, action=rule_pb2.Action(kind=rule_pb2.ACTION_KIND_DROP))
+    out = merge_update(_stored(), patch, FieldMask(paths=["comment", "action"]))
+    assert out.comment == "new" and out.action == patch.action
+    assert out.priority == 7  # not in the mask
+    assert (out.version, out.etag, out.created_by) == (42, '"42"', "alice")
+    assert rule_from_proto(out).rule.action == RuleAction("drop")
+
+
+def test_sub_field_paths() -> None:
+    patch = rule_pb2.Rule()
+    patch.action.rate_limit.pps = 5
+    out = merge_update(_stored(), patch, FieldMask(paths=["action.rate_limit.pps", "match.dport"]))
+    assert out.action.rate_limit.pps == 5 and out.action.rate_limit.bps == 8_000_000
+    assert not out.match.HasField("dport") and out.match.HasField("sport")  # masked and unset: cleared
+    assert rule_from_proto(out).rule.match.dport is None
+
+
+def test_masked_but_unset_is_cleared() -> None:
+    mask = FieldMask(paths=["expire_time", "scope", "priority", "comment"])
+    out = merge_update(_stored(), rule_pb2.Rule(), mask)
+    assert out.WhichOneof("expiration") is None and not out.HasField("scope")
+    assert not out.HasField("priority") and out.comment == ""
+    scoped = rule_from_proto(out)
+    assert scoped.rule.expires_at is None and scoped.scope.is_global
+    assert scoped.rule.priority == rules.DEFAULT_PRIORITY
+
+
+def test_ttl_replaces_expire_time() -> None:
+    patch = rule_pb2.Rule()
+    patch.ttl.FromSeconds(60)
+    out = merge_update(_stored(), patch, FieldMask(paths=["ttl"]))
+    assert out.WhichOneof("expiration") == "ttl"
+    assert rule_from_proto(out, now=NOW).rule.expires_at == NOW + timedelta(seconds=60)
+
+
+def test_no_mask_takes_what_is_set() -> None:
+    patch = rule_pb2.Rule(name="rules/full.rule-1", etag="x", version=9, comment="c2",
+                          scope=rule_pb2.RuleScope(node="nodes/edge-1"))
+    out = merge_update(_stored(), patch, None)
+    assert out.comment == "c2" and out.scope.node == "nodes/edge-1"
+    assert (out.etag, out.version) == ('"42"', 42)  # output only: kept
+    assert out.match == _stored().match
+    assert merge_update(_stored(), patch, FieldMask()) == out
+
+
+def test_star_replaces_every_mutable_field() -> None:
+    patch = rule_to_proto(VARIANTS["drop everything"])
+    out = merge_update(_stored(), patch, FieldMask(paths=["*"]))
+    for name in MUTABLE_FIELDS:
+        assert getattr(out, name) == getattr(patch, name), name
+    assert out.name == "rules/full.rule-1" and out.create_time == _stored().create_time
+
+
+@pytest.mark.parametrize(("paths", "where", "text"), [
+    (["comment", "etag"], "update_mask.paths[1]", "set by the server"),
+    (["version"], "update_mask.paths[0]", "set by the server"),
+    (["colour"], "update_mask.paths[0]", "not a field of Rule"),
+    (["match.colour"], "update_mask.paths[0]", "Match has no field 'colour'"),
+    (["comment.x"], "update_mask.paths[0]", "no sub-fields"),
+    (["match.src.x"], "update_mask.paths[0]", "no sub-fields"),
+    (["*", "comment"], "update_mask.paths", "alone"),
+])
+def test_bad_masks(paths: list[str], where: str, text: str) -> None:
+    with pytest.raises(FieldError) as info:
+        merge_update(_stored(), rule_pb2.Rule(), FieldMask(paths=paths))
+    assert info.value.path == where and text in info.value.what
+
+
+# --- NACK details ------------------------------------------------------------------------
+
+
+def test_apply_error_names_the_rule_and_field() -> None:
+    good, bad = _base(), _base()
+    bad.name = "rules/dns-amp"
+    bad.match.dport.CopyFrom(rule_pb2.Range(lo=53, hi=53))
+    msgs = [good, bad]
+    with pytest.raises(FieldError) as info:
+        ruleset_from_proto(msgs, path="upserts")
+    err = apply_error(info.value, msgs, path="upserts")
+    assert err.code == rule_pb2.APPLY_ERROR_CODE_INVALID_RULE
+    assert err.message == str(info.value)
+    assert [(v.rule_id, v.field) for v in err.violations] == [("dns-amp", "match.dport")]
+    assert "ports need protocol" in err.violations[0].description
+
+
+@pytest.mark.parametrize(("exc", "code"), [
+    (rules.FieldError("x", "bad"), rule_pb2.APPLY_ERROR_CODE_INVALID_RULE),
+    (CapacityError("256 signature rules at most"), rule_pb2.APPLY_ERROR_CODE_CAPACITY),
+    (MapFullError("deny_v4 full"), rule_pb2.APPLY_ERROR_CODE_CAPACITY),
+    (MapError("update failed"), rule_pb2.APPLY_ERROR_CODE_DATAPLANE),
+    (RuntimeError("boom"), rule_pb2.APPLY_ERROR_CODE_INTERNAL),
+], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else "")
+def test_apply_error_codes(exc: BaseException, code: int) -> None:
+    err = apply_error(exc)
+    assert err.code == code and err.message == str(exc)
+    assert len(err.violations) == (1 if isinstance(exc, FieldError) else 0)
