@@ -5,14 +5,15 @@ PYTEST_ARGS ?=
 BUF         := tools/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo bench check proto clean
+.PHONY: help setup test demo bench bench-agent check proto clean
 
 help:
 	@echo "Breakwater make targets:"
 	@echo "  setup  install Debian packages, kernel headers, bpffs, .venv (scripts/setup.sh)"
 	@echo "  test   run the test suite: pytest -ra tests \$$PYTEST_ARGS"
 	@echo "  demo   run 'breakwater demo'"
-	@echo "  bench  run the dataplane benchmark (bench/dataplane.py)"
+	@echo "  bench  run the benchmarks: bench/dataplane.py, then bench/agent.py"
+	@echo "  bench-agent  run the agent benchmark only (bench/agent.py)"
 	@echo "  check  lint and type-check: ruff check, mypy, generated code current, buf lint"
 	@echo "  proto  regenerate breakwater/v1/ from proto/breakwater/v1/*.proto"
 	@echo "  clean  remove .venv and caches"
@@ -28,6 +29,10 @@ demo: setup
 
 bench: setup
 	$(PY) bench/dataplane.py
+	$(PY) bench/agent.py
+
+bench-agent: setup
+	$(PY) bench/agent.py
 
 check: setup
 	$(VENV)/bin/ruff check controller tests bench scripts

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 __all__ = [
@@ -34,7 +36,10 @@ __all__ = [
     "median",
     "print_table",
     "proc_stat",
+    "quietly",
     "remove_tree",
+    "set_bench",
+    "terminate_cleanly",
 ]
 
 PROGS_DIR = Path(__file__).resolve().parent / "progs"
@@ -45,11 +50,17 @@ SRC_MAC = bytes.fromhex("020000000001")
 DST_MAC = bytes.fromhex("020000000002")
 
 _LINES: list[dict[str, Any]] = []
+_BENCH = {"name": "dataplane"}  # the "bench" field of every line (set_bench)
+
+
+def set_bench(name: str) -> None:
+    """Name the benchmark in every line :func:`emit` prints from now on."""
+    _BENCH["name"] = name
 
 
 def emit(**fields: Any) -> dict[str, Any]:
     """Print one JSON result line on stdout (and keep it for the table)."""
-    line = {"bench": "dataplane", **fields}
+    line = {"bench": _BENCH["name"], **fields}
     _LINES.append(line)
     sys.stdout.write(json.dumps(line, sort_keys=False) + "\n")
     sys.stdout.flush()
@@ -269,6 +280,37 @@ def owned(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
+def terminate_cleanly() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C (KeyboardInterrupt), so every
+    cleanup of the body runs."""
+    main_pid = os.getpid()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != main_pid:
+            # A forked helper (pyroute2 and controller.traffic fork) inherits
+            # this handler: it must die quietly, never unwind the parent's
+            # cleanups (which would delete the lab under the parent).
+            os._exit(128 + signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def quietly(fn: Callable[[], Any]) -> None:
+    """Run a cleanup step that must not mask the error being unwound: a
+    failure is logged and the next step goes on."""
+    try:
+        fn()
+    except Exception as exc:  # cleanup reports and goes on
+        log(f"cleanup: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
 def cpu_affinity(cpus: set[int]) -> Iterator[None]:
     """Run the body pinned to ``cpus``; restore the old mask after."""
     old = os.sched_getaffinity(0)
@@ -294,6 +336,8 @@ def print_table(lines: Sequence[dict[str, Any]] | None = None) -> None:
         entries = line.get("entries", line.get("packets", ""))
         if "ns_per_pkt" in line:
             value, unit = line["ns_per_pkt"], "ns/pkt"
+        elif "percent_of_core" in line:
+            value, unit = line["percent_of_core"], "% core"
         elif "cpu_ns_per_pkt" in line:
             value, unit = line["cpu_ns_per_pkt"], "cpu ns/pkt"
         elif "seconds" in line:

@@ -11,7 +11,8 @@ still in force with their expiry, the detector's baselines. Then, every
 
 Monitor mode plans and reports ("would apply") but never applies automatic
 rules. SIGHUP reloads the configuration and the manual rules and re-applies,
-without detaching. SIGTERM/SIGINT exit and leave the XDP program and the
+without detaching: kept interfaces stay attached, removed ones are detached,
+added ones attached, the metrics address is rebound. SIGTERM/SIGINT exit and leave the XDP program and the
 rules in force (unless ``detach_on_exit``). After ``kill -9`` a restarted
 agent adopts the program and reloads its automatic rules, which keep their
 expiry: nothing is lost, nothing outlives its TTL.
@@ -129,20 +130,7 @@ class Agent:
         dataplane.require_root()
         self._store = Store.open(cfg.state_dir)
         for icfg in cfg.interfaces:
-            result = dataplane.attach(icfg.name, icfg.mode, cfg.sizes, pin_root=cfg.pin_root,
-                                      netns=icfg.netns)
-            LOGGER.info("%s: %s program %d (%s)", icfg.name, result.action, result.prog_id, result.mode,
-                        extra={"event": "interface_ready", "interface": icfg.name,
-                               "action": result.action, "mode": result.mode})
-            maps = dataplane.open_maps(icfg.name, cfg.pin_root)
-            try:
-                iface = self._make_interface(icfg, maps)
-                self._ifaces.append(iface)
-                self._configure(iface)
-                self._apply(iface, datetime.now(UTC), reason="start")
-            except BaseException:
-                maps.close()
-                raise
+            self._ifaces.append(self._bring_up(icfg, reason="start"))
         if cfg.metrics is not None:
             self._metrics = MetricsServer(*cfg.metrics)
             self._metrics.start()
@@ -155,6 +143,38 @@ class Agent:
             "metrics": f"{self._metrics.address[0]}:{self._metrics.address[1]}" if self._metrics else "",
             "auto_rules": {i.name: [r.id for r in i.auto] for i in self._ifaces},
         })
+
+    def _bring_up(self, icfg: InterfaceConfig, *, reason: str) -> _Interface:
+        """Attach (or adopt) one interface, configure it and put its rules in force."""
+        cfg = self.config
+        result = dataplane.attach(icfg.name, icfg.mode, cfg.sizes, pin_root=cfg.pin_root,
+                                  netns=icfg.netns)
+        LOGGER.info("%s: %s program %d (%s)", icfg.name, result.action, result.prog_id, result.mode,
+                    extra={"event": "interface_ready", "interface": icfg.name,
+                           "action": result.action, "mode": result.mode, "reason": reason})
+        maps = dataplane.open_maps(icfg.name, cfg.pin_root)
+        try:
+            iface = self._make_interface(icfg, maps)
+            self._configure(iface)
+            self._apply(iface, datetime.now(UTC), reason=reason)
+        except BaseException:
+            maps.close()
+            raise
+        return iface
+
+    def _release(self, iface: _Interface) -> None:
+        """Stop managing an interface removed from the configuration: detach it
+        (the configuration no longer asks for its protection); its stored rules
+        and history stay in the state directory for a later re-add."""
+        iface.maps.close()
+        try:
+            dataplane.detach(iface.name, pin_root=self.config.pin_root, netns=iface.cfg.netns)
+        except BreakwaterError as exc:
+            LOGGER.error("%s: removed from the configuration but not detached: %s", iface.name, exc,
+                         extra={"event": "interface_release_failed", "interface": iface.name})
+            return
+        LOGGER.info("%s: removed from the configuration; detached", iface.name,
+                    extra={"event": "interface_removed", "interface": iface.name})
 
     def _make_interface(self, icfg: InterfaceConfig, maps: MapSet) -> _Interface:
         assert self._store is not None
@@ -363,15 +383,15 @@ class Agent:
                 return
         else:
             new = old
-        if [(i.name, i.netns) for i in new.interfaces] != [(i.name, i.netns) for i in old.interfaces]:
-            LOGGER.warning("interfaces changed in the configuration: restart the agent to apply that",
-                           extra={"event": "reload_partial"})
-        for key in ("state_dir", "pin_root", "metrics", "sizes"):
+        for key in ("state_dir", "pin_root", "sizes"):
             if getattr(new, key) != getattr(old, key):
-                LOGGER.warning("%s changed: takes effect at the next restart", key)
-        new = replace(new, interfaces=old.interfaces, state_dir=old.state_dir, pin_root=old.pin_root,
-                      metrics=old.metrics, sizes=old.sizes)
+                LOGGER.warning("%s changed: takes effect at the next restart", key,
+                               extra={"event": "reload_partial", "key": key})
+        new = replace(new, state_dir=old.state_dir, pin_root=old.pin_root, sizes=old.sizes)
         self.config = new
+        self._reload_interfaces(old, new)
+        if new.metrics != old.metrics:
+            self._rebind_metrics(new.metrics)
         assert self._store is not None
         for iface in self._ifaces:
             try:
@@ -392,7 +412,58 @@ class Agent:
                 self._apply(iface, datetime.now(UTC), reason="reload")
             except BreakwaterError as exc:
                 LOGGER.error("%s: reload failed: %s", iface.name, exc, extra={"event": "reload_failed"})
-        LOGGER.info("configuration reloaded", extra={"event": "reloaded", "mode": new.mode})
+        LOGGER.info("configuration reloaded", extra={
+            "event": "reloaded", "mode": new.mode, "interfaces": [i.name for i in self._ifaces]})
+
+    def _reload_interfaces(self, old: AgentConfig, new: AgentConfig) -> None:
+        """Apply the interface list of a reloaded configuration: interfaces kept
+        stay attached untouched, removed ones are detached, added ones are
+        attached. A changed attach mode is not applied (switching modes means
+        detaching, a gap in protection): it is logged and the running mode kept.
+        The interfaces that end up managed are written back to the configuration."""
+        wanted = {(i.name, i.netns): i for i in new.interfaces}
+        kept: list[_Interface] = []
+        for iface in self._ifaces:
+            icfg = wanted.get((iface.name, iface.cfg.netns))
+            if icfg is None:
+                self._release(iface)
+                continue
+            if icfg.mode != iface.cfg.mode:
+                LOGGER.warning("%s: attach mode %s -> %s is not applied on reload (it needs a detach): "
+                               "`breakwater dataplane detach %s`, then restart the agent", iface.name,
+                               iface.cfg.mode, icfg.mode, iface.name,
+                               extra={"event": "reload_partial", "interface": iface.name, "key": "mode"})
+            kept.append(iface)
+        have = {(i.name, i.cfg.netns) for i in kept}
+        for key, icfg in wanted.items():
+            if key in have:
+                continue
+            try:
+                kept.append(self._bring_up(icfg, reason="reload"))
+            except BreakwaterError as exc:
+                LOGGER.error("%s: added in the configuration but not attached: %s", icfg.name, exc,
+                             extra={"event": "interface_add_failed", "interface": icfg.name})
+        self._ifaces = kept
+        self.config = replace(self.config, interfaces=tuple(i.cfg for i in kept))
+
+    def _rebind_metrics(self, address: tuple[str, int] | None) -> None:
+        """Serve metrics at the reloaded address (or stop serving); on a bind
+        failure the old server keeps running."""
+        server: MetricsServer | None = None
+        if address is not None:
+            try:
+                server = MetricsServer(*address)
+                server.start()
+            except (OSError, BreakwaterError) as exc:
+                LOGGER.error("metrics address %s:%d not bound, keeping the old one: %s", *address, exc,
+                             extra={"event": "reload_partial", "key": "metrics"})
+                self.config = replace(self.config, metrics=self._metrics.address if self._metrics else None)
+                return
+        if self._metrics is not None:
+            self._metrics.close()
+        self._metrics = server
+        LOGGER.info("metrics now at %s", f"{server.address[0]}:{server.address[1]}" if server else "nowhere",
+                    extra={"event": "metrics_rebound"})
 
     # -- metrics --
 
