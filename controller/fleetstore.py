@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS audit (
     actor TEXT NOT NULL, action TEXT NOT NULL, rule_id TEXT NOT NULL, reason TEXT NOT NULL,
     before TEXT, after TEXT);
 CREATE INDEX IF NOT EXISTS audit_rule ON audit (rule_id);
+CREATE INDEX IF NOT EXISTS audit_version ON audit (version);
 """
 
 AuditAction = Literal["create", "update", "delete", "expire"]
@@ -279,11 +280,14 @@ class FleetStore:
         at = now or datetime.now(UTC)
         return [r for r in out if r.rule.is_active(at)]
 
-    def snapshot(self) -> tuple[int, list[ScopedRule]]:
-        """The version and the rules in force at it, read together."""
+    def snapshot(self, *, include_expired: bool = False) -> tuple[int, list[ScopedRule]]:
+        """The version and the rules in force at it (sorted by id; with the
+        expired but unswept ones if asked), read together."""
         with self._lock:
             version = self._version
             rules = sorted(self._rules.values(), key=lambda r: r.id)
+        if include_expired:
+            return version, rules
         now = datetime.now(UTC)
         return version, [r for r in rules if r.rule.is_active(now)]
 
@@ -421,6 +425,15 @@ class FleetStore:
         return [AuditRow(r[0], datetime.fromtimestamp(r[1], UTC), r[2], r[3], r[4], r[5], r[6],
                          None if r[7] is None else json.loads(r[7]),
                          None if r[8] is None else json.loads(r[8])) for r in reversed(rows)]
+
+    def version_time(self, version: int) -> datetime | None:
+        """When ``version`` was committed (its audit rows' time); None for 0 or
+        a version not in the audit log. NodeService measures lag from it."""
+        if version <= 0:
+            return None
+        with self._lock, _converted(f"{self.path}: read audit"):
+            row = self._db.execute("SELECT MIN(at) FROM audit WHERE version = ?", (version,)).fetchone()
+        return None if row is None or row[0] is None else datetime.fromtimestamp(row[0], UTC)
 
     # -- nodes --
 
