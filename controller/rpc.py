@@ -38,9 +38,13 @@ of its own a :class:`RemoteError`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
+import functools
+import inspect
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeVar
@@ -49,6 +53,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
@@ -74,6 +79,7 @@ __all__ = [
     "STATUS_CODES",
     "ErrorInterceptor",
     "Service",
+    "code_of",
     "create_server",
     "from_rpc_error",
     "rpc_errors",
@@ -120,6 +126,14 @@ def _code(exc: BaseException) -> grpc.StatusCode:
         if isinstance(exc, cls):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status code a servicer's exception becomes (for interceptors
+    that count calls by code: they run inside the mapping)."""
+    if isinstance(exc, grpc.RpcError) and not isinstance(exc, grpc.Call):
+        return grpc.StatusCode.CANCELLED  # the server's own error for a cancelled stream
+    return _code(exc)
 
 
 def _packed(message: Any) -> any_pb2.Any:
@@ -285,6 +299,299 @@ def create_server(
     except RuntimeError as exc:
         raise SetupError(f"{address}: cannot listen ({exc}); is the port in use?") from exc
     if port == 0:
+        raise SetupError(f"{address}: cannot listen; is the port in use?")
+    return server, port
+
+
+# --- aio server ----------------------------------------------------------------------
+#
+# The controller holds one long sync stream per agent: on a thread-per-call
+# server that is one pool thread per agent, so it serves them on grpc.aio
+# instead. Servicers may be written either way on it: coroutine (and async
+# generator) methods run on the event loop; plain methods and generators run
+# on a thread pool (``migration_workers`` threads) with a context that has the
+# sync API (invocation_metadata, peer, is_active, abort, ...), so a servicer
+# written for create_server works unchanged. Errors map as on create_server.
+
+
+class _Aborted(Exception):
+    """A sync servicer called abort(): the status to end its call with."""
+
+    def __init__(self, status: grpc.Status) -> None:
+        super().__init__(status.details)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: Any = ()
+
+
+class SyncContext:
+    """A ``grpc.ServicerContext`` for a sync servicer method on an aio
+    server: reads go to the aio context, abort raises (the wrapper ends the
+    call with the status), ``send_initial_metadata`` runs on the loop."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], loop: asyncio.AbstractEventLoop) -> None:
+        self._context = context
+        self._loop = loop
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def peer_identities(self) -> Any:
+        return self._context.peer_identities()
+
+    def peer_identity_key(self) -> str | None:
+        return self._context.peer_identity_key()
+
+    def auth_context(self) -> Any:
+        return self._context.auth_context()
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def is_active(self) -> bool:
+        """False once the call is over (the client cancelled or went away)."""
+        return not self._context.done()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        def done(_ctx: grpc.aio.ServicerContext[Any, Any]) -> None:
+            callback()
+
+        self._context.add_done_callback(done)  # type: ignore[arg-type]  # the stub wants its own class
+        return True
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._context.set_details(details)
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self._context.set_trailing_metadata(trailing_metadata)
+
+    def code(self) -> grpc.StatusCode | None:
+        code: grpc.StatusCode | None = self._context.code()
+        return code
+
+    def details(self) -> str | None:
+        details: str | None = self._context.details()
+        return details
+
+    def send_initial_metadata(self, initial_metadata: Any) -> None:
+        asyncio.run_coroutine_threadsafe(self._context.send_initial_metadata(initial_metadata),
+                                         self._loop).result()
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise _Aborted(_Status(code, details))
+
+    def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        raise _Aborted(status)
+
+
+_END: Final = object()  # end of a request stream handed to a sync servicer
+
+
+class _SyncRequests:
+    """An aio request stream as the blocking iterator a sync servicer reads."""
+
+    def __init__(self, requests: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._requests = requests.__aiter__()
+        self._loop = loop
+
+    async def _next(self) -> Any:
+        try:
+            return await self._requests.__anext__()
+        except StopAsyncIteration:
+            return _END
+
+    def __iter__(self) -> _SyncRequests:
+        return self
+
+    def __next__(self) -> Any:
+        item = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+        if item is _END:
+            raise StopIteration
+        return item
+
+
+def _aio_passes(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """As :func:`_passes`, on an aio server: grpc's own abort, and a call
+    whose status the servicer already set."""
+    if isinstance(exc, grpc.aio.AbortError | grpc.aio.UsageError):
+        return True
+    if isinstance(exc, grpc.RpcError) and not isinstance(exc, grpc.Call):
+        return True
+    return not isinstance(exc, NotImplementedError) and context.code() is not None
+
+
+async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str) -> NoReturn:
+    if isinstance(exc, _Aborted):
+        await context.abort_with_status(exc.status)
+    code = _code(exc)
+    if code is grpc.StatusCode.INTERNAL and not isinstance(exc, RemoteError):
+        LOGGER.error("%s failed", method, exc_info=exc)
+    elif code is not grpc.StatusCode.UNIMPLEMENTED:
+        LOGGER.info("%s: %s: %s", method, code.name, exc)
+    await context.abort_with_status(status_of(exc, method))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+class _Bridge:
+    """Wraps one method's behaviour for an aio server: errors mapped, sync
+    behaviours on ``pool``."""
+
+    def __init__(self, method: str, pool: futures.Executor) -> None:
+        self.method = method
+        self.pool = pool
+
+    def unary(self, fn: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
+        method, pool = self.method, self.pool
+        if inspect.iscoroutinefunction(fn):
+            async def call_async(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    return await fn(request, context)
+                except Exception as exc:
+                    if _aio_passes(exc, context):
+                        raise
+                    await _aio_abort(context, exc, method)
+
+            return call_async
+
+        async def call_sync(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            loop = asyncio.get_running_loop()
+            if streaming_request:
+                request = _SyncRequests(request, loop)
+            run = functools.partial(contextvars.copy_context().run, fn, request, SyncContext(context, loop))
+            try:
+                return await loop.run_in_executor(pool, run)
+            except Exception as exc:
+                if _aio_passes(exc, context):
+                    raise
+                await _aio_abort(context, exc, method)
+
+        return call_sync
+
+    def streaming(self, fn: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
+        method, pool = self.method, self.pool
+        if inspect.isasyncgenfunction(fn):
+            async def stream_async(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                except Exception as exc:
+                    if _aio_passes(exc, context):
+                        raise
+                    await _aio_abort(context, exc, method)
+
+            return stream_async
+
+        def step(items: Iterator[Any]) -> Any:
+            return next(items, _END)
+
+        async def stream_sync(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            loop = asyncio.get_running_loop()
+            if streaming_request:
+                request = _SyncRequests(request, loop)
+            items = iter(fn(request, SyncContext(context, loop)))
+            try:
+                while True:
+                    item = await loop.run_in_executor(pool, step, items)
+                    if item is _END:
+                        return
+                    yield item
+            except Exception as exc:
+                if _aio_passes(exc, context):
+                    raise
+                await _aio_abort(context, exc, method)
+            finally:
+                close = getattr(items, "close", None)
+                if close is not None:  # a generator left early: run its finally blocks on the pool
+                    await loop.run_in_executor(pool, close)
+
+        return stream_sync
+
+
+class AioErrorInterceptor(grpc.aio.ServerInterceptor):
+    """:class:`ErrorInterceptor` for an aio server: every method of the named
+    services runs inside the error mapping, and plain (sync) methods run on
+    ``pool`` with a :class:`SyncContext`."""
+
+    def __init__(self, services: Sequence[str], pool: futures.Executor) -> None:
+        self._services = frozenset(services)
+        self._pool = pool
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.lstrip("/").rsplit("/", 1)[0] not in self._services:
+            return handler
+        b = _Bridge(method, self._pool)
+        codec: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
+                                 "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(b.unary(handler.unary_unary, False), **codec)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(b.streaming(handler.unary_stream, False), **codec)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(b.unary(handler.stream_unary, True), **codec)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(b.streaming(handler.stream_stream, True), **codec)
+        return handler
+
+
+async def create_aio_server(
+    address: str,
+    services: Sequence[Service],
+    *,
+    health_servicer: aio_health.HealthServicer | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    migration_workers: int = DEFAULT_MAX_WORKERS,
+    options: Sequence[tuple[str, Any]] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """:func:`create_server` on grpc.aio, for servers of many long streams
+    (the controller: one sync stream per agent). Call it on the event loop
+    that will run the server; it returns the server unstarted (``await
+    server.start()``) and its port. Services may mix coroutine and plain
+    methods (see the comment above :class:`SyncContext`); plain ones run on
+    ``migration_workers`` threads. ``health_servicer`` is grpc_health's aio
+    one (its ``set`` and ``enter_graceful_shutdown`` are coroutines)."""
+    names = [s.name for s in services]
+    if len(set(names)) != len(names):
+        raise InputError(f"services: a service is given twice: {', '.join(names)}")
+    pool = futures.ThreadPoolExecutor(max_workers=migration_workers, thread_name_prefix="breakwater-rpc")
+    server = grpc.aio.server(
+        migration_thread_pool=pool,
+        interceptors=[AioErrorInterceptor(names, pool), *interceptors],
+        # as create_server: refuse a busy port rather than share it
+        options=[("grpc.so_reuseport", 0), *options],
+    )
+    for service in services:
+        service.add(server)  # type: ignore[arg-type]  # generated add_*_to_server takes either server
+    hs = health_servicer or aio_health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    for name in ("", *names):
+        await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError as exc:
+        pool.shutdown(wait=False)
+        raise SetupError(f"{address}: cannot listen ({exc}); is the port in use?") from exc
+    if port == 0:
+        pool.shutdown(wait=False)
         raise SetupError(f"{address}: cannot listen; is the port in use?")
     return server, port
 
