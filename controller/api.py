@@ -619,10 +619,13 @@ class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
 
 
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
-    """breakwater.v1.EventService over an :class:`EventBackend`."""
+    """breakwater.v1.EventService over an :class:`EventBackend`. Setting
+    ``stopping`` ends every WatchEvents stream (cleanly) within the
+    event log's poll interval: a server about to stop sets it."""
 
-    def __init__(self, events: EventBackend) -> None:
+    def __init__(self, events: EventBackend, *, stopping: threading.Event | None = None) -> None:
         self._events = events
+        self._stopping = stopping or threading.Event()
 
     def ListEvents(self, request: event_service_pb2.ListEventsRequest,
                    context: grpc.ServicerContext) -> event_service_pb2.ListEventsResponse:
@@ -670,7 +673,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                     context: grpc.ServicerContext) -> Iterator[event_pb2.Event]:
         selected = compile_filter(request.filter, EVENT_FILTER)
         after = self._start(request)
-        for e in self._events.watch(after, lambda: not context.is_active()):
+        for e in self._events.watch(after, lambda: self._stopping.is_set() or not context.is_active()):
             if selected(e):
                 yield e
 
