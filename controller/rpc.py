@@ -44,7 +44,8 @@ import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeVar
@@ -443,28 +444,172 @@ async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
+_KINDS: Final = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+_MAKE: Final[Mapping[str, Callable[..., grpc.RpcMethodHandler[Any, Any]]]] = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+class _Replay:
+    """What a coroutine behaviour did, replayed through a sync interceptor's
+    wrapper: the wrapper calls :meth:`behaviour` (as it would the servicer
+    method) and sees the same result, items and exception."""
+
+    def __init__(self, streaming: bool) -> None:
+        self._streaming = streaming
+        self._next: tuple[str, Any] = ("done", None)
+
+    def put(self, kind: str, value: Any = None) -> None:
+        self._next = (kind, value)
+
+    def _take(self) -> Any:
+        kind, value = self._next
+        self._next = ("done", None)
+        if kind == "error":
+            raise value
+        return kind, value
+
+    def _items(self) -> Iterator[Any]:
+        while True:
+            kind, value = self._take()
+            if kind == "done":
+                return
+            yield value
+
+    def behaviour(self, _request: Any, _context: Any) -> Any:
+        if self._streaming:
+            return self._items()
+        return self._take()[1]
+
+
+def _behaviour(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[str, Callable[..., Any]]:
+    for kind in _KINDS:
+        fn = getattr(handler, kind)
+        if fn is not None:
+            return kind, fn
+    raise InputError(f"a method handler without a behaviour: {handler!r}")
+
+
 class _Bridge:
-    """Wraps one method's behaviour for an aio server: errors mapped, sync
+    """One call's behaviour made fit for the aio server: inside the error
+    mapping, through the sync ``interceptors`` (outermost first), sync
     behaviours on ``pool``."""
 
-    def __init__(self, method: str, pool: futures.Executor) -> None:
-        self.method = method
+    def __init__(self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler[Any, Any],
+                 pool: futures.Executor, interceptors: Sequence[grpc.ServerInterceptor]) -> None:
+        self.details = details
+        self.method = details.method
+        self.handler = handler
+        self.kind, self.fn = _behaviour(handler)
         self.pool = pool
+        self.interceptors = interceptors
+        self.codec: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
+                                      "response_serializer": handler.response_serializer}
 
-    def unary(self, fn: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
-        method, pool = self.method, self.pool
-        if inspect.iscoroutinefunction(fn):
-            async def call_async(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    @property
+    def streaming_request(self) -> bool:
+        return self.kind.startswith("stream_")
+
+    @property
+    def streaming_response(self) -> bool:
+        return self.kind.endswith("_stream")
+
+    def _wrapped(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` as the sync interceptors wrap it (each may also refuse the call)."""
+        handler = _MAKE[self.kind](fn, **self.codec)
+        for interceptor in reversed(self.interceptors):
+            def continuation(_d: grpc.HandlerCallDetails, h: grpc.RpcMethodHandler[Any, Any] = handler
+                             ) -> grpc.RpcMethodHandler[Any, Any]:
+                return h
+            got = interceptor.intercept_service(continuation, self.details)
+            if got is None:
+                raise NotImplementedError(f"{self.method} is not served here")
+            handler = got
+        return _behaviour(handler)[1]
+
+    def handler_for_aio(self) -> grpc.RpcMethodHandler[Any, Any]:
+        is_async = inspect.iscoroutinefunction(self.fn) or inspect.isasyncgenfunction(self.fn)
+        if self.streaming_response:
+            behaviour = self._stream_async() if is_async else self._stream_sync()
+        else:
+            behaviour = self._unary_async() if is_async else self._unary_sync()
+        return _MAKE[self.kind](behaviour, **self.codec)
+
+    # -- coroutine behaviours: on the loop; interceptors see a replay --
+
+    def _unary_async(self) -> Callable[..., Any]:
+        fn, method = self.fn, self.method
+        replay = _Replay(streaming=False)
+        outer = self._wrapped(replay.behaviour) if self.interceptors else None
+
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
                 try:
-                    return await fn(request, context)
+                    result = await fn(request, context)
                 except Exception as exc:
-                    if _aio_passes(exc, context):
+                    if outer is None:
                         raise
-                    await _aio_abort(context, exc, method)
+                    replay.put("error", exc)
+                else:
+                    if outer is None:
+                        return result
+                    replay.put("value", result)
+                return outer(request, SyncContext(context, asyncio.get_running_loop()))
+            except Exception as exc:
+                if _aio_passes(exc, context):
+                    raise
+                await _aio_abort(context, exc, method)
 
-            return call_async
+        return call
 
-        async def call_sync(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    def _stream_async(self) -> Callable[..., Any]:
+        fn, method = self.fn, self.method
+        replay = _Replay(streaming=True)
+        outer = self._wrapped(replay.behaviour) if self.interceptors else None
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            seen: Iterator[Any] | None = None
+            if outer is not None:
+                seen = iter(outer(request, SyncContext(context, asyncio.get_running_loop())))
+            try:
+                async for item in fn(request, context):
+                    if seen is None:
+                        yield item
+                        continue
+                    replay.put("value", item)
+                    yield next(seen)
+                if seen is not None:
+                    replay.put("done")
+                    for extra in seen:  # normally none: the wrapper ends with the behaviour
+                        yield extra
+            except Exception as exc:
+                if seen is not None:
+                    replay.put("error", exc)
+                    try:
+                        next(seen)
+                    except Exception as seen_exc:  # the interceptor saw it and let it through (or another)
+                        exc = seen_exc
+                    seen = None
+                if _aio_passes(exc, context):
+                    raise exc from None
+                await _aio_abort(context, exc, method)
+            finally:
+                close = getattr(seen, "close", None)
+                if close is not None:  # ended early (cancelled): the wrapper sees GeneratorExit
+                    close()
+
+        return stream
+
+    # -- plain behaviours: on the pool, with a SyncContext --
+
+    def _unary_sync(self) -> Callable[..., Any]:
+        fn = self._wrapped(self.fn) if self.interceptors else self.fn
+        method, pool, streaming_request = self.method, self.pool, self.streaming_request
+
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             loop = asyncio.get_running_loop()
             if streaming_request:
                 request = _SyncRequests(request, loop)
@@ -476,26 +621,16 @@ class _Bridge:
                     raise
                 await _aio_abort(context, exc, method)
 
-        return call_sync
+        return call
 
-    def streaming(self, fn: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
-        method, pool = self.method, self.pool
-        if inspect.isasyncgenfunction(fn):
-            async def stream_async(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                try:
-                    async for item in fn(request, context):
-                        yield item
-                except Exception as exc:
-                    if _aio_passes(exc, context):
-                        raise
-                    await _aio_abort(context, exc, method)
-
-            return stream_async
+    def _stream_sync(self) -> Callable[..., Any]:
+        fn = self._wrapped(self.fn) if self.interceptors else self.fn
+        method, pool, streaming_request = self.method, self.pool, self.streaming_request
 
         def step(items: Iterator[Any]) -> Any:
             return next(items, _END)
 
-        async def stream_sync(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             loop = asyncio.get_running_loop()
             if streaming_request:
                 request = _SyncRequests(request, loop)
@@ -515,17 +650,22 @@ class _Bridge:
                 if close is not None:  # a generator left early: run its finally blocks on the pool
                     await loop.run_in_executor(pool, close)
 
-        return stream_sync
+        return stream
 
 
 class AioErrorInterceptor(grpc.aio.ServerInterceptor):
     """:class:`ErrorInterceptor` for an aio server: every method of the named
-    services runs inside the error mapping, and plain (sync) methods run on
-    ``pool`` with a :class:`SyncContext`."""
+    services runs inside the error mapping, plain (sync) methods on ``pool``
+    with a :class:`SyncContext`, and through the sync ``interceptors`` (as on
+    create_server, inside the mapping; for a coroutine method they see a
+    replay of what it returned, yielded and raised, on the loop thread, so
+    they must not block)."""
 
-    def __init__(self, services: Sequence[str], pool: futures.Executor) -> None:
+    def __init__(self, services: Sequence[str], pool: futures.Executor,
+                 interceptors: Sequence[grpc.ServerInterceptor] = ()) -> None:
         self._services = frozenset(services)
         self._pool = pool
+        self._interceptors = tuple(interceptors)
 
     async def intercept_service(
         self,
@@ -536,27 +676,16 @@ class AioErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.lstrip("/").rsplit("/", 1)[0] not in self._services:
             return handler
-        b = _Bridge(method, self._pool)
-        codec: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
-                                 "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(b.unary(handler.unary_unary, False), **codec)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(b.streaming(handler.unary_stream, False), **codec)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(b.unary(handler.stream_unary, True), **codec)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(b.streaming(handler.stream_stream, True), **codec)
-        return handler
+        return _Bridge(handler_call_details, handler, self._pool, self._interceptors).handler_for_aio()
 
 
 async def create_aio_server(
     address: str,
     services: Sequence[Service],
     *,
-    health_servicer: aio_health.HealthServicer | None = None,
+    health_servicer: aio_health.HealthServicer | health.HealthServicer | None = None,
     credentials: grpc.ServerCredentials | None = None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.ServerInterceptor | grpc.aio.ServerInterceptor] = (),
     migration_workers: int = DEFAULT_MAX_WORKERS,
     options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.aio.Server, int]:
@@ -566,23 +695,31 @@ async def create_aio_server(
     server.start()``) and its port. Services may mix coroutine and plain
     methods (see the comment above :class:`SyncContext`); plain ones run on
     ``migration_workers`` threads. ``health_servicer`` is grpc_health's aio
-    one (its ``set`` and ``enter_graceful_shutdown`` are coroutines)."""
+    one (its ``set`` is a coroutine) or the sync one (served on the pool).
+    ``interceptors``: sync ones run inside the error mapping as on
+    create_server (see :class:`AioErrorInterceptor`), aio ones after it."""
     names = [s.name for s in services]
     if len(set(names)) != len(names):
         raise InputError(f"services: a service is given twice: {', '.join(names)}")
+    plain = [i for i in interceptors if isinstance(i, grpc.ServerInterceptor)]
+    aio_ones = [i for i in interceptors if isinstance(i, grpc.aio.ServerInterceptor)]
+    hs = health_servicer or aio_health.HealthServicer()
+    bridged = names if isinstance(hs, aio_health.HealthServicer) else [*names, health.SERVICE_NAME]
     pool = futures.ThreadPoolExecutor(max_workers=migration_workers, thread_name_prefix="breakwater-rpc")
     server = grpc.aio.server(
         migration_thread_pool=pool,
-        interceptors=[AioErrorInterceptor(names, pool), *interceptors],
+        interceptors=[AioErrorInterceptor(bridged, pool, plain), *aio_ones],
         # as create_server: refuse a busy port rather than share it
         options=[("grpc.so_reuseport", 0), *options],
     )
     for service in services:
         service.add(server)  # type: ignore[arg-type]  # generated add_*_to_server takes either server
-    hs = health_servicer or aio_health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     for name in ("", *names):
-        await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if isinstance(hs, aio_health.HealthServicer):
+            await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+        else:
+            hs.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     try:
         port = (server.add_secure_port(address, credentials) if credentials is not None
@@ -594,6 +731,89 @@ async def create_aio_server(
         pool.shutdown(wait=False)
         raise SetupError(f"{address}: cannot listen; is the port in use?")
     return server, port
+
+
+class AioServerThread:
+    """A grpc.aio server on its own event-loop thread, driven with the calls
+    a sync program makes on a ``grpc.Server``: :meth:`start`, :meth:`stop`
+    (returns an event set once stopped, so ``stop(grace).wait()`` works) and
+    :meth:`wait_for_termination`. Made by :func:`create_threaded_aio_server`."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="breakwater-aio", daemon=True)
+        self._thread.start()
+        self._server: grpc.aio.Server | None = None
+        self._stopped = threading.Event()
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    def run(self, coro: Awaitable[_T], timeout: float | None = None) -> _T:
+        """Run ``coro`` on the server's loop and wait for its result."""
+        async def wrap() -> _T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result(timeout)
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        if self._server is None:
+            raise SetupError("the aio server is not built yet")
+        return self._server
+
+    def start(self) -> None:
+        self.run(self.server.start())
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop serving (calls in flight get ``grace`` seconds; None: none),
+        then the loop; the event is set when both are done."""
+        with self._lock:
+            first, self._stopping = not self._stopping, True
+        if first:
+            async def stop() -> None:
+                try:
+                    if self._server is not None:
+                        await self._server.stop(grace)
+                finally:
+                    self.loop.call_soon(self.loop.stop)
+
+            asyncio.run_coroutine_threadsafe(stop(), self.loop)
+            threading.Thread(target=self._finish, name="breakwater-aio-stop", daemon=True).start()
+        return self._stopped
+
+    def _finish(self) -> None:
+        self._thread.join()
+        self.loop.close()
+        self._stopped.set()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """True once stopped; False if ``timeout`` passed first."""
+        return self._stopped.wait(timeout)
+
+
+def create_threaded_aio_server(
+    address: str,
+    services: Sequence[Service],
+    *,
+    health_servicer: health.HealthServicer | aio_health.HealthServicer | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor | grpc.aio.ServerInterceptor] = (),
+    max_workers: int = DEFAULT_MAX_WORKERS,
+) -> tuple[AioServerThread, int]:
+    """:func:`create_server`'s drop-in for a sync program that serves many
+    streams: the same arguments, an :class:`AioServerThread` (not started)
+    and the port. Plain servicer methods run on ``max_workers`` threads,
+    coroutine ones on the server's loop; sync ``interceptors`` and a sync
+    ``health_servicer`` work as on create_server."""
+    out = AioServerThread()
+    try:
+        out._server, port = out.run(create_aio_server(
+            address, services, health_servicer=health_servicer, credentials=credentials,
+            interceptors=interceptors, migration_workers=max_workers))
+    except BaseException:
+        out.stop(None).wait()
+        raise
+    return out, port
 
 
 # --- client side: statuses -> errors ---------------------------------------------------

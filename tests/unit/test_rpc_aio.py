@@ -172,3 +172,100 @@ def test_busy_port_and_twice_given_service() -> None:
         svc = Service.of(RULES, rule_service_pb2_grpc.add_RuleServiceServicer_to_server, Rules())  # type: ignore[abstract]
         with pytest.raises(InputError):
             lt.run(create_aio_server("127.0.0.1:0", [svc, svc]))
+
+
+# --- the threaded facade, sync interceptors, the sync health servicer ---------------------
+
+
+class Counting(grpc.ServerInterceptor):
+    """Counts calls by method and outcome, the way a metrics interceptor does."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.items: list[str] = []
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        name = details.method.rsplit("/", 1)[1]
+        if handler.unary_unary is not None:
+            fn = handler.unary_unary
+
+            def unary(request: Any, context: Any) -> Any:
+                try:
+                    out = fn(request, context)
+                except Exception as exc:
+                    self.calls.append((name, type(exc).__name__))
+                    raise
+                self.calls.append((name, "ok"))
+                return out
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer,
+                                                       handler.response_serializer)
+        if handler.stream_stream is not None:
+            sfn = handler.stream_stream
+
+            def stream(request: Any, context: Any) -> Iterator[Any]:
+                outcome = "ok"
+                try:
+                    for item in sfn(request, context):
+                        self.items.append(item.WhichOneof("message"))
+                        yield item
+                except GeneratorExit:
+                    outcome = "cancelled"
+                    raise
+                except Exception as exc:
+                    outcome = type(exc).__name__
+                    raise
+                finally:
+                    self.calls.append((name, outcome))
+
+            return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer,
+                                                         handler.response_serializer)
+        return handler
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+def test_threaded_server_with_sync_interceptor_and_health(style: str) -> None:
+    from grpc_health.v1 import health
+
+    from controller.rpc import create_threaded_aio_server
+
+    counting = Counting()
+    hs = health.HealthServicer()
+    rules: Any = Rules() if style == "sync" else AsyncRules()
+    sync: Any = Sync() if style == "sync" else AsyncSync()
+    server, port = create_threaded_aio_server("127.0.0.1:0", [
+        Service.of(RULES, rule_service_pb2_grpc.add_RuleServiceServicer_to_server, rules),
+        Service.of(SYNC, sync_service_pb2_grpc.add_SyncServiceServicer_to_server, sync),
+    ], health_servicer=hs, interceptors=[counting], max_workers=4)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = rule_service_pb2_grpc.RuleServiceStub(ch)
+            stub.GetRule(rule_service_pb2.GetRuleRequest(name="rules/ok"), timeout=5)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetRule(rule_service_pb2.GetRuleRequest(name="rules/field"), timeout=5)
+            _same(from_rpc_error(info.value), TABLE["field"][2])
+            reg = sync_service_pb2.SyncRequest(register=sync_service_pb2.Register(node_id="edge-1"))
+            assert len(list(sync_service_pb2_grpc.SyncServiceStub(ch).Sync(iter([reg, reg]), timeout=5))) == 2
+            bad = sync_service_pb2.SyncRequest(ack=sync_service_pb2.Ack(version=1))
+            with pytest.raises(grpc.RpcError):
+                list(sync_service_pb2_grpc.SyncServiceStub(ch).Sync(iter([bad]), timeout=5))
+            check = ch.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString)
+            assert check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as missing:
+                check(health_pb2.HealthCheckRequest(service="breakwater.v1.Nothing"), timeout=5)
+            assert missing.value.code() is C.NOT_FOUND  # type: ignore[attr-defined]
+            hs.enter_graceful_shutdown()
+            assert check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
+                health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        assert server.stop(None).wait(10)
+    assert server.wait_for_termination(0)
+    assert [c for c in counting.calls if c[0] == "GetRule"] == [("GetRule", "ok"), ("GetRule", "FieldError")]
+    assert [c for c in counting.calls if c[0] == "Sync"] == [("Sync", "ok"), ("Sync", "FieldError")]
+    assert counting.items == ["registered", "registered"]
