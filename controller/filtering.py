@@ -232,8 +232,9 @@ def _literal(spec: FieldSpec[M], name: str, tok: _Token, path: str) -> Value:
         names = [v.name for v in spec.enum.values if v.number != 0]
         value = spec.enum.values_by_name.get(text)
         if value is None:
-            raise _fail(path, tok.pos, f"{text!r} is not a {spec.enum.name}{_closest(text, names)}; "
-                                       f"one of {', '.join(names)}")
+            ends = [n for n in names if n.endswith("_" + text.upper())]
+            hint = f" (did you mean {ends[0]!r}?)" if len(ends) == 1 else _closest(text, names)
+            raise _fail(path, tok.pos, f"{text!r} is not a {spec.enum.name}{hint}; one of {', '.join(names)}")
         return value.number
     if spec.kind == "time":
         when = _parse_time(text)
