@@ -34,6 +34,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ from .scope import RuleScope, ScopedRule, check_labels, check_node_id
 
 __all__ = [
     "DB_NAME",
+    "RECENT_CHANGES",
     "AuditRow",
     "Change",
     "EventRow",
@@ -60,6 +62,9 @@ SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT_SECONDS: Final = 5.0
 # The actor of the controller's own changes (expiry, promotions).
 CONTROLLER_ACTOR: Final = "breakwater-controller"
+RECENT_CHANGES: Final = 1024
+"""Changes kept in memory for :meth:`FleetStore.changes_since` (the sync
+hub reads what changed instead of the whole rule set)."""
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -186,6 +191,13 @@ class AuditRow:
                 "after": self.after}
 
 
+def _node_row(node: NodeRecord) -> tuple[Any, ...]:
+    return (node.node_id, json.dumps(dict(node.labels)), json.dumps(dict(node.doc)),
+            _ts(node.create_time), _ts(node.last_heartbeat), int(node.connected), node.target_version,
+            node.applied_version, _ts(node.applied_time),
+            None if node.last_error is None else json.dumps(dict(node.last_error)))
+
+
 def _audit_doc(rule: ScopedRule | None) -> str | None:
     if rule is None:
         return None
@@ -200,6 +212,7 @@ class FleetStore:
         self.path = path
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._recent: deque[Change] = deque(maxlen=RECENT_CHANGES)
         with _converted(f"{path}: open"):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
@@ -263,6 +276,22 @@ class FleetStore:
         with self._changed:
             self._changed.wait_for(lambda: self._version > after, timeout=timeout)
             return self._version
+
+    def changes_since(self, after: int) -> tuple[int, list[Change]] | None:
+        """The changes committed after version ``after``, oldest first, and
+        the version they reach, read together; from memory (the last
+        :data:`RECENT_CHANGES`). None when they are not all there (``after``
+        is too old, or not a version of this store): read a snapshot."""
+        with self._lock:
+            version = self._version
+            if after == version:
+                return version, []
+            if after > version:
+                return None
+            recent = [c for c in self._recent if c.version > after]
+        if not recent or recent[0].version != after + 1:
+            return None
+        return version, recent
 
     def get(self, rule_id: str) -> ScopedRule:
         with self._lock:
@@ -344,8 +373,10 @@ class FleetStore:
             self._version = version
             for s, _ in stored:
                 self._rules[s.id] = s
+            change = Change(version, tuple(s for s, _ in stored), (), actor, reason)
             self._changed.notify_all()
-            return Change(version, tuple(s for s, _ in stored), (), actor, reason)
+            self._recent.append(change)
+            return change
 
     def update(self, rule: ScopedRule, *, etag: str = "", actor: str, reason: str = "",
                now: datetime | None = None) -> Change:
@@ -368,8 +399,10 @@ class FleetStore:
                                   _audit_doc(new))])
             self._version = version
             self._rules[rule.id] = new
+            change = Change(version, (new,), (), actor, reason)
             self._changed.notify_all()
-            return Change(version, (new,), (), actor, reason)
+            self._recent.append(change)
+            return change
 
     def delete(self, rule_ids: Sequence[str], *, etag: str = "", actor: str, reason: str = "",
                allow_missing: bool = False, action: AuditAction = "delete",
@@ -401,8 +434,10 @@ class FleetStore:
             self._version = version
             for r in gone:
                 del self._rules[r.id]
+            change = Change(version, (), tuple(gone), actor, reason)
             self._changed.notify_all()
-            return Change(version, (), tuple(gone), actor, reason)
+            self._recent.append(change)
+            return change
 
     def expire(self, now: datetime | None = None) -> Change:
         """Remove every rule whose expiry has passed, as one version (audited
@@ -450,12 +485,7 @@ class FleetStore:
 
     def _put_node(self, node: NodeRecord) -> NodeRecord:
         with self._lock, self._tx("write node") as db:
-            db.execute(
-                "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (node.node_id, json.dumps(dict(node.labels)), json.dumps(dict(node.doc)),
-                 _ts(node.create_time), _ts(node.last_heartbeat), int(node.connected), node.target_version,
-                 node.applied_version, _ts(node.applied_time),
-                 None if node.last_error is None else json.dumps(dict(node.last_error))))
+            db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _node_row(node))
             self._nodes[node.node_id] = node
         return node
 
@@ -484,6 +514,31 @@ class FleetStore:
             old = self.node(node_id)
             changes.setdefault("last_heartbeat", at)
             return self._put_node(replace(old, **changes))
+
+    def update_nodes(self, changes: Mapping[str, Mapping[str, Any]], *,
+                     now: datetime | None = None) -> list[NodeRecord]:
+        """:meth:`update_node` for many nodes in one transaction, all or none
+        (the sync hub writes every node's state this way, in batches). An
+        unknown node or field is refused before anything is written."""
+        at = now or datetime.now(UTC)
+        allowed = {"connected", "target_version", "applied_version", "applied_time", "last_error",
+                   "last_heartbeat"}
+        with self._lock:
+            new: list[NodeRecord] = []
+            for node_id, fields_ in changes.items():
+                unknown = set(fields_) - allowed
+                if unknown:
+                    raise FieldError(sorted(unknown)[0],
+                                     f"not a node field; known: {', '.join(sorted(allowed))}")
+                new.append(replace(self.node(node_id), **{"last_heartbeat": at, **fields_}))
+            if not new:
+                return []
+            with self._tx("write nodes") as db:
+                db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               [_node_row(n) for n in new])
+            for n in new:
+                self._nodes[n.node_id] = n
+        return new
 
     # -- events --
 
