@@ -464,7 +464,7 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
         size = page_size(request.page_size, DEFAULT_RULE_PAGE)
         selected = compile_filter(request.filter, RULE_FILTER)
         fingerprint = f"{selected.fingerprint}{'+expired' if request.show_expired else ''}"
-        after = decode_page_token(request.page_token, "rules", fingerprint)
+        after = decode_page_token(request.page_token, "rule", fingerprint)
         if after is not None and not isinstance(after, str):
             raise FieldError("page_token", "not a page token of rule listings")
         version, rules = self._backend.rule_snapshot(include_expired=request.show_expired)
@@ -479,7 +479,7 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
                 more = True
                 break
             page.append(msg)
-        token = encode_page_token("rules", fingerprint, page[-1].name.removeprefix("rules/")) if more else ""
+        token = encode_page_token("rule", fingerprint, page[-1].name.removeprefix("rules/")) if more else ""
         return rule_service_pb2.ListRulesResponse(rules=page, next_page_token=token, version=version)
 
     def GetRule(self, request: rule_service_pb2.GetRuleRequest,
@@ -593,7 +593,7 @@ class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
                   context: grpc.ServicerContext) -> node_service_pb2.ListNodesResponse:
         size = page_size(request.page_size, DEFAULT_NODE_PAGE)
         selected = compile_filter(request.filter, NODE_FILTER)
-        after = decode_page_token(request.page_token, "nodes", selected.fingerprint)
+        after = decode_page_token(request.page_token, "node", selected.fingerprint)
         if after is not None and not isinstance(after, str):
             raise FieldError("page_token", "not a page token of node listings")
         nodes = self._backend.list_nodes()
@@ -607,7 +607,7 @@ class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
                 more = True
                 break
             page.append(n)
-        token = encode_page_token("nodes", selected.fingerprint, page[-1].name) if more else ""
+        token = encode_page_token("node", selected.fingerprint, page[-1].name) if more else ""
         return node_service_pb2.ListNodesResponse(nodes=page, next_page_token=token)
 
     def GetNode(self, request: node_service_pb2.GetNodeRequest,
@@ -631,7 +631,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                    context: grpc.ServicerContext) -> event_service_pb2.ListEventsResponse:
         size = page_size(request.page_size, DEFAULT_EVENT_PAGE)
         selected = compile_filter(request.filter, EVENT_FILTER)
-        before = decode_page_token(request.page_token, "events", selected.fingerprint)
+        before = decode_page_token(request.page_token, "event", selected.fingerprint)
         if before is not None and (not isinstance(before, int) or isinstance(before, bool) or before < 1):
             raise FieldError("page_token", "not a page token of event listings")
         page: list[event_pb2.Event] = []
@@ -649,7 +649,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
             if len(batch) < step or not batch:
                 break
             before = batch[-1].sequence
-        token = encode_page_token("events", selected.fingerprint, page[-1].sequence) if more else ""
+        token = encode_page_token("event", selected.fingerprint, page[-1].sequence) if more else ""
         return event_service_pb2.ListEventsResponse(events=page, next_page_token=token)
 
     def _start(self, request: event_service_pb2.WatchEventsRequest) -> int:

@@ -376,6 +376,8 @@ class RpcMetrics(grpc.ServerInterceptor):
             finally:
                 with self._lock:
                     self.streams[key] -= 1
+                if code is grpc.StatusCode.OK and not context.is_active():
+                    code = grpc.StatusCode.CANCELLED  # it ended because the client went away
                 self._count(method, code, context if code is grpc.StatusCode.OK else None)
         return call
 
