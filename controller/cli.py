@@ -603,6 +603,18 @@ def _agent_overrides(args: argparse.Namespace) -> dict[str, object]:
             out[key.removeprefix("agent_")] = str(value)
     if args.metrics is not None:
         out["metrics"] = args.metrics
+    for key in ("controller", "node_id", "api"):
+        value = getattr(args, f"agent_{key}")
+        if value is not None:
+            out[key] = value
+    if args.agent_label:
+        labels: dict[str, str] = {}
+        for item in args.agent_label:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InputError(f"--label {item!r}: expected KEY=VALUE, e.g. --label site=fra1")
+            labels[key] = value
+        out["labels"] = labels
     return out
 
 
@@ -895,6 +907,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="state directory, holds agent.db (default: the config's state_dir)")
     ag.add_argument("--metrics", metavar="ADDR:PORT",
                     help='metrics listen address (default 127.0.0.1:9611; "" disables)')
+    ag.add_argument("--controller", dest="agent_controller", metavar="HOST:PORT",
+                    help='the controller to sync rules with ("" runs standalone; default: the config\'s)')
+    ag.add_argument("--node-id", dest="agent_node_id", metavar="ID",
+                    help="this node's id at the controller (default: the config's, else the host name)")
+    ag.add_argument("--label", dest="agent_label", action="append", metavar="KEY=VALUE",
+                    help="a node label, e.g. site=fra1 (repeatable; replaces the config's labels)")
+    ag.add_argument("--api", dest="agent_api", metavar="ADDR:PORT",
+                    help='the local API listen address (default 127.0.0.1:9612; "" disables)')
     ag.add_argument("--check-config", action="store_true",
                     help="validate the configuration, print the effective one, exit (0 ok, 2 bad)")
     ag.set_defaults(func=cmd_agent)
