@@ -68,7 +68,7 @@ from .errors import BreakwaterError
 from .eventlog import EventLog
 from .fleetstore import FleetStore
 from .metrics import Exposition, MetricsServer
-from .rpc import Service, code_of, create_server
+from .rpc import AioServerThread, Service, code_of, create_threaded_aio_server
 from .rules import ORIGINS
 
 __all__ = [
@@ -430,7 +430,7 @@ class Controller:
     :meth:`start`), over ``store`` and ``events``."""
 
     def __init__(self, config: ControllerConfig, *, store: FleetStore, events: EventLog,
-                 backend: ControllerBackend, server: grpc.Server, port: int,
+                 backend: ControllerBackend, server: AioServerThread, port: int,
                  health_servicer: health.HealthServicer, rpc_metrics: RpcMetrics,
                  stopping: threading.Event, sync: object | None) -> None:
         self.config = config
@@ -612,8 +612,8 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
                            SYNC_MODULE, extra={"event": "sync_missing"})
         health_servicer = health.HealthServicer()
         rpc_metrics = RpcMetrics()
-        server, port = create_server(config.listen, services, health_servicer=health_servicer,
-                                     interceptors=[rpc_metrics], max_workers=config.max_workers)
+        server, port = create_threaded_aio_server(config.listen, services, health_servicer=health_servicer,
+                                                  interceptors=[rpc_metrics], max_workers=config.max_workers)
     except BaseException:
         store.close()
         raise
