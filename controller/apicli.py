@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 
 from breakwater.v1 import event_pb2, node_pb2, reasons_pb2, rule_pb2, telemetry_pb2
 
-from .apiclient import ApiClient, ClientSettings, resolve, rule_name_of
+from .apiclient import ENV_SERVER, ApiClient, ClientSettings, resolve, rule_name_of
 from .convert import FRAGMENTS, ORIGINS, rule_to_proto
 from .enforce import load_file
 from .errors import InputError
@@ -85,6 +85,8 @@ def add_rule_flags(p: argparse.ArgumentParser, *, update: bool) -> None:
     m.add_argument("--length", metavar="LO[-HI]", help="IP packet length in bytes")
     m.add_argument("--tcp-flags", metavar="FLAGS", help='e.g. "syn,!ack" (SYN set, ACK clear)')
     m.add_argument("--fragment", choices=["any", "yes", "no"], help="fragments only (yes) or none (no)")
+    m.add_argument("--match-all", action="store_true",
+                   help="match every packet (an empty match; instead of the flags above)")
     a = p.add_argument_group("action")
     a.add_argument("--action", choices=["drop", "rate_limit", "allow", "monitor"],
                    help="what to do with matching packets" + ("" if update else " (required)"))
@@ -114,9 +116,14 @@ def add_rule_flags(p: argparse.ArgumentParser, *, update: bool) -> None:
         where.add_argument("--everywhere", action="store_true", help="every node again")
 
 
-def settings(args: argparse.Namespace) -> ClientSettings:
-    """Where this command's server is (None: not named anywhere)."""
-    return resolve(getattr(args, "server", None), getattr(args, "timeout", None))
+def settings(args: argparse.Namespace, *, required: bool = False) -> ClientSettings:
+    """Where this command's server is (None: not named anywhere; an
+    InputError instead when the command needs one)."""
+    s = resolve(getattr(args, "server", None), getattr(args, "timeout", None))
+    if required and s.server is None:
+        raise InputError(f"no server: give --server HOST:PORT, or set ${ENV_SERVER} "
+                         "(this command talks to a controller or an agent's API)")
+    return s
 
 
 def _client(args: argparse.Namespace, s: ClientSettings) -> ApiClient:
@@ -202,6 +209,11 @@ def rule_patch(args: argparse.Namespace) -> tuple[rule_pb2.Rule, list[str]]:
     if args.fragment is not None:
         m.fragment = FRAGMENTS[args.fragment]
         mark("match.fragment")
+    if args.match_all:
+        if paths:
+            raise InputError(f"--match-all matches every packet: leave out --{paths[0].split('.')[1]}")
+        m.SetInParent()
+        mark("match")
     rate = {"pps": args.pps, "bps": args.bps, "burst_packets": args.burst_packets,
             "burst_bytes": args.burst_bytes}
     rl = r.action.rate_limit
@@ -409,6 +421,9 @@ def rules_create(args: argparse.Namespace, s: ClientSettings) -> int:
     else:
         if not args.id:
             raise InputError("rules create needs a rule ID (or --file FILE)")
+        if not patch.HasField("match"):
+            raise InputError("say which packets: --src, --dst, --protocol, --sport, --dport, --length, "
+                             "--tcp-flags, --fragment, or --match-all for every packet")
         with _client(args, s) as c:
             made = [c.create_rule(args.id, patch, validate_only=args.dry_run)]
     if args.json:

@@ -654,19 +654,19 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_create(args: argparse.Namespace) -> int:
-    return apicli.rules_create(args, apicli.settings(args))
+    return apicli.rules_create(args, apicli.settings(args, required=True))
 
 
 def cmd_rules_update(args: argparse.Namespace) -> int:
-    return apicli.rules_update(args, apicli.settings(args))
+    return apicli.rules_update(args, apicli.settings(args, required=True))
 
 
 def cmd_nodes_list(args: argparse.Namespace) -> int:
-    return apicli.nodes_list(args, apicli.settings(args))
+    return apicli.nodes_list(args, apicli.settings(args, required=True))
 
 
 def cmd_nodes_get(args: argparse.Namespace) -> int:
-    return apicli.nodes_get(args, apicli.settings(args))
+    return apicli.nodes_get(args, apicli.settings(args, required=True))
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
