@@ -944,7 +944,7 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--state-dir", dest="controller_state_dir", metavar="DIR",
                     help="holds controller.db (default /var/lib/breakwater-controller)")
     ct.add_argument("--metrics", metavar="ADDR:PORT",
-                    help='Prometheus metrics address (default 127.0.0.1:9612; "" disables)')
+                    help='Prometheus metrics address (default 127.0.0.1:9613; "" disables)')
     ct.add_argument("--reconcile-interval", type=float, metavar="SECONDS",
                     help="seconds between the reconciling snapshots agents get (default 30)")
     ct.add_argument("--check-config", action="store_true",

@@ -92,8 +92,8 @@ DEFAULT_LISTEN: Final = "127.0.0.1:9610"
 """The gRPC port: loopback by default (the API has no authentication yet);
 ``0.0.0.0:9610`` or ``[::]:9610`` serves agents on other hosts."""
 DEFAULT_STATE_DIR: Final = Path("/var/lib/breakwater-controller")
-DEFAULT_METRICS: Final = "127.0.0.1:9612"
-"""Prometheus metrics (the agent's are on 9611)."""
+DEFAULT_METRICS: Final = "127.0.0.1:9613"
+"""Prometheus metrics (an agent has its metrics on 9611 and its local API on 9612)."""
 DEFAULT_RECONCILE: Final = 30.0
 DEFAULT_EVENTS_KEEP: Final = 1_000_000
 DEFAULT_MAX_WORKERS: Final = 1024
@@ -131,7 +131,7 @@ class ControllerConfig:
 
     listen: str = DEFAULT_LISTEN
     state_dir: Path = DEFAULT_STATE_DIR
-    metrics: tuple[str, int] | None = ("127.0.0.1", 9612)
+    metrics: tuple[str, int] | None = ("127.0.0.1", 9613)
     reconcile_interval: float = DEFAULT_RECONCILE
     """Seconds between the reconciling snapshots every agent gets (SyncService)."""
     heartbeat_timeout: float = 90.0

@@ -52,7 +52,7 @@ TIMEOUT = 10
 
 def test_defaults() -> None:
     cfg = parse_config({})
-    assert cfg.listen == "127.0.0.1:9610" and cfg.metrics == ("127.0.0.1", 9612)
+    assert cfg.listen == "127.0.0.1:9610" and cfg.metrics == ("127.0.0.1", 9613)
     assert cfg.state_dir == Path("/var/lib/breakwater-controller")
     assert (cfg.reconcile_interval, cfg.heartbeat_timeout, cfg.max_lag) == (30.0, 90.0, 10.0)
     assert cfg.to_dict()["listen"] == "127.0.0.1:9610"
