@@ -596,11 +596,11 @@ class SyncClient:
                 if item.error is None:
                     LOGGER.info("controller %s ended the stream", self.target)
                     return registered_at
-                err = item.error
+                err = from_rpc_error(item.error) if isinstance(item.error, grpc.RpcError) else item.error
                 if registered_at is not None:
                     LOGGER.info("controller stream broke: %s", err)
                     return registered_at
-                raise from_rpc_error(err) if isinstance(err, grpc.RpcError) else err
+                raise err
             if isinstance(item, _Response) and item.session == sid:
                 kind = item.message.WhichOneof("message")
                 if registered_at is None:

@@ -1,0 +1,228 @@
+"""The agent syncing with a real ``breakwater controller``, on a real veth.
+
+A controller process on loopback and an agent process protecting bw0 in the
+edge namespace (``--controller``). A rule created through the controller's
+RuleService must drop packets at the agent. Then the controller is killed
+(-9): the agent keeps enforcing; the agent is killed and restarted while the
+controller is still down: it loads the last set it ACKed and still enforces
+it (its first apply would have removed the rule otherwise). The controller
+comes back on the same state: the agent reconnects from the version it
+holds, and a deletion through the API reaches it. On the way, the agent's
+local API shows the controller rule read-only and manages a manual rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from breakwater.v1 import (
+    node_service_pb2,
+    node_service_pb2_grpc,
+    rule_pb2,
+    rule_service_pb2,
+    rule_service_pb2_grpc,
+)
+
+from .lab import CLIENT_V4, EXTRA_V4, IFNAME, NETNS_SIZES, DaemonProc, Topology, detach_quietly
+
+pytestmark = pytest.mark.netns
+
+REPO = Path(__file__).resolve().parents[2]
+LEGIT = CLIENT_V4  # 198.18.0.2
+BLOCKED = EXTRA_V4[0]  # 198.18.0.3: the controller's rule drops it
+LOCAL = EXTRA_V4[1]  # 198.18.0.4: the agent's local API drops it
+NODE_ID = "edge-sync-1"
+INTERVAL = 0.5
+READY_SECONDS = 90.0  # the first start compiles the program
+SYNC_SECONDS = 20.0
+COUNT = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("BREAKWATER_SERVER", None)
+    return env
+
+
+class Proc(DaemonProc):
+    def wait_for(self, what: str, pred: Callable[[dict[str, Any]], bool], timeout: float = SYNC_SECONDS,
+                 after: int = 0) -> dict[str, Any]:
+        """The first log line past line ``after`` that ``pred`` accepts; fail with the log if none comes."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((e for e in self.logs()[after:] if pred(e)), None)
+            if found is not None:
+                return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        pytest.fail(f"no {what} (exit {self.proc.poll()}):\n{self.stderr.read_text()[-6000:]}")
+
+
+@dataclass
+class Cluster:
+    topo: Topology
+    pin_root: Path
+    workdir: Path
+    port: int = field(default_factory=_free_port)
+    api_port: int = field(default_factory=_free_port)
+    metrics_port: int = field(default_factory=_free_port)
+    started: list[Proc] = field(default_factory=list)
+
+    def _spawn(self, name: str, args: list[str]) -> Proc:
+        err = self.workdir / f"{name}{len(self.started)}.err"
+        with err.open("wb") as ferr:
+            proc = subprocess.Popen([sys.executable, "-m", "controller.cli", *args], cwd=REPO, env=_env(),
+                                    stdout=subprocess.DEVNULL, stderr=ferr, stdin=subprocess.DEVNULL)
+        p = Proc(proc, err)
+        self.started.append(p)
+        return p
+
+    def controller(self) -> Proc:
+        p = self._spawn("controller", ["controller", "--listen", f"127.0.0.1:{self.port}", "--state-dir",
+                                       str(self.workdir / "controller"), "--metrics", ""])
+        p.wait_event("controller_ready", 30)
+        return p
+
+    def agent(self) -> Proc:
+        config = self.workdir / "agent.toml"
+        sizes = "\n".join(f"{k} = {v}" for k, v in NETNS_SIZES.as_dict().items())
+        config.write_text(f"""
+interfaces = [{{ name = "{IFNAME}", netns = "{self.topo.edge}", mode = "generic" }}]
+protected = ["198.18.0.0/24"]
+interval = {INTERVAL}
+state_dir = "{self.workdir / 'agent'}"
+pin_root = "{self.pin_root}"
+metrics = "127.0.0.1:{self.metrics_port}"
+controller = "127.0.0.1:{self.port}"
+node_id = "{NODE_ID}"
+labels = {{ site = "lab" }}
+api = "127.0.0.1:{self.api_port}"
+
+[sizes]
+{sizes}
+
+[detect]
+source_pps = 1000000.0  # no automatic rules in this test
+""")
+        p = self._spawn("agent", ["agent", "--config", str(config)])
+        p.wait_event("agent_ready", READY_SECONDS)
+        return p
+
+    def kill_all(self) -> None:
+        for p in self.started:
+            with contextlib.suppress(Exception):
+                p.kill()
+
+
+@pytest.fixture
+def cluster(pin_root: Path, topology: Topology, tmp_path: Path) -> Iterator[Cluster]:
+    """Controller and agent processes; at teardown all are killed, bw0 detached, pins purged."""
+    c = Cluster(topology, pin_root, tmp_path)
+    try:
+        yield c
+    finally:
+        c.kill_all()
+        detach_quietly(topology, pin_root)
+
+
+def _drop_rule(src: str) -> rule_pb2.Rule:
+    return rule_pb2.Rule(match=rule_pb2.Match(src=[src]),
+                         action=rule_pb2.Action(kind=rule_pb2.ACTION_KIND_DROP))
+
+
+def _dropped(topo: Topology, *sources: str) -> dict[str, bool]:
+    """Which of ``sources`` (besides the legitimate one, which must get through) the edge drops."""
+    sent, received = topo.exchange([LEGIT, *sources], COUNT)
+    assert received.get(LEGIT, 0) >= 0.95 * sent[LEGIT], (sent, received)
+    out = {}
+    for src in sources:
+        got = received.get(src, 0)
+        assert got == 0 or got >= 0.95 * sent[src], f"{src}: {got} of {sent[src]}: neither dropped nor passed"
+        out[src] = got == 0
+    return out
+
+
+def _applied(agent: Proc, version: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e.get("event") == "controller_rules_applied" and e.get("version", 0) >= version
+
+
+def test_controller_rule_enforced_and_kept_through_outages(cluster: Cluster) -> None:
+    topo = cluster.topo
+    ctl = cluster.controller()
+    agent = cluster.agent()
+    agent.wait_for("controller_connected", lambda e: e.get("event") == "controller_connected")
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.port}") as channel:
+        rules = rule_service_pb2_grpc.RuleServiceStub(channel)
+        made = rules.CreateRule(rule_service_pb2.CreateRuleRequest(rule_id="block-lab",
+                                                                   rule=_drop_rule(BLOCKED)),
+                                timeout=10, metadata=(("x-breakwater-actor", "netns-test"),))
+        version = made.version
+        agent.wait_for("the rule applied", _applied(agent, version))
+        assert _dropped(topo, BLOCKED, LOCAL) == {BLOCKED: True, LOCAL: False}
+        node = node_service_pb2_grpc.NodeServiceStub(channel).GetNode(
+            node_service_pb2.GetNodeRequest(name=f"nodes/{NODE_ID}"), timeout=10)
+        assert node.applied_rule_version == version and dict(node.labels) == {"site": "lab"}
+
+    # the agent's local API: the controller rule is there, read-only; a manual rule of its own
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.api_port}") as channel:
+        local = rule_service_pb2_grpc.RuleServiceStub(channel)
+        listed = {r.name: r for r in local.ListRules(rule_service_pb2.ListRulesRequest(), timeout=10).rules}
+        assert listed["rules/block-lab"].origin == rule_pb2.RULE_ORIGIN_CONTROLLER
+        with pytest.raises(grpc.RpcError) as info:
+            local.DeleteRule(rule_service_pb2.DeleteRuleRequest(name="rules/block-lab"), timeout=10)
+        assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        local.CreateRule(rule_service_pb2.CreateRuleRequest(rule_id="local-block", rule=_drop_rule(LOCAL)),
+                         timeout=20)
+        assert _dropped(topo, BLOCKED, LOCAL) == {BLOCKED: True, LOCAL: True}
+        local.DeleteRule(rule_service_pb2.DeleteRuleRequest(name="rules/local-block"), timeout=20)
+        assert _dropped(topo, LOCAL) == {LOCAL: False}
+
+    # kill -9 the controller: the agent keeps enforcing
+    ctl.kill()
+    agent.wait_for("controller_disconnected", lambda e: e.get("event") == "controller_disconnected")
+    assert _dropped(topo, BLOCKED) == {BLOCKED: True}
+
+    # restart the agent while the controller is down: it enforces the stored set from its first apply
+    agent.kill()
+    agent = cluster.agent()
+    ready = agent.event("agent_ready")
+    assert ready is not None
+    assert ready["controller_version"] == version and ready["controller_rules"] == ["block-lab"]
+    assert _dropped(topo, BLOCKED) == {BLOCKED: True}
+    assert agent.event("controller_connected") is None
+
+    # the controller returns on its state: the agent resumes from its version; a deletion reaches it
+    mark = len(agent.logs())
+    cluster.controller()
+    agent.wait_for("the reconnect", lambda e: e.get("event") == "controller_connected", timeout=60,
+                   after=mark)
+    connected = next(e for e in agent.logs()[mark:] if e.get("event") == "controller_connected")
+    assert connected["resume_version"] == version
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.port}") as channel:
+        rule_service_pb2_grpc.RuleServiceStub(channel).DeleteRule(
+            rule_service_pb2.DeleteRuleRequest(name="rules/block-lab"), timeout=10)
+    agent.wait_for("the deletion applied", lambda e: e.get("event") == "controller_rules_applied"
+                   and e.get("rules") == 0, after=mark)
+    assert _dropped(topo, BLOCKED) == {BLOCKED: False}
+    assert agent.proc.poll() is None
