@@ -854,7 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-n", "--count", type=int, default=20, help="rows (default 20)")
     t.add_argument("--by", choices=["packets", "bytes", "drops"], default="packets",
                    help="rank by (a server ranks by packets or bytes)")
-    t.add_argument("--watch", action="store_true", help="refresh until interrupted (always, with a server)")
+    t.add_argument("--watch", action="store_true",
+                   help="refresh until interrupted (a server's top always refreshes, unless --json or "
+                        "--iterations)")
     common(t)
     apicli.add_server_flags(t)
     t.add_argument("--node", metavar="NODE_ID", help="with a server: one node (default: the cluster)")
