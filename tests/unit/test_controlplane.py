@@ -369,3 +369,55 @@ def test_check_config_and_bad_flags() -> None:
     bad = _cli("controller", "--check-config", "--reconcile-interval", "0", check=False)
     assert bad.returncode == 2 and "reconcile_interval: 0 is out of range" in bad.stderr
 
+
+
+# --- with the real sync hub -----------------------------------------------------------------
+
+
+def test_nodes_seen_through_a_real_sync_stream(tmp_path: Path) -> None:
+    """An agent's stream (Register, ACK) on the controller's one port: NodeService
+    shows it healthy and current, then unreachable once the stream is gone."""
+    pytest.importorskip("controller.synchub")
+    import queue
+
+    from breakwater.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
+
+    c = create_controller(ControllerConfig(listen="127.0.0.1:0", state_dir=tmp_path, metrics=None))
+    c.start()
+    channel = grpc.insecure_channel(c.address)
+    try:
+        rules = rule_service_pb2_grpc.RuleServiceStub(channel)
+        rules.CreateRule(rule_service_pb2.CreateRuleRequest(rule_id="a", rule=_drop()), timeout=TIMEOUT)
+        up: queue.Queue[sync_service_pb2.SyncRequest | None] = queue.Queue()
+        up.put(sync_service_pb2.SyncRequest(register=sync_service_pb2.Register(
+            node_id="edge-1", labels={"site": "fra1"}, agent_version="0.1.0",
+            mode=node_pb2.AGENT_MODE_ENFORCE)))
+
+        def requests() -> Iterator[sync_service_pb2.SyncRequest]:
+            while (item := up.get()) is not None:
+                yield item
+
+        stream = sync_service_pb2_grpc.SyncServiceStub(channel).Sync(requests())
+        assert next(stream).registered.node == "nodes/edge-1"
+        snapshot = next(stream).snapshot
+        assert [r.name for r in snapshot.rules] == ["rules/a"] and snapshot.version == 1
+        up.put(sync_service_pb2.SyncRequest(ack=sync_service_pb2.Ack(version=snapshot.version)))
+        nodes = node_service_pb2_grpc.NodeServiceStub(channel)
+        get = node_service_pb2.GetNodeRequest(name="nodes/edge-1")
+        deadline = time.monotonic() + 10
+        while (node := nodes.GetNode(get, timeout=TIMEOUT)).applied_rule_version != 1:
+            assert time.monotonic() < deadline, node
+            time.sleep(0.05)
+        assert (node.health, node.connected, node.target_rule_version, node.agent_version, node.mode) == (
+            node_pb2.NODE_HEALTH_HEALTHY, True, 1, "0.1.0", node_pb2.AGENT_MODE_ENFORCE)
+        assert dict(node.labels) == {"site": "fra1"}
+        up.put(None)  # the agent goes away
+        stream.cancel()
+        deadline = time.monotonic() + 10
+        while (node := nodes.GetNode(get, timeout=TIMEOUT)).connected:
+            assert time.monotonic() < deadline, node
+            time.sleep(0.05)
+        assert node.health == node_pb2.NODE_HEALTH_UNREACHABLE and "no sync stream" in node.health_detail
+    finally:
+        channel.close()
+        c.stop(0)
