@@ -8,7 +8,9 @@ controller is still down: it loads the last set it ACKed and still enforces
 it (its first apply would have removed the rule otherwise). The controller
 comes back on the same state: the agent reconnects from the version it
 holds, and a deletion through the API reaches it. On the way, the agent's
-local API shows the controller rule read-only and manages a manual rule.
+local API shows the controller rule read-only and manages a manual rule,
+its events and telemetry reach the controller, and a rule set that does not
+fit the data plane is refused (NACK) with the previous one kept.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +30,18 @@ import grpc
 import pytest
 
 from breakwater.v1 import (
+    event_pb2,
+    event_service_pb2,
+    event_service_pb2_grpc,
     node_service_pb2,
     node_service_pb2_grpc,
     rule_pb2,
     rule_service_pb2,
     rule_service_pb2_grpc,
+    telemetry_service_pb2,
+    telemetry_service_pb2_grpc,
 )
+from controller.compiler import DEFAULT_MAX_SIGNATURES
 
 from .lab import CLIENT_V4, EXTRA_V4, IFNAME, NETNS_SIZES, DaemonProc, Topology, detach_quietly
 
@@ -66,8 +75,6 @@ class Proc(DaemonProc):
     def wait_for(self, what: str, pred: Callable[[dict[str, Any]], bool], timeout: float = SYNC_SECONDS,
                  after: int = 0) -> dict[str, Any]:
         """The first log line past line ``after`` that ``pred`` accepts; fail with the log if none comes."""
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = next((e for e in self.logs()[after:] if pred(e)), None)
@@ -163,6 +170,16 @@ def _dropped(topo: Topology, *sources: str) -> dict[str, bool]:
     return out
 
 
+def _eventually(pred: Callable[[], Any], timeout: float = SYNC_SECONDS) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    return pred()
+
+
 def _applied(agent: Proc, version: int) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e.get("event") == "controller_rules_applied" and e.get("version", 0) >= version
 
@@ -197,6 +214,39 @@ def test_controller_rule_enforced_and_kept_through_outages(cluster: Cluster) -> 
         assert _dropped(topo, BLOCKED, LOCAL) == {BLOCKED: True, LOCAL: True}
         local.DeleteRule(rule_service_pb2.DeleteRuleRequest(name="rules/local-block"), timeout=20)
         assert _dropped(topo, LOCAL) == {LOCAL: False}
+        # its events and telemetry, for this node
+        events = event_service_pb2_grpc.EventServiceStub(channel).ListEvents(
+            event_service_pb2.ListEventsRequest(filter='rule.rule_id = "local-block"'), timeout=10).events
+        assert [(e.rule.kind, e.node) for e in events] == [
+            (event_pb2.RULE_EVENT_KIND_DELETED, f"nodes/{NODE_ID}"),
+            (event_pb2.RULE_EVENT_KIND_CREATED, f"nodes/{NODE_ID}")]
+        telemetry = telemetry_service_pb2_grpc.TelemetryServiceStub(channel)
+        stats = telemetry.GetStats(telemetry_service_pb2.GetStatsRequest(node=f"nodes/{NODE_ID}"),
+                                   timeout=10)
+        assert stats.actions.dropped.packets >= 2 * COUNT and stats.nodes_reporting == 1
+        top = telemetry.ListTopTalkers(telemetry_service_pb2.ListTopTalkersRequest(), timeout=10).top_talkers
+        blocked = next(t for t in top if t.address == BLOCKED)
+        assert blocked.counters.drops >= 2 * COUNT
+        with pytest.raises(grpc.RpcError) as info:
+            telemetry.GetStats(telemetry_service_pb2.GetStatsRequest(node="nodes/someone-else"), timeout=10)
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+    # ... and the controller got them
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.port}") as channel:
+        def reported() -> list[Any]:
+            return list(event_service_pb2_grpc.EventServiceStub(channel).ListEvents(
+                event_service_pb2.ListEventsRequest(filter=f'rule.rule_id = "local-block" AND node = '
+                                                           f'"nodes/{NODE_ID}"'), timeout=10).events)
+
+        assert _eventually(lambda: len(reported()) == 2), reported()
+        talkers = telemetry_service_pb2_grpc.TelemetryServiceStub(channel)
+
+        def seen() -> bool:
+            request = telemetry_service_pb2.ListTopTalkersRequest(parent=f"nodes/{NODE_ID}")
+            top = talkers.ListTopTalkers(request, timeout=10).top_talkers
+            return any(t.address == BLOCKED and t.counters.drops > 0 for t in top)
+
+        assert _eventually(seen)
 
     # kill -9 the controller: the agent keeps enforcing
     ctl.kill()
@@ -225,4 +275,33 @@ def test_controller_rule_enforced_and_kept_through_outages(cluster: Cluster) -> 
     agent.wait_for("the deletion applied", lambda e: e.get("event") == "controller_rules_applied"
                    and e.get("rules") == 0, after=mark)
     assert _dropped(topo, BLOCKED) == {BLOCKED: False}
+
+    # a set that does not fit (one signature rule too many) is refused; the last good one stays
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.port}") as channel:
+        rules = rule_service_pb2_grpc.RuleServiceStub(channel)
+        again = rule_service_pb2.CreateRuleRequest(rule_id="block-again", rule=_drop_rule(BLOCKED))
+        good = rules.CreateRule(again, timeout=10).version
+        agent.wait_for("the rule applied", _applied(agent, good))
+        many = [rule_service_pb2.CreateRuleRequest(rule_id=f"sig-{i}", rule=rule_pb2.Rule(
+            match=rule_pb2.Match(protocol=17, dport=rule_pb2.Range(lo=20000 + i, hi=20000 + i)),
+            action=rule_pb2.Action(kind=rule_pb2.ACTION_KIND_DROP)))
+            for i in range(DEFAULT_MAX_SIGNATURES + 1)]
+        too_big = rules.BatchCreateRules(rule_service_pb2.BatchCreateRulesRequest(requests=many),
+                                         timeout=30).rules[0].version
+        nack = agent.wait_for("the NACK", lambda e: e.get("event") == "controller_rules_nacked", after=mark)
+        assert (nack["version"], nack["last_good_version"], nack["code"]) == (
+            too_big, good, "APPLY_ERROR_CODE_CAPACITY")
+        nodes = node_service_pb2_grpc.NodeServiceStub(channel)
+
+        def current() -> Any:
+            return nodes.GetNode(node_service_pb2.GetNodeRequest(name=f"nodes/{NODE_ID}"), timeout=10)
+
+        assert _eventually(lambda: current().last_error.code == rule_pb2.APPLY_ERROR_CODE_CAPACITY)
+        assert current().applied_rule_version == good
+        assert _dropped(topo, BLOCKED) == {BLOCKED: True}
+        # one fewer fits
+        rules.DeleteRule(rule_service_pb2.DeleteRuleRequest(name="rules/sig-0"), timeout=10)
+        assert _eventually(lambda: current().applied_rule_version > too_big, timeout=SYNC_SECONDS)
+        assert not current().HasField("last_error")
+    assert _dropped(topo, BLOCKED) == {BLOCKED: True}
     assert agent.proc.poll() is None
