@@ -458,6 +458,29 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
     def __init__(self, backend: RuleBackend, *, clock: Clock = _now) -> None:
         self._backend = backend
         self._clock = clock
+        self._protos: dict[str, tuple[tuple[object, ...], rule_pb2.Rule]] = {}
+        self._protos_lock = threading.Lock()
+
+    def _proto(self, rule: ScopedRule) -> rule_pb2.Rule:
+        """The wire form of a stored rule, converted once per version of it
+        (a listing with a filter looks at every rule). The messages are
+        shared: never change one."""
+        key = (rule.etag, rule.version, rule.create_time, rule.update_time, rule.scope)
+        with self._protos_lock:
+            found = self._protos.get(rule.id)
+        if found is not None and found[0] == key and rule.etag:
+            return found[1]
+        msg = rule_to_proto(rule)
+        with self._protos_lock:
+            self._protos[rule.id] = (key, msg)
+        return msg
+
+    def _forget_gone(self, rules: Sequence[ScopedRule]) -> None:
+        """Drop the cached forms of rules no longer stored (when the cache outgrows the set)."""
+        with self._protos_lock:
+            if len(self._protos) > 2 * len(rules) + 1024:
+                live = {r.id for r in rules}
+                self._protos = {k: v for k, v in self._protos.items() if k in live}
 
     def ListRules(self, request: rule_service_pb2.ListRulesRequest,
                   context: grpc.ServicerContext) -> rule_service_pb2.ListRulesResponse:
@@ -468,11 +491,12 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
         if after is not None and not isinstance(after, str):
             raise FieldError("page_token", "not a page token of rule listings")
         version, rules = self._backend.rule_snapshot(include_expired=request.show_expired)
+        self._forget_gone(rules)
         start = 0 if after is None else bisect.bisect_right([r.id for r in rules], after)
         page: list[rule_pb2.Rule] = []
         more = False
         for r in rules[start:]:
-            msg = rule_to_proto(r)
+            msg = self._proto(r)
             if not selected(msg):
                 continue
             if len(page) == size:
@@ -484,7 +508,7 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
 
     def GetRule(self, request: rule_service_pb2.GetRuleRequest,
                 context: grpc.ServicerContext) -> rule_pb2.Rule:
-        return rule_to_proto(self._backend.get_rule(parse_rule_name(request.name, "name")))
+        return self._proto(self._backend.get_rule(parse_rule_name(request.name, "name")))
 
     def _new_rule(self, request: rule_service_pb2.CreateRuleRequest, prefix: str, now: datetime,
                   actor: str) -> ScopedRule:

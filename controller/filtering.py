@@ -45,6 +45,7 @@ token cannot be reused with another filter).
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import ipaddress
 import operator
@@ -270,14 +271,22 @@ def _compare(op: str, got: object, want: object) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A prefix of a stored rule, parsed once (a filter is run over every rule)."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
 def _contains(prefixes: Sequence[str], wanted: str) -> bool:
-    net = ipaddress.ip_network(wanted)
+    net = _network(wanted)
+    if net is None:
+        return False
     for text in prefixes:
-        try:
-            held = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            continue
-        if held.version == net.version and net.subnet_of(held):  # type: ignore[arg-type]
+        held = _network(text)
+        if held is not None and held.version == net.version and net.subnet_of(held):  # type: ignore[arg-type]
             return True
     return False
 
