@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +113,12 @@ class Cluster:
         p.wait_event("controller_ready", 30)
         return p
 
-    def agent(self) -> Proc:
-        config = self.workdir / "agent.toml"
+    @property
+    def config(self) -> Path:
+        return self.workdir / "agent.toml"
+
+    def write_config(self, site: str = "lab") -> None:
+        config = self.config
         sizes = "\n".join(f"{k} = {v}" for k, v in NETNS_SIZES.as_dict().items())
         config.write_text(f"""
 interfaces = [{{ name = "{IFNAME}", netns = "{self.topo.edge}", mode = "generic" }}]
@@ -123,7 +129,7 @@ pin_root = "{self.pin_root}"
 metrics = "127.0.0.1:{self.metrics_port}"
 controller = "127.0.0.1:{self.port}"
 node_id = "{NODE_ID}"
-labels = {{ site = "lab" }}
+labels = {{ site = "{site}" }}
 api = "127.0.0.1:{self.api_port}"
 
 [sizes]
@@ -132,7 +138,10 @@ api = "127.0.0.1:{self.api_port}"
 [detect]
 source_pps = 1000000.0  # no automatic rules in this test
 """)
-        p = self._spawn("agent", ["agent", "--config", str(config)])
+
+    def agent(self) -> Proc:
+        self.write_config()
+        p = self._spawn("agent", ["agent", "--config", str(self.config)])
         p.wait_event("agent_ready", READY_SECONDS)
         return p
 
@@ -180,6 +189,15 @@ def _eventually(pred: Callable[[], Any], timeout: float = SYNC_SECONDS) -> Any:
     return pred()
 
 
+def _metrics(port: int, name: str) -> float | None:
+    """The value of the first sample of ``name`` on the agent's metrics page."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def _applied(agent: Proc, version: int) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e.get("event") == "controller_rules_applied" and e.get("version", 0) >= version
 
@@ -200,6 +218,20 @@ def test_controller_rule_enforced_and_kept_through_outages(cluster: Cluster) -> 
         node = node_service_pb2_grpc.NodeServiceStub(channel).GetNode(
             node_service_pb2.GetNodeRequest(name=f"nodes/{NODE_ID}"), timeout=10)
         assert node.applied_rule_version == version and dict(node.labels) == {"site": "lab"}
+        metrics = _eventually(lambda: _metrics(cluster.metrics_port, "breakwater_controller_rule_version")
+                              == version)
+        assert metrics, _metrics(cluster.metrics_port, "breakwater_controller_rule_version")
+        assert _metrics(cluster.metrics_port, "breakwater_controller_connected") == 1
+
+        # SIGHUP with new labels: the agent registers again, keeping its rules
+        mark = len(agent.logs())
+        cluster.write_config(site="lab2")
+        agent.proc.send_signal(signal.SIGHUP)
+        agent.wait_for("the new registration", lambda e: e.get("event") == "controller_connected", after=mark)
+        assert _eventually(lambda: dict(node_service_pb2_grpc.NodeServiceStub(channel).GetNode(
+            node_service_pb2.GetNodeRequest(name=f"nodes/{NODE_ID}"), timeout=10).labels) == {"site": "lab2"})
+        assert _dropped(topo, BLOCKED) == {BLOCKED: True}
+        cluster.write_config()
 
     # the agent's local API: the controller rule is there, read-only; a manual rule of its own
     with grpc.insecure_channel(f"127.0.0.1:{cluster.api_port}") as channel:
