@@ -18,11 +18,12 @@ stream lasts:
   ``rule_events`` tables of :class:`~controller.store.Store`) go up as
   ``LocalEvents`` in the order of their shared sequence, one batch in
   flight at a time; the sequence of the last batch gRPC has handed to the
-  transport is stored, so events logged while
-  the controller is away go up when the stream returns, and nothing goes
-  twice while the stream is healthy (a stream that breaks with a batch in
-  flight may lose that batch or, if the break comes before it was handed
-  over, send it again on the next stream);
+  transport is stored, so events logged while the controller is away go up
+  when the stream returns, and nothing goes twice while the stream is
+  healthy (a stream that breaks with a batch in flight may lose that batch
+  or, if the break comes before it was handed over, send it again on the
+  next stream). The first sync of a store starts the cursor at its newest
+  event: history from before the agent had a controller stays local;
 * :meth:`SyncClient.offer_telemetry` queues a ``TelemetrySummary`` from the
   agent's loop; while there is no stream, or the queue is full
   (:data:`TELEMETRY_BACKLOG`), summaries are dropped (counted), never
