@@ -30,12 +30,13 @@ sqlite errors are converted here, once, into :class:`FleetStoreError`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,6 +190,17 @@ class AuditRow:
                 "version": self.version, "actor": self.actor, "action": self.action,
                 "rule_id": self.rule_id, "reason": self.reason, "before": self.before,
                 "after": self.after}
+
+
+_NODE_COLUMNS: Final[Mapping[str, Callable[[Any], Any]]] = {
+    "connected": int,
+    "target_version": int,
+    "applied_version": int,
+    "applied_time": _ts,
+    "last_heartbeat": _ts,
+    "last_error": lambda v: None if v is None else json.dumps(dict(v)),
+}
+"""The node fields update_node(s) may change, and each one's column value."""
 
 
 def _node_row(node: NodeRecord) -> tuple[Any, ...]:
@@ -518,24 +530,32 @@ class FleetStore:
     def update_nodes(self, changes: Mapping[str, Mapping[str, Any]], *,
                      now: datetime | None = None) -> list[NodeRecord]:
         """:meth:`update_node` for many nodes in one transaction, all or none
-        (the sync hub writes every node's state this way, in batches). An
-        unknown node or field is refused before anything is written."""
+        (the sync hub writes every node's state this way, in batches): only
+        the changed columns are written. An unknown node or field is refused
+        before anything is written."""
         at = now or datetime.now(UTC)
-        allowed = {"connected", "target_version", "applied_version", "applied_time", "last_error",
-                   "last_heartbeat"}
         with self._lock:
             new: list[NodeRecord] = []
+            by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
             for node_id, fields_ in changes.items():
-                unknown = set(fields_) - allowed
+                unknown = set(fields_) - _NODE_COLUMNS.keys()
                 if unknown:
                     raise FieldError(sorted(unknown)[0],
-                                     f"not a node field; known: {', '.join(sorted(allowed))}")
-                new.append(replace(self.node(node_id), **{"last_heartbeat": at, **fields_}))
+                                     f"not a node field; known: {', '.join(sorted(_NODE_COLUMNS))}")
+                values = {"last_heartbeat": at, **fields_}
+                record = copy.copy(self.node(node_id))  # the fields are the store's own: no re-validation
+                for name, value in values.items():
+                    object.__setattr__(record, name, value)
+                new.append(record)
+                names = tuple(sorted(values))
+                by_columns.setdefault(names, []).append(
+                    (*(_NODE_COLUMNS[n](values[n]) for n in names), node_id))
             if not new:
                 return []
             with self._tx("write nodes") as db:
-                db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               [_node_row(n) for n in new])
+                for names, rows in by_columns.items():
+                    sets = ", ".join(f"{n} = ?" for n in names)
+                    db.executemany(f"UPDATE nodes SET {sets} WHERE id = ?", rows)
             for n in new:
                 self._nodes[n.node_id] = n
         return new

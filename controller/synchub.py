@@ -53,6 +53,16 @@ so each snapshot and each delta is built and serialized once per group
 bytes. Node state (registrations, ACKs, NACKs, heartbeats, disconnects) is
 written by one thread, in order, many nodes per transaction.
 
+**Garbage collection.** A thousand streams are a lot of long-lived objects,
+and CPython's cyclic collector rescans all of them in every full
+collection: at 1000 agents those pauses reach tens to hundreds of
+milliseconds, right in the propagation path. So, ``gc_settle_seconds``
+after the last new stream, the hub collects once and freezes what exists
+(``gc.freeze``: the collector leaves those objects alone), and redoes that
+every ``gc_refreeze_seconds`` (``gc.unfreeze``, collect, freeze) so cyclic
+garbage that was frozen along is reclaimed. Full collections then cost a
+few milliseconds. ``[sync] gc_freeze = false`` turns it off.
+
 **Wiring (the hook the controller calls).** ``controller.controlplane``
 calls :func:`add_sync_services` with its service registry, store, event
 log and configuration (and its API backend, whose ``apply`` publishes rule
@@ -73,6 +83,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import difflib
+import gc
 import logging
 import math
 import random
@@ -141,10 +152,20 @@ class SyncConfig:
     """Sources per TelemetrySummary (Registered.top_sources)."""
     controller_id: str = ""
     """Registered.controller_id; empty: the host name."""
-    node_write_interval: float = 0.05
-    """Node state is written at most this often (seconds), many nodes per transaction."""
+    node_write_interval: float = 0.25
+    """Node state (applied version, heartbeats, ...) is written at most this
+    often (seconds), many nodes per transaction: NodeService sees an ACK up
+    to this much later. Registrations are written at once."""
     heartbeat_write_interval: float = 1.0
     """A node's heartbeat alone (no other change) is written at most this often."""
+    gc_freeze: bool = True
+    """Freeze the process's long-lived objects out of the cyclic garbage
+    collector once the streams settle (see the module docstring)."""
+    gc_settle_seconds: float = 3.0
+    """... that long after the last new stream ..."""
+    gc_refreeze_seconds: float = 600.0
+    """... and again this often (unfreeze, collect, freeze), so garbage that
+    was frozen with them is collected in the end."""
 
     def __post_init__(self) -> None:
         _num(self.reconcile_interval, "reconcile_interval", 1, 86400)
@@ -156,6 +177,10 @@ class SyncConfig:
             raise FieldError("controller_id", "expected a string of at most 253 characters")
         _num(self.node_write_interval, "node_write_interval", 0, 10)
         _num(self.heartbeat_write_interval, "heartbeat_write_interval", 0, 3600)
+        if not isinstance(self.gc_freeze, bool):
+            raise FieldError("gc_freeze", f"expected true or false, got {self.gc_freeze!r}")
+        _num(self.gc_settle_seconds, "gc_settle_seconds", 0, 3600)
+        _num(self.gc_refreeze_seconds, "gc_refreeze_seconds", 1, 86400)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], **defaults: Any) -> SyncConfig:
@@ -343,13 +368,17 @@ class _NodeWriter:
         return future
 
     def update(self, node_id: str, **fields_: Any) -> None:
+        self.update_many({node_id: fields_})
+
+    def update_many(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
         with self._cv:
             tail = self._ops[-1] if self._ops else None
             if not isinstance(tail, dict):
                 tail = {}
                 self._ops.append(tail)
                 self._cv.notify()
-            tail.setdefault(node_id, {}).update(fields_)
+            for node_id, fields_ in changes.items():
+                tail.setdefault(node_id, {}).update(fields_)
 
     def close(self) -> None:
         with self._cv:
@@ -433,18 +462,22 @@ class _Stream:
 
 
 class _Memory:
-    """What the hub sent a node id (across its streams): the views it
-    acknowledged or had in flight last, by version, and the highest version
-    it was given."""
+    """What the hub sent a node id (across its streams): the view it last
+    ACKed and the one it had in flight last, and the highest version it was
+    given."""
 
-    __slots__ = ("last_version", "views")
+    __slots__ = ("acked", "last_version", "sent")
 
     def __init__(self) -> None:
-        self.views: dict[int, _View] = {}
+        self.acked: _View | None = None
+        self.sent: _View | None = None
         self.last_version = 0
 
-    def keep(self, *views: _View | None) -> None:
-        self.views = {v.version: v for v in views if v is not None}
+    def view(self, version: int) -> _View | None:
+        for v in (self.acked, self.sent):
+            if v is not None and v.version == version:
+                return v
+        return None
 
 
 def _register_doc(reg: sync_service_pb2.Register) -> dict[str, Any]:
@@ -480,6 +513,9 @@ class SyncHub:
         self._node_views: dict[str, _View] = {}
         self._protos: dict[str, tuple[str, rule_pb2.Rule]] = {}
         self._deltas: dict[tuple[_View, _View], bytes] = {}
+        self._notes: dict[str, dict[str, Any]] = {}
+        self._notes_scheduled = False
+        self._gc_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -553,8 +589,15 @@ class SyncHub:
         live = set(index.rules)
         for rid in [rid for rid in self._protos if rid not in live]:
             del self._protos[rid]
+        targets: dict[str, dict[str, Any]] = {}
         for st in list(self._streams.values()):
-            self._retarget(st)
+            view = self._target_for(st)
+            if view is not st.target:
+                st.target = view
+                targets[st.node_id] = {"target_version": view.version}
+                self._pump(st)
+        if targets:
+            self._writer.update_many(targets)
 
     # -- targets and messages --
 
@@ -580,13 +623,6 @@ class SyncHub:
         if memory is not None and view.version > memory.last_version:
             memory.last_version = view.version
         return view
-
-    def _retarget(self, st: _Stream) -> None:
-        view = self._target_for(st)
-        if view is not st.target:
-            st.target = view
-            self._writer.update(st.node_id, target_version=view.version)
-            self._pump(st)
 
     def _proto(self, rule: ScopedRule) -> rule_pb2.Rule:
         found = self._protos.get(rule.id)
@@ -642,11 +678,28 @@ class SyncHub:
     def _send(self, st: _Stream, view: _View, message: bytes, kind: str) -> None:
         st.outstanding = view
         st.sent_at = time.monotonic()
-        memory = self._memory.setdefault(st.node_id, _Memory())
-        memory.keep(st.acked, view)
-        memory.last_version = max(memory.last_version, view.version)
+        memory = self._memory.get(st.node_id)
+        if memory is None:
+            memory = self._memory[st.node_id] = _Memory()
+        memory.acked, memory.sent = st.acked, view
+        if view.version > memory.last_version:
+            memory.last_version = view.version
         self.counts[kind] += 1
         st.put(message)
+
+    def _settled(self) -> None:
+        """Streams opened a while ago: freeze the long-lived objects (see the module docstring)."""
+        if not self.config.gc_freeze or self._closed.is_set() or self._loop is None:
+            return
+        if self._gc_timer is not None:
+            self._gc_timer.cancel()
+        started = time.perf_counter()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        LOGGER.debug("gc: %d objects frozen (%.1f ms)", gc.get_freeze_count(),
+                     (time.perf_counter() - started) * 1e3)
+        self._gc_timer = self._loop.call_later(self.config.gc_refreeze_seconds, self._settled)
 
     def _schedule_reconcile(self, st: _Stream, delay: float) -> None:
         loop = self._loop
@@ -659,6 +712,23 @@ class SyncHub:
         if not st.ended:
             st.reconcile_due = True
             self._pump(st)
+
+    def _note(self, node_id: str, **fields_: Any) -> None:
+        """Queue a node state change; handed to the writer once per loop turn."""
+        pending = self._notes.get(node_id)
+        if pending is None:
+            self._notes[node_id] = fields_
+        else:
+            pending.update(fields_)
+        if not self._notes_scheduled and self._loop is not None:
+            self._notes_scheduled = True
+            self._loop.call_soon(self._flush_notes)
+
+    def _flush_notes(self) -> None:
+        self._notes_scheduled = False
+        notes, self._notes = self._notes, {}
+        if notes:
+            self._writer.update_many(notes)
 
     # -- a stream's life --
 
@@ -686,12 +756,16 @@ class SyncHub:
         st.put(sync_service_pb2.SyncResponse(registered=registered).SerializeToString())
         memory = self._memory.get(node_id)
         if reg.resume_version and memory is not None:
-            st.acked = memory.views.get(reg.resume_version)
+            st.acked = memory.view(reg.resume_version)
         st.target = self._target_for(st)
         self._writer.update(node_id, target_version=st.target.version)
         self._pump(st)
         interval = self.config.reconcile_interval
         self._schedule_reconcile(st, interval * random.uniform(0.5, 1.0))
+        if self.config.gc_freeze and self._loop is not None:
+            if self._gc_timer is not None:
+                self._gc_timer.cancel()
+            self._gc_timer = self._loop.call_later(self.config.gc_settle_seconds, self._settled)
         LOGGER.info("node %s registered from %s (labels %s, resume from %d, sent %s %d)", node_id, peer,
                     labels, reg.resume_version, "delta" if st.acked else "snapshot", st.target.version,
                     extra={"event": "sync_registered", "node": node_id, "resume_version": reg.resume_version,
@@ -745,7 +819,7 @@ class SyncHub:
                                         "events")
         if now - st.last_touch >= self.config.heartbeat_write_interval and which not in ("ack", "nack"):
             st.last_touch = now
-            self._writer.update(st.node_id)
+            self._note(st.node_id)
 
     def _on_ack(self, st: _Stream, version: int, now: float) -> None:
         view = st.outstanding
@@ -758,10 +832,12 @@ class SyncHub:
         st.acked = view
         st.nacked = None
         st.last_touch = now
-        self._memory.setdefault(st.node_id, _Memory()).keep(view)
+        memory = self._memory.get(st.node_id)
+        if memory is not None:
+            memory.acked = view
         self.counts["acks"] += 1
         self.round_trip.observe(now - st.sent_at)
-        self._writer.update(st.node_id, applied_version=view.version, applied_time=_now(), last_error=None)
+        self._note(st.node_id, applied_version=view.version, applied_time=_now(), last_error=None)
         self._pump(st)
 
     def _on_nack(self, st: _Stream, nack: sync_service_pb2.Nack, now: float) -> None:
@@ -785,7 +861,7 @@ class SyncHub:
                        nack.last_good_version, nack.error.message or "no reason given",
                        extra={"event": "sync_nack", "node": st.node_id, "version": view.version,
                               "last_good_version": nack.last_good_version, "error": error})
-        self._writer.update(st.node_id, last_error=error)
+        self._note(st.node_id, last_error=error)
         self._pump(st)
 
     def _publish(self, node_id: str, events: list[event_pb2.Event]) -> None:
@@ -815,6 +891,10 @@ class SyncHub:
     def close(self) -> None:
         """Stop the watcher, write what is pending (call after the server stopped)."""
         self._closed.set()
+        if self._gc_timer is not None:
+            self._gc_timer.cancel()
+            if self.config.gc_freeze:
+                gc.unfreeze()
         if self._watcher is not None:
             self._watcher.join(WATCH_SECONDS * 4)
         self._event_pool.shutdown(wait=True)
