@@ -64,12 +64,12 @@ from breakwater.v1 import node_pb2
 
 from .agentconfig import ConfigError, parse_metrics
 from .api import ControllerBackend, EventServicer, HealthPolicy, NodeServicer, RuleServicer, api_services
-from .errors import BreakwaterError
+from .errors import BreakwaterError, SetupError
 from .eventlog import EventLog
 from .fleetstore import FleetStore
 from .metrics import Exposition, MetricsServer
 from .rpc import AioServerThread, Service, code_of, create_threaded_aio_server
-from .rules import ORIGINS
+from .rules import ORIGINS, FieldError
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -469,7 +469,12 @@ class Controller:
                 return
             self._started = True
         if self.config.metrics is not None:
-            self._metrics_server = MetricsServer(*self.config.metrics)
+            host, port = self.config.metrics
+            try:
+                self._metrics_server = MetricsServer(host, port)
+            except OSError as exc:
+                raise SetupError(f"metrics {host}:{port}: cannot listen ({exc.strerror or exc}); "
+                                 "is the port in use? (--metrics \"\" disables)") from exc
             self._metrics_server.publish(self.metrics_text())
             self._metrics_server.start()
         self.server.start()
@@ -605,7 +610,10 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
         module = _sync_module() if sync else None
         if module is not None:
             registry = ServiceRegistry(backend)
-            hub = _add_sync(module, registry, store, events, config)
+            try:
+                hub = _add_sync(module, registry, store, events, config)
+            except FieldError as exc:  # a bad [sync]/[telemetry]/[fleet] key: name the file too
+                raise ConfigError(config.source, exc.path, exc.what) from None
             services += registry.services
         elif sync:
             LOGGER.warning("%s is not installed: serving the API without SyncService/TelemetryService",

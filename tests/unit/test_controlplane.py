@@ -421,3 +421,26 @@ def test_nodes_seen_through_a_real_sync_stream(tmp_path: Path) -> None:
     finally:
         channel.close()
         c.stop(0)
+
+
+def test_bad_sync_table_names_the_file_and_key(tmp_path: Path) -> None:
+    pytest.importorskip("controller.synchub")
+    cfg = parse_config({"listen": "127.0.0.1:0", "state_dir": str(tmp_path), "metrics": "",
+                        "sync": {"bogus": 1}}, "controller.toml")
+    with pytest.raises(ConfigError) as info:
+        create_controller(cfg)
+    assert info.value.path == "sync.bogus" and str(info.value).startswith("controller.toml: sync.bogus: ")
+
+
+def test_busy_metrics_port_is_a_setup_error(ctl: Controller, tmp_path: Path) -> None:
+    from controller.errors import SetupError
+
+    assert ctl._metrics_server is not None
+    busy = ctl._metrics_server.address
+    cfg = ControllerConfig(listen="127.0.0.1:0", state_dir=tmp_path / "other", metrics=busy)
+    other = create_controller(cfg, sync=False)
+    try:
+        with pytest.raises(SetupError, match="cannot listen"):
+            other.start()
+    finally:
+        other.stop(0)
