@@ -4,10 +4,12 @@ One process, one gRPC server on one port (``--listen``, default
 ``127.0.0.1:9610``) serving RuleService, NodeService and EventService
 (:mod:`controller.api`), the agents' SyncService and TelemetryService
 (:mod:`controller.synchub`, when that module is present), the standard
-health service and server reflection. State is one SQLite file in WAL mode
-under ``--state-dir`` (:class:`~controller.fleetstore.FleetStore`): every
-change is committed before it is answered, so kill -9 loses nothing that
-was acknowledged. A background thread sweeps expired rules every second
+health service and server reflection, served on grpc.aio
+(:func:`~controller.rpc.create_threaded_aio_server`: the agents' streams on
+the event loop, the API's sync servicers on its thread pool). State is one
+SQLite file in WAL mode under ``--state-dir``
+(:class:`~controller.fleetstore.FleetStore`): every change is committed
+before it is answered, so kill -9 loses nothing that was acknowledged. A background thread sweeps expired rules every second
 (each sweep one rule set version, each removed rule a
 RULE_EVENT_KIND_EXPIRED event), prunes the event log to ``events_keep``
 and renders the Prometheus metrics. Logs are JSON lines on stderr.
