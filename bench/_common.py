@@ -23,6 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from controller import dataplane
+
 __all__ = [
     "PROGS_DIR",
     "CpuTimes",
@@ -253,17 +255,8 @@ def ensure_tool(binary: str, package: str) -> str:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a bpffs directory of pins (bpffs has unlink and rmdir, nothing else)."""
-    if not path.exists():
-        return
-    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
-        with contextlib.suppress(FileNotFoundError):
-            if p.is_dir() and not p.is_symlink():
-                p.rmdir()
-            else:
-                p.unlink()
-    with contextlib.suppress(FileNotFoundError):
-        path.rmdir()
+    """Remove a bpffs directory of pins (controller.dataplane.remove_pin_tree)."""
+    dataplane.remove_pin_tree(path)
 
 
 def owned(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -42,11 +42,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import _common as c
@@ -1552,27 +1551,6 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
-@contextlib.contextmanager
-def terminate_cleanly() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every cleanup runs."""
-    main_pid = os.getpid()
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if os.getpid() != main_pid:
-            # A forked helper (pyroute2 forks to open sockets in a namespace)
-            # inherits this handler: it must die quietly, never unwind the
-            # parent's cleanups (which would delete the lab under the parent).
-            os._exit(128 + signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     if os.geteuid() != 0:
@@ -1582,7 +1560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     status = 0
     try:
-        with terminate_cleanly(), contextlib.ExitStack() as stack:
+        with c.terminate_cleanly(), contextlib.ExitStack() as stack:
             try:
                 with contextlib.ExitStack() as a_stack:
                     part_a(opts, a_stack)

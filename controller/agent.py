@@ -200,6 +200,9 @@ class Agent:
         self._config_path = config_path
         self._overrides = dict(overrides or {})
         self._ifaces: list[_Interface] = []
+        # Held while the interface list changes, and by a scrape rendering
+        # metrics on the metrics thread (it reads every interface's maps).
+        self._ifaces_lock = threading.RLock()
         self._store: Store | None = None
         self._metrics: MetricsServer | None = None
         self._wake = threading.Event()
@@ -230,14 +233,11 @@ class Agent:
         for icfg in cfg.interfaces:
             self._ifaces.append(self._bring_up(icfg, reason="start"))
         if cfg.metrics is not None:
-            self._metrics = MetricsServer(*cfg.metrics)
+            self._metrics = MetricsServer(*cfg.metrics, render=self.render_metrics)
             self._metrics.start()
-        for iface in self._ifaces:
-            self._refresh_fill(iface, time.monotonic())
         self._update_view()
         self._start_api()
         self._start_sync()
-        self._publish()
         LOGGER.info("agent ready", extra={
             "event": "agent_ready", "interfaces": [i.name for i in self._ifaces], "mode": cfg.mode,
             "interval": cfg.interval,
@@ -346,8 +346,9 @@ class Agent:
         self._cancel_calls()
         if self._metrics is not None:
             self._metrics.close()
-        for iface in self._ifaces:
-            iface.maps.close()
+        with self._ifaces_lock:
+            for iface in self._ifaces:
+                iface.maps.close()
         if cfg.detach_on_exit:
             for iface in self._ifaces:
                 with contextlib.suppress(BreakwaterError):
@@ -376,7 +377,6 @@ class Agent:
                     LOGGER.error("%s: interval failed: %s", iface.name, exc,
                                  extra={"event": "interval_failed", "interface": iface.name})
             self._report()
-            self._publish()
             next_at += self.config.interval
             now = time.monotonic()
             if next_at < now:  # overran: start the next interval now, do not catch up
@@ -425,8 +425,6 @@ class Agent:
         if mono - self._pruned_at >= PRUNE_SECONDS:
             self._pruned_at = mono
             self._store.prune_events(KEEP_EVENTS)
-        if mono - iface.fill_at >= FILL_SECONDS:
-            self._refresh_fill(iface, mono)
         iface.last_loop = time.monotonic() - t0
         iface.loop_hist.observe(iface.last_loop)
         if iface.last_loop > cfg.interval:
@@ -583,10 +581,12 @@ class Agent:
         The interfaces that end up managed are written back to the configuration."""
         wanted = {(i.name, i.netns): i for i in new.interfaces}
         kept: list[_Interface] = []
-        for iface in self._ifaces:
+        for iface in list(self._ifaces):
             icfg = wanted.get((iface.name, iface.cfg.netns))
             if icfg is None:
-                self._release(iface)
+                with self._ifaces_lock:  # out of the list before its maps close
+                    self._ifaces.remove(iface)
+                    self._release(iface)
                 continue
             if icfg.mode != iface.cfg.mode:
                 LOGGER.warning("%s: attach mode %s -> %s is not applied on reload (it needs a detach): "
@@ -603,7 +603,8 @@ class Agent:
             except BreakwaterError as exc:
                 LOGGER.error("%s: added in the configuration but not attached: %s", icfg.name, exc,
                              extra={"event": "interface_add_failed", "interface": icfg.name})
-        self._ifaces = kept
+        with self._ifaces_lock:
+            self._ifaces = kept
         self.config = replace(self.config, interfaces=tuple(i.cfg for i in kept))
 
     def _rebind_metrics(self, address: tuple[str, int] | None) -> None:
@@ -612,7 +613,7 @@ class Agent:
         server: MetricsServer | None = None
         if address is not None:
             try:
-                server = MetricsServer(*address)
+                server = MetricsServer(*address, render=self.render_metrics)
                 server.start()
             except (OSError, BreakwaterError) as exc:
                 LOGGER.error("metrics address %s:%d not bound, keeping the old one: %s", *address, exc,
@@ -951,18 +952,20 @@ class Agent:
                 m = iface.maps[name]
                 iface.fill[name] = (m.count(), m.max_entries)
 
-    def _publish(self) -> None:
-        if self._metrics is None:
-            return
-        try:
-            self._metrics.publish(self.render_metrics())
-        except BreakwaterError as exc:
-            LOGGER.warning("metrics not updated: %s", exc)
-
     def render_metrics(self) -> str:
+        """The metrics text, collected now: a scrape calls this on the metrics
+        thread, so the detection loop pays nothing for metrics. Map fill (a
+        full read of each main map) is re-counted at most every FILL_SECONDS."""
+        with self._ifaces_lock:
+            return self._render_metrics()
+
+    def _render_metrics(self) -> str:
         ex = Exposition()
         ex.family("breakwater_packets_total", "counter", "Packets by data-plane action.")
+        mono = time.monotonic()
         for iface in self._ifaces:
+            if not iface.fill or mono - iface.fill_at >= FILL_SECONDS:
+                self._refresh_fill(iface, mono)
             lab = {"interface": iface.name}
             for action, t in counters.action_totals(iface.maps).items():
                 ex.add("breakwater_packets_total", "counter", "Packets by data-plane action.", t.packets,

@@ -259,6 +259,18 @@ class PinnedMap:
                 values.append(v)
         return b"".join(keys), b"".join(values), len(keys)
 
+    def read_arrays(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`read_all` as uint8 arrays the kernel wrote into directly
+        (no copies: the counter harvest reads its big maps this way)."""
+        if self.spec.type_name not in BATCH_TYPES:
+            keys, values, n = self.read_all()
+            return np.frombuffer(keys, dtype=np.uint8), np.frombuffer(values, dtype=np.uint8), n
+        try:
+            return lb.map_lookup_batch_arrays(self.fd, self.spec.key_size, self.spec.full_value_size(),
+                                              self.max_entries)
+        except BreakwaterError as exc:
+            raise self._fail("read", exc) from exc
+
     def _iter_keys(self) -> Iterator[bytes]:
         key: bytes | None = None
         while True:

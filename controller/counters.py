@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import dataclass
+from collections.abc import Container
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class Sources:
     v4: np.ndarray  # SRC_COUNTERS_DTYPE
     v6_keys: np.ndarray  # dtype S16
     v6: np.ndarray
+    # Entries in each exact deny map read ("v4", "v6"; a family not read is absent).
+    deny_entries: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.v4) + len(self.v6)
@@ -59,16 +62,17 @@ class Sources:
         return {name: int(row[name]) for name in abi.SRC_COUNTER_FIELDS}
 
 
-def _denied(maps: MapSet, fam: str, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact deny entries as per-source rows: every packet counted there was a drop."""
-    keys, values, n = maps[f"deny_{fam}"].read_all()
+def _denied(maps: MapSet, fam: str, width: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Exact deny entries with hits as per-source rows (every packet counted
+    there was a drop), and how many entries the map holds."""
+    keys, values, n = maps[f"deny_{fam}"].read_arrays()
     entries = np.frombuffer(values, dtype=abi.DENY_DTYPE, count=n)
     rows = np.zeros(n, dtype=abi.SRC_COUNTERS_DTYPE)
     rows["packets"] = entries["packets"]
     rows["bytes"] = entries["bytes"]
     rows["drops"] = entries["packets"]
     hit = entries["packets"] > 0
-    return np.frombuffer(keys, dtype=f"S{width}", count=n)[hit], rows[hit]
+    return np.frombuffer(keys, dtype=f"S{width}", count=n)[hit], rows[hit], n
 
 
 def _merge(keys: np.ndarray, rows: np.ndarray, more_keys: np.ndarray,
@@ -85,22 +89,27 @@ def _merge(keys: np.ndarray, rows: np.ndarray, more_keys: np.ndarray,
     return uniq, out
 
 
-def read_sources(maps: MapSet, include_denied: bool = True) -> Sources:
+def read_sources(maps: MapSet, include_denied: bool = True, skip_denied: Container[str] = ()) -> Sources:
     """One batch read of src_v4 and src_v6.
 
     Sources denied by an exact entry are counted on that entry, not in the
     LRU maps; with ``include_denied`` (the default) those entries are read
     too and merged in, so a denied source still shows its packets and drops.
+    ``skip_denied`` names families ("v4", "v6") whose deny map the caller
+    knows to be empty: a batch read walks every bucket of a map, so reading
+    an empty 1M-entry map still costs milliseconds.
     """
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    deny_entries: dict[str, int] = {}
     for fam, width in (("v4", 4), ("v6", 16)):
-        keys, values, n = maps[f"src_{fam}"].read_all()
+        keys, values, n = maps[f"src_{fam}"].read_arrays()
         k = np.frombuffer(keys, dtype=f"S{width}", count=n)
         v = np.frombuffer(values, dtype=abi.SRC_COUNTERS_DTYPE, count=n)
-        if include_denied:
-            k, v = _merge(k, v, *_denied(maps, fam, width))
+        if include_denied and fam not in skip_denied:
+            dk, dv, deny_entries[fam] = _denied(maps, fam, width)
+            k, v = _merge(k, v, dk, dv)
         out[fam] = (k, v)
-    return Sources(time.monotonic(), out["v4"][0], out["v4"][1], out["v6"][0], out["v6"][1])
+    return Sources(time.monotonic(), out["v4"][0], out["v4"][1], out["v6"][0], out["v6"][1], deny_entries)
 
 
 @dataclass(frozen=True)

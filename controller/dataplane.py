@@ -51,6 +51,7 @@ __all__ = [
     "open_maps",
     "pin_dir_for",
     "read_config",
+    "remove_pin_tree",
     "require_root",
     "set_flags",
     "status",
@@ -137,6 +138,24 @@ def _repin(pin_dir: Path, prog_id: int) -> None:
         lb.obj_pin(fd, path)
     finally:
         lb.close(fd)
+
+
+def remove_pin_tree(root: Path) -> None:
+    """Remove ``root`` and everything pinned under it. bpffs has unlink and
+    rmdir and nothing else, so the tree goes deepest first. Entries already
+    gone are fine; a directory that will not go (something was pinned into
+    it meanwhile) raises OSError."""
+    if not root.exists():
+        return
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            with contextlib.suppress(FileNotFoundError):
+                (Path(dirpath) / name).unlink()
+        for name in dirnames:
+            with contextlib.suppress(FileNotFoundError):
+                (Path(dirpath) / name).rmdir()
+    with contextlib.suppress(FileNotFoundError):
+        root.rmdir()
 
 
 def open_maps(ifname: str, pin_root: Path = DEFAULT_PIN_ROOT) -> MapSet:

@@ -219,7 +219,8 @@ class DetectConfig:
     """... at least half of them each sending at most this many packets/s."""
     many_newcomer_lead: float = 2.0
     """Sources first seen up to this many seconds before the surge are its
-    newcomers: the offenders of a many-source attack (heaviest first)."""
+    newcomers: the offenders of a many-source attack (heaviest first). Never
+    one first seen within ``window`` of the detector's start: its age is unknown."""
 
     spoof_new_per_s: float = 1000.0
     """``spoofed`` profile: at least this many new, tiny sources per second ..."""
@@ -763,6 +764,8 @@ class Detector:
         self._heavy: _Attack | None = None
         self._seq = 0
         self._t: float | None = None
+        self._since: float | None = None
+        """Start of the first sample: what the source table knows begins here."""
         self._events: list[AttackEvent] = []
 
     # -- public read-outs --
@@ -834,6 +837,8 @@ class Detector:
         if self._t is not None and t <= self._t:
             raise InputError(f"sample.t: {t} is not after the previous sample's {self._t}")
         self._t = t
+        if self._since is None:
+            self._since = t - dt
         cfg = self.config
         dest = sample.destinations
         slots = self._dests.add(dest["addr_hi"], dest["addr_lo"])
@@ -1037,9 +1042,18 @@ class _SourceStep:
 
     def suspects(self, attack: _Attack, lead: float) -> None:
         """Many-source offenders: sources towards the victim that arrived
-        since shortly (``lead`` seconds) before the surge, heaviest first."""
+        since shortly (``lead`` seconds) before the surge, heaviest first.
+
+        A source first seen within ``window`` of the detector's first sample
+        may have been sending long before (the agent restarted during the
+        flood, say): its age is unknown, so it is never named. Without this a
+        restarted detector would take every established client for a newcomer.
+        """
         table = self.det._table
-        arrived = table.born >= attack.onset_at - lead
+        since = self.det._since
+        assert since is not None  # set by the first observe()
+        known = since + max(self.cfg.window, self.dt)
+        arrived = (table.born >= attack.onset_at - lead) & (table.born >= known)
         rows = np.nonzero(self.live & (table.dst == attack.slot) & arrived)[0]
         est = table.estimate(self.t, self.cfg.window, rows)
         n = self.cfg.max_offenders

@@ -11,6 +11,7 @@ it has now.
 from __future__ import annotations
 
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,97 +33,159 @@ from .samples import (
 __all__ = ["Harvester", "Snapshot", "read_snapshot"]
 
 
+def _columns(dtype: np.dtype[np.void]) -> tuple[str, ...]:
+    """The fields of a dtype made of uint64 columns only, in order (else raise)."""
+    names = tuple(dtype.names or ())
+    fields = dtype.fields
+    if fields is None or any(fields[n][0] != np.dtype("<u8") for n in names):
+        raise TypeError(f"{dtype} is not all uint64 columns")
+    return names
+
+
+# The samples are built as uint64 matrices viewed as the sample dtypes:
+# address words, the counters in the map structs' order, then (sources) the
+# last destination's words. This layout is checked once, here.
+if (_columns(SOURCE_DTYPE) != ("addr_hi", "addr_lo", *SOURCE_FIELDS, "dst_hi", "dst_lo")
+        or _columns(DESTINATION_DTYPE) != ("addr_hi", "addr_lo", *DESTINATION_FIELDS)
+        or tuple(abi.SRC_COUNTERS_DTYPE.names or ())[: len(SOURCE_FIELDS)] != SOURCE_FIELDS
+        or tuple(abi.DST_COUNTERS_DTYPE.names or ())[: len(DESTINATION_FIELDS)] != DESTINATION_FIELDS):
+    raise ImportError("controller.harvest: sample and counter layouts disagree (see controller/samples.py)")
+
+
+@dataclass
+class Table:
+    """One address family's cumulative counters at one moment.
+
+    ``keys`` are as the map returns them, in map order; ``rows`` likewise.
+    ``sorted_keys`` / ``order`` index them: ``rows[order[i]]`` belongs to
+    ``sorted_keys[i]``. Keys are integers where they fit (IPv4: the address
+    as uint32), else 16-byte big-endian strings (IPv6; byte order is numeric
+    order), so the one sort per read is an integer sort in the common case,
+    and rows are never reordered, only the counters a delta needs are read.
+    """
+
+    keys: np.ndarray
+    rows: np.ndarray
+    sorted_keys: np.ndarray
+    order: np.ndarray
+
+    @classmethod
+    def of(cls, packed: np.ndarray, rows: np.ndarray) -> Table:
+        if packed.dtype.itemsize == 4:
+            keys = np.frombuffer(np.ascontiguousarray(packed).tobytes(), dtype=">u4").astype(np.uint32)
+        else:
+            keys = np.frombuffer(np.ascontiguousarray(packed).tobytes(), dtype="S16")
+        order = np.argsort(keys)  # keys are unique: no stability needed
+        return cls(keys, rows, keys[order], order)
+
+    def words(self, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hi, lo) address words of the keys at sorted positions ``which``."""
+        keys = self.sorted_keys[which]
+        if keys.dtype == np.uint32:
+            return v4_words(keys)
+        return words_from_packed(keys)
+
+    def words64(self) -> np.ndarray:
+        """The rows (map order) as an (n, itemsize/8) uint64 matrix: every
+        counter struct is a run of uint64 counters (plus, for sources, the
+        16 bytes of the last destination)."""
+        rows = np.ascontiguousarray(self.rows)
+        return rows.view(np.uint64).reshape(len(rows), rows.dtype.itemsize // 8)
+
+    def deltas(self, prev: Table, width: int) -> np.ndarray:
+        """(n, width) increase of the first ``width`` counters since
+        ``prev``, in sorted key order; a key ``prev`` lacks, or a counter
+        that went down (the LRU evicted and re-created the entry), counts
+        from zero. Sorted needles make the search a near-linear merge, and
+        whole contiguous rows are gathered (a strided gather is 10x slower)."""
+        cur = np.take(self.words64(), self.order, axis=0)
+        if not len(prev.keys) or not len(self.keys):
+            return cur[:, :width]
+        pos = np.minimum(np.searchsorted(prev.sorted_keys, self.sorted_keys), len(prev.keys) - 1)
+        found = prev.sorted_keys[pos] == self.sorted_keys
+        delta = np.take(prev.words64(), prev.order[pos], axis=0)  # the previous rows, then the deltas
+        if not found.all():
+            delta[~found] = 0
+        went_down = cur[:, :width] < delta[:, :width]
+        np.subtract(cur, delta, out=delta)
+        if went_down.any():
+            delta[:, :width][went_down] = cur[:, :width][went_down]
+        return delta[:, :width]
+
+
 @dataclass
 class Snapshot:
-    """Cumulative counters at one moment, keyed by 128-bit (hi, lo) words."""
+    """Cumulative counters at one moment: sources and destinations, per family."""
 
     t: float
-    src_hi: np.ndarray
-    src_lo: np.ndarray
-    src: np.ndarray  # SRC_COUNTERS_DTYPE
-    dst_hi: np.ndarray
-    dst_lo: np.ndarray
-    dst: np.ndarray  # DST_COUNTERS_DTYPE
+    src_v4: Table
+    src_v6: Table
+    dst_v4: Table
+    dst_v6: Table
+    deny_entries: dict[str, int]  # entries of each exact deny map read ("v4", "v6")
 
 
-def _key16(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """128-bit keys as big-endian 16-byte strings: byte order is numeric order."""
-    words = np.empty((len(hi), 2), dtype=">u8")
-    words[:, 0], words[:, 1] = hi, lo
-    return words.view("S16").ravel()
+def read_snapshot(maps: MapSet, skip_denied: Container[str] = ()) -> Snapshot:
+    """One read of the source (with the exact deny entries, except the
+    families in ``skip_denied``) and destination maps."""
+    src = read_sources(maps, skip_denied=skip_denied)
+    dst = {}
+    for fam, width in (("v4", 4), ("v6", 16)):
+        packed, values, n = maps[f"dst_{fam}"].read_arrays()
+        dst[fam] = Table.of(np.frombuffer(packed, dtype=f"V{width}", count=n),
+                            np.frombuffer(values, dtype=abi.DST_COUNTERS_DTYPE, count=n))
+    return Snapshot(time.monotonic(), Table.of(src.v4_keys, np.asarray(src.v4)),
+                    Table.of(src.v6_keys, np.asarray(src.v6)), dst["v4"], dst["v6"], src.deny_entries)
 
 
-def _sorted(hi: np.ndarray, lo: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    order = np.argsort(_key16(hi, lo), kind="stable")
-    return hi[order], lo[order], rows[order]
-
-
-def read_snapshot(maps: MapSet) -> Snapshot:
-    src = read_sources(maps)
-    parts = []
-    for keys, rows in ((src.v4_keys, src.v4), (src.v6_keys, src.v6)):
-        hi, lo = words_from_packed(keys)  # fixed-width S4/S16: tobytes() keeps every byte
-        parts.append((hi, lo, np.asarray(rows)))
-    shi = np.concatenate([p[0] for p in parts])
-    slo = np.concatenate([p[1] for p in parts])
-    srows = np.concatenate([p[2] for p in parts])
-    dparts = []
-    for name, width in (("dst_v4", 4), ("dst_v6", 16)):
-        packed, values, n = maps[name].read_all()
-        hi, lo = words_from_packed(np.frombuffer(packed, dtype=f"V{width}", count=n))
-        dparts.append((hi, lo, np.frombuffer(values, dtype=abi.DST_COUNTERS_DTYPE, count=n)))
-    dhi = np.concatenate([p[0] for p in dparts])
-    dlo = np.concatenate([p[1] for p in dparts])
-    drows = np.concatenate([p[2] for p in dparts])
-    return Snapshot(time.monotonic(), *_sorted(shi, slo, srows), *_sorted(dhi, dlo, drows))
-
-
-def _deltas(prev_hi: np.ndarray, prev_lo: np.ndarray, prev: np.ndarray, hi: np.ndarray,
-            lo: np.ndarray, cur: np.ndarray, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Per-key increase of each field since ``prev`` (keys sorted by (hi, lo))."""
-    out = {f: cur[f].astype(np.int64) for f in fields}
-    if len(prev_hi) and len(hi):
-        pkey = _key16(prev_hi, prev_lo)
-        pos = np.searchsorted(pkey, _key16(hi, lo))
-        clipped = np.minimum(pos, len(pkey) - 1)
-        found = (prev_hi[clipped] == hi) & (prev_lo[clipped] == lo)
-        for f in fields:
-            before = np.where(found, prev[f][clipped].astype(np.int64), 0)
-            delta = out[f] - before
-            out[f] = np.where(delta < 0, out[f], delta)   # re-created by the LRU: count from zero
-    return out
+def _moved(cur: Table, prev: Table, fields: tuple[str, ...], dtype: np.dtype[np.void],
+           extra: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(a uint64 matrix of the sample's columns — address words, the counter
+    deltas, ``extra`` columns left for the caller — for the keys whose
+    packets moved, in key order; which rows of ``cur.rows`` they are)."""
+    d = cur.deltas(prev, len(fields))
+    moved = np.flatnonzero(d[:, 0] > 0)  # column 0 is packets
+    out = np.empty((len(moved), 2 + len(fields) + extra), dtype=np.uint64)
+    out[:, 0], out[:, 1] = cur.words(moved)
+    out[:, 2 : 2 + len(fields)] = d[moved]
+    return out, cur.order[moved]
 
 
 class Harvester:
-    """Turns successive snapshots into samples."""
+    """Turns successive snapshots into samples.
+
+    An exact deny map found empty is not read again while the rule-set
+    generation stays the same: every write to those maps is part of a swap,
+    which flips the generation (:mod:`controller.swap`), and a batch read of
+    an empty 1M-entry hash still walks its million buckets.
+    """
 
     def __init__(self) -> None:
         self._prev: Snapshot | None = None
+        self._deny_empty_at: dict[str, int] = {}  # family -> generation it was read empty at
 
     def sample(self, maps: MapSet) -> Sample | None:
         """The deltas since the previous call (None on the first call)."""
-        snap = read_snapshot(maps)
+        gen = maps.config().gen
+        skip = {fam for fam, at in self._deny_empty_at.items() if at == gen}
+        snap = read_snapshot(maps, skip)
+        for fam, n in snap.deny_entries.items():
+            if n == 0:
+                self._deny_empty_at[fam] = gen
+            else:
+                self._deny_empty_at.pop(fam, None)
         prev, self._prev = self._prev, snap
         if prev is None:
             return None
         dt = max(snap.t - prev.t, 1e-3)
-        sd = _deltas(prev.src_hi, prev.src_lo, prev.src, snap.src_hi, snap.src_lo, snap.src,
-                     SOURCE_FIELDS)
-        moved = sd["packets"] > 0
-        sources = np.zeros(int(moved.sum()), dtype=SOURCE_DTYPE)
-        sources["addr_hi"], sources["addr_lo"] = snap.src_hi[moved], snap.src_lo[moved]
-        for f in SOURCE_FIELDS:
-            sources[f] = sd[f][moved]
-        sources["dst_hi"], sources["dst_lo"] = _last_dst(
-            snap.src["last_dst"][moved], snap.src_hi[moved], snap.src_lo[moved])
-        dd = _deltas(prev.dst_hi, prev.dst_lo, prev.dst, snap.dst_hi, snap.dst_lo, snap.dst,
-                     DESTINATION_FIELDS)
-        dmoved = dd["packets"] > 0
-        dests = np.zeros(int(dmoved.sum()), dtype=DESTINATION_DTYPE)
-        dests["addr_hi"], dests["addr_lo"] = snap.dst_hi[dmoved], snap.dst_lo[dmoved]
-        for f in DESTINATION_FIELDS:
-            dests[f] = dd[f][dmoved]
-        return Sample(snap.t, dt, sources, dests)
+        sources = []
+        for cur, old in ((snap.src_v4, prev.src_v4), (snap.src_v6, prev.src_v6)):
+            m, moved = _moved(cur, old, SOURCE_FIELDS, SOURCE_DTYPE, extra=2)
+            m[:, -2], m[:, -1] = _last_dst(cur.rows["last_dst"][moved], m[:, 0], m[:, 1])
+            sources.append(m.view(SOURCE_DTYPE).ravel())
+        dests = [_moved(cur, old, DESTINATION_FIELDS, DESTINATION_DTYPE)[0].view(DESTINATION_DTYPE).ravel()
+                 for cur, old in ((snap.dst_v4, prev.dst_v4), (snap.dst_v6, prev.dst_v6))]
+        return Sample(snap.t, dt, np.concatenate(sources), np.concatenate(dests))
 
 
 def _last_dst(last: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.server
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -97,10 +97,16 @@ class Exposition:
 
 
 class MetricsServer:
-    """``GET /metrics`` on a daemon thread; :meth:`publish` swaps the text served."""
+    """``GET /metrics`` on a daemon thread. With ``render``, each scrape
+    calls it for the text (collect on scrape, as Prometheus expects: a
+    daemon's loop then pays nothing for its metrics between scrapes);
+    otherwise :meth:`publish` swaps the text served. A failing ``render``
+    answers 500 with the error, and the daemon goes on."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, render: Callable[[], str] | None = None) -> None:
         self._text = "# no interval finished yet\n"
+        self._render = render
+        self._render_lock = threading.Lock()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -108,7 +114,12 @@ class MetricsServer:
                 if self.path.split("?", 1)[0] not in ("/metrics", "/"):
                     self.send_error(404, "only /metrics here")
                     return
-                body = server._text.encode()
+                try:
+                    body = server.text().encode()
+                except Exception as exc:  # a scrape must never take the daemon down
+                    LOGGER.warning("metrics not rendered: %s", exc, extra={"event": "metrics_failed"})
+                    self.send_error(500, f"metrics not rendered: {exc}")
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE)
                 self.send_header("Content-Length", str(len(body)))
@@ -135,6 +146,13 @@ class MetricsServer:
 
     def publish(self, text: str) -> None:
         self._text = text
+
+    def text(self) -> str:
+        """What a scrape gets now."""
+        if self._render is None:
+            return self._text
+        with self._render_lock:  # one render at a time, whatever the scrapers do
+            return self._render()
 
     def close(self) -> None:
         self._httpd.shutdown()

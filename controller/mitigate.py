@@ -16,7 +16,8 @@ flood, spoofed         the aggregate rate limit only: blocking sources cannot wo
 ``reflection``         UDP from the reflection ports to the victim: rate limit or
                        drop (:func:`controller.presets.reflection_rule`)
 ``many_source``        a per-source rate limit on the victim, plus dropping the
-                       heaviest newcomers
+                       heaviest newcomers (one list per victim, kept while its
+                       many-source attacks last, across restarts)
 =====================  ========================================================
 
 Every rule gets a TTL, extended while its attack lasts; when no active
@@ -399,6 +400,7 @@ class _DropCache:
     limit: int | None
     candidates: tuple[Prefix, ...]
     refusals: tuple[Refusal, ...]
+    carried: tuple[Prefix, ...] = ()
     rules: list[_Planned] | None = None
 
 
@@ -453,7 +455,7 @@ class Planner:
         refused: list[Refusal] = []
         escalated: list[str] = []
         for event in sorted(active.values(), key=in_force_first):
-            planned = list(self._rules_for(event, claims, refused))
+            planned = list(self._rules_for(event, claims, refused, cur, now))
             sticky = self._sticky.setdefault(event.id, {})
             ids = {r.id for r, _ in planned}
             planned += [item for rid, item in sticky.items() if rid not in ids]
@@ -568,7 +570,8 @@ class Planner:
 
     # -- the rules for one attack --
 
-    def _rules_for(self, event: AttackEvent, claims: _PrefixIndex, refused: list[Refusal]) -> list[_Planned]:
+    def _rules_for(self, event: AttackEvent, claims: _PrefixIndex, refused: list[Refusal],
+                   cur: Mapping[str, Rule], now: datetime) -> list[_Planned]:
         cfg = self.config
         victim = event.victim
         if victim is None:
@@ -597,8 +600,14 @@ class Planner:
                 comment=self._comment(event, f"each source at most {cfg.proxy_per_source_pps} pps"),
                 created_by=cfg.created_by,
             )
+            # One drop list per victim, kept while many-source attacks on it last:
+            # newcomers are told apart by age, which a restarted detector does not
+            # know, so what is in force (a previous agent's list, or a wave's that
+            # returned within the grace TTL) is carried over, not planned afresh.
+            base = ("auto", "src", VECTOR_CODES["many_source"], slug)
             drops, _ = self._drops(event, claims, refused, "drop the heaviest newcomers",
-                                   limit=cfg.proxy_drop_sources)
+                                   limit=cfg.proxy_drop_sources, base=base,
+                                   carried=self._in_force_sources(base, cur, now))
             return [(limit, cfg.escalate_aggregate), *drops]
         signature = (self._signature(event, victim), cfg.escalate_aggregate)
         if event.profile == "spoofed":
@@ -651,19 +660,24 @@ class Planner:
         refused: list[Refusal],
         what: str,
         limit: int | None = None,
+        base: tuple[str, ...] | None = None,
+        carried: tuple[Prefix, ...] = (),
     ) -> tuple[list[_Planned], int]:
-        """Source drop rules for the attack's offenders (the first ``limit``),
-        aggregated and guarded; and how many of the resulting prefixes are
-        covered (by these rules or by an earlier attack's).
+        """Source drop rules for the attack's offenders (the first ``limit``)
+        plus the ``carried`` prefixes, aggregated and guarded; and how many of
+        the resulting prefixes are covered (by these rules or by an earlier
+        attack's). Rule ids are ``base`` (default ``auto-src-<attack>``), then
+        ``-2``, ``-3`` ...
 
         The detector hands over the same offenders tuple until the set
         changes, so the guarded, aggregated prefixes and their rules are
         computed once per change, not once per interval."""
         cache = self._drop_cache.get(event.id)
         if (cache is None or cache.offenders is not event.offenders or cache.profile != event.profile
-                or cache.what != what or cache.limit != limit):
-            candidates, refusals = self._candidates(event, event.offenders[:limit])
-            cache = _DropCache(event.offenders, event.profile, what, limit, candidates, refusals)
+                or cache.what != what or cache.limit != limit or cache.carried != carried):
+            candidates, refusals = self._candidates(event, (*event.offenders[:limit], *carried))
+            cache = _DropCache(event.offenders, event.profile, what, limit, candidates, refusals,
+                               carried)
             self._drop_cache[event.id] = cache
         refused.extend(cache.refusals)
         chosen = cache.candidates
@@ -673,9 +687,21 @@ class Planner:
             claims.add(p)
         if chosen is cache.candidates:
             if cache.rules is None:
-                cache.rules = self._src_rules(event, chosen, what)
+                cache.rules = self._src_rules(event, chosen, what, base)
             return cache.rules, len(chosen)
-        return self._src_rules(event, chosen, what), len(cache.candidates)
+        return self._src_rules(event, chosen, what, base), len(cache.candidates)
+
+    def _in_force_sources(self, base: tuple[str, ...], cur: Mapping[str, Rule],
+                          now: datetime) -> tuple[Prefix, ...]:
+        """The source prefixes of the unexpired drop rules ``base``, ``base-2`` ... in ``cur``."""
+        out: list[Prefix] = []
+        for n in range(1, self.config.max_rules_per_attack + 1):
+            rule = cur.get(_rule_id(*base, *(() if n == 1 else (str(n),))))
+            if rule is None:
+                break
+            if rule.action.kind == "drop" and rule.match.is_src_only and rule.is_active(now):
+                out += rule.match.src
+        return tuple(out)
 
     def _candidates(
         self, event: AttackEvent, offenders: Sequence[Prefix]
@@ -729,16 +755,18 @@ class Planner:
         chosen.sort(key=_sort_key)
         return tuple(chosen), tuple(refused)
 
-    def _src_rules(self, event: AttackEvent, prefixes: Sequence[Prefix], what: str) -> list[_Planned]:
-        """Drop rules for ``prefixes``: ``auto-src-<attack>``, then ``-2``, ``-3`` ..."""
+    def _src_rules(self, event: AttackEvent, prefixes: Sequence[Prefix], what: str,
+                   base: tuple[str, ...] | None = None) -> list[_Planned]:
+        """Drop rules for ``prefixes``: ``base`` (default ``auto-src-<attack>``), then ``-2``, ``-3`` ..."""
         cfg = self.config
+        base = base or ("auto", "src", event.id)
         rules: list[_Planned] = []
         size = cfg.max_prefixes_per_rule
         for n, start in enumerate(range(0, len(prefixes), size)):
             part = tuple(prefixes[start : start + size])
             suffix = () if n == 0 else (str(n + 1),)
             rules.append((Rule(
-                id=_rule_id("auto", "src", event.id, *suffix),
+                id=_rule_id(*base, *suffix),
                 match=Match(src=part),
                 action=RuleAction("drop"),
                 priority=cfg.priority,

@@ -15,14 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
-from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 
 from .errors import BreakwaterError, from_os_error
 
@@ -125,6 +125,46 @@ class Lab:
             raise BreakwaterError("lab namespaces get no default route")
         with IPRoute(netns=ns) as ipr:
             ipr.route("add", dst=dst, gateway=gateway)
+
+    def bridge(self, ns: str, name: str, ports: Sequence[str]) -> None:
+        """A bridge ``name`` in ``ns`` (no STP: ports forward at once) with
+        the existing interfaces ``ports`` as its ports, up: one link for
+        several namespaces' veths."""
+        try:
+            with IPRoute(netns=ns) as ipr:
+                ipr.link("add", ifname=name, kind="bridge")
+                br = _index(ipr, ns, name)
+                for port in ports:
+                    ipr.link("set", index=_index(ipr, ns, port), master=br)
+                ipr.link("set", index=br, state="up")
+        except NetlinkError as exc:
+            raise from_os_error(int(exc.code), f"create bridge {name} in {ns}") from exc
+
+    def add_fdb(self, ns: str, port: str, lladdr: str) -> None:
+        """A static forwarding entry on a bridge port: frames to ``lladdr``
+        leave through ``port`` only, from the first one (an unknown unicast
+        address would be flooded to every port until learned). It replaces
+        an entry the bridge may have learned already. NUD_NOARP is static;
+        NUD_PERMANENT would mean the bridge's own address."""
+        with IPRoute(netns=ns) as ipr:
+            idx = _index(ipr, ns, port)
+            try:
+                ipr.fdb("replace", ifindex=idx, lladdr=lladdr, state=NUD_NOARP, flags=NTF_MASTER)
+            except NetlinkError as exc:
+                raise from_os_error(int(exc.code), f"add fdb entry {lladdr} on {port}") from exc
+
+    def sysctl(self, ns: str, key: str, value: str | int) -> None:
+        """Set ``net.*`` sysctl ``key`` (``net.ipv4.ip_forward``) inside ``ns``
+        only: /proc/sys/net is the opening thread's namespace."""
+        if not key.startswith("net."):
+            raise BreakwaterError(f"{key}: a lab sets only per-namespace net.* sysctls")
+        path = "/proc/sys/" + key.replace(".", "/")
+        with in_netns(ns):
+            try:
+                with open(path, "w") as f:
+                    f.write(f"{value}\n")
+            except OSError as exc:
+                raise from_os_error(exc.errno or 1, f"sysctl {key}={value} in {ns}") from exc
 
     def close(self) -> None:
         """Remove every namespace (and so every veth in it) this lab made."""

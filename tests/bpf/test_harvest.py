@@ -61,3 +61,30 @@ def test_unprotecting_clears_the_bit(dp: DataPlane) -> None:
     protect.set_protected(dp.maps, [])
     assert dp.config().flags & (3 << 12) == 0
     assert protect.protected(dp.maps) == []
+
+
+def test_denied_sources_keep_counting_across_deny_changes(dp: DataPlane) -> None:
+    """The harvester skips an exact deny map it found empty until the
+    generation flips; a deny added later must show its drops at once, and a
+    deny removed hands its hits back without a negative or doubled delta."""
+    from controller import policy
+
+    flood = bytes(Ether() / IP(src="203.0.113.66", dst="198.18.0.10") / UDP(sport=5, dport=53))
+    h = harvest.Harvester()
+    assert h.sample(dp.maps) is None
+    dp.run_many(flood, 7)
+    s = h.sample(dp.maps)
+    assert s is not None and _rows(s.sources)["203.0.113.66"]["packets"] == 7
+    assert h.sample(dp.maps) is not None  # quiet interval: the empty deny maps are now skipped
+    policy.add(dp.maps, "deny", [policy.Entry(parse_prefix("203.0.113.66"))])
+    dp.run_many(flood, 11)
+    s = h.sample(dp.maps)
+    assert s is not None
+    row = _rows(s.sources)["203.0.113.66"]
+    assert row["packets"] == 11 and row["drops"] == 11
+    policy.remove(dp.maps, "deny", [parse_prefix("203.0.113.66")])
+    dp.run_many(flood, 3)
+    s = h.sample(dp.maps)
+    assert s is not None
+    row = _rows(s.sources)["203.0.113.66"]
+    assert row["packets"] == 3 and row["drops"] == 0, row

@@ -5,7 +5,8 @@ Cleanup, whatever the test body did: ``bw`` detaches (purging the pins),
 ``lab`` removes both namespaces (and so the veth and any XDP attachment on
 it), ``pin_root`` unlinks whatever is left under the test's own pin root
 (``/sys/fs/bpf/bw-nt-<uuid>``), ``state_dir`` removes the test's own rule
-state directory. A teardown that finds a leftover fails the test, so a leak
+state directory, ``agents`` kills every agent process it started before
+bw0 is detached. A teardown that finds a leftover fails the test, so a leak
 cannot go unnoticed.
 """
 
@@ -25,6 +26,7 @@ from pyroute2 import netns as pyroute2_netns
 from controller import dataplane
 from controller.netns import Lab
 
+from .agents import Agents, AgentSettings
 from .lab import (
     BPFFS,
     CLIENT_IFNAME,
@@ -120,4 +122,23 @@ def bw(mode: str, pin_root: Path, topology: Topology) -> Iterator[Breakwater]:
                                   pin_root=pin_root, netns=topology.edge)
         yield Breakwater(topology, mode, pin_root, result)
     finally:
+        detach_quietly(topology, pin_root)
+
+
+@pytest.fixture
+def agent_settings() -> AgentSettings:
+    """The agent configuration's test-chosen part; a module overrides this fixture."""
+    return AgentSettings()
+
+
+@pytest.fixture
+def agents(pin_root: Path, topology: Topology, tmp_path: Path,
+           agent_settings: AgentSettings) -> Iterator[Agents]:
+    """Agent processes on bw0 (``agents.py``); at teardown every one is
+    SIGKILLed, then bw0 detached and the pins purged."""
+    started = Agents(topology, pin_root, tmp_path, agent_settings)
+    try:
+        yield started
+    finally:
+        started.kill_all()
         detach_quietly(topology, pin_root)

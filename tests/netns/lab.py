@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -104,6 +103,10 @@ class Topology:
             assert sent.get(src, 0) > 0, f"sender could not send from {src}: {sent}"
         return sent, received
 
+    def macs(self) -> tuple[str, str]:
+        """(client MAC, edge MAC): source and destination of crafted (spoofed) frames."""
+        return self.lab.mac(self.client, CLIENT_IFNAME), self.lab.mac(self.edge, IFNAME)
+
 
 @dataclass
 class Breakwater:
@@ -124,17 +127,8 @@ class Breakwater:
 
 
 def remove_pins(root: Path) -> None:
-    """Remove ``root`` and everything pinned under it (bpffs: unlink, rmdir)."""
-    if not root.exists():
-        return
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            with contextlib.suppress(FileNotFoundError):
-                (Path(dirpath) / name).unlink()
-        for name in dirnames:
-            with contextlib.suppress(FileNotFoundError):
-                (Path(dirpath) / name).rmdir()
-    root.rmdir()
+    """Remove ``root`` and everything pinned under it."""
+    dataplane.remove_pin_tree(root)
 
 
 def detach_quietly(topo: Topology, pin_root: Path) -> None:

@@ -11,39 +11,21 @@ on time once the flood stops.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller import counters, dataplane, traffic
+from controller import dataplane, traffic
 from controller.store import Store
 
-from .lab import (
-    CLIENT_V4,
-    EDGE_V4,
-    EXTRA_V4,
-    IFNAME,
-    NETNS_SIZES,
-    PORT,
-    DaemonProc,
-    Topology,
-    detach_quietly,
-)
+from .agents import Agents, AgentSettings, wait_for
+from .lab import CLIENT_V4, EDGE_V4, EXTRA_V4, IFNAME, PORT, Topology
 
 pytestmark = pytest.mark.netns
 
-REPO = Path(__file__).resolve().parents[2]
 LEGIT = CLIENT_V4  # 198.18.0.2
 FLOOD = EXTRA_V4[0]  # 198.18.0.3
 INTERVAL = 0.5
@@ -55,101 +37,16 @@ LEGIT_SECONDS = 15.0  # covers detection, kill, restart and expiry
 RULE_TTL = 6.0
 GRACE_TTL = 2.0
 END_INTERVALS = 2
-READY_SECONDS = 60.0  # the first start compiles the program
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class AgentProc(DaemonProc):
-    def wait_ready(self) -> dict[str, Any]:
-        return self.wait_event("agent_ready", READY_SECONDS)
-
-
-@dataclass
-class Agents:
-    topo: Topology
-    pin_root: Path
-    workdir: Path
-    metrics_port: int = field(default_factory=_free_port)
-    started: list[AgentProc] = field(default_factory=list)
-
-    @property
-    def state_dir(self) -> Path:
-        return self.workdir / "state"
-
-    @property
-    def config(self) -> Path:
-        path = self.workdir / "agent.toml"
-        sizes = "\n".join(f"{k} = {v}" for k, v in NETNS_SIZES.as_dict().items())
-        path.write_text(f"""
-interfaces = [{{ name = "{IFNAME}", netns = "{self.topo.edge}", mode = "generic" }}]
-protected = ["198.18.0.0/24"]
-mode = "enforce"
-interval = {INTERVAL}
-state_dir = "{self.state_dir}"
-pin_root = "{self.pin_root}"
-metrics = "127.0.0.1:{self.metrics_port}"
-
-[sizes]
-{sizes}
-
-[detect]
-source_pps = {SOURCE_PPS}
-many_max_source_pps = 50.0
-start_intervals = 2
-end_intervals = {END_INTERVALS}
-
-[mitigate]
-rule_ttl = {RULE_TTL}
-grace_ttl = {GRACE_TTL}
-""")
-        return path
-
-    def start(self) -> AgentProc:
-        err = self.workdir / f"agent{len(self.started)}.err"
-        with err.open("wb") as ferr:
-            proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "agent", "--config",
-                                     str(self.config)], cwd=REPO, stdout=subprocess.DEVNULL,
-                                    stderr=ferr, stdin=subprocess.DEVNULL)
-        agent = AgentProc(proc, err)
-        self.started.append(agent)
-        agent.wait_ready()
-        return agent
-
-    def kill_all(self) -> None:
-        for a in self.started:
-            with contextlib.suppress(Exception):
-                a.kill()
-
-    def auto_rules(self) -> list[Any]:
-        with Store.open(self.state_dir) as store:
-            return list(store.auto_rules(IFNAME))
-
-    def events(self) -> list[dict[str, Any]]:
-        out = subprocess.run([sys.executable, "-m", "controller.cli", "events", "--json", "--state-dir",
-                              str(self.state_dir)], cwd=REPO, capture_output=True, check=True, timeout=30)
-        rows: list[dict[str, Any]] = json.loads(out.stdout)
-        return rows
-
-    def flood_drops(self) -> int:
-        with dataplane.open_maps(IFNAME, self.pin_root) as maps:
-            row = counters.read_sources(maps).lookup(FLOOD)
-        return row["drops"] if row else 0
 
 
 @pytest.fixture
-def agents(pin_root: Path, topology: Topology, tmp_path: Path) -> Iterator[Agents]:
-    """Agent processes; at teardown every one is killed, then bw0 detached and pins purged."""
-    started = Agents(topology, pin_root, tmp_path)
-    try:
-        yield started
-    finally:
-        started.kill_all()
-        detach_quietly(topology, pin_root)
+def agent_settings() -> AgentSettings:
+    return AgentSettings(
+        interval=INTERVAL,
+        detect={"source_pps": SOURCE_PPS, "many_max_source_pps": 50.0, "start_intervals": 2,
+                "end_intervals": END_INTERVALS},
+        mitigate={"rule_ttl": RULE_TTL, "grace_ttl": GRACE_TTL},
+    )
 
 
 def _covers(rules: list[Any], address: str) -> list[str]:
@@ -157,14 +54,9 @@ def _covers(rules: list[Any], address: str) -> list[str]:
                                                                    for p in r.match.src)]
 
 
-def _wait(pred: Any, timeout: float, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return pred()
+def _flood_drops(agents: Agents) -> int:
+    row = agents.source_counters(FLOOD)
+    return row["drops"] if row else 0
 
 
 def test_flood_gets_dropped_survives_kill_and_expires(agents: Agents, topology: Topology) -> None:
@@ -179,7 +71,7 @@ def test_flood_gets_dropped_survives_kill_and_expires(agents: Agents, topology: 
     try:
         # 1. an automatic drop rule for the flood source within a few intervals
         t0 = time.monotonic()
-        ids = _wait(lambda: _covers(agents.auto_rules(), FLOOD), timeout=8 * INTERVAL + 2)
+        ids = wait_for(lambda: _covers(agents.auto_rules(), FLOOD), timeout=8 * INTERVAL + 2)
         assert ids, f"no automatic rule for {FLOOD}:\n{agent.stderr.read_text()[-3000:]}"
         detect_seconds = time.monotonic() - t0
         assert not _covers(agents.auto_rules(), LEGIT)
@@ -190,9 +82,9 @@ def test_flood_gets_dropped_survives_kill_and_expires(agents: Agents, topology: 
 
         # 2. SIGKILL: the rule stays in force with no agent at all
         agent.kill()
-        before = agents.flood_drops()
+        before = _flood_drops(agents)
         time.sleep(0.5)
-        assert agents.flood_drops() > before, "flood not dropped while the agent was dead"
+        assert _flood_drops(agents) > before, "flood not dropped while the agent was dead"
 
         # 3. restart: the rule is reloaded from SQLite and still in force
         agent = agents.start()
@@ -211,14 +103,14 @@ def test_flood_gets_dropped_survives_kill_and_expires(agents: Agents, topology: 
 
         # SIGHUP reloads without detaching or dropping the rule
         agent.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: any(e.get("event") == "reloaded" for e in agent.logs()), timeout=5), \
+        assert wait_for(lambda: any(e.get("event") == "reloaded" for e in agent.logs()), timeout=5), \
             agent.stderr.read_text()[-2000:]
 
         # 5. expiry on time after the flood stops
         rules = agents.auto_rules()
         assert _covers(rules, FLOOD), "rule gone right after the flood"
         latest = RULE_TTL + 1.0 + END_INTERVALS * INTERVAL + GRACE_TTL + 2 * INTERVAL + 1.0
-        gone = _wait(lambda: not _covers(agents.auto_rules(), FLOOD), timeout=latest)
+        gone = wait_for(lambda: not _covers(agents.auto_rules(), FLOOD), timeout=latest)
         gone_after = time.monotonic() - flood_end
         assert gone, f"rule still in force {gone_after:.1f} s after the flood:\n{agents.auto_rules()}"
         # on time: the attack ends after END_INTERVALS quiet intervals, then the grace TTL

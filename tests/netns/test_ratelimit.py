@@ -30,7 +30,7 @@ from controller.reasons import Reason
 from controller.rules import RuleAction
 
 from .enforcing import apply, buckets, per_cpu_packets, rule, udp_losses, udp_to, window
-from .lab import CLIENT_IFNAME, CLIENT_V4, EDGE_V4, IFNAME, SETTLE_SECONDS, Breakwater, Topology
+from .lab import CLIENT_IFNAME, CLIENT_V4, EDGE_V4, SETTLE_SECONDS, Breakwater, Topology
 
 
 def _check(batch: Sequence[bytes]) -> None:
@@ -134,11 +134,6 @@ def spoofing_route(topo: Topology) -> None:
     topo.lab.add_route(topo.edge, "198.18.0.0/15", CLIENT_V4)
 
 
-def macs(topo: Topology) -> tuple[str, str]:
-    """(client MAC, edge MAC): source and destination of the spoofed frames."""
-    return topo.lab.mac(topo.client, CLIENT_IFNAME), topo.lab.mac(topo.edge, IFNAME)
-
-
 def test_aggregate_limit_one_source_both_cpus(bw: Breakwater) -> None:
     topo = bw.topo
     limit = RuleAction("rate_limit", pps=AGG_PPS, burst_packets=AGG_BURST)
@@ -180,7 +175,7 @@ def test_per_source_limit_1000_sources_both_cpus(bw: Breakwater) -> None:
         applied = apply(maps, [rule("per-source", udp_to(EDGE_V4, PORT), limit)])
     slot = applied.slots.get("per-source")
     sources = frames.addresses(SOURCES_NET, SOURCES, offset=1)
-    client_mac, edge_mac = macs(topo)
+    client_mac, edge_mac = topo.macs()
     batch = frames.udp_frames(client_mac, edge_mac, sources, EDGE_V4, PORT)
     _check(batch)
     half = SOURCES // 2
@@ -239,7 +234,7 @@ def test_aggregate_limit_holds_against_random_sources(bw: Breakwater) -> None:
     # Every frame of the run has its own source: no address is ever reused.
     addrs = frames.addresses(SPOOF_NET, len(CPUS) * (n_flood + n_contrast), skip=SPOOF_SKIP,
                              seed=SPOOF_SEED)
-    client_mac, edge_mac = macs(topo)
+    client_mac, edge_mac = topo.macs()
     plan: list[tuple[int, int, list[bytes], float]] = []  # (port, cpu, frames, pps)
     at = 0
     for cpu in CPUS:

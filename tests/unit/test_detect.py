@@ -288,6 +288,22 @@ def test_many_source_flood_with_each_source_under_the_per_source_threshold() -> 
     assert all(s.pps <= 6 < cfg.offender_pps < cfg.source_pps for s in attack.top_sources)
 
 
+def test_a_detector_started_during_a_many_source_flood_names_no_established_client() -> None:
+    # Recorded in the netns lab as the bug: the agent is restarted mid-flood, so its
+    # new detector first sees everyone in one interval; every legitimate client
+    # looked like a newcomer of the surge and was dropped. Here the detector's
+    # first sample covers [9, 10) of the flood; proxies that arrive a window later
+    # are newcomers again.
+    late = Traffic(v4_block("198.19.64.1", 500), VICTIM, 5.0, {"syn": 0.1, "ack": 0.8}, size=300,
+                   start=16, stop=20)
+    samples = wave(1.0, 40.0, http_proxy(count=2000, pps=5), late)[9:]
+    _, events = run(samples)
+    (attack,) = of_kind(events, "started")
+    assert (attack.vector, attack.t, attack.offenders) == ("many_source", 9.0 + N, ())
+    named = {str(p) for e in events if e.id == attack.id for p in e.offenders}
+    assert named == {str(address_from_words(*w)) for w in zip(*v4_block("198.19.64.1", 500), strict=True)}
+
+
 def test_heavy_sources_are_not_a_many_source_flood() -> None:
     # 2000 sources at 100 ACK/s each: an ACK flood from named offenders, not "many moderate sources"
     flood = Traffic(v4_block("198.19.0.1", 2000), VICTIM, 100, {"ack": 1}, start=5, stop=20)

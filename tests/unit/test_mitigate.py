@@ -11,7 +11,7 @@ import pytest
 
 from controller.addresses import Prefix, parse_prefix
 from controller.compiler import compile_ruleset
-from controller.detect import VECTOR_CODES, AttackEvent, Detector, Profile, Vector
+from controller.detect import VECTOR_CODES, AttackEvent, DetectConfig, Detector, Profile, Vector
 from controller.errors import InputError
 from controller.mitigate import MitigateConfig, Planner, PlanResult
 from controller.presets import REFLECTION_PORTS
@@ -21,15 +21,18 @@ from tests.unit.recordings import (
     VICTIM2,
     VICTIM3,
     VICTIM6,
+    background,
     http_proxy,
     mirai_syn,
     ntp_reflection,
+    record,
     wave,
 )
 
 NOW = datetime(2024, 8, 12, 23, 0, tzinfo=UTC)
 TTL = timedelta(seconds=MitigateConfig().rule_ttl)
 GRACE = timedelta(seconds=MitigateConfig().grace_ttl)
+M = DetectConfig().end_intervals
 
 
 def p(text: str) -> Prefix:
@@ -156,7 +159,7 @@ def test_many_source_flood_limits_each_source_and_drops_the_heaviest() -> None:
     assert limit.match.to_dict() == {"dst": [VICTIM]}
     assert limit.action == RuleAction("rate_limit", pps=20, scope="per_source")
     assert limit.priority == cfg.priority + 50  # after the narrower vector signatures
-    drops = rules["auto-src-many-203-0-113-10-1"]
+    drops = rules["auto-src-many-203-0-113-10"]  # one list per victim, whatever the attack
     assert sorted(drops.match.src) == sorted(proxies[:10])  # heaviest first in the event
 
 
@@ -408,6 +411,43 @@ def test_detector_to_planner_to_compiler() -> None:
     assert seen["35"].released and not seen["45"].removed
     final = planner.plan(NOW + timedelta(seconds=45) + GRACE, [], rules)
     assert final.rules == ()
+
+
+def test_a_restart_during_a_many_source_flood_keeps_its_drops_and_spares_the_clients() -> None:
+    # The netns lab's bug: after kill -9 and restart mid-flood, the new detector
+    # could not tell the proxies from the established clients (it sees them all
+    # first in one interval). It named everyone, so the clients were dropped; and
+    # naming no one instead would let the proxies' drops expire. The restarted
+    # planner keeps the list in force and the clients stay untouched.
+    # 200 clients at 8 pps (heavier than any proxy), proxies 198.19.0.1-198.19.7.208 from 5 to 20
+    samples = record(45.0, 1.0, [background(VICTIM, pps=8.0), http_proxy(VICTIM)])
+    proxies = ipaddress.IPv4Network("198.19.0.0/21")
+
+    def proxy(x: Prefix) -> bool:
+        net = x.network
+        return isinstance(net, ipaddress.IPv4Network) and net.subnet_of(proxies)
+
+    restart = 12
+    rid = "auto-src-many-203-0-113-10"
+
+    def drive(part: Sequence[Any], rules: tuple[Rule, ...]) -> list[PlanResult]:
+        det, planner = Detector(), Planner()
+        results = []
+        for s in part:
+            results.append(planner.plan(NOW + timedelta(seconds=s.t), det.observe(s), rules))
+            rules = results[-1].rules
+        return results
+
+    before = drive(samples[:restart], ())
+    dropped = by_id(before[-1])[rid].match.src
+    assert dropped and all(map(proxy, dropped))
+    after = drive(samples[restart:], before[-1].rules)
+    flood_and_end = [r for r, s in zip(after, samples[restart:], strict=True) if s.t <= 20 + M]
+    for result in flood_and_end:
+        assert by_id(result)[rid].match.src == dropped
+        sources = [x for r in result.rules for x in r.match.src]
+        assert all(map(proxy, sources)), sorted(map(str, sources))
+    assert any(rid in r.released for r in after)  # the attack ended: its list goes after the grace TTL
 
 
 def test_prefix_offenders_are_listed_once() -> None:
