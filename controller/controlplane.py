@@ -9,8 +9,9 @@ health service and server reflection, served on grpc.aio
 the event loop, the API's sync servicers on its thread pool). State is one
 SQLite file in WAL mode under ``--state-dir``
 (:class:`~controller.fleetstore.FleetStore`): every change is committed
-before it is answered, so kill -9 loses nothing that was acknowledged. A background thread sweeps expired rules every second
-(each sweep one rule set version, each removed rule a
+before it is answered, so kill -9 loses nothing that was acknowledged. A
+background thread sweeps expired rules every second (each sweep one rule
+set version, each removed rule a
 RULE_EVENT_KIND_EXPIRED event), prunes the event log to ``events_keep``
 and renders the Prometheus metrics. Logs are JSON lines on stderr.
 SIGTERM or SIGINT stops it: health turns NOT_SERVING, WatchEvents streams
