@@ -30,7 +30,6 @@ sqlite errors are converted here, once, into :class:`FleetStoreError`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import sqlite3
@@ -543,9 +542,10 @@ class FleetStore:
                     raise FieldError(sorted(unknown)[0],
                                      f"not a node field; known: {', '.join(sorted(_NODE_COLUMNS))}")
                 values = {"last_heartbeat": at, **fields_}
-                record = copy.copy(self.node(node_id))  # the fields are the store's own: no re-validation
-                for name, value in values.items():
-                    object.__setattr__(record, name, value)
+                old = self.node(node_id)
+                record = object.__new__(NodeRecord)  # the store's own fields: no re-validation
+                record.__dict__.update(old.__dict__)
+                record.__dict__.update(values)
                 new.append(record)
                 names = tuple(sorted(values))
                 by_columns.setdefault(names, []).append(

@@ -426,7 +426,7 @@ class _Stream:
     """One agent's open stream, as the hub drives it (loop thread only)."""
 
     __slots__ = ("acked", "deltas", "ended", "error", "labels", "last_touch", "nacked", "name", "node_id",
-                 "outbox", "outstanding", "peer", "reconcile_due", "sent_at", "target", "timer", "wake")
+                 "outbox", "outstanding", "peer", "reconcile_due", "sent_at", "target", "timer", "waiter")
 
     def __init__(self, node_id: str, labels: LabelsKey, deltas: bool, peer: str) -> None:
         self.node_id = node_id
@@ -441,16 +441,22 @@ class _Stream:
         self.nacked: _View | None = None
         self.reconcile_due = False
         self.outbox: deque[bytes] = deque()
-        self.wake = asyncio.Event()
+        self.waiter: asyncio.Future[None] | None = None
+        """Set while the stream's writer waits for the outbox (cheaper than an Event)."""
         self.ended = False
         self.error: BaseException | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.sent_at = 0.0
         self.last_touch = 0.0
 
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def put(self, message: bytes) -> None:
         self.outbox.append(message)
-        self.wake.set()
+        self._wake()
 
     def end(self, error: BaseException | None = None) -> None:
         if not self.ended:
@@ -458,7 +464,7 @@ class _Stream:
             self.error = error
             if self.timer is not None:
                 self.timer.cancel()
-            self.wake.set()
+            self._wake()
 
 
 class _Memory:
@@ -780,12 +786,13 @@ class SyncHub:
             LOGGER.info("node %s: sync stream closed", st.node_id,
                         extra={"event": "sync_stream_closed", "node": st.node_id})
 
-    async def read(self, st: _Stream, requests: AsyncIterator[sync_service_pb2.SyncRequest]) -> None:
+    async def read(self, st: _Stream, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Handle the agent's messages until its side ends; a bad message
         ends the stream with its error."""
         try:
-            async for req in requests:
-                if st.ended:
+            while not st.ended:
+                req = await context.read()
+                if req is grpc.aio.EOF:
                     break
                 self.handle(st, req)
         except asyncio.CancelledError:
@@ -937,24 +944,24 @@ class SyncServicer:
     async def Sync(self, request_iterator: AsyncIterator[sync_service_pb2.SyncRequest],
                    context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
         hub = self.hub
-        requests = request_iterator.__aiter__()
-        try:
-            first = await requests.__anext__()
-        except StopAsyncIteration:
+        first = await context.read()  # the request iterator wraps read(): skip a layer per message
+        if first is grpc.aio.EOF:
             return
         if first.WhichOneof("message") != "register":
             raise FieldError("register", "the first message of a stream must be register (got "
                                          f"{first.WhichOneof('message') or 'an empty message'})")
         st = await hub.open(first.register, context.peer())
-        reader = asyncio.get_running_loop().create_task(hub.read(st, requests))
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(hub.read(st, context))
         try:
             while True:
                 while st.outbox:
                     yield st.outbox.popleft()
                 if st.ended:
                     break
-                st.wake.clear()
-                await st.wake.wait()
+                st.waiter = loop.create_future()
+                await st.waiter
+                st.waiter = None
             if st.error is not None:
                 raise st.error
         finally:
