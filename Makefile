@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 BUF         := tools/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo bench bench-agent check proto clean
+.PHONY: help setup test demo bench bench-agent bench-controlplane check proto clean
 
 help:
 	@echo "Breakwater make targets:"
@@ -14,6 +14,7 @@ help:
 	@echo "  demo   run 'breakwater demo'"
 	@echo "  bench  run the benchmarks: bench/dataplane.py, then bench/agent.py"
 	@echo "  bench-agent  run the agent benchmark only (bench/agent.py)"
+	@echo "  bench-controlplane  run the control-plane benchmark (bench/controlplane.py; no root needed)"
 	@echo "  check  lint and type-check: ruff check, mypy, generated code current, buf lint"
 	@echo "  proto  regenerate breakwater/v1/ from proto/breakwater/v1/*.proto"
 	@echo "  clean  remove .venv and caches"
@@ -33,6 +34,9 @@ bench: setup
 
 bench-agent: setup
 	$(PY) bench/agent.py
+
+bench-controlplane: setup
+	$(PY) bench/controlplane.py
 
 check: setup
 	$(VENV)/bin/ruff check controller tests bench scripts
