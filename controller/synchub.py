@@ -117,6 +117,7 @@ __all__ = [
     "SyncServicer",
     "SyncServices",
     "add_sync_services",
+    "check_config",
     "sync_service",
 ]
 
@@ -152,10 +153,11 @@ class SyncConfig:
     """Sources per TelemetrySummary (Registered.top_sources)."""
     controller_id: str = ""
     """Registered.controller_id; empty: the host name."""
-    node_write_interval: float = 0.25
+    node_write_interval: float = 1.0
     """Node state (applied version, heartbeats, ...) is written at most this
     often (seconds), many nodes per transaction: NodeService sees an ACK up
-    to this much later. Registrations are written at once."""
+    to this much later (well inside its max_lag). Registrations are written
+    at once."""
     heartbeat_write_interval: float = 1.0
     """A node's heartbeat alone (no other change) is written at most this often."""
     gc_freeze: bool = True
@@ -290,8 +292,8 @@ class _Index:
     def own_rules(self, node_id: str) -> _Content:
         return self.own.get(node_id, _EMPTY)
 
-    def apply(self, version: int, changes: Sequence[Change]) -> bool:
-        """Apply committed changes; whether any rule changed at all."""
+    def apply(self, version: int, changes: Sequence[Change]) -> set[str]:
+        """Apply committed changes; the ids of the rules they touched."""
         touched: dict[str, tuple[ScopedRule | None, ScopedRule | None]] = {}
         for change in changes:
             for new in change.upserted:
@@ -305,7 +307,7 @@ class _Index:
                 touched[gone.id] = (first, None)
         self.version = version
         if not touched:
-            return False
+            return set()
         for key, content in list(self.groups.items()):
             labels = dict(key)
             patched: dict[str, ScopedRule] | None = None
@@ -337,7 +339,7 @@ class _Index:
                 self.own[node] = _Content(rules)
             else:
                 self.own.pop(node, None)
-        return True
+        return set(touched)
 
 
 # --- node state, written in order by one thread -------------------------------------------
@@ -586,15 +588,15 @@ class SyncHub:
             version, rules = self._store.snapshot(include_expired=True)
             index.reload(version, rules)
             self.counts["reloads"] += 1
+            gone: Iterable[str] = [rid for rid in self._protos if rid not in index.rules]
         else:
             version, changes = got
             if version == index.version:
                 return
-            index.apply(version, changes)
+            gone = [rid for rid in index.apply(version, changes) if rid not in index.rules]
         self.counts["refreshes"] += 1
-        live = set(index.rules)
-        for rid in [rid for rid in self._protos if rid not in live]:
-            del self._protos[rid]
+        for rid in gone:
+            self._protos.pop(rid, None)
         targets: dict[str, dict[str, Any]] = {}
         for st in list(self._streams.values()):
             view = self._target_for(st)
@@ -1041,6 +1043,34 @@ def _sections(config: object) -> Mapping[str, Mapping[str, Any]]:
     return sections if isinstance(sections, Mapping) else {}
 
 
+def _configs(config: object) -> tuple[SyncConfig, Any, Any]:
+    from .fleet import FleetConfig
+    from .telemetry import TelemetryConfig
+
+    tables = _sections(config)
+    defaults: dict[str, Any] = {}
+    reconcile = getattr(config, "reconcile_interval", None)
+    if isinstance(reconcile, int | float) and not isinstance(reconcile, bool):
+        defaults["reconcile_interval"] = float(reconcile)
+
+    def parsed(name: str, parse: Callable[[Mapping[str, object]], Any]) -> Any:
+        try:
+            return parse(tables.get(name, {}))
+        except FieldError as exc:
+            raise FieldError(f"{name}.{exc.path}" if exc.path else name, exc.what) from None
+
+    return (parsed("sync", lambda t: SyncConfig.from_dict(t, **defaults)),
+            parsed("telemetry", TelemetryConfig.from_dict), parsed("fleet", FleetConfig.from_dict))
+
+
+def check_config(config: object) -> None:
+    """Check the ``[sync]``, ``[telemetry]`` and ``[fleet]`` tables (as
+    :func:`add_sync_services` reads them) without building anything: a
+    :class:`~controller.rules.FieldError` names the first bad key
+    (``fleet.mitigate.rule_ttl``). For ``--check-config``."""
+    _configs(config)
+
+
 def add_sync_services(registry: Any, store: FleetStore, events: EventLog, config: object = None, *,
                       backend: Any = None) -> SyncServices:
     """Add SyncService and TelemetryService to the controller's server.
@@ -1055,24 +1085,10 @@ def add_sync_services(registry: Any, store: FleetStore, events: EventLog, config
     are published (without it, straight to the store). Errors in the tables
     are :class:`~controller.rules.FieldError` s with the table's name in
     front (``sync.top_sources``)."""
-    from .fleet import FleetConfig, FleetDetector
-    from .telemetry import FleetTelemetry, TelemetryConfig, TelemetryServicer, telemetry_service
+    from .fleet import FleetDetector
+    from .telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
 
-    tables = _sections(config)
-    defaults: dict[str, Any] = {}
-    reconcile = getattr(config, "reconcile_interval", None)
-    if isinstance(reconcile, int | float):
-        defaults["reconcile_interval"] = float(reconcile)
-
-    def parsed(name: str, parse: Callable[[Mapping[str, object]], Any]) -> Any:
-        try:
-            return parse(tables.get(name, {}))
-        except FieldError as exc:
-            raise FieldError(f"{name}.{exc.path}" if exc.path else name, exc.what) from None
-
-    sync_cfg: SyncConfig = parsed("sync", lambda t: SyncConfig.from_dict(t, **defaults))
-    tel_cfg: TelemetryConfig = parsed("telemetry", TelemetryConfig.from_dict)
-    fleet_cfg: FleetConfig = parsed("fleet", FleetConfig.from_dict)
+    sync_cfg, tel_cfg, fleet_cfg = _configs(config)
     telemetry = FleetTelemetry(tel_cfg)
     apply = getattr(backend, "apply", None)
     fleet = FleetDetector(fleet_cfg, telemetry, store, events, apply=apply) if fleet_cfg.enabled else None

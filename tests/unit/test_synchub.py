@@ -444,3 +444,30 @@ def test_many_agents_one_change(env: Env) -> None:
     eventually(lambda: all(n.applied_version == v for n in env.store.nodes()))
     counts = env.services.hub.counts
     assert counts["deltas"] == 20 and counts["acks"] == 40
+
+
+def test_config_tables_are_checked(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from controller.synchub import check_config
+
+    check_config({"sync": {"top_sources": 10}, "fleet": {"mitigate": {"rule_ttl": 60}}})
+    for tables, path in (({"sync": {"bogus": 1}}, "sync.bogus"),
+                         ({"telemetry": {"bucket_seconds": 0}}, "telemetry.bucket_seconds"),
+                         ({"fleet": {"mitigate": {"rule_ttl": 0}}}, "fleet.mitigate.rule_ttl"),
+                         ({"fleet": {"signatures": {"dns": 5}}}, "fleet.signatures.dns")):
+        with pytest.raises(FieldError) as info:
+            check_config(tables)
+        assert info.value.path == path, tables
+    store = FleetStore.open(tmp_path)
+    try:
+        config = SimpleNamespace(reconcile_interval=12.0, sections={"sync": {"top_sources": 7}})
+        services: list[Any] = []
+        hooks = add_sync_services(services, store, EventLog(store), config)
+        assert hooks.hub.config.reconcile_interval == 12.0 and hooks.hub.config.top_sources == 7
+        names = sorted(s.name for s in services)
+        assert names == ["breakwater.v1.SyncService", "breakwater.v1.TelemetryService"]
+        assert hooks.fleet is not None
+        hooks.close()
+    finally:
+        store.close()
