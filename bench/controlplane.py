@@ -1,7 +1,8 @@
 """Breakwater control-plane benchmark (issue 5).
 
     .venv/bin/python bench/controlplane.py [--quick] [--agents 100 1000] [--changes 100]
-                                           [--procs 4] [--cases propagation throughput]
+                                           [--procs N] [--no-pin] [--attempts 3]
+                                           [--cases propagation throughput]
 
 Prints one JSON object per line on stdout and a closing table on stderr, as
 the other benches do. Two groups of cases (bench/README.md says what each
@@ -11,16 +12,21 @@ A. Propagation (``propagation``): the controller as a real process
    (``python -m controller.cli controller``, its own SQLite store in a
    temporary directory) and N simulated agents (100, 1000) over real gRPC
    streams, one channel each, run by ``--procs`` client processes on
-   asyncio. Each agent registers (4 sites, labels ``site=s0..s3``), applies
-   every snapshot and delta to an in-memory rule table (a delta whose base
-   is not the version it holds is NACKed) and ACKs. The bench changes the
+   asyncio (default: one per CPU the agents run on). By default the
+   controller has the last CPU to itself and the agents (which stand for
+   other machines) the others. Each agent registers (4 sites, labels
+   ``site=s0..s3``), applies every snapshot and delta to an in-memory rule
+   table (a delta whose base is not the version it holds is NACKed) and
+   ACKs. The bench changes the
    rule set ``--changes`` times through RuleService (CreateRule and
    DeleteRule of global rules, alternately; one at a time) and measures,
    for each change, the time from the call returning to the last agent's
    ACK (CLOCK_MONOTONIC, the same clock in every process): p50, p99, max.
    Also: how long the agents took to connect and hold their first snapshot,
-   the controller's CPU time per change, and its resident memory (RSS)
-   with the agents connected.
+   the controller's and the agents' CPU time per change, the CPU other work
+   on the machine took meanwhile (a run it disturbed is tried again, up to
+   ``--attempts``; every attempt is reported), and the controller's
+   resident memory (RSS) with the agents connected.
 B. Rule creation throughput (``throughput``): a fresh controller, no agents:
    CreateRule one at a time from one client (and from 8 client threads),
    and BatchCreateRules of 1,000 and of 10,000 rules; rules per second.
@@ -381,6 +387,8 @@ class _Changes:
 def propagation(tmp: Path, n: int, changes: int, procs: int, reconcile: float, pin: bool,
                 attempts: int) -> None:
     ctl_cpus, agent_cpus = _split_cpus(pin)
+    if procs <= 0:  # one asyncio process per CPU: more only adds switching between them
+        procs = len(agent_cpus) if agent_cpus else len(os.sched_getaffinity(0))
     where = (f"; controller on CPU {sorted(ctl_cpus)}, agents on {sorted(agent_cpus or ())}"
              if ctl_cpus else "")
     c.log(f"propagation: controller + {n} agents in {procs} processes, {changes} changes{where}")
@@ -543,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="100 agents, 40 changes, smaller throughput runs")
     ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--changes", type=int, default=100)
-    ap.add_argument("--procs", type=int, default=4, help="client processes holding the agents")
+    ap.add_argument("--procs", type=int, default=0,
+                    help="client processes holding the agents (default: one per CPU they run on)")
     ap.add_argument("--reconcile", type=float, default=30.0,
                     help="the controller's reconcile_interval (seconds; its default)")
     ap.add_argument("--single", type=int, default=2000, help="CreateRule calls per single-rule run")
