@@ -733,6 +733,18 @@ async def create_aio_server(
     return server, port
 
 
+async def finish_tasks(timeout: float = 5.0) -> None:
+    """Cancel the loop's other tasks and wait for them (``timeout`` seconds
+    at most), as ``asyncio.run`` does before it closes a loop: a stopped
+    server's calls end here instead of being destroyed pending."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+
+
 class AioServerThread:
     """A grpc.aio server on its own event-loop thread, driven with the calls
     a sync program makes on a ``grpc.Server``: :meth:`start`, :meth:`stop`
@@ -774,6 +786,7 @@ class AioServerThread:
                 try:
                     if self._server is not None:
                         await self._server.stop(grace)
+                    await finish_tasks()
                 finally:
                     self.loop.call_soon(self.loop.stop)
 

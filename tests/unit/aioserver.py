@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from controller.rpc import Service, create_aio_server
+from controller.rpc import Service, create_aio_server, finish_tasks
 
 __all__ = ["LoopThread"]
 
@@ -44,6 +44,7 @@ class LoopThread:
                  tb: TracebackType | None) -> None:
         for server in reversed(self._servers):
             self.run(server.stop(grace=None))
+        self.run(finish_tasks())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(TIMEOUT)
         self.loop.close()
