@@ -265,6 +265,12 @@ class _Measure:
     promotion: bool = False
 
 
+def _is_fleet(r: ScopedRule) -> bool:
+    """A rule this detector made (and so may change or remove)."""
+    return (r.rule.origin == "controller" and r.rule.created_by == CONTROLLER_ACTOR
+            and r.id.startswith(FLEET_PREFIX + "-"))
+
+
 def _update(store: FleetStore, *, rule: ScopedRule, etag: str, reason: str) -> Change:
     return store.update(rule, etag=etag, actor=CONTROLLER_ACTOR, reason=reason)
 
@@ -300,6 +306,9 @@ class FleetDetector:
         self._local: dict[tuple[str, str], tuple[AttackEvent, float]] = {}
         self._lock = threading.Lock()
         self._tick_lock = threading.Lock()
+        self._fleet_rules: dict[str, ScopedRule] = {}
+        self._fleet_version = -1
+        """The store version _fleet_rules is current at (-1: never read)."""
         self.ticks = 0
         self.write_failures = 0
         self.refused = 0
@@ -522,9 +531,27 @@ class FleetDetector:
     # -- rules --
 
     def _stored(self) -> dict[str, ScopedRule]:
-        return {r.id: r for r in self._store.rules(include_expired=True)
-                if r.rule.origin == "controller" and r.rule.created_by == CONTROLLER_ACTOR
-                and r.id.startswith(FLEET_PREFIX + "-")}
+        """The fleet rules in the store, kept current from its change feed
+        (one scan of every rule at first, or after a gap in the feed)."""
+        version = self._store.version
+        if version == self._fleet_version:
+            return dict(self._fleet_rules)
+        got = self._store.changes_since(self._fleet_version) if self._fleet_version >= 0 else None
+        if got is None:
+            version, rules = self._store.snapshot(include_expired=True)
+            self._fleet_rules = {r.id: r for r in rules if _is_fleet(r)}
+        else:
+            version, changes = got
+            for change in changes:
+                for r in change.upserted:
+                    if _is_fleet(r):
+                        self._fleet_rules[r.id] = r
+                    else:
+                        self._fleet_rules.pop(r.id, None)
+                for r in change.removed:
+                    self._fleet_rules.pop(r.id, None)
+        self._fleet_version = version
+        return dict(self._fleet_rules)
 
     def _plan(self, events: Sequence[AttackEvent], now: float) -> None:
         stored = self._stored()

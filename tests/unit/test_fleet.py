@@ -295,3 +295,25 @@ def test_config() -> None:
     assert fleet_rule_id("auto-src-x") == "fleet-src-x"
     long = "auto-" + "a" * 58
     assert len(fleet_rule_id(long)) == 63 and fleet_rule_id(long) != fleet_rule_id(long[:-1] + "b")
+
+
+def test_changes_by_others_are_seen(tmp_path: Path) -> None:
+    """The detector follows the store's change feed: a fleet rule an
+    operator deleted while the attack lasts is made again; other rules are
+    not its business."""
+    fleet = Fleet(tmp_path)
+    from controller.rules import Match, Rule, RuleAction
+    fleet.store.create([ScopedRule(Rule("manual", Match.from_dict({"src": ["192.0.2.0/24"]}),
+                                        RuleAction("drop")))], actor="soc")
+    for k in range(1, 4):
+        for n in range(3):
+            fleet.feed(5 * k, f"edge-{n}", summary({FLOOD: 50_000}))
+        fleet.tick(5 * k)
+    (rule,) = fleet.rules()
+    fleet.store.delete([rule.id], actor="soc")
+    for n in range(3):
+        fleet.feed(20, f"edge-{n}", summary({FLOOD: 50_000}))
+    fleet.tick(20)
+    assert [r.id for r in fleet.rules()] == [rule.id]
+    assert fleet.store.get("manual").rule.origin == "manual"
+    fleet.store.close()
