@@ -77,6 +77,8 @@ from .rules import FieldError
 __all__ = [
     "DEFAULT_MAX_WORKERS",
     "RESOURCE_TYPES",
+    "SERVER_KEEPALIVE_SECONDS",
+    "SERVER_KEEPALIVE_TIMEOUT_SECONDS",
     "STATUS_CODES",
     "ErrorInterceptor",
     "Service",
@@ -112,6 +114,11 @@ RESOURCE_TYPES: Final = {
     "events": "breakwater.v1.Event",
 }
 """``google.rpc.ResourceInfo.resource_type`` by the collection of a resource name."""
+
+SERVER_KEEPALIVE_SECONDS: Final = 60.0
+"""How often an aio server pings each client connection (HTTP/2 keepalive) ..."""
+SERVER_KEEPALIVE_TIMEOUT_SECONDS: Final = 20.0
+"""... and how long it waits for the answer before closing the connection."""
 
 _UNAVAILABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _T = TypeVar("_T")
@@ -697,7 +704,10 @@ async def create_aio_server(
     ``migration_workers`` threads. ``health_servicer`` is grpc_health's aio
     one (its ``set`` is a coroutine) or the sync one (served on the pool).
     ``interceptors``: sync ones run inside the error mapping as on
-    create_server (see :class:`AioErrorInterceptor`), aio ones after it."""
+    create_server (see :class:`AioErrorInterceptor`), aio ones after it.
+    The server pings its clients every :data:`SERVER_KEEPALIVE_SECONDS`, so
+    the stream of a client that vanished ends soon (``options`` may
+    override any grpc channel argument)."""
     names = [s.name for s in services]
     if len(set(names)) != len(names):
         raise InputError(f"services: a service is given twice: {', '.join(names)}")
@@ -709,8 +719,13 @@ async def create_aio_server(
     server = grpc.aio.server(
         migration_thread_pool=pool,
         interceptors=[AioErrorInterceptor(bridged, pool, plain), *aio_ones],
-        # as create_server: refuse a busy port rather than share it
-        options=[("grpc.so_reuseport", 0), *options],
+        # as create_server: refuse a busy port rather than share it; ping idle
+        # peers, so a stream whose agent vanished (its link cut) ends within
+        # a minute or so instead of at TCP's retransmission timeout
+        options=[("grpc.so_reuseport", 0),
+                 ("grpc.keepalive_time_ms", int(SERVER_KEEPALIVE_SECONDS * 1000)),
+                 ("grpc.keepalive_timeout_ms", int(SERVER_KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+                 *options],
     )
     for service in services:
         service.add(server)  # type: ignore[arg-type]  # generated add_*_to_server takes either server
