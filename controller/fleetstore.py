@@ -379,8 +379,10 @@ class FleetStore:
                 stored = [self._stored(r, version, at, None) for r in rules]
                 db.executemany("INSERT INTO rules VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                [row for _, row in stored])
-                self._audit(db, [(at.timestamp(), version, actor, "create", s.id, reason, None, _audit_doc(s))
-                                 for s, _ in stored])
+                # the audit's "after" from the row's own JSON: no second to_dict/dumps per rule
+                self._audit(db, [(at.timestamp(), version, actor, "create", s.id, reason, None,
+                                  f'{{"rule": {row[2]}, "scope": {row[1]}, "version": {version}}}')
+                                 for s, row in stored])
             self._version = version
             for s, _ in stored:
                 self._rules[s.id] = s
