@@ -177,6 +177,7 @@ class _Interface:
     last_loop: float = 0.0
     last_harvest: float = 0.0
     baselines_at: float = 0.0
+    ids_saved: int = 0  # the detector's id counter as last stored
     fill: dict[str, tuple[int, int]] = field(default_factory=dict)
     fill_at: float = 0.0
     applies: int = 0
@@ -291,10 +292,12 @@ class Agent:
                 detector.load_baselines(baselines)
             except InputError as exc:
                 LOGGER.warning("%s: stored baselines ignored: %s", icfg.name, exc)
+        ids = self._store.attack_ids(icfg.name)
+        detector.restore_id_counter(ids)  # attack ids never repeat across restarts
         now = datetime.now(UTC)
         auto = tuple(r for r in self._store.auto_rules(icfg.name) if r.is_active(now))
         return _Interface(icfg, maps, detector, Planner(self.config.mitigate),
-                          self._manual_rules(icfg.name, maps), auto)
+                          self._manual_rules(icfg.name, maps), auto, ids_saved=ids)
 
     def _manual_rules(self, ifname: str, maps: MapSet) -> RuleSet:
         """The operator's rules: the rules file if configured, else the stored
@@ -418,10 +421,14 @@ class Agent:
         if mono - iface.baselines_at >= BASELINE_SECONDS:
             baselines = iface.detector.baselines()
             iface.baselines_at = mono
-        if changed or record or baselines is not None:
+        ids = iface.detector.id_counter
+        if changed or record or baselines is not None or ids != iface.ids_saved:
+            # a new attack id is stored with the events that carry it
             self._store.commit_interval(iface.name, auto_rules=iface.auto if (changed and plan.enforce)
                                         else None, baselines=baselines, events=record,
-                                        rule_events=rule_events)
+                                        rule_events=rule_events,
+                                        attack_ids=ids if ids != iface.ids_saved else None)
+            iface.ids_saved = ids
         if mono - self._pruned_at >= PRUNE_SECONDS:
             self._pruned_at = mono
             self._store.prune_events(KEEP_EVENTS)
@@ -554,9 +561,10 @@ class Agent:
         for iface in self._ifaces:
             try:
                 if new.detect != old.detect:
-                    baselines = iface.detector.baselines()
+                    baselines, ids = iface.detector.baselines(), iface.detector.id_counter
                     iface.detector = Detector(new.detect)
                     iface.detector.load_baselines(baselines)
+                    iface.detector.restore_id_counter(ids)
                 if new.mitigate != old.mitigate:
                     iface.planner = Planner(new.mitigate)
                 if new.rules_file is not None:

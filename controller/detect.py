@@ -16,14 +16,21 @@ Vectors (``docs/detection.md`` has every threshold and default):
   ``gre``, ``fragment``, ``reflection`` (UDP from a reflection port);
   thresholds are ``max(floor, factor x baseline)``;
 * ``many_source``: many distinct, individually moderate sources towards one
-  destination (HTTP-proxy style), by source count and aggregate rate;
+  destination (HTTP-proxy style), by source count and aggregate rate, of
+  the traffic no other attack on the destination explains (its offenders,
+  reflection's UDP from reflection ports and its UDP-only sources);
 * ``source_rate``: single sources over a packet or bit rate (no victim).
 
 Each destination attack also gets a **profile** of its sources, which is
 what the planner (:mod:`controller.mitigate`) acts on: ``concentrated``
 (named offenders carry most of the vector), ``diffuse`` (they do not) or
 ``spoofed`` (high churn: most sources are new and send one or two packets,
-so blocking sources cannot work).
+so blocking sources cannot work). Offenders are sources over an absolute
+rate that also send like the flood's typical source (so a busy client of
+the victim is not one); sources already dropped by exact deny entries,
+counted without classes or destination, stay the flood's. A change towards
+broader mitigation (from ``concentrated``) must hold for N intervals at
+strength, none of them falling.
 
 Baselines are a time-weighted EWMA per destination and vector class,
 learned only in intervals where nothing is over a threshold and no attack
@@ -53,7 +60,7 @@ import numpy.typing as npt
 from .addresses import Prefix
 from .errors import InputError
 from .rules import FieldError
-from .samples import Sample, address_words, is_v4
+from .samples import V4_MAPPED, Sample, address_words, is_v4
 
 __all__ = [
     "DEST_VECTORS",
@@ -90,6 +97,7 @@ VECTOR_CODES: Final[Mapping[Vector, str]] = {
 # Column of each destination vector in the rate and baseline matrices; the
 # baseline matrix has one more column, the number of active sources.
 _FLAG_VECTORS: Final = 7  # syn .. reflection: one destination counter each
+_REFL: Final = 6
 _MANY: Final = 7
 _SOURCES: Final = 8
 _CLASSES: Final = (*DEST_VECTORS[:7], "packets", "sources")
@@ -100,6 +108,16 @@ _OFFENDER_FIELD: Final[Mapping[Vector, str]] = {
     "fragment": "frags", "reflection": "udp",
 }
 
+_TYPICAL_SHARE: Final = 0.75
+"""A flood's typical offender rate: the rate of the lightest of the heaviest candidate
+offenders that together carry this share of the candidates' packets. Three quarters,
+not a half: a group of slower bots that carries a quarter of the flood sets it, and
+so is named; legitimate clients are a small share of a flood and never set it."""
+_FALLING: Final = 0.8
+"""An interval whose rate is under this share of the highest of the attack's previous
+N intervals is falling: the flood is ending, or ramping down. Its sources are
+thinning out, so it neither moves the profile towards broader mitigation nor sets the
+typical offender rate."""
 _V6_FLAG: Final = np.uint64(1 << 63)
 # splitmix64 finaliser constants (Steele, Lea, Flood 2014).
 _MIX1: Final = np.uint64(0xBF58476D1CE4E5B9)
@@ -209,7 +227,7 @@ class DetectConfig:
     fragment: VectorThreshold = VectorThreshold(5_000, 4.0)
     reflection: VectorThreshold = VectorThreshold(10_000, 4.0)
     many_source: VectorThreshold = VectorThreshold(5_000, 3.0)
-    """``many_source``: all packets to the destination (the sources' aggregate rate)."""
+    """``many_source``: packets to the destination that no other attack on it explains."""
 
     many_min_sources: int = 1000
     """``many_source``: at least this many active sources towards the destination ..."""
@@ -230,7 +248,12 @@ class DetectConfig:
     """A new source is tiny when it sent at most this many packets in its first interval."""
 
     offender_pps: float = 100.0
-    """A source is named an offender of a destination flood from this rate of the vector's packets."""
+    """A source is named an offender of a destination flood from this rate of the vector's packets ..."""
+    offender_fraction: float = 0.25
+    """... and from this fraction of the flood's typical offender rate: the rate of the
+    lightest of the heaviest sources over ``offender_pps`` that together carry three
+    quarters of their packets (a legitimate client of the victim is not a bot because
+    it sends more than ``offender_pps``; it is one when it sends like the flood's sources)."""
     concentrated_share: float = 0.5
     """``concentrated`` profile: named offenders carry at least this share of the vector."""
     max_offenders: int = 10_000
@@ -262,6 +285,7 @@ class DetectConfig:
         _number(self.spoof_share, "spoof_share", 0, 1, lo_open=True)
         _integer(self.spoof_tiny_packets, "spoof_tiny_packets", 1, 1000)
         _number(self.offender_pps, "offender_pps", 0, _MAX_RATE, lo_open=True)
+        _number(self.offender_fraction, "offender_fraction", 0, 1)
         _number(self.concentrated_share, "concentrated_share", 0, 1, lo_open=True)
         _integer(self.max_offenders, "max_offenders", 1, 10_000_000)
         _integer(self.report_sources, "report_sources", 0, 10_000)
@@ -440,7 +464,8 @@ class _SourceTable:
     ``rate`` an EWMA of its packet rate (time constant ``window``, decayed
     lazily from ``last``), ``dst`` the slot of its last protected
     destination (-1: none), ``streak`` its intervals in a row over the
-    per-source threshold.
+    per-source threshold, ``mixed_at`` the end of the last interval it sent
+    something other than UDP in (-inf: never; a reflector sends UDP only).
     """
 
     def __init__(self) -> None:
@@ -452,6 +477,7 @@ class _SourceTable:
         self.rate = np.zeros(0, np.float64)
         self.dst = np.zeros(0, np.int32)
         self.streak = np.zeros(0, np.int32)
+        self.mixed_at = np.zeros(0, np.float64)
 
     def __len__(self) -> int:
         return len(self.key)
@@ -473,6 +499,7 @@ class _SourceTable:
         old_at[new_at] = False
         values: dict[str, npt.NDArray[Any] | float | int] = {
             "key": ks, "hi": hi, "lo": lo, "born": born, "last": born, "rate": 0.0, "dst": -1, "streak": 0,
+            "mixed_at": -np.inf,
         }
         for name, value in values.items():
             old = getattr(self, name)
@@ -482,7 +509,7 @@ class _SourceTable:
             setattr(self, name, merged)
 
     def keep(self, mask: Bools) -> None:
-        for name in ("key", "hi", "lo", "born", "last", "rate", "dst", "streak"):
+        for name in ("key", "hi", "lo", "born", "last", "rate", "dst", "streak", "mixed_at"):
             setattr(self, name, getattr(self, name)[mask])
 
     def evict(self, t: float, window: float, cap: int) -> bool:
@@ -613,6 +640,64 @@ class _Offenders:
         )
 
 
+def _typical(counts: F64) -> float:
+    """The count of the lightest of the heaviest ``counts`` that together
+    carry ``_TYPICAL_SHARE`` of their sum (0 for none)."""
+    if not len(counts):
+        return 0.0
+    heaviest = np.sort(counts)[::-1]
+    cum = np.cumsum(heaviest)
+    return float(heaviest[min(int(np.searchsorted(cum, _TYPICAL_SHARE * cum[-1])), len(cum) - 1)])
+
+
+@dataclass
+class _Flood:
+    """One interval of a flag-vector flood on one destination: its offenders
+    in the interval (sorted by key), and how much of the vector sources
+    denied by exact entries carry."""
+
+    step: _SourceStep
+    slot: int
+    name: str
+    """The per-source counter of the vector."""
+    keys: U64
+    """This interval's offenders, sorted; ``hi``, ``lo``, ``pps``, ``bps`` likewise."""
+    hi: U64
+    lo: U64
+    pps: F64
+    bps: F64
+    typical: float
+    """This interval's typical offender rate (0: no source over ``offender_pps``)."""
+    covered_hidden: float
+    """The vector's rate the denied sources carry: their packets, at most
+    what no visible source of the vector explains."""
+
+    def name_offenders(self, off: _Offenders) -> float:
+        """Add this interval's offenders to ``off`` and give each named one
+        its rate in the interval (0 when absent; a denied one: all its
+        packets); return the rate of the vector that named offenders and
+        sources denied by exact entries carry."""
+        off.add(self.keys, self.hi, self.lo)
+        off.pps[:] = 0.0
+        off.bps[:] = 0.0
+        step = self.step
+        at = step._present(off.key)
+        if not len(at):
+            return self.covered_hidden
+        rows = step.order[at]
+        mine = step.dst[rows] == self.slot
+        hidden = step.opaque[rows]
+        counts = np.where(hidden, step.rows["packets"][rows], step.rows[self.name][rows])
+        where = np.searchsorted(off.key, step.sorted_keys[at])
+        keep = mine | (hidden & step.unknown[rows])
+        where, counts, rows = where[keep], counts[keep], rows[keep]
+        pps = counts / step.dt
+        off.pps[where] = pps
+        off.bps[where] = step.rows["bytes"][rows] * 8.0 / step.dt
+        off.peak[where] = np.maximum(off.peak[where], pps)
+        return float(pps[~step.opaque[rows]].sum()) + self.covered_hidden
+
+
 # --- attacks ---------------------------------------------------------------------
 
 
@@ -635,11 +720,43 @@ class _Attack:
     over: bool = True
     sources: int = 0
     offenders: _Offenders = field(default_factory=_Offenders)
+    typical_pps: float = 0.0
+    """The flood's typical offender rate in its last interval at strength."""
+    recent: list[float] = field(default_factory=list)
+    """The vector's rate in the previous N intervals (newest last)."""
+    pending: int = 0
+    """Intervals in a row, at strength, judged a broader profile than ``profile``."""
 
     def measure(self, pps: float, bps: float, dropped: float) -> None:
         self.pps, self.bps, self.dropped_pps = pps, bps, dropped
         self.peak_pps = max(self.peak_pps, pps)
         self.peak_bps = max(self.peak_bps, bps)
+
+    def falling(self, pps: float) -> bool:
+        """This interval's rate is well under the highest of the previous N intervals'."""
+        return bool(self.recent) and pps < _FALLING * max(self.recent)
+
+    def remember(self, pps: float, n: int) -> None:
+        self.recent.append(pps)
+        del self.recent[:-n]
+
+    def judge(self, judged: Profile, *, started: bool, strong: bool, sustain: int) -> None:
+        """Move to the profile ``judged`` on an interval over the threshold.
+
+        At the start, and towards narrower mitigation (a signature the
+        attack has had stays anyway), at once; from ``concentrated``
+        towards ``diffuse`` or ``spoofed`` (adding a victim-wide limit) only
+        after ``sustain`` intervals in a row judged so, none of them falling:
+        the interval a flood ends in, or a ramp-down, thins its sources out
+        without the attack becoming another one."""
+        if started or judged == self.profile or self.profile != "concentrated":
+            self.profile, self.pending = judged, 0
+        elif not strong:
+            self.pending = 0
+        else:
+            self.pending += 1
+            if self.pending >= sustain:
+                self.profile, self.pending = judged, 0
 
     def event(self, kind: EventKind, t: float, report: int) -> AttackEvent:
         return AttackEvent(
@@ -741,7 +858,9 @@ class Detector:
     """Turns a sequence of samples into attack events (see the module doc).
 
     Not thread-safe: one detector per agent, fed by one loop. Attack ids are
-    unique per detector instance (``<code>-<victim>-<n>``, ``heavy-<n>``).
+    ``<code>-<victim>-<n>`` and ``heavy-<n>``, ``n`` counting up per
+    detector; across restarts they stay unique when the next detector
+    continues the count (:attr:`id_counter`, :meth:`restore_id_counter`).
     """
 
     def __init__(self, config: DetectConfig | None = None) -> None:
@@ -796,6 +915,18 @@ class Detector:
         slot = self._dests.slot(victim)
         base = 0.0 if slot < 0 else float(self._baselines()[slot, col])
         return max(float(self._floor[col]), float(self._factor[col]) * base)
+
+    @property
+    def id_counter(self) -> int:
+        """The number of the last attack id issued (``syn-203-0-113-10-<n>``,
+        ``heavy-<n>``): persist it with the events that carry the ids and
+        give it to the next detector's :meth:`restore_id_counter`, so ids
+        never repeat across restarts."""
+        return self._seq
+
+    def restore_id_counter(self, value: int) -> None:
+        """Issue attack ids after ``value`` (a previous detector's :attr:`id_counter`); never goes back."""
+        self._seq = max(self._seq, _integer(value, "id_counter", 0, 2**63 - 1))
 
     def baselines(self) -> dict[str, dict[str, float]]:
         """Every learned baseline by destination and class, to persist across restarts."""
@@ -862,15 +993,36 @@ class Detector:
         thr = np.maximum(self._floor, self._factor * base[:, : len(DEST_VECTORS)])
         over = rate[:, : len(DEST_VECTORS)] >= thr
         over[:, :_FLAG_VECTORS] &= rate[:, :_FLAG_VECTORS] >= self._share * rate[:, [_MANY]]
+        active = self._active[:n_dest]
+
+        # every flag-vector flood over its threshold or under attack, source by source
+        floods: dict[tuple[int, int], _Flood] = {}
+        strong: dict[tuple[int, int], bool] = {}
+        for d, v in zip(*np.nonzero(over[:, :_FLAG_VECTORS] | active[:, :_FLAG_VECTORS]), strict=True):
+            d, v = int(d), int(v)
+            attack = self._attacks.get((d, v))
+            strong[(d, v)] = bool(over[d, v]) and (attack is None or not attack.falling(float(rate[d, v])))
+            # the typical offender rate is held while the flood is not at strength
+            hold = attack.typical_pps if attack is not None and not strong[(d, v)] else 0.0
+            floods[(d, v)] = src.flood(d, _OFFENDER_FIELD[DEST_VECTORS[v]], float(rate[d, v]), hold)
+
+        # many_source counts what no other attack on the destination explains
+        # (worked out where it could matter: it only takes away)
+        source_thr = np.maximum(cfg.many_min_sources, cfg.many_source_factor * base[:, _SOURCES])
+        need = active[:, _MANY] | (over[:, _MANY] & (src.n_active >= source_thr))
+        if need.any():
+            reflected = (over[:, _REFL] | active[:, _REFL]) & need
+            explained = src.explain({k: f for k, f in floods.items() if need[k[0]]}, self._attacks, reflected)
+            explained += np.where(reflected, rate[:, _REFL], 0)
+            rate[:, _MANY] = np.maximum(rate[:, _MANY] - explained, 0)
+            over[:, _MANY] = rate[:, _MANY] >= thr[:, _MANY]
         spoofed = (src.new_tiny >= cfg.spoof_new_per_s * dt) & (src.new_tiny >= cfg.spoof_share * src.n_now)
         spoofed &= src.new_tiny > 0
-        source_thr = np.maximum(cfg.many_min_sources, cfg.many_source_factor * base[:, _SOURCES])
-        many = over[:, _MANY] & (src.n_active >= source_thr) & ~spoofed
+        many = over[:, _MANY] & (src.n_unexplained >= source_thr) & ~spoofed
         if many.any():
-            many &= src.moderate(many) * 2 >= src.n_active
+            many &= src.moderate(many) * 2 >= src.n_unexplained
         over[:, _MANY] = many
 
-        active = self._active[:n_dest]
         self._over[:n_dest] = np.where(over, self._over[:n_dest] + 1, 0)
         fresh = over & (self._over[:n_dest] == 1)
         self._onset[:n_dest] = np.where(fresh, t - dt, self._onset[:n_dest])
@@ -901,15 +1053,23 @@ class Detector:
                 src.suspects(attack, cfg.many_newcomer_lead)
                 attack.profile = "diffuse"
             else:
-                covered = src.offenders(attack, _OFFENDER_FIELD[attack.vector])
+                flood = floods[(d, v)]
+                covered = flood.name_offenders(attack.offenders)
+                if strong[(d, v)] and flood.typical > 0:
+                    attack.typical_pps = flood.typical
                 # the profile is judged while the attack is at strength, not on its tail
                 if attack.over:
                     share = covered / attack.pps if attack.pps > 0 else 0.0
-                    attack.profile = (
+                    judged: Profile = (
                         "spoofed" if spoofed[d]
                         else "concentrated" if share >= cfg.concentrated_share
                         else "diffuse"
                     )
+                    attack.judge(judged, started=kind == "started", strong=strong[(d, v)],
+                                 sustain=cfg.start_intervals)
+                else:
+                    attack.pending = 0
+                attack.remember(attack.pps, cfg.start_intervals)
             attack.offenders.cap(cfg.max_offenders)
             events.append(attack.event(kind, t, cfg.report_sources))
             if kind == "started":
@@ -974,7 +1134,29 @@ class _SourceStep:
         self.rows = s
         table = det._table
         self.keys = keys = det._keys(s["addr_hi"], s["addr_lo"])
-        self.dst = dst = det._dests.lookup(s["dst_hi"], s["dst_lo"])
+        dst = det._dests.lookup(s["dst_hi"], s["dst_lo"])
+        # A source denied by an exact entry is counted on the entry: packets,
+        # bytes and drops only, no classes and no destination (or a stale one).
+        # Its destination is the one it had when it was last seen, if it was.
+        self.opaque = np.zeros(len(s), dtype=bool)
+        """Rows of sources denied by exact entries: packets, bytes, drops only."""
+        self.denied: I64 = np.zeros(0, np.int64)
+        """The same, as row numbers."""
+        self.unknown = np.zeros(len(s), dtype=bool)
+        """Opaque rows whose destination nobody knows (a source seen only while denied)."""
+        dropped = np.nonzero(s["drops"] > 0)[0]
+        if len(dropped):
+            d = s[dropped]
+            classes = d["syn"] | d["ack"] | d["udp"] | d["icmp"] | d["gre"] | d["frags"]
+            opaque = dropped[(classes == 0) & (d["drops"] == d["packets"])]
+            self.opaque[opaque] = True
+            self.denied = opaque
+            o = s[opaque]
+            blind = opaque[(o["dst_hi"] == 0) & ((o["dst_lo"] == 0) | (o["dst_lo"] == np.uint64(V4_MAPPED)))]
+            at, known = table.positions(keys[blind])
+            dst[blind[known]] = table.dst[at[known]]
+            self.unknown[blind[dst[blind] < 0]] = True
+        self.dst = dst
         order = np.argsort(keys)
         ks = keys[order]
         self.sorted_keys, self.order = ks, order
@@ -990,6 +1172,9 @@ class _SourceStep:
             pos += np.searchsorted(added, ks)
         packets = s["packets"][order].astype(np.float64)
         dst_sorted = dst[order]
+        # reflectors send UDP only (a denied source's row says nothing about it)
+        mixed = np.nonzero((s["udp"] < s["packets"])[order] & ~self.opaque[order])[0]
+        table.mixed_at[pos[mixed]] = t
         decay = np.exp(-(t - table.last[pos]) / cfg.window)
         table.rate[pos] = table.rate[pos] * decay - math.expm1(-dt / cfg.window) * packets / dt
         table.last[pos] = t
@@ -1007,6 +1192,10 @@ class _SourceStep:
             pos = np.minimum(pos, max(len(table) - 1, 0))
         self.live = (table.last > t - window) & (table.dst >= 0)
         self.n_active = np.bincount(table.dst[self.live], minlength=n_dest)[:n_dest]
+        self.n_dest = n_dest
+        self.explained = np.zeros(len(table), dtype=bool)
+        """Table rows whose traffic another attack on their destination explains (:meth:`explain`)."""
+        self.n_unexplained = self.n_active
 
         # per-source rates, for source_rate
         self.pps = packets / dt
@@ -1022,23 +1211,98 @@ class _SourceStep:
     # -- destination floods --
 
     def moderate(self, dests: Bools) -> I64:
-        """Per destination in ``dests``: active sources at most ``many_max_source_pps``."""
+        """Per destination in ``dests``: active sources at most ``many_max_source_pps``
+        (of those no other attack explains)."""
         table = self.det._table
-        rows = np.nonzero(self.live & dests[np.maximum(table.dst, 0)])[0]
+        rows = np.nonzero(self.live & ~self.explained & dests[np.maximum(table.dst, 0)])[0]
         est = table.estimate(self.t, self.cfg.window, rows)
         calm = rows[est <= self.cfg.many_max_source_pps]
         return np.bincount(table.dst[calm], minlength=len(dests))[: len(dests)]
 
-    def offenders(self, attack: _Attack, name: str) -> float:
-        """Name this interval's offenders of a destination flood; return their pps."""
-        s, dt = self.rows, self.dt
+    def flood(self, slot: int, name: str, vector_pps: float, hold: float) -> _Flood:
+        """The offenders of one flag-vector flood on destination ``slot`` in this interval.
+
+        An offender sends at least ``offender_pps`` of the vector's packets
+        and at least ``offender_fraction`` of the flood's typical offender
+        rate (or of ``hold``, the rate held from the flood at strength, if
+        higher). Sources denied by exact entries (their packets are all
+        drops, with no classes) are the flood's when their last destination
+        is the victim or unknown: they count towards the typical rate and,
+        up to the part of the vector no visible source explains, as covered."""
+        s, dt, cfg = self.rows, self.dt, self.cfg
+        floor = cfg.offender_pps * dt
+        to_victim = self.dst == slot
         counts = s[name]
-        rows = np.nonzero((self.dst == attack.slot) & (counts >= self.cfg.offender_pps * dt))[0]
+        heavy = np.nonzero(to_victim & (counts >= floor))[0]  # denied rows have no counts
+        seen = float(np.add.reduce(counts, where=to_victim)) / dt
+        hidden_pps = 0.0
+        heavy_counts = counts[heavy].astype(np.float64)
+        if len(self.denied):
+            hidden = self.denied[to_victim[self.denied] | self.unknown[self.denied]]
+            packets = s["packets"][hidden]
+            hidden_pps = float(packets.sum()) / dt
+            heavy_counts = np.concatenate([heavy_counts, packets[packets >= floor]])
+        typical = _typical(heavy_counts) / dt
+        cut = max(floor, cfg.offender_fraction * max(typical, hold) * dt)
+        rows = heavy[counts[heavy] >= cut]
         ks, pick = _unique_sorted(self.keys[rows])
         rows = rows[pick]
-        pps = counts[rows] / dt
-        attack.offenders.merge(ks, s["addr_hi"][rows], s["addr_lo"][rows], pps, s["bytes"][rows] * 8.0 / dt)
-        return float(pps.sum())
+        return _Flood(
+            step=self, slot=slot, name=name, keys=ks, hi=s["addr_hi"][rows], lo=s["addr_lo"][rows],
+            pps=counts[rows] / dt, bps=s["bytes"][rows] * 8.0 / dt, typical=typical,
+            covered_hidden=min(hidden_pps, max(vector_pps - seen, 0.0)),
+        )
+
+    def explain(self, floods: Mapping[tuple[int, int], _Flood],
+                attacks: Mapping[tuple[int, int], _Attack], reflected: Bools) -> F64:
+        """Mark the sources other attacks explain, for ``many_source``; return
+        the packets/s they sent to each destination.
+
+        A flag-vector flood over its threshold or under attack explains its
+        offenders (named so far, and this interval's); reflection (``reflected``
+        destinations) explains the sources that sent only UDP, and its own
+        ``refl`` packets (the caller takes those off)."""
+        table = self.det._table
+        explained = np.zeros(self.n_dest)
+        named: dict[int, list[U64]] = {}
+        for (d, v), fl in floods.items():
+            if v == _REFL:
+                continue
+            ks = fl.keys
+            attack = attacks.get((d, v))
+            if attack is not None and len(attack.offenders):
+                off = attack.offenders.key  # this interval's offenders are mostly named already
+                at = np.minimum(np.searchsorted(off, ks), len(off) - 1)
+                ks = np.concatenate([off, ks[off[at] != ks]])
+            if len(ks):
+                named.setdefault(d, []).append(ks)
+            # sources denied by exact entries: the same for every vector of d
+            explained[d] = max(explained[d], fl.covered_hidden)
+        mask = np.zeros(len(table), dtype=bool)
+        for d, parts in named.items():
+            ks = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+            pos, found = table.positions(ks)
+            at = pos[found]
+            mask[at[table.dst[at] == d]] = True
+            # this interval's packets of those sources, as seen (denied ones are counted above)
+            rows = self.order[self._present(ks)]
+            rows = rows[(self.dst[rows] == d) & ~self.opaque[rows]]
+            explained[d] += float(self.rows["packets"][rows].sum()) / self.dt
+        if reflected.any():
+            udp_only = table.mixed_at <= self.t - max(self.cfg.window, self.dt)
+            mask |= udp_only & (table.dst >= 0) & reflected[np.maximum(table.dst, 0)]
+        self.explained = mask
+        self.n_unexplained = np.bincount(table.dst[self.live & ~mask], minlength=self.n_dest)[: self.n_dest]
+        return explained
+
+    def _present(self, keys: U64) -> I64:
+        """Sorted positions (into ``sorted_keys``) of those of ``keys`` in this sample."""
+        ks = self.sorted_keys
+        if not len(ks) or not len(keys):
+            return np.zeros(0, np.int64)
+        pos: I64 = np.minimum(np.searchsorted(ks, keys), len(ks) - 1)
+        found: I64 = pos[ks[pos] == keys]
+        return found
 
     def suspects(self, attack: _Attack, lead: float) -> None:
         """Many-source offenders: sources towards the victim that arrived
@@ -1054,7 +1318,7 @@ class _SourceStep:
         assert since is not None  # set by the first observe()
         known = since + max(self.cfg.window, self.dt)
         arrived = (table.born >= attack.onset_at - lead) & (table.born >= known)
-        rows = np.nonzero(self.live & (table.dst == attack.slot) & arrived)[0]
+        rows = np.nonzero(self.live & ~self.explained & (table.dst == attack.slot) & arrived)[0]
         est = table.estimate(self.t, self.cfg.window, rows)
         n = self.cfg.max_offenders
         if len(rows) > n:
@@ -1112,9 +1376,4 @@ class _SourceStep:
         return attack.event(kind, t, cfg.report_sources)
 
     def _drops(self, keys: U64) -> float:
-        ks = self.sorted_keys
-        if not len(ks) or not len(keys):
-            return 0.0
-        pos = np.minimum(np.searchsorted(ks, keys), len(ks) - 1)
-        hit = pos[ks[pos] == keys]
-        return float(self.rows["drops"][self.order[hit]].sum()) / self.dt
+        return float(self.rows["drops"][self.order[self._present(keys)]].sum()) / self.dt

@@ -8,8 +8,9 @@ force, with what changed. It picks the narrowest rule that stops each attack:
 =====================  ========================================================
 attack                 rules
 =====================  ========================================================
-``source_rate``        drop the offending sources (``auto-src-<attack>``)
-flood, concentrated    drop the offenders; many of one /24 (/48) become the prefix
+``source_rate``        drop the offending sources (``auto-src-heavy``)
+flood, concentrated    drop the offenders (``auto-src-<vector>-<victim>``); many
+                       of one /24 (/48) become the prefix
 flood, diffuse         an aggregate rate limit of that vector to the victim, plus
                        dropping the offenders that can be named
 flood, spoofed         the aggregate rate limit only: blocking sources cannot work
@@ -19,6 +20,14 @@ flood, spoofed         the aggregate rate limit only: blocking sources cannot wo
                        heaviest newcomers (one list per victim, kept while its
                        many-source attacks last, across restarts)
 =====================  ========================================================
+
+Source drop rules are named after what they protect, not after the attack
+(attack ids change across agent restarts): one list per victim and vector
+(``auto-src-syn-<victim>``, ``auto-src-many-<victim>``), one for heavy
+sources (``auto-src-heavy``). A victim's flood list keeps what of it is in
+force while floods of that vector on it last, so a restarted agent, whose
+detector cannot name sources the data plane already drops (exact deny
+entries count them without a destination), keeps them dropped.
 
 Every rule gets a TTL, extended while its attack lasts; when no active
 attack wants a rule any more it expires after the grace TTL. A rate limit
@@ -183,8 +192,11 @@ class MitigateConfig:
     """Aggregate limit of a vector to a victim (diffuse/spoofed floods), at least ..."""
     ceiling_factor: float = 2.0
     """... or this many times the victim's baseline of that vector."""
-    proxy_per_source_pps: int = 25
-    """Many-source floods: packets/s each source may send to the victim."""
+    proxy_per_source_pps: int = 1000
+    """Many-source floods: packets/s each source may send to the victim. Every
+    client of the victim gets this limit, so it sits above what one legitimate
+    client (a download's ACKs, a NAT gateway) sends; the moderate proxies
+    themselves are stopped by the newcomer drops, not by this limit."""
     proxy_drop_sources: int = 1000
     """Many-source floods: the heaviest newcomers dropped outright."""
     escalate_after: int = 10
@@ -575,7 +587,8 @@ class Planner:
         cfg = self.config
         victim = event.victim
         if victim is None:
-            return self._drops(event, claims, refused, "drop the offending sources")[0]
+            return self._drops(event, claims, refused, "drop the offending sources",
+                               base=("auto", "src", VECTOR_CODES["source_rate"]))[0]
         if not victim.is_exact:
             refused.append(Refusal(event.id, str(victim), "a victim is one address; no victim-wide rule"))
             return []
@@ -605,14 +618,19 @@ class Planner:
             # know, so what is in force (a previous agent's list, or a wave's that
             # returned within the grace TTL) is carried over, not planned afresh.
             base = ("auto", "src", VECTOR_CODES["many_source"], slug)
-            drops, _ = self._drops(event, claims, refused, "drop the heaviest newcomers",
-                                   limit=cfg.proxy_drop_sources, base=base,
+            drops, _ = self._drops(event, claims, refused, "drop the heaviest newcomers", base,
+                                   limit=cfg.proxy_drop_sources,
                                    carried=self._in_force_sources(base, cur, now))
             return [(limit, cfg.escalate_aggregate), *drops]
         signature = (self._signature(event, victim), cfg.escalate_aggregate)
         if event.profile == "spoofed":
             return [signature]
-        drops, covered = self._drops(event, claims, refused, "drop the offending sources")
+        # One drop list per victim and vector, kept while floods of it last: a
+        # restarted detector cannot name the sources exact deny entries already
+        # drop, so what is in force is carried over, not planned afresh.
+        base = ("auto", "src", VECTOR_CODES[event.vector], slug)
+        drops, covered = self._drops(event, claims, refused, "drop the offending sources", base=base,
+                                     carried=self._in_force_sources(base, cur, now))
         if event.profile == "diffuse" or not covered:
             return [signature, *drops]
         return drops
@@ -659,23 +677,27 @@ class Planner:
         claims: _PrefixIndex,
         refused: list[Refusal],
         what: str,
+        base: tuple[str, ...],
         limit: int | None = None,
-        base: tuple[str, ...] | None = None,
         carried: tuple[Prefix, ...] = (),
     ) -> tuple[list[_Planned], int]:
         """Source drop rules for the attack's offenders (the first ``limit``)
         plus the ``carried`` prefixes, aggregated and guarded; and how many of
         the resulting prefixes are covered (by these rules or by an earlier
-        attack's). Rule ids are ``base`` (default ``auto-src-<attack>``), then
-        ``-2``, ``-3`` ...
+        attack's). Rule ids are ``base``, then ``-2``, ``-3`` ...
 
         The detector hands over the same offenders tuple until the set
         changes, so the guarded, aggregated prefixes and their rules are
         computed once per change, not once per interval."""
         cache = self._drop_cache.get(event.id)
+        # ``carried`` is mostly this cache's own list, as the rule in force holds it: nothing new
         if (cache is None or cache.offenders is not event.offenders or cache.profile != event.profile
-                or cache.what != what or cache.limit != limit or cache.carried != carried):
-            candidates, refusals = self._candidates(event, (*event.offenders[:limit], *carried))
+                or cache.what != what or cache.limit != limit
+                or (carried != cache.carried and carried != cache.candidates)):
+            # the carried prefixes are mostly the offenders again: each once
+            wanted = tuple(dict.fromkeys((*event.offenders[:limit], *carried))) if carried else \
+                event.offenders[:limit]
+            candidates, refusals = self._candidates(event, wanted)
             cache = _DropCache(event.offenders, event.profile, what, limit, candidates, refusals,
                                carried)
             self._drop_cache[event.id] = cache
@@ -756,10 +778,9 @@ class Planner:
         return tuple(chosen), tuple(refused)
 
     def _src_rules(self, event: AttackEvent, prefixes: Sequence[Prefix], what: str,
-                   base: tuple[str, ...] | None = None) -> list[_Planned]:
-        """Drop rules for ``prefixes``: ``base`` (default ``auto-src-<attack>``), then ``-2``, ``-3`` ..."""
+                   base: tuple[str, ...]) -> list[_Planned]:
+        """Drop rules for ``prefixes``: ``base``, then ``base-2``, ``base-3`` ..."""
         cfg = self.config
-        base = base or ("auto", "src", event.id)
         rules: list[_Planned] = []
         size = cfg.max_prefixes_per_rule
         for n, start in enumerate(range(0, len(prefixes), size)):

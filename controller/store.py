@@ -6,7 +6,10 @@ Tables, per interface:
 * ``auto_rules``: the automatic rules in force, each with its expiry, so a
   restarted agent keeps them and lets them expire on time;
 * ``baselines``: the detector's learned baselines (JSON);
-* ``events``: attack event history (started / ended / rule changes).
+* ``events``: attack event history (started / ended / rule changes);
+* ``meta``: the schema version, and per interface the number of the last
+  attack id issued (``attack_ids/<ifname>``, written with the events that
+  carry the ids), so a restarted detector's ids never repeat.
 
 Node-wide, for the controller sync (:mod:`controller.syncclient`):
 
@@ -227,6 +230,13 @@ class Store:
             row = self._db.execute("SELECT doc FROM baselines WHERE ifname = ?", (ifname,)).fetchone()
         return {} if row is None else dict(json.loads(row[0]))
 
+    def attack_ids(self, ifname: str) -> int:
+        """The number of the last attack id issued on ``ifname`` (0: none yet)."""
+        with _converted(f"{self.path}: read attack ids"):
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?",
+                                   (f"attack_ids/{ifname}",)).fetchone()
+        return 0 if row is None else int(row[0])
+
     def commit_interval(
         self,
         ifname: str,
@@ -235,6 +245,7 @@ class Store:
         baselines: Mapping[str, Mapping[str, float]] | None = None,
         events: Sequence[AttackEvent] = (),
         rule_events: Sequence[tuple[str, str, Mapping[str, Any]]] = (),
+        attack_ids: int | None = None,
         at: float | None = None,
     ) -> None:
         """One interval's state in one transaction (None: leave that part as
@@ -242,6 +253,9 @@ class Store:
         :class:`RuleEventRow`)."""
         when = time.time() if at is None else at
         with self._tx("write interval") as db:
+            if attack_ids is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           (f"attack_ids/{ifname}", str(attack_ids)))
             if auto_rules is not None:
                 db.execute("DELETE FROM auto_rules WHERE ifname = ?", (ifname,))
                 db.executemany(

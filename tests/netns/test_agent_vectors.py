@@ -153,7 +153,8 @@ class Expected:
     """One automatic rule the planner must put in force for the attack."""
 
     id: str
-    """Its id, or the start of it when it ends in ``-`` (``auto-src-<attack id>``)."""
+    """Its id (source lists are per victim and vector: ``auto-src-<vector>-<victim>``),
+    or the start of it when it ends in ``-``."""
     kind: str
     scope: str | None = None
     src: frozenset[str] | None = None
@@ -222,23 +223,23 @@ SPOOFED_SYN_RULE = Expected(f"auto-syn-{SLUG}", "rate_limit", scope="aggregate",
 CASES = [
     # concentrated floods, 16 bots at 750 pps each: the bots' /32s are dropped ...
     Case("syn", "syn", _tcp("S"), bots(*SYN_BOTS, per_network=2), 12_000,
-         (Expected(f"auto-src-syn-{SLUG}-", "drop",
+         (Expected(f"auto-src-syn-{SLUG}", "drop",
                    src=_hosts(bots(*SYN_BOTS, per_network=2)())),), DENY, "concentrated"),
     # ... or, K = 8 or more of them in one /24, the /24 (the aggregation path)
     Case("ack", "ack", _tcp("A"), bots("198.18.32.0/24", per_network=16), 12_000,
-         (Expected(f"auto-src-ack-{SLUG}-", "drop", src=_nets("198.18.32.0/24")),), DENY_PREFIX,
+         (Expected(f"auto-src-ack-{SLUG}", "drop", src=_nets("198.18.32.0/24")),), DENY_PREFIX,
          "concentrated"),
     Case("udp", "udp", _udp(frames.SPORT), bots("198.19.1.0/24", "198.19.2.0/24", per_network=8), 12_000,
-         (Expected(f"auto-src-udp-{SLUG}-", "drop", src=_nets("198.19.1.0/24", "198.19.2.0/24")),),
+         (Expected(f"auto-src-udp-{SLUG}", "drop", src=_nets("198.19.1.0/24", "198.19.2.0/24")),),
          DENY_PREFIX, "concentrated"),
     Case("icmp", "icmp", _icmp, one_per(ICMP_BOTS), 12_000,
-         (Expected(f"auto-src-icmp-{SLUG}-", "drop", src=_hosts(one_per(ICMP_BOTS)())),), DENY,
+         (Expected(f"auto-src-icmp-{SLUG}", "drop", src=_hosts(one_per(ICMP_BOTS)())),), DENY,
          "concentrated"),
     Case("gre", "gre", _gre, bots(*GRE_BOTS, per_network=2), 12_000,
-         (Expected(f"auto-src-gre-{SLUG}-", "drop", src=_hosts(bots(*GRE_BOTS, per_network=2)())),),
+         (Expected(f"auto-src-gre-{SLUG}", "drop", src=_hosts(bots(*GRE_BOTS, per_network=2)())),),
          DENY, "concentrated"),
     Case("fragment", "fragment", _fragments, one_per(FRAG_BOTS), 12_000,
-         (Expected(f"auto-src-frag-{SLUG}-", "drop", src=_hosts(one_per(FRAG_BOTS)())),), DENY,
+         (Expected(f"auto-src-frag-{SLUG}", "drop", src=_hosts(one_per(FRAG_BOTS)())),), DENY,
          "concentrated"),
     # NTP answers (source port 123) from 64 reflectors: UDP from the reflection
     # ports to the victim is rate-limited per port, then escalated to a drop

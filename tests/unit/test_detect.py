@@ -304,6 +304,170 @@ def test_a_detector_started_during_a_many_source_flood_names_no_established_clie
     assert named == {str(address_from_words(*w)) for w in zip(*v4_block("198.19.64.1", 500), strict=True)}
 
 
+# --- offenders are the flood's sources, not the victim's clients ------------------------------
+
+CLIENT = "172.20.0.10"
+
+
+def client(pps: float = 250.0, mix: dict[str, float] | None = None) -> Traffic:
+    """One legitimate client of the victim, heavier than ``offender_pps``, for the whole recording."""
+    return Traffic(v4_block(CLIENT, 1), VICTIM, pps, mix or {"udp": 1}, size=200)
+
+
+def udp_bots(count: int = 30, pps: float = 2000.0, first: str = "198.18.1.1", stop: float = 20.0,
+             denied_from: float = math.inf) -> Traffic:
+    """A UDP flood from ``count`` bots from 5 to ``stop``, denied by exact entries from ``denied_from``."""
+    return Traffic(bots(count, first), VICTIM, pps, {"udp": 1}, size=512, start=5, stop=stop,
+                   denied_from=denied_from)
+
+
+def named(events: Sequence[AttackEvent], vector: str) -> set[str]:
+    return {str(p) for e in events if e.vector == vector for p in e.offenders}
+
+
+def profiles(events: Sequence[AttackEvent], vector: str) -> list[tuple[float, str]]:
+    return [(e.t, e.profile) for e in events if e.vector == vector]
+
+
+def test_a_legitimate_client_is_not_named_with_the_bots() -> None:
+    # Found with the demo: a 250 pps client of the victim of a UDP flood (bots at
+    # 2000 pps each) was an offender by the absolute test alone (>= offender_pps)
+    # and was dropped with the bots. It is well under the flood's typical rate.
+    cfg = DetectConfig()
+    assert client().pps > cfg.offender_pps
+    _, events = run(wave(1.0, 40.0, udp_bots(), client()), cfg)
+    (attack,) = of_kind(events, "started")
+    assert (attack.vector, attack.profile) == ("udp", "concentrated")
+    assert named(events, "udp") == {str(address_from_words(*w)) for w in zip(*bots(30, "198.18.1.1"),
+                                                                             strict=True)}
+
+
+def test_a_botnet_of_mixed_rates_is_named_whole() -> None:
+    # a quarter of the flood from slower bots sets the typical rate: they are named too
+    fast = udp_bots(100, 2000.0)
+    slow = Traffic(bots(400, "198.18.8.1"), VICTIM, 300, {"udp": 1}, size=512, start=5, stop=20)
+    _, events = run(wave(1.0, 40.0, fast, slow))
+    assert len(named(events, "udp")) == 500
+    assert {e.profile for e in events if e.vector == "udp"} == {"concentrated"}
+
+
+def test_the_interval_a_concentrated_flood_stops_in_keeps_its_profile() -> None:
+    # The flood stops 0.4 s into the interval [20, 21): the vector is still over its
+    # threshold there (57.6k/s), while every bot sent 96/s, under offender_pps. The
+    # profile flipped to diffuse, and the planner added a victim-wide UDP limit that
+    # stayed until the attack ended plus the grace TTL.
+    flood = udp_bots(600, 240.0, stop=20.4)
+    _, events = run(wave(1.0, 45.0, flood))
+    last = next(e for e in events if e.vector == "udp" and e.t == 21.0)
+    assert last.over_threshold and all(s.pps < DetectConfig().offender_pps for s in last.top_sources)
+    assert {p for _, p in profiles(events, "udp")} == {"concentrated"}
+    assert len(named(events, "udp")) == 600
+
+
+def test_a_flood_dropped_by_exact_entries_stays_concentrated() -> None:
+    # From t=9 the bots are dropped by exact deny entries, which count them on the
+    # entry: their rows have packets and drops only, no UDP count, no destination.
+    # The destination still counts every packet. The bots' rate must not read as a
+    # diffuse remainder, nor make the client the flood's typical source.
+    _, events = run(wave(1.0, 45.0, udp_bots(denied_from=9), client()))
+    assert {p for _, p in profiles(events, "udp")} == {"concentrated"}
+    assert CLIENT not in named(events, "udp")
+    during = [e for e in events if e.vector == "udp" and 10 <= e.t <= 20]
+    assert during and all(e.over_threshold and e.dropped_pps >= 60_000 for e in during)
+    assert [e.t for e in of_kind(events, "ended")] == [20.0 + M]
+
+
+def test_a_restarted_detector_sees_a_flood_dropped_by_exact_entries_as_concentrated() -> None:
+    # the new detector never saw the bots' destination: only the victim's counters
+    # and the denied rows' packets say where the flood comes from
+    samples = wave(1.0, 45.0, udp_bots(denied_from=9), client())[12:]
+    _, events = run(samples)
+    (attack,) = of_kind(events, "started")
+    assert (attack.vector, attack.profile) == ("udp", "concentrated")
+    assert {p for _, p in profiles(events, "udp")} == {"concentrated"}
+    assert CLIENT not in named(events, "udp")
+
+
+def test_a_profile_turns_diffuse_only_after_n_intervals_of_it() -> None:
+    # at 12, 4000 sources at 40 UDP/s each (under offender_pps) join the bots: the
+    # named offenders carry 27% of the vector from the interval ending at 13
+    spread = Traffic(v4_block("198.18.64.1", 4000), VICTIM, 40, {"udp": 1}, size=512, start=12, stop=20)
+    _, events = run(wave(1.0, 40.0, udp_bots(), spread))
+    seen = profiles(events, "udp")
+    assert next(t for t, p in seen if p == "diffuse") == 12.0 + N
+    assert {p for t, p in seen if t < 12.0 + N} == {"concentrated"}
+
+
+def test_no_broader_profile_while_the_flood_is_falling() -> None:
+    # The bots stop group by group (20, 21, ... 24); 1500 sources at 30 UDP/s each
+    # (45k/s, under the 50k floor alone) go on. For three intervals the vector is
+    # over its threshold, falling, with the named bots under half of it: the flood
+    # is ending, not becoming a diffuse one.
+    groups = [(130, 20), (264, 21), (38, 22), (28, 23), (18, 24)]
+    first = 1
+    floods = []
+    for count, stop in groups:
+        floods.append(Traffic(bots(count, f"198.18.{first}.1"), VICTIM, 500, {"udp": 1}, size=512,
+                              start=5, stop=stop))
+        first += 2
+    rest = Traffic(v4_block("198.18.64.1", 1500), VICTIM, 30, {"udp": 1}, size=512, start=5, stop=30)
+    _, events = run(wave(1.0, 50.0, *floods, rest))
+    udp = {e.t: e for e in events if e.vector == "udp"}
+    for t in (22.0, 23.0, 24.0):
+        bots_pps = sum(s.pps for s in udp[t].top_sources)
+        assert udp[t].over_threshold and bots_pps < udp[t].pps / 2, (t, bots_pps, udp[t].pps)
+    assert {e.profile for e in udp.values()} == {"concentrated"}
+
+
+# --- many_source leaves out what other attacks explain ----------------------------------------
+
+
+def test_reflection_from_many_reflectors_is_not_also_a_many_source_flood() -> None:
+    # 1500 reflectors at 20 pps each: many moderate sources, but all of it is UDP from
+    # a reflection port, which the reflection vector explains (and its rule stops).
+    # It was also a many_source attack, whose per-source limit hit every client.
+    _, events = run(wave(1.0, 40.0, ntp_reflection(count=1500, pps=20.0)))
+    assert [(e.vector, e.t) for e in of_kind(events, "started")] == [("reflection", 5.0 + N)]
+
+
+def test_the_clients_of_a_concentrated_flood_victim_are_not_a_many_source_flood() -> None:
+    # A detector started during a UDP flood on a busy victim: 1200 clients and no
+    # baseline of sources yet. The packets over the many_source threshold are the
+    # bots', which the UDP flood's offenders explain.
+    clients = background(VICTIM, clients=1200, pps=3.0)
+    _, events = run(record(40.0, 1.0, [clients, udp_bots()])[9:])
+    assert [e.vector for e in of_kind(events, "started")] == ["udp"]
+
+
+def test_a_many_source_flood_during_a_reflection_flood_is_still_seen() -> None:
+    # the proxies are TCP: reflection explains none of their traffic
+    _, events = run(wave(1.0, 40.0, ntp_reflection(count=1500, pps=20.0), http_proxy(pps=5.0)))
+    assert sorted(e.vector for e in of_kind(events, "started")) == ["many_source", "reflection"]
+    many = next(e for e in events if e.vector == "many_source")
+    proxies = {str(address_from_words(*w)) for w in zip(*v4_block("198.19.0.1", 2000), strict=True)}
+    assert {str(p) for p in many.offenders} <= proxies
+
+
+# --- attack ids ---------------------------------------------------------------------------------
+
+
+def test_attack_ids_continue_across_a_restart() -> None:
+    samples = wave(1.0, 40.0, mirai_syn(stop=10), mirai_syn(start=15, stop=25))
+    before, events = run(samples[:30], DetectConfig(end_intervals=2))
+    ids = [e.id for e in of_kind(events, "started")]
+    assert ids == [f"syn-{VICTIM.replace('.', '-')}-1", f"syn-{VICTIM.replace('.', '-')}-2"]
+    assert before.id_counter == 2
+    after = Detector(DetectConfig(end_intervals=2))
+    after.restore_id_counter(before.id_counter)
+    after.restore_id_counter(1)  # never back
+    fresh: list[AttackEvent] = []
+    for s in wave(1.0, 20.0, mirai_syn(start=5, stop=15)):
+        fresh += after.observe(s)
+    assert [e.id for e in of_kind(fresh, "started")] == [f"syn-{VICTIM.replace('.', '-')}-3"]
+    with pytest.raises(InputError, match=r"^id_counter: -1 is out of range"):
+        after.restore_id_counter(-1)
+
+
 def test_heavy_sources_are_not_a_many_source_flood() -> None:
     # 2000 sources at 100 ACK/s each: an ACK flood from named offenders, not "many moderate sources"
     flood = Traffic(v4_block("198.19.0.1", 2000), VICTIM, 100, {"ack": 1}, start=5, stop=20)

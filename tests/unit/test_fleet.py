@@ -112,7 +112,7 @@ def test_a_third_of_a_flood_on_three_nodes_is_one_fleet_rule(fleet: Fleet) -> No
     assert started_at == 10  # two evaluations over the line (5 s and 10 s)
     assert [str(p) for r in rules for p in r.rule.match.src] == [FLOOD]
     (fr,) = rules
-    assert fr.id.startswith("fleet-src-fleet-heavy-") and fr.scope.is_global
+    assert fr.id == "fleet-src-heavy" and fr.scope.is_global
     assert fr.rule.action.kind == "drop" and fr.rule.created_by == CONTROLLER_ACTOR
     assert fr.rule.expires_at is not None
     kinds = [(e.kind, e.vector) for e in fleet.log if e.kind != "updated"]
@@ -199,7 +199,7 @@ def test_k_node_promotion(fleet: Fleet) -> None:
     fleet.tick(3)
     (rule,) = fleet.rules()
     assert sorted(str(p) for p in rule.rule.match.src) == [f"203.0.113.{i}" for i in (1, 2, 3)]
-    assert rule.id.startswith("fleet-src-fleet-ksyn-198-18-0-10-") and rule.scope.is_global
+    assert rule.id == "fleet-src-syn-198-18-0-10" and rule.scope.is_global
     # the local attacks end: the fleet attack ends after end_intervals and the rule is released
     for i, node in enumerate(("edge-1", "edge-2", "edge-3")):
         fleet.detector.observe(node, [_local(f"syn-{'abc'[i]}", kind="ended")], now=T)
@@ -218,7 +218,7 @@ def test_offender_on_k_nodes_is_dropped_everywhere(fleet: Fleet) -> None:
     fleet.tick(1)
     (rule,) = fleet.rules()
     assert [str(p) for p in rule.rule.match.src] == ["198.51.100.9"]
-    assert rule.id.startswith("fleet-src-fleet-offenders-")
+    assert rule.id == "fleet-src-heavy"
 
 
 def test_stale_local_attacks_stop_counting(fleet: Fleet) -> None:

@@ -76,6 +76,16 @@ def test_events_order_limit_and_prune(tmp_path: Path) -> None:
         assert [r.pps for r in store.events(10)] == [3.0, 4.0]
 
 
+def test_attack_ids_are_stored_with_their_events_per_interface(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        assert store.attack_ids("bw0") == 0
+        store.commit_interval("bw0", events=[_event()], attack_ids=7)
+        store.commit_interval("bw0", baselines={})  # None: left as it is
+        store.commit_interval("eth1", attack_ids=2)
+    with Store.open(tmp_path) as store:
+        assert (store.attack_ids("bw0"), store.attack_ids("eth1")) == (7, 2)
+
+
 def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
     with Store.open(tmp_path) as store:
         store.commit_interval("bw0", auto_rules=[_rule("a")])

@@ -38,6 +38,7 @@ from controller.samples import (
     DESTINATION_FIELDS,
     SOURCE_DTYPE,
     SOURCE_FIELDS,
+    V4_MAPPED,
     Sample,
     address_words,
     load_recording,
@@ -85,6 +86,11 @@ class Traffic:
     ``mix`` gives, per counter, the share of packets it counts (``{"syn": 1}``:
     every packet is a SYN). From ``dropped_from`` on, every packet is also
     counted as dropped (a mitigation is in force; the data plane still counts).
+    From ``denied_from`` on the sources are dropped by exact deny entries,
+    which count them on the entry: their source rows show packets, bytes and
+    drops only, no per-vector counts and no last destination (the harvester's
+    unknown destination, ``0.0.0.0`` for IPv4); the destination still counts
+    every packet, by vector, as dropped.
     """
 
     sources: Words
@@ -96,6 +102,7 @@ class Traffic:
     stop: float = math.inf
     dropped_from: float = math.inf
     protected: bool = True
+    denied_from: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,8 @@ class _Rows:
     dst: list[str] = field(default_factory=list)
     counts: list[dict[str, npt.NDArray[np.uint64]]] = field(default_factory=list)
     protected: list[bool] = field(default_factory=list)
+    denied: list[bool] = field(default_factory=list)
+    """The block's sources are dropped by exact deny entries (opaque source rows)."""
 
 
 def _phase(n: int, salt: int) -> npt.NDArray[np.float64]:
@@ -168,6 +177,7 @@ def record(duration: float, dt: float, traffic: Sequence[Traffic | Spoofed], t0:
                 rows.dst.append(tr.dst)
                 rows.counts.append(_counts(n, tr.mix, tr.size, a >= tr.dropped_from))
                 rows.protected.append(True)
+                rows.denied.append(False)
                 continue
             span = _between(tr.start, tr.stop, a, b)
             if span is None:
@@ -180,8 +190,10 @@ def record(duration: float, dt: float, traffic: Sequence[Traffic | Spoofed], t0:
             rows.hi.append(tr.sources[0][keep])
             rows.lo.append(tr.sources[1][keep])
             rows.dst.append(tr.dst)
-            rows.counts.append(_counts(n[keep], tr.mix, tr.size, a >= tr.dropped_from))
+            denied = a >= tr.denied_from
+            rows.counts.append(_counts(n[keep], tr.mix, tr.size, denied or a >= tr.dropped_from))
             rows.protected.append(tr.protected)
+            rows.denied.append(denied)
         samples.append(_sample(b, dt, rows))
     return samples
 
@@ -195,17 +207,27 @@ def _sample(t: float, dt: float, rows: _Rows) -> Sample:
     sizes = [len(h) for h in rows.hi]
     dst_hi = np.repeat(np.array([w[0] for w in dst_words], np.uint64), sizes)
     dst_lo = np.repeat(np.array([w[1] for w in dst_words], np.uint64), sizes)
-    # one row per source: sum counters, keep the last destination
+    # one row per source: sum counters, keep the last destination (of a packet
+    # that was not denied by an exact entry: those are counted without one)
     key = np.stack([hi, lo], axis=1)
     uniq, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
     src = np.zeros(len(uniq), SOURCE_DTYPE)
     src["addr_hi"], src["addr_lo"] = uniq[:, 0], uniq[:, 1]
-    last = np.zeros(len(uniq), np.int64)
-    np.maximum.at(last, inverse, np.arange(len(inverse)))
-    src["dst_hi"], src["dst_lo"] = dst_hi[last], dst_lo[last]
+    denied = np.repeat(np.array(rows.denied, bool), sizes)
+    last = np.full(len(uniq), -1, np.int64)
+    seen = np.nonzero(~denied)[0]
+    np.maximum.at(last, inverse[seen], seen)
+    known = last >= 0
+    src["dst_hi"] = np.where(known, dst_hi[np.maximum(last, 0)], 0)
+    # the harvester reads an exact deny entry's unknown destination as 0.0.0.0 (IPv4)
+    src_v4 = (src["addr_hi"] == 0) & ((src["addr_lo"] >> np.uint64(32)) == np.uint64(0xFFFF))
+    src["dst_lo"] = np.where(known, dst_lo[np.maximum(last, 0)],
+                             np.where(src_v4, np.uint64(V4_MAPPED), np.uint64(0)))
     for name in SOURCE_FIELDS:
         col = np.concatenate([c[name] for c in rows.counts])
+        if name not in ("packets", "bytes", "drops"):
+            col = np.where(denied, np.uint64(0), col)
         np.add.at(src[name], inverse, col)
     # destinations: the protected ones' totals
     totals: dict[str, dict[str, int]] = {}
