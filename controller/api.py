@@ -270,7 +270,8 @@ def rule_events(change: Change, *, actor: str | None = None, expired: bool = Fal
     for kind, rules in ((up, change.upserted), (down, change.removed)):
         for r in rules:
             out.append(event_pb2.Event(rule=event_pb2.RuleEvent(
-                kind=kind, rule_id=r.id, rule=rule_to_proto(r), version=change.version, actor=who)))
+                kind=kind, rule_id=r.id, rule=rule_to_proto(r), version=change.version, actor=who,
+                reason=change.reason)))
     return out
 
 

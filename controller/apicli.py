@@ -568,6 +568,8 @@ def event_detail(e: event_pb2.Event) -> str:
             what += f": {action_text(r.rule.action)} {match_text(r.rule.match)}"
         if r.HasField("error"):
             what += f": {r.error.message}"
+        if r.reason:
+            what += f" ({r.reason})"
         return what
     return "-"
 

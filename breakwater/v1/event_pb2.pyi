@@ -413,6 +413,7 @@ class RuleEvent(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     ATTACK_ID_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     kind: Global___RuleEventKind.ValueType
     """What happened."""
     rule_id: _builtins.str
@@ -427,6 +428,11 @@ class RuleEvent(_message.Message):
     """Who made the change: the caller's identity, "detector" or "ttl"."""
     attack_id: _builtins.str
     """The attack the rule answers, for rules a detector made."""
+    reason: _builtins.str
+    """Why the change was made: the caller's x-breakwater-reason metadata (the
+    audit log records it too), "expired" for RULE_EVENT_KIND_EXPIRED, or
+    empty.
+    """
     @_builtins.property
     def rule(self) -> _rule_pb2.Rule:
         """The rule after the change (before it, for RULE_EVENT_KIND_DELETED and
@@ -447,10 +453,11 @@ class RuleEvent(_message.Message):
         actor: _builtins.str = ...,
         attack_id: _builtins.str = ...,
         error: _rule_pb2.ApplyError | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "rule", b"rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "attack_id", b"attack_id", "error", b"error", "kind", b"kind", "rule", b"rule", "rule_id", b"rule_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "attack_id", b"attack_id", "error", b"error", "kind", b"kind", "reason", b"reason", "rule", b"rule", "rule_id", b"rule_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -127,9 +127,10 @@ def test_create_get_list_delete(api: Api) -> None:
     assert [(a.action, a.actor, a.reason, a.version) for a in audit] == [
         ("create", "alice", "ticket 7", 1), ("delete", "alice", "ticket 7", 2)]
     events = api.ctl.events.page()
-    assert [(e.rule.kind, e.rule.rule_id, e.rule.version, e.rule.actor, e.node) for e in events] == [
-        (event_pb2.RULE_EVENT_KIND_CREATED, "dns-amp", 1, "alice", ""),
-        (event_pb2.RULE_EVENT_KIND_DELETED, "dns-amp", 2, "alice", "")]
+    assert [(e.rule.kind, e.rule.rule_id, e.rule.version, e.rule.actor, e.rule.reason, e.node)
+            for e in events] == [
+        (event_pb2.RULE_EVENT_KIND_CREATED, "dns-amp", 1, "alice", "ticket 7", ""),
+        (event_pb2.RULE_EVENT_KIND_DELETED, "dns-amp", 2, "alice", "ticket 7", "")]
     assert events[1].rule.rule == made  # the rule before it went
 
 
