@@ -2,9 +2,10 @@
 VENV        := .venv
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BUF         := tools/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo bench bench-agent check clean
+.PHONY: help setup test demo bench bench-agent bench-controlplane check proto clean
 
 help:
 	@echo "Breakwater make targets:"
@@ -13,7 +14,9 @@ help:
 	@echo "  demo   run 'breakwater demo'"
 	@echo "  bench  run the benchmarks: bench/dataplane.py, then bench/agent.py"
 	@echo "  bench-agent  run the agent benchmark only (bench/agent.py)"
-	@echo "  check  lint and type-check: ruff check, mypy"
+	@echo "  bench-controlplane  run the control-plane benchmark (bench/controlplane.py; no root needed)"
+	@echo "  check  lint and type-check: ruff check, mypy, generated code current, buf lint"
+	@echo "  proto  regenerate breakwater/v1/ from proto/breakwater/v1/*.proto"
 	@echo "  clean  remove .venv and caches"
 
 setup:
@@ -32,10 +35,19 @@ bench: setup
 bench-agent: setup
 	$(PY) bench/agent.py
 
+bench-controlplane: setup
+	$(PY) bench/controlplane.py
+
 check: setup
-	$(VENV)/bin/ruff check controller tests bench
+	$(VENV)/bin/ruff check controller tests bench scripts
 	$(VENV)/bin/mypy
+	$(PY) scripts/gen_proto.py --check
+	$(BUF) lint
+
+# Needs the dev tools in .venv (make setup); does not need root.
+proto:
+	$(PY) scripts/gen_proto.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 	find . -path ./.git -prune -o -type d -name __pycache__ -exec rm -rf {} +

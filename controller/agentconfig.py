@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -24,20 +26,25 @@ from .errors import InputError
 from .maps import MapSizes
 from .mitigate import MitigateConfig
 from .rules import FieldError
+from .scope import check_labels, check_node_id
 
 __all__ = [
+    "DEFAULT_API",
     "DEFAULT_CONFIG",
     "DEFAULT_METRICS",
     "MIN_INTERVAL",
     "AgentConfig",
     "ConfigError",
     "InterfaceConfig",
+    "default_node_id",
     "load",
     "parse",
+    "parse_controller",
 ]
 
 DEFAULT_CONFIG: Final = Path("/etc/breakwater/agent.toml")
 DEFAULT_METRICS: Final = "127.0.0.1:9611"
+DEFAULT_API: Final = "127.0.0.1:9612"
 DEFAULT_INTERVAL: Final = 1.0
 MIN_INTERVAL: Final = 0.1
 MAX_INTERVAL: Final = 3600.0
@@ -47,6 +54,7 @@ AgentMode = Literal["monitor", "enforce"]
 _TOP_KEYS: Final = (
     "interfaces", "protected", "management", "allowlist", "mode", "interval", "detach_on_exit",
     "state_dir", "pin_root", "metrics", "rules_file", "sizes", "detect", "mitigate",
+    "controller", "node_id", "labels", "api",
 )
 _IFACE_KEYS: Final = ("name", "netns", "mode")
 # Keys of [mitigate] the agent fills in from the top level.
@@ -92,6 +100,12 @@ class AgentConfig:
     detect: DetectConfig = field(default_factory=DetectConfig)
     mitigate: MitigateConfig = field(default_factory=MitigateConfig)
     source: str = "<defaults>"
+    controller: str | None = None
+    """The controller's SyncService, ``host:port``; None: standalone."""
+    node_id: str = "localhost"
+    labels: dict[str, str] = field(default_factory=dict)
+    api: tuple[str, int] | None = ("127.0.0.1", 9612)
+    """Where the agent serves its local API; None: not at all."""
 
     @property
     def monitor(self) -> bool:
@@ -114,6 +128,10 @@ class AgentConfig:
             "pin_root": str(self.pin_root),
             "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "",
             "rules_file": str(self.rules_file) if self.rules_file else "",
+            "controller": self.controller or "",
+            "node_id": self.node_id,
+            "labels": dict(self.labels),
+            "api": f"{self.api[0]}:{self.api[1]}" if self.api else "",
             "sizes": self.sizes.as_dict(),
             "detect": det,
             "mitigate": mit,
@@ -210,6 +228,50 @@ def parse_metrics(value: object, src: str = "--metrics", path: str = "metrics") 
     return host, int(port)
 
 
+def parse_controller(value: object, src: str = "--controller", path: str = "controller") -> str | None:
+    """``"HOST:PORT"`` (``[::1]:9610`` for IPv6, a host name is fine) as a
+    gRPC target, or ``""`` for none."""
+    if not isinstance(value, str):
+        raise ConfigError(src, path, f"expected \"HOST:PORT\" or \"\" (standalone), got {value!r}")
+    if not value:
+        return None
+    host, sep, port = value.strip().rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if (not sep or not bare or not port.isdigit() or not 1 <= int(port) <= 65535
+            or any(c.isspace() or c in "/[]" for c in bare) or (":" in bare and bare == host)):
+        raise ConfigError(src, path, f"{value!r} is not HOST:PORT (e.g. controller.example:9610, "
+                                     "10.0.0.5:9610, [2001:db8::5]:9610; port 1..65535)")
+    return f"[{bare}]:{int(port)}" if ":" in bare else f"{bare}:{int(port)}"
+
+
+_NOT_NODE_ID = re.compile(r"[^a-z0-9._-]")
+
+
+def default_node_id(hostname: str | None = None) -> str:
+    """The node id when none is configured: the host name, lower-cased,
+    every character outside ``a-z 0-9 . _ -`` made ``-`` (``localhost`` if
+    nothing is left)."""
+    name = _NOT_NODE_ID.sub("-", (socket.gethostname() if hostname is None else hostname).lower())
+    name = name.lstrip("._-")[:253]
+    return name or "localhost"
+
+
+def _node_id(value: object, src: str) -> str:
+    try:
+        return check_node_id(value, "node_id")
+    except FieldError as exc:
+        raise ConfigError(src, "node_id", exc.what) from None
+
+
+def _labels(value: object, src: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ConfigError(src, "labels", f"expected a table like {{ site = \"fra1\" }}, got {value!r}")
+    try:
+        return check_labels(value, "labels")
+    except FieldError as exc:
+        raise ConfigError(src, exc.path, exc.what) from None
+
+
 def _number(value: object, src: str, path: str, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(src, path, f"expected a number of seconds, got {value!r}")
@@ -268,8 +330,13 @@ def parse(data: Mapping[str, object], source: str = "<config>",
             raise ConfigError(src, f"mitigate.{key}", f"set by the top-level key {owner!r}; remove it here")
     mitigate = _section({"mitigate": mit_doc}, "mitigate", MitigateConfig.from_dict, src)
     mitigate = replace(mitigate, allowlist=allowlist, management=management, monitor=mode == "monitor")
+    controller = parse_controller(doc.get("controller", ""), src, "controller")
+    node_id = _node_id(doc["node_id"], src) if "node_id" in doc else default_node_id()
+    labels = _labels(doc.get("labels", {}), src)
+    api = parse_metrics(doc.get("api", DEFAULT_API), src, "api")
     return AgentConfig(interfaces, protected, management, allowlist, mode, interval,
-                       detach, state_dir, pin_root, metrics, rules_file, sizes, detect, mitigate, src)
+                       detach, state_dir, pin_root, metrics, rules_file, sizes, detect, mitigate, src,
+                       controller, node_id, labels, api)
 
 
 def _section(doc: Mapping[str, object], key: str, build: Any, src: str) -> Any:

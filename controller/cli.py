@@ -2,8 +2,19 @@
 
 Local mode (like xdp-filter): every command works on the pinned maps under
 ``--pin-root`` (default /sys/fs/bpf/breakwater); only ``dataplane attach``
-compiles anything. Tables by default, ``--json`` for machines. Errors are
-one line on stderr and a non-zero exit: 2 for bad input, 1 for the rest.
+compiles anything.
+
+Remote mode: ``rules``, ``nodes``, ``events``, ``top`` and ``stats`` talk
+gRPC to a controller (``breakwater controller``) or an agent's API when a
+server is named: ``--server HOST:PORT``, else ``$BREAKWATER_SERVER``, else
+the CLI config (:mod:`controller.apiclient`); :mod:`controller.apicli` runs
+them. ``rules list|show|del``, ``events``, ``top`` and ``stats`` stay local
+when no server is named; ``rules create|update`` and ``nodes`` need one;
+``rules apply|preset`` and the ``deny``/``allow`` lists are local only.
+
+Tables by default, ``--json`` for machines. Errors are one line on stderr
+and a non-zero exit: 2 for bad input (a remote ``INVALID_ARGUMENT``
+included: the line names the field), 1 for the rest.
 """
 
 from __future__ import annotations
@@ -20,9 +31,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
-from . import abi, counters, dataplane, enforce, logs, policy
+from . import abi, apicli, counters, dataplane, enforce, logs, policy
 from .addresses import Prefix, parse_prefix
 from .agentconfig import DEFAULT_CONFIG as DEFAULT_AGENT_CONFIG
+from .apiclient import ClientSettings
 from .blocklist import read_file
 from .bpfmap import MapSet
 from .errors import BreakwaterError, InputError
@@ -70,6 +82,33 @@ def _prefixes(args: argparse.Namespace) -> list[Prefix]:
     if not out:
         raise InputError("no prefixes given: name them or pass --file")
     return out
+
+
+def _remote(args: argparse.Namespace) -> ClientSettings | None:
+    """The server this command should talk to, or None to work locally."""
+    s = apicli.settings(args)
+    return s if s.server is not None else None
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> str | None:
+    for name in names:
+        if getattr(args, name, None) not in (None, False, [], "", 0):
+            return "--" + name.replace("_", "-")
+    return None
+
+
+def _local_flags(args: argparse.Namespace, names: Sequence[str] = ("interface",)) -> None:
+    """Refuse flags of the local form in a remote command."""
+    flag = _given(args, names)
+    if flag:
+        raise InputError(f"{flag} works on this machine's maps; leave it out when talking to a server")
+
+
+def _remote_flags(args: argparse.Namespace, names: Sequence[str]) -> None:
+    """Refuse flags of the remote form in a local command."""
+    flag = _given(args, names)
+    if flag:
+        raise InputError(f"{flag} needs a server: give --server HOST:PORT or set $BREAKWATER_SERVER")
 
 
 # -- dataplane ---------------------------------------------------------------
@@ -280,6 +319,12 @@ def cmd_rules_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_del(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote is not None:
+        _local_flags(args, ("interface", "dry_run"))
+        return apicli.rules_delete(args, remote)
+    _remote_flags(args, ("etag", "allow_missing", "reason"))
+
     def edit(rs: RuleSet) -> RuleSet:
         missing = [i for i in args.ids if rs.get(i) is None]
         if missing:
@@ -348,6 +393,11 @@ def _action_text(action: Any) -> str:
 
 
 def cmd_rules_list(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote is not None:
+        _local_flags(args)
+        return apicli.rules_list(args, remote)
+    _remote_flags(args, ("filter", "show_expired", "limit"))
     rows = _rule_rows(args)
     if args.json:
         emit_json(rows)
@@ -361,6 +411,10 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_show(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote is not None:
+        _local_flags(args)
+        return apicli.rules_get(args, remote)
     rows = [r for r in _rule_rows(args) if r["id"] == args.id]
     if not rows:
         raise InputError(f"no rule {args.id!r}: `breakwater rules list` shows them")
@@ -447,6 +501,11 @@ def cmd_list_show(args: argparse.Namespace) -> int:
 # -- counters ------------------------------------------------------------------
 
 def cmd_top(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote is not None:
+        _local_flags(args)
+        return apicli.top(args, remote)
+    _remote_flags(args, ("node", "destinations", "window", "iterations"))
     ifnames = _interfaces(args)
     while True:
         rows: list[dict[str, Any]] = []
@@ -482,6 +541,11 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote is not None:
+        _local_flags(args)
+        return apicli.stats(args, remote)
+    _remote_flags(args, ("node", "window"))
     report: list[dict[str, Any]] = []
     for ifname in _interfaces(args):
         with dataplane.open_maps(ifname, args.pin_root) as maps:
@@ -539,6 +603,18 @@ def _agent_overrides(args: argparse.Namespace) -> dict[str, object]:
             out[key.removeprefix("agent_")] = str(value)
     if args.metrics is not None:
         out["metrics"] = args.metrics
+    for key in ("controller", "node_id", "api"):
+        value = getattr(args, f"agent_{key}")
+        if value is not None:
+            out[key] = value
+    if args.agent_label:
+        labels: dict[str, str] = {}
+        for item in args.agent_label:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InputError(f"--label {item!r}: expected KEY=VALUE, e.g. --label site=fra1")
+            labels[key] = value
+        out["labels"] = labels
     return out
 
 
@@ -554,6 +630,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote is not None:
+        _local_flags(args, ("events_state_dir",))
+        return apicli.events(args, remote)
+    _remote_flags(args, ("filter", "follow", "after_sequence"))
     from .store import DB_NAME, Store
 
     state_dir = args.events_state_dir or args.state_dir
@@ -572,6 +653,34 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_create(args: argparse.Namespace) -> int:
+    return apicli.rules_create(args, apicli.settings(args, required=True))
+
+
+def cmd_rules_update(args: argparse.Namespace) -> int:
+    return apicli.rules_update(args, apicli.settings(args, required=True))
+
+
+def cmd_nodes_list(args: argparse.Namespace) -> int:
+    return apicli.nodes_list(args, apicli.settings(args, required=True))
+
+
+def cmd_nodes_get(args: argparse.Namespace) -> int:
+    return apicli.nodes_get(args, apicli.settings(args, required=True))
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from . import controlplane
+
+    overrides = {"listen": args.listen, "state_dir": args.controller_state_dir, "metrics": args.metrics,
+                 "reconcile_interval": args.reconcile_interval}
+    cfg = controlplane.load_config(Path(args.config) if args.config else None, overrides)
+    if args.check_config:
+        emit_json(cfg.to_dict())
+        return 0
+    return controlplane.run(cfg)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -584,7 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="breakwater",
         description="Breakwater: XDP edge DDoS mitigation. Local commands work on the "
-                    "pinned maps of the interfaces Breakwater is attached to.",
+                    "pinned maps of the interfaces Breakwater is attached to; rules, nodes, events, "
+                    "top and stats talk to a controller (or an agent's API) with --server HOST:PORT "
+                    "or $BREAKWATER_SERVER.",
     )
     p.add_argument("--pin-root", type=Path, default=dataplane.DEFAULT_PIN_ROOT,
                    help="bpffs directory of the pinned programs and maps "
@@ -673,25 +784,55 @@ def build_parser() -> argparse.ArgumentParser:
         common(ls)
         ls.set_defaults(func=cmd_list_show, which=which)
 
-    rp = sub.add_parser("rules", help="the rule set: apply a file atomically, list, show, delete")
+    rp = sub.add_parser("rules", help="the rule set: local (apply a file atomically, list, show, delete) "
+                                      "or a server's (list, get, create, update, delete with --server)")
     rsub = rp.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     ra = rsub.add_parser("apply", help="make FILE (TOML, or .json) the whole rule set, atomically")
     ra.add_argument("file", metavar="FILE")
     ra.add_argument("--dry-run", action="store_true", help="compile and show the diff, change nothing")
     common(ra)
     ra.set_defaults(func=cmd_rules_apply)
-    rl = rsub.add_parser("list", help="rules in force with their counters")
+    rl = rsub.add_parser("list", help="rules in force with their counters (a server's: with --server)")
     common(rl)
+    apicli.add_server_flags(rl)
+    rl.add_argument("--filter", metavar="EXPR",
+                    help='with a server: e.g. \'origin = RULE_ORIGIN_AUTO AND match.src: "198.51.100.7"\' '
+                         "(docs/controlplane.md)")
+    rl.add_argument("--show-expired", action="store_true",
+                    help="with a server: also rules past their expiry that are not swept yet")
+    rl.add_argument("--limit", type=int, default=0, help="with a server: at most N rules (default all)")
     rl.set_defaults(func=cmd_rules_list)
-    rs_ = rsub.add_parser("show", help="one rule in full")
-    rs_.add_argument("id", metavar="ID")
+    rs_ = rsub.add_parser("show", aliases=["get"], help="one rule in full (a server's: with --server)")
+    rs_.add_argument("id", metavar="ID", help="the rule id (or rules/ID)")
     common(rs_)
+    apicli.add_server_flags(rs_)
     rs_.set_defaults(func=cmd_rules_show)
-    rd = rsub.add_parser("del", help="delete rules by id")
+    rd = rsub.add_parser("del", aliases=["delete"], help="delete rules by id (a server's: with --server)")
     rd.add_argument("ids", nargs="+", metavar="ID")
-    rd.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    rd.add_argument("--dry-run", action="store_true", help="local: show the diff, change nothing")
     common(rd)
+    apicli.add_server_flags(rd, reason=True)
+    rd.add_argument("--etag", help="with a server: delete only if the rule's etag is still this")
+    rd.add_argument("--allow-missing", action="store_true",
+                    help="with a server: succeed if the rule does not exist")
     rd.set_defaults(func=cmd_rules_del)
+    rc = rsub.add_parser("create", help="create a rule on a server (needs --server or $BREAKWATER_SERVER)")
+    rc.add_argument("id", metavar="ID", nargs="?", help="the new rule's id")
+    rc.add_argument("--file", metavar="FILE",
+                    help="create every rule of a rule file (TOML, or .json) at once, all or none")
+    rc.add_argument("--dry-run", action="store_true", help="validate on the server, create nothing")
+    rc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    apicli.add_server_flags(rc, reason=True)
+    apicli.add_rule_flags(rc, update=False)
+    rc.set_defaults(func=cmd_rules_create)
+    ru = rsub.add_parser("update", help="change fields of a rule on a server (only the flags given)")
+    ru.add_argument("id", metavar="ID", help="the rule id (or rules/ID)")
+    ru.add_argument("--etag", help="change only if the rule's etag is still this (else: aborted)")
+    ru.add_argument("--dry-run", action="store_true", help="validate on the server, change nothing")
+    ru.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    apicli.add_server_flags(ru, reason=True)
+    apicli.add_rule_flags(ru, update=True)
+    ru.set_defaults(func=cmd_rules_update)
     rpre = rsub.add_parser("preset", help="add a built-in rule group (reflection)")
     rpre.add_argument("preset", choices=["reflection"])
     rpre.add_argument("--dst", action="append", required=True, metavar="PREFIX",
@@ -706,17 +847,49 @@ def build_parser() -> argparse.ArgumentParser:
     common(rpre)
     rpre.set_defaults(func=cmd_rules_preset)
 
-    t = sub.add_parser("top", help="top sources by rate, from two counter reads")
-    t.add_argument("--interval", type=float, default=1.0, help="seconds between reads (default 1)")
+    t = sub.add_parser("top", help="top sources by rate, from two counter reads (the fleet's: with --server, "
+                                   "refreshed live)")
+    t.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between reads, or between refreshes with a server (default 1)")
     t.add_argument("-n", "--count", type=int, default=20, help="rows (default 20)")
-    t.add_argument("--by", choices=["packets", "bytes", "drops"], default="packets")
-    t.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    t.add_argument("--by", choices=["packets", "bytes", "drops"], default="packets",
+                   help="rank by (a server ranks by packets or bytes)")
+    t.add_argument("--watch", action="store_true",
+                   help="refresh until interrupted (a server's top always refreshes, unless --json or "
+                        "--iterations)")
     common(t)
+    apicli.add_server_flags(t)
+    t.add_argument("--node", metavar="NODE_ID", help="with a server: one node (default: the cluster)")
+    t.add_argument("--destinations", action="store_true",
+                   help="with a server: rank protected destinations instead of sources")
+    t.add_argument("--window", type=float, metavar="SECONDS",
+                   help="with a server: the window, ending now (default 60, at most 3600)")
+    t.add_argument("--iterations", type=int, metavar="N",
+                   help="with a server: stop after N refreshes (default: until Ctrl-C; 1 with --json)")
     t.set_defaults(func=cmd_top)
 
-    st = sub.add_parser("stats", help="packets by action, reason and rule")
+    st = sub.add_parser("stats", help="packets by action, reason and rule (the fleet's: with --server)")
     common(st)
+    apicli.add_server_flags(st)
+    st.add_argument("--node", metavar="NODE_ID", help="with a server: one node (default: the cluster)")
+    st.add_argument("--window", type=float, metavar="SECONDS",
+                    help="with a server: the window, ending now (default 60, at most 3600)")
     st.set_defaults(func=cmd_stats)
+
+    np_ = sub.add_parser("nodes", help="the agents registered with a controller (needs --server)")
+    nsub = np_.add_subparsers(dest="nodes_command", required=True, metavar="ACTION")
+    nl = nsub.add_parser("list", help="every node: health, applied and target version, lag")
+    nl.add_argument("--filter", metavar="EXPR",
+                    help='e.g. \'labels.site = "fra1" AND health != NODE_HEALTH_HEALTHY\'')
+    nl.add_argument("--limit", type=int, default=0, help="at most N nodes (default all)")
+    nl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    apicli.add_server_flags(nl)
+    nl.set_defaults(func=cmd_nodes_list)
+    ng = nsub.add_parser("get", help="one node in full")
+    ng.add_argument("id", metavar="NODE_ID", help="the node id (or nodes/ID)")
+    ng.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    apicli.add_server_flags(ng)
+    ng.set_defaults(func=cmd_nodes_get)
 
     ag = sub.add_parser("agent", help="run the detection and mitigation daemon")
     ag.add_argument("--config", default=str(DEFAULT_AGENT_CONFIG),
@@ -736,16 +909,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="state directory, holds agent.db (default: the config's state_dir)")
     ag.add_argument("--metrics", metavar="ADDR:PORT",
                     help='metrics listen address (default 127.0.0.1:9611; "" disables)')
+    ag.add_argument("--controller", dest="agent_controller", metavar="HOST:PORT",
+                    help='the controller to sync rules with ("" runs standalone; default: the config\'s)')
+    ag.add_argument("--node-id", dest="agent_node_id", metavar="ID",
+                    help="this node's id at the controller (default: the config's, else the host name)")
+    ag.add_argument("--label", dest="agent_label", action="append", metavar="KEY=VALUE",
+                    help="a node label, e.g. site=fra1 (repeatable; replaces the config's labels)")
+    ag.add_argument("--api", dest="agent_api", metavar="ADDR:PORT",
+                    help='the local API listen address (default 127.0.0.1:9612; "" disables)')
     ag.add_argument("--check-config", action="store_true",
                     help="validate the configuration, print the effective one, exit (0 ok, 2 bad)")
     ag.set_defaults(func=cmd_agent)
 
-    ev = sub.add_parser("events", help="recent attack events from the agent's state database")
-    ev.add_argument("--limit", type=int, default=50, help="at most N events (default 50)")
-    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev = sub.add_parser("events", help="recent attack events from the agent's state database (a server's "
+                                       "attack and rule events with --server; --follow streams them)")
+    ev.add_argument("--limit", type=int, default=50, help="at most N events, newest first (default 50)")
+    ev.add_argument("--json", action="store_true",
+                    help="print JSON instead of a table (one object per line with --follow)")
     ev.add_argument("--state-dir", dest="events_state_dir", type=Path,
                     help="the agent's state directory (default: the global --state-dir)")
+    apicli.add_server_flags(ev)
+    ev.add_argument("--filter", metavar="EXPR",
+                    help="with a server: e.g. 'rule:*' or 'attack.phase = ATTACK_PHASE_STARTED'")
+    ev.add_argument("-f", "--follow", action="store_true",
+                    help="with a server: stream events as they are logged, until Ctrl-C")
+    ev.add_argument("--after-sequence", type=int, metavar="SEQ",
+                    help="with --follow: first replay the kept events after SEQ (0: all)")
     ev.set_defaults(func=cmd_events)
+
+    ct = sub.add_parser("controller", help="run the control plane: the gRPC API and the agents' sync "
+                                           "server, over a SQLite store")
+    ct.add_argument("--config", metavar="FILE",
+                    help="controller configuration, TOML (optional; keys in docs/controlplane.md)")
+    ct.add_argument("--listen", metavar="HOST:PORT",
+                    help="gRPC listen address (default 127.0.0.1:9610; 0.0.0.0:9610 serves other hosts)")
+    ct.add_argument("--state-dir", dest="controller_state_dir", metavar="DIR",
+                    help="holds controller.db (default /var/lib/breakwater-controller)")
+    ct.add_argument("--metrics", metavar="ADDR:PORT",
+                    help='Prometheus metrics address (default 127.0.0.1:9613; "" disables)')
+    ct.add_argument("--reconcile-interval", type=float, metavar="SECONDS",
+                    help="seconds between the reconciling snapshots agents get (default 30)")
+    ct.add_argument("--check-config", action="store_true",
+                    help="validate the configuration, print the effective one, exit (0 ok, 2 bad)")
+    ct.set_defaults(func=cmd_controller)
 
     dm = sub.add_parser(
         "demo", help="the agent against a multi-vector flood in a namespace lab (~40 s, root)",

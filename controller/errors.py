@@ -18,11 +18,24 @@ is one line saying what went wrong and what to do next::
     │   ├── MapFullError           an update would not fit (nothing was changed)
     │   ├── PinnedMapMismatchError a pinned map's layout differs from this build
     │   └── MapOperationError      a map syscall failed (with errno)
-    └── InputError                 a bad address, prefix, rule id or option
+    ├── InputError                 a bad address, prefix, rule id or option
+    │   └── FieldError             one field of it, with the field's path (rules.py)
+    ├── NotFoundError              the named resource (rule, node) does not exist
+    ├── AlreadyExistsError         a resource of that name exists already
+    ├── EtagMismatchError          the resource changed since the caller read it
+    ├── FailedPreconditionError    the request cannot be served in the current state
+    ├── CapacityError              a limit would be exceeded (rules, batch size, streams)
+    └── RemoteError                a gRPC call failed in a way none of the above says
+        └── UnavailableError       the peer cannot be reached or did not answer in time
 
 bcc, libbpf (ctypes), pyroute2 and OS errors are converted by
 :func:`from_os_error` and :func:`from_bcc_error`, called only where Breakwater
-calls those libraries (``_libbpf.py``, ``program.py``, ``netlink.py``).
+calls those libraries (``_libbpf.py``, ``program.py``, ``netlink.py``). gRPC
+statuses are converted both ways in :mod:`controller.rpc`: each error above
+has one status code (``INVALID_ARGUMENT`` with the field of a
+``FieldError``, ``NOT_FOUND``, ``ALREADY_EXISTS``, ``ABORTED``,
+``FAILED_PRECONDITION``, ``RESOURCE_EXHAUSTED``; ``MapFullError`` is
+``RESOURCE_EXHAUSTED`` too), and a client gets the same error back.
 """
 
 from __future__ import annotations
@@ -31,10 +44,14 @@ import errno as errno_mod
 import os
 
 __all__ = [
+    "AlreadyExistsError",
     "AttachConflictError",
     "BpfFsError",
     "BpfUnsupportedError",
     "BreakwaterError",
+    "CapacityError",
+    "EtagMismatchError",
+    "FailedPreconditionError",
     "HeadersMissingError",
     "InputError",
     "InterfaceError",
@@ -43,10 +60,13 @@ __all__ = [
     "MapFullError",
     "MapOperationError",
     "NotAttachedError",
+    "NotFoundError",
     "NotRootError",
     "PinnedMapMismatchError",
     "ProgramLoadError",
+    "RemoteError",
     "SetupError",
+    "UnavailableError",
     "from_bcc_error",
     "from_os_error",
 ]
@@ -118,6 +138,52 @@ class MapOperationError(MapError):
 
 class InputError(BreakwaterError, ValueError):
     """Bad input from an operator or caller: nothing was changed."""
+
+
+class _ResourceError(BreakwaterError):
+    """An error about one named resource; ``resource`` is its name
+    (``rules/dns-amp``), empty when the error names none."""
+
+    def __init__(self, message: str, resource: str = "") -> None:
+        super().__init__(message)
+        self.resource = resource
+
+
+class NotFoundError(_ResourceError):
+    """The named resource (a rule, a node) does not exist."""
+
+
+class AlreadyExistsError(_ResourceError):
+    """A resource of that name exists already: nothing was created."""
+
+
+class EtagMismatchError(_ResourceError):
+    """The resource changed since the caller read it (its etag differs):
+    nothing was changed; read it again and retry."""
+
+
+class FailedPreconditionError(BreakwaterError):
+    """The request is valid but cannot be served in the current state (say,
+    events after the asked-for sequence have been pruned)."""
+
+
+class CapacityError(BreakwaterError):
+    """A limit would be exceeded (rules, batch size, open streams): nothing
+    was changed."""
+
+
+class RemoteError(BreakwaterError):
+    """A gRPC call failed with a status no other error stands for; ``code``
+    is the status code's name (``"INTERNAL"``, ``"PERMISSION_DENIED"``)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnavailableError(RemoteError):
+    """The peer could not be reached or did not answer in time
+    (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``): worth retrying."""
 
 
 def from_os_error(err: int, what: str) -> BreakwaterError:

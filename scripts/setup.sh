@@ -7,6 +7,8 @@
 #     running kernel has no headers package)
 #   - bpffs mounted at /sys/fs/bpf
 #   - .venv with Debian's bcc linked in, and the project installed '.[dev]'
+#   - buf (npm package @bufbuild/buf, pinned in tools/package-lock.json) in
+#     tools/node_modules for `make check`'s buf lint; npm from Debian if missing
 #   - a final check that bcc compiles and loads an XDP program
 #
 # Overrides (mostly for testing this script):
@@ -79,6 +81,10 @@ MISSING=()
 for p in "${PKGS[@]}"; do
     is_installed "$p" || MISSING+=("$p")
 done
+# npm for buf (tools/); a machine with its own Node.js and npm keeps them.
+if ! command -v npm >/dev/null 2>&1; then
+    MISSING+=(npm)
+fi
 if ((${#MISSING[@]})); then
     apt_install "${MISSING[@]}"
 else
@@ -194,6 +200,26 @@ else
     fi
     rm -f "$VENV"/.installed-*
     touch "$STAMP"
+fi
+
+# ------------------------------------------------------------ buf (npm tools)
+# tools/package-lock.json pins @bufbuild/buf; its platform binary comes as an
+# optional dependency, so no install script has to run.
+TOOLS_HASH="$(sha256sum tools/package-lock.json | cut -c1-16)"
+TOOLS_STAMP="tools/node_modules/.installed-$TOOLS_HASH"
+if [[ -e $TOOLS_STAMP && -x tools/node_modules/.bin/buf ]]; then
+    say "buf already installed in tools/node_modules (package-lock.json unchanged)"
+else
+    say "npm ci in tools/ (buf)"
+    NPM_LOG="$VENV/npm-tools.log"
+    if ! npm ci --prefix tools --no-audit --no-fund >"$NPM_LOG" 2>&1; then
+        tail -n 30 "$NPM_LOG" >&2
+        die "npm ci in tools/ failed (full log: $NPM_LOG)"
+    fi
+    tools/node_modules/.bin/buf --version >/dev/null 2>&1 \
+        || die "tools/node_modules/.bin/buf does not run; see $NPM_LOG"
+    rm -f tools/node_modules/.installed-*
+    touch "$TOOLS_STAMP"
 fi
 
 # ---------------------------------------------------------------- final check

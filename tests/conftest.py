@@ -1,9 +1,10 @@
 """Suite-wide test configuration: the privilege gate for data-plane tests.
 
-Tests marked ``bpf`` or ``netns`` need root, a mounted BPF filesystem and an
-importable bcc. Where any of that is missing they are skipped with the
-reason; with ``BREAKWATER_REQUIRE_BPF=1`` (CI sets it) they fail instead, so a
-runner that silently lost its privileges cannot report green.
+Tests marked ``bpf``, ``netns`` or ``cluster`` need root, a mounted BPF
+filesystem and an importable bcc. Where any of that is missing they are
+skipped with the reason; with ``BREAKWATER_REQUIRE_BPF=1`` (CI sets it) they
+fail instead, so a runner that silently lost its privileges cannot report
+green.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 BPFFS = Path("/sys/fs/bpf")
-PRIVILEGED_MARKERS = ("bpf", "netns")
+PRIVILEGED_MARKERS = ("bpf", "netns", "cluster")
 REQUIRE_ENV = "BREAKWATER_REQUIRE_BPF"
 
 

@@ -61,7 +61,7 @@ def wait_for(pred: Callable[[], T], timeout: float, step: float = 0.1) -> T:
     return pred()
 
 
-def _toml(value: object) -> str:
+def toml_value(value: object) -> str:
     """One TOML value: numbers, booleans, strings, lists and inline tables."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -70,10 +70,21 @@ def _toml(value: object) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML form for {value!r}")
+
+
+def toml_document(doc: Mapping[str, object], table: str = "") -> str:
+    """A TOML document: ``doc``'s plain keys, then each mapping value as a
+    ``[table]`` of its own (nested ones as ``[table.sub]``)."""
+    plain = [f"{k} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, Mapping)]
+    lines = ([f"[{table}]"] if table else []) + plain
+    for k, v in doc.items():
+        if isinstance(v, Mapping):
+            lines += ["", toml_document(v, f"{table}.{k}" if table else k)]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -119,22 +130,22 @@ class Agents:
         path = self.workdir / "agent.toml"
         lines = [
             f'interfaces = [{{ name = "{IFNAME}", netns = "{self.topo.edge}", mode = "generic" }}]',
-            f"protected = {_toml(list(s.protected))}",
+            f"protected = {toml_value(list(s.protected))}",
             'mode = "enforce"',
             f"interval = {s.interval!r}",
             f'state_dir = "{self.state_dir}"',
             f'pin_root = "{self.pin_root}"',
             f'metrics = "127.0.0.1:{self.metrics_port}"',
-            *(f"{k} = {_toml(v)}" for k, v in s.extra.items()),
+            *(f"{k} = {toml_value(v)}" for k, v in s.extra.items()),
             "",
             "[sizes]",
             *(f"{k} = {v}" for k, v in NETNS_SIZES.as_dict().items()),
             "",
             "[detect]",
-            *(f"{k} = {_toml(v)}" for k, v in s.detect.items()),
+            *(f"{k} = {toml_value(v)}" for k, v in s.detect.items()),
             "",
             "[mitigate]",
-            *(f"{k} = {_toml(v)}" for k, v in s.mitigate.items()),
+            *(f"{k} = {toml_value(v)}" for k, v in s.mitigate.items()),
         ]
         path.write_text("\n".join(lines) + "\n")
         return path

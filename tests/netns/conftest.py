@@ -29,21 +29,13 @@ from controller.netns import Lab
 from .agents import Agents, AgentSettings
 from .lab import (
     BPFFS,
-    CLIENT_IFNAME,
-    CLIENT_V4,
-    CLIENT_V6,
-    EDGE_V4,
-    EDGE_V6,
-    EXTRA_V4,
-    EXTRA_V6,
     IFNAME,
     MODES,
     NETNS_SIZES,
     PIN_ROOT_PREFIX,
-    V4_PLEN,
-    V6_PLEN,
     Breakwater,
     Topology,
+    build_topology,
     detach_quietly,
     remove_pins,
 )
@@ -97,21 +89,7 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture
 def topology(lab: Lab) -> Topology:
     """Edge and client namespaces, the veth, every address, static neighbours."""
-    edge = lab.namespace("edge")
-    client = lab.namespace("client")
-    lab.veth((edge, IFNAME, f"{EDGE_V4}/{V4_PLEN}"),
-             (client, CLIENT_IFNAME, f"{CLIENT_V4}/{V4_PLEN}"))
-    lab.add_address(edge, IFNAME, f"{EDGE_V6}/{V6_PLEN}")
-    client_addrs = [CLIENT_V4, *EXTRA_V4, CLIENT_V6, *EXTRA_V6]
-    for addr in client_addrs[1:]:
-        lab.add_address(client, CLIENT_IFNAME, f"{addr}/{V6_PLEN if ':' in addr else V4_PLEN}")
-    edge_mac = lab.mac(edge, IFNAME)
-    client_mac = lab.mac(client, CLIENT_IFNAME)
-    for addr in (EDGE_V4, EDGE_V6):
-        lab.add_neighbour(client, CLIENT_IFNAME, addr, edge_mac)
-    for addr in client_addrs:
-        lab.add_neighbour(edge, IFNAME, addr, client_mac)
-    return Topology(lab, edge, client)
+    return build_topology(lab)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import logging
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ COUNT = 1000
 PPS = 5000.0
 # Time the receiver keeps reading after the sender returned.
 SETTLE_SECONDS = 0.3
+# How long a daemon gets to log what a test waits for.
+WAIT_SECONDS = 20.0
 
 
 def size_args(sizes: MapSizes = NETNS_SIZES) -> list[str]:
@@ -103,9 +105,50 @@ class Topology:
             assert sent.get(src, 0) > 0, f"sender could not send from {src}: {sent}"
         return sent, received
 
+    def verdicts(self, sources: Sequence[str], *, legit: str = CLIENT_V4,
+                 count: int = COUNT) -> tuple[dict[str, int], dict[str, bool]]:
+        """Exchange ``count`` datagrams from ``legit`` and each of ``sources``:
+        (sent per source, whether the edge dropped each of ``sources``). A
+        source is dropped when none of its datagrams arrived and passed when
+        (nearly) all did; anything between fails, as does ``legit`` not
+        getting through."""
+        sent, received = self.exchange([legit, *sources], count)
+        assert received.get(legit, 0) >= 0.95 * sent[legit], (sent, received)
+        out = {}
+        for src in sources:
+            got = received.get(src, 0)
+            assert got == 0 or got >= 0.95 * sent[src], \
+                f"{src}: {got} of {sent[src]}: neither dropped nor passed"
+            out[src] = got == 0
+        return sent, out
+
+    def dropped(self, *sources: str, legit: str = CLIENT_V4, count: int = COUNT) -> dict[str, bool]:
+        """Which of ``sources`` the edge drops (:meth:`verdicts`)."""
+        return self.verdicts(sources, legit=legit, count=count)[1]
+
     def macs(self) -> tuple[str, str]:
         """(client MAC, edge MAC): source and destination of crafted (spoofed) frames."""
         return self.lab.mac(self.client, CLIENT_IFNAME), self.lab.mac(self.edge, IFNAME)
+
+
+def build_topology(lab: Lab, edge: str = "edge", client: str = "client") -> Topology:
+    """Namespaces ``edge`` and ``client`` of ``lab``, the veth between them
+    (bw0 / cl0), every address and the static neighbours."""
+    edge_ns = lab.namespace(edge)
+    client_ns = lab.namespace(client)
+    lab.veth((edge_ns, IFNAME, f"{EDGE_V4}/{V4_PLEN}"),
+             (client_ns, CLIENT_IFNAME, f"{CLIENT_V4}/{V4_PLEN}"))
+    lab.add_address(edge_ns, IFNAME, f"{EDGE_V6}/{V6_PLEN}")
+    client_addrs = [CLIENT_V4, *EXTRA_V4, CLIENT_V6, *EXTRA_V6]
+    for addr in client_addrs[1:]:
+        lab.add_address(client_ns, CLIENT_IFNAME, f"{addr}/{V6_PLEN if ':' in addr else V4_PLEN}")
+    edge_mac = lab.mac(edge_ns, IFNAME)
+    client_mac = lab.mac(client_ns, CLIENT_IFNAME)
+    for addr in (EDGE_V4, EDGE_V6):
+        lab.add_neighbour(client_ns, CLIENT_IFNAME, addr, edge_mac)
+    for addr in client_addrs:
+        lab.add_neighbour(edge_ns, IFNAME, addr, client_mac)
+    return Topology(lab, edge_ns, client_ns)
 
 
 @dataclass
@@ -172,6 +215,20 @@ class DaemonProc:
                 break
             time.sleep(0.05)
         pytest.fail(f"no {name} (exit {self.proc.poll()}):\n{self.stderr.read_text()}")
+
+    def wait_for(self, what: str, pred: Callable[[dict[str, Any]], bool], timeout: float = WAIT_SECONDS,
+                 after: int = 0) -> dict[str, Any]:
+        """The first log line past line ``after`` that ``pred`` accepts; fail
+        (with the log's tail) if none comes in time or the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((e for e in self.logs()[after:] if pred(e)), None)
+            if found is not None:
+                return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        pytest.fail(f"no {what} (exit {self.proc.poll()}):\n{self.stderr.read_text()[-6000:]}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the process (SIGKILL: no cleanup of any kind runs) and reap it."""

@@ -98,6 +98,16 @@ rule_ttl = 30.0
     (BASE + "[mitigate]\nmonitor = true", "mitigate.monitor", "top-level key 'mode'"),
     (BASE + '[mitigate]\nallowlist = ["198.18.0.1"]', "mitigate.allowlist", "top-level"),
     (BASE + '[mitigate]\nreflection_action = "tarpit"', "mitigate.reflection_action", "rate_limit, drop"),
+    (BASE + 'controller = "ctl.example"', "controller", "not HOST:PORT"),
+    (BASE + 'controller = "ctl.example:0"', "controller", "port 1..65535"),
+    (BASE + 'controller = "2001:db8::5:9610"', "controller", "[2001:db8::5]:9610"),
+    (BASE + "controller = 9610", "controller", "expected"),
+    (BASE + 'node_id = "Edge_01"', "node_id", "not a valid node id"),
+    (BASE + 'node_id = ""', "node_id", "not a valid node id"),
+    (BASE + 'labels = ["fra1"]', "labels", "table"),
+    (BASE + 'labels = { Site = "fra1" }', "labels", "not a valid label key"),
+    (BASE + 'labels = { site = "fra 1" }', "labels[site]", "not a valid label value"),
+    (BASE + 'api = "localhost"', "api", "ADDR:PORT"),
 ])
 def test_invalid_key(tmp_path: Path, text: str, path: str, what: str) -> None:
     file = _write(tmp_path, text)
@@ -139,6 +149,45 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     bad.write_text(BASE + "[detect]\nwindow = 0\n")
     assert cli.main(["agent", "--config", str(bad), "--check-config"]) == 2
     assert f"{bad}: detect.window:" in capsys.readouterr().err
+
+
+def test_controller_keys(tmp_path: Path) -> None:
+    cfg = load(_write(tmp_path, BASE + 'controller = "ctl.example:9610"\nnode_id = "edge-fra1-01"\n'
+                                      'labels = { site = "fra1", role = "edge" }\napi = "127.0.0.1:19612"\n'))
+    assert cfg.controller == "ctl.example:9610"
+    assert (cfg.node_id, cfg.labels) == ("edge-fra1-01", {"role": "edge", "site": "fra1"})
+    assert cfg.api == ("127.0.0.1", 19612)
+    doc = cfg.to_dict()
+    assert (doc["controller"], doc["node_id"], doc["api"]) == (
+        "ctl.example:9610", "edge-fra1-01", "127.0.0.1:19612")
+    v6 = load(_write(tmp_path, BASE + 'controller = "[2001:db8::5]:9610"\n'))
+    assert v6.controller == "[2001:db8::5]:9610"
+    standalone = parse({"interfaces": ["eth0"]})
+    assert standalone.controller is None and standalone.labels == {}
+    assert standalone.api == ("127.0.0.1", 9612)
+    assert standalone.node_id == agentconfig.default_node_id()
+    assert parse({"interfaces": ["eth0"], "api": ""}).api is None
+
+
+def test_default_node_id_is_the_host_name_made_valid() -> None:
+    assert agentconfig.default_node_id("edge-fra1-01.example.net") == "edge-fra1-01.example.net"
+    assert agentconfig.default_node_id("EDGE_01") == "edge_01"
+    assert agentconfig.default_node_id("my host+1") == "my-host-1"
+    assert agentconfig.default_node_id("-x") == "x"
+    assert agentconfig.default_node_id("") == "localhost"
+
+
+def test_controller_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _write(tmp_path, BASE + 'labels = { site = "ams1", rack = "r1" }\n')
+    assert cli.main(["agent", "--config", str(good), "--check-config", "--controller", "10.0.0.5:9610",
+                     "--node-id", "edge-9", "--label", "site=fra1", "--label", "role=edge", "--api", ""]) == 0
+    out = capsys.readouterr().out
+    assert '"controller": "10.0.0.5:9610"' in out and '"node_id": "edge-9"' in out and '"api": ""' in out
+    assert '"labels": {\n    "role": "edge",\n    "site": "fra1"\n  }' in out  # replaced, not merged
+    assert cli.main(["agent", "--config", str(good), "--check-config", "--label", "site"]) == 2
+    assert "--label 'site': expected KEY=VALUE" in capsys.readouterr().err
+    assert cli.main(["agent", "--config", str(good), "--check-config", "--node-id", "Bad!"]) == 2
+    assert "node_id" in capsys.readouterr().err
 
 
 def test_example_config_is_valid() -> None:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from breakwater.v1 import reasons_pb2
 from controller import reasons
 from controller.reasons import Action, Reason
 
@@ -54,6 +55,17 @@ def test_python_matches_header() -> None:
 
 def test_proto_matches_header() -> None:
     assert proto_reasons() == header_reasons()
+
+
+def test_generated_enum_matches_python() -> None:
+    """The generated DropReason (what the API sends) agrees with Reason too,
+    value for value; test_proto_current.py keeps it in step with the .proto."""
+    generated = {name.removeprefix("DROP_REASON_"): value
+                 for name, value in reasons_pb2.DropReason.items()}
+    assert generated == python_reasons()
+    for reason in Reason:
+        assert reasons_pb2.DropReason.Name(reasons_pb2.DropReason.ValueType(reason.value)) == (
+            f"DROP_REASON_{reason.name}")
 
 
 def test_proto_values_unique_and_unspecified_first() -> None:

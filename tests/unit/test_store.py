@@ -12,7 +12,7 @@ import pytest
 from controller.addresses import parse_prefix
 from controller.detect import AttackEvent
 from controller.rules import Match, Rule, RuleAction, RuleSet
-from controller.store import Store, StoreError
+from controller.store import ControllerLayerRows, RuleEventRow, Store, StoreError
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -99,3 +99,84 @@ def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
 def test_readonly_missing_is_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         Store.open(tmp_path / "nowhere", readonly=True).events()
+
+
+# --- schema 2: the controller layer, rule events, one event sequence ---------------------
+
+
+def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "agent.db")
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE manual_rules (ifname TEXT PRIMARY KEY, doc TEXT NOT NULL);
+        CREATE TABLE auto_rules (ifname TEXT NOT NULL, id TEXT NOT NULL, expires_at REAL,
+                                 doc TEXT NOT NULL, PRIMARY KEY (ifname, id));
+        CREATE TABLE baselines (ifname TEXT PRIMARY KEY, doc TEXT NOT NULL);
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, ifname TEXT NOT NULL,
+            attack_id TEXT NOT NULL, kind TEXT NOT NULL, vector TEXT NOT NULL, victim TEXT,
+            profile TEXT NOT NULL, pps REAL NOT NULL, peak_pps REAL NOT NULL, rules TEXT NOT NULL,
+            doc TEXT NOT NULL);
+    """)
+    db.execute("INSERT INTO manual_rules VALUES ('bw0', ?)",
+               (RuleSet.from_rules([_rule("keep-out", origin="manual")]).dumps_json(),))
+    db.commit()
+    db.close()
+    with Store.open(tmp_path) as store:
+        assert [r.id for r in store.manual_rules("bw0") or ()] == ["keep-out"]  # kept
+        assert store.controller_layer().version == 0 and store.sync_cursor() is None  # added
+        store.commit_interval("bw0", events=[_event()])
+        assert store.last_event_seq() == 1
+    version = sqlite3.connect(tmp_path / "agent.db").execute(
+        "SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+    assert version == "2"
+
+
+def test_a_file_from_a_newer_build_is_refused(tmp_path: Path) -> None:
+    with Store.open(tmp_path):
+        pass
+    db = sqlite3.connect(tmp_path / "agent.db")
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema version 99 is newer"):
+        Store.open(tmp_path)
+
+
+def test_attack_and_rule_events_share_one_sequence(tmp_path: Path) -> None:
+    doc = {"rule": _rule("auto-src-heavy-1").to_dict(), "actor": "detector", "attack_id": "heavy-1"}
+    with Store.open(tmp_path) as store:
+        store.commit_interval("bw0", events=[_event()], rule_events=[("auto-src-heavy-1", "created", doc)],
+                              at=10.0)
+        store.add_rule_events("bw0", [("manual-1", "deleted", {"rule": doc["rule"], "actor": "ops"})],
+                              at=11.0)
+        store.commit_interval("bw0", events=[_event("ended"), _event("ended")], at=12.0)
+        rows = store.events_after(0, 10)
+        assert [(r.seq, type(r).__name__) for r in rows] == [
+            (1, "StoredEvent"), (2, "RuleEventRow"), (3, "RuleEventRow"), (4, "StoredEvent"),
+            (5, "StoredEvent")]
+        assert [r.seq for r in store.events_after(2, 2)] == [3, 4]
+        assert [r.seq for r in store.events_before(None, 2)] == [5, 4]
+        assert [r.seq for r in store.events_before(4, 10)] == [3, 2, 1]
+        rule = rows[1]
+        assert isinstance(rule, RuleEventRow)
+        assert (rule.rule_id, rule.kind, rule.doc["attack_id"], rule.at) == (
+            "auto-src-heavy-1", "created", "heavy-1", 10.0)
+        assert store.last_event_seq() == 5
+        assert [r.kind for r in store.events(10)] == ["started", "ended", "ended"]  # attack events only
+        assert store.prune_events(2) == 3
+        assert [r.seq for r in store.events_after(0, 10)] == [4, 5]
+
+
+def test_controller_layer_and_sync_cursor(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        assert store.controller_layer() == ControllerLayerRows(0, {})
+        store.set_controller_layer(3, {"a": "{A}", "b": "{B}"}, replace_all=True)
+        store.set_controller_layer(4, {"c": "{C}", "a": "{A2}"}, ["b"])
+        store.set_sync_cursor(17)
+    with Store.open(tmp_path) as store:
+        assert store.controller_layer() == ControllerLayerRows(4, {"a": "{A2}", "c": "{C}"})
+        store.set_controller_layer(5, {"z": "{Z}"}, replace_all=True)
+        assert store.controller_layer() == ControllerLayerRows(5, {"z": "{Z}"})
+        assert store.sync_cursor() == 17

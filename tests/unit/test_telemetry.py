@@ -1,0 +1,205 @@
+"""controller.telemetry: per-node buckets of TelemetrySummary, windows,
+memory bounds, and TelemetryService's answers (sums equal what was sent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.protobuf import duration_pb2
+
+from breakwater.v1 import reasons_pb2, telemetry_pb2, telemetry_service_pb2
+from controller.api import decode_page_token
+from controller.errors import NotFoundError
+from controller.rules import FieldError
+from controller.telemetry import FleetTelemetry, TelemetryConfig, TelemetryServicer
+
+T = 1_800_000_000.0  # a bucket boundary (multiple of 10 and 60)
+
+
+def summary(end: float, *, sources: dict[str, tuple[int, int]] | None = None,
+            dests: dict[str, dict[str, int]] | None = None, passed: int = 0, dropped: int = 0,
+            interval: float = 5.0, active: int = 0, rules: dict[str, int] | None = None,
+            reasons: dict[int, int] | None = None) -> telemetry_pb2.TelemetrySummary:
+    s = telemetry_pb2.TelemetrySummary(active_sources=active)
+    s.end_time.FromNanoseconds(int(end * 1e9))
+    s.interval.FromNanoseconds(int(interval * 1e9))
+    s.actions.passed.packets, s.actions.passed.bytes = passed, passed * 100
+    s.actions.dropped.packets, s.actions.dropped.bytes = dropped, dropped * 100
+    for addr, (packets, drops) in (sources or {}).items():
+        counters = telemetry_pb2.TrafficCounters(packets=packets, bytes=packets * 100, drops=drops,
+                                                 udp=packets)
+        s.top_sources.append(telemetry_pb2.AddressCounters(address=addr, counters=counters))
+    for addr, counts in (dests or {}).items():
+        s.destinations.append(telemetry_pb2.AddressCounters(
+            address=addr, counters=telemetry_pb2.TrafficCounters(**counts)))
+    for rule_id, n in (rules or {}).items():
+        matched = telemetry_pb2.Count(packets=n, bytes=n * 60)
+        s.rules.append(telemetry_pb2.RuleCount(rule_id=rule_id, matched=matched, dropped=n))
+    for reason, n in (reasons or {}).items():
+        s.reasons.append(telemetry_pb2.ReasonCount(reason=reason,  # type: ignore[arg-type]
+                                                   count=telemetry_pb2.Count(packets=n, bytes=n * 100)))
+    return s
+
+
+def test_sums_over_nodes_and_window() -> None:
+    tel = FleetTelemetry()
+    for i, node in enumerate(("a", "b", "c")):
+        tel.offer(node, summary(T + 5, sources={"198.51.100.7": (1000, 10), f"203.0.113.{i}": (50, 0)},
+                                passed=1000, dropped=10, active=5 + i, rules={"r1": 7},
+                                reasons={reasons_pb2.DROP_REASON_DROP_DENY_SRC: 10}), now=T + 5)
+        tel.offer(node, summary(T + 10, sources={"198.51.100.7": (500, 0)}, passed=500), now=T + 10)
+    stats = tel.stats(None, 60, now=T + 11)
+    assert stats.node == "nodes/-" and stats.nodes_reporting == 3
+    assert stats.actions.passed.packets == 3 * 1500 and stats.actions.dropped.packets == 30
+    assert [(r.rule_id, r.matched.packets, r.dropped) for r in stats.rules] == [("r1", 21, 21)]
+    deny = reasons_pb2.DROP_REASON_DROP_DENY_SRC
+    assert [(r.reason, r.count.packets) for r in stats.reasons] == [(deny, 30)]
+    assert stats.peak_active_sources == 7
+    one = tel.stats("b", 60, now=T + 11)
+    assert one.node == "nodes/b" and one.nodes_reporting == 1 and one.actions.passed.packets == 1500
+    start, _end, reporting, table = tel.totals("source", None, 60, now=T + 11)
+    assert reporting == 3 and start <= T + 11 - 60
+    counters, by_node = table["198.51.100.7"]
+    assert counters[0] == 4500 and counters[2] == 30 and sorted(by_node) == ["a", "b", "c"]
+    # a short window holds only the newer bucket
+    assert tel.stats(None, 1, now=T + 11).actions.passed.packets == 3 * 500
+
+
+def test_rates_per_node_seconds() -> None:
+    tel = FleetTelemetry()
+    tel.offer("a", summary(T + 5, sources={"198.51.100.7": (5000, 0)}, interval=5), now=T + 5)
+    tel.offer("b", summary(T + 5, sources={"198.51.100.7": (1000, 0)}, interval=1), now=T + 5)
+    rates = tel.rates("source", 10, now=T + 6)
+    r = rates["198.51.100.7"]
+    assert r.pps == pytest.approx(1000 + 1000) and r.nodes == 2 and r.max_node_pps == pytest.approx(1000)
+    assert r.bps == pytest.approx(2000 * 100 * 8) and r.rate("udp") == pytest.approx(2000)
+
+
+def test_clock_skew_files_at_arrival() -> None:
+    tel = FleetTelemetry(TelemetryConfig(max_skew_seconds=30))
+    tel.offer("a", summary(T - 7200, passed=10), now=T + 1)  # agent clock far off
+    assert tel.stats(None, 10, now=T + 2).actions.passed.packets == 10
+
+
+def test_buckets_trim_to_the_heaviest() -> None:
+    tel = FleetTelemetry(TelemetryConfig(bucket_sources=4))
+    tel.offer("a", summary(T + 1, sources={f"10.0.0.{i}": (100 + i, 0) for i in range(9)}), now=T + 1)
+    _s, _e, _n, table = tel.totals("source", None, 60, now=T + 2)
+    assert sorted(table) == [f"10.0.0.{i}" for i in range(5, 9)]  # 9 > 2 x 4: the 4 heaviest stay
+    tel.offer("a", summary(T + 2, sources={f"10.0.1.{i}": (1, 0) for i in range(3)}), now=T + 2)
+    _s, _e, _n, table = tel.totals("source", None, 60, now=T + 3)
+    assert len(table) == 7  # under the trim mark: kept exactly
+
+
+def test_coarsen_and_retention() -> None:
+    cfg = TelemetryConfig(bucket_seconds=10, fine_seconds=60, coarse_seconds=60, retention_seconds=3600)
+    tel = FleetTelemetry(cfg)
+    for k in range(12):  # two minutes of 10 s buckets
+        tel.offer("a", summary(T + 10 * k + 5, passed=1), now=T + 10 * k + 5)
+    tel.fold(now=T + 125)
+    series = tel._series["a"]
+    assert len(series.coarse) >= 1 and all(b.width == 60 for b in series.coarse)
+    assert tel.stats("a", 3600, now=T + 125).actions.passed.packets == 12  # nothing lost by merging
+    assert tel.stats("a", 3600, now=T + 125 + 3700).nodes_reporting == 0  # past retention: gone
+    assert tel.nodes() == []
+
+
+def test_max_entries_drops_oldest_buckets_first() -> None:
+    tel = FleetTelemetry(TelemetryConfig(max_entries=1000, bucket_sources=1000))
+    for k in range(5):
+        tel.offer("a", summary(T + 10 * k + 1, sources={f"10.{k}.{i // 250}.{i % 250}": (1, 0)
+                                                        for i in range(300)}), now=T + 10 * k + 1)
+    tel.fold(now=T + 50)
+    assert tel.entries <= 1000 and tel.evicted == 2
+    _s, _e, _n, table = tel.totals("source", None, 3600, now=T + 50)
+    assert not any(a.startswith(("10.0.", "10.1.")) for a in table)  # the oldest went
+
+
+def test_config_from_dict() -> None:
+    assert TelemetryConfig.from_dict({"bucket_seconds": 5}).bucket_seconds == 5
+    with pytest.raises(FieldError) as info:
+        TelemetryConfig.from_dict({"bucket_secs": 5})
+    assert info.value.path == "bucket_secs" and "bucket_seconds" in info.value.what
+    with pytest.raises(FieldError) as info:
+        TelemetryConfig(retention_seconds=60)
+    assert info.value.path == "retention_seconds"
+
+
+# --- the servicer (called directly; the sync hub's tests call it over a channel) ---
+
+
+def _servicer(tel: FleetTelemetry, now: float) -> TelemetryServicer:
+    def known(node_id: str) -> None:
+        if node_id not in ("a", "b", "c", "idle"):
+            raise NotFoundError(f"node {node_id!r} has never registered", f"nodes/{node_id}")
+    return TelemetryServicer(tel, known_node=known, clock=lambda: now)
+
+
+def _talkers(svc: TelemetryServicer, **kw: Any) -> telemetry_service_pb2.ListTopTalkersResponse:
+    return svc.ListTopTalkers(telemetry_service_pb2.ListTopTalkersRequest(**kw), None)  # type: ignore[arg-type]
+
+
+def test_top_talkers_rank_page_and_attribute() -> None:
+    tel = FleetTelemetry()
+    for node, share in (("a", 3), ("b", 2), ("c", 1)):
+        tel.offer(node, summary(T + 5, sources={f"192.0.2.{i}": (share * (100 - i), 0) for i in range(30)},
+                                dests={"198.18.0.10": {"packets": share * 10, "bytes": 999, "refl": share}}),
+                  now=T + 5)
+    svc = _servicer(tel, T + 6)
+    first = _talkers(svc, page_size=10)
+    assert [t.address for t in first.top_talkers] == [f"192.0.2.{i}" for i in range(10)]
+    top = first.top_talkers[0]
+    assert top.counters.packets == 600 and top.node_count == 3
+    assert top.nodes == ["nodes/a", "nodes/b", "nodes/c"]
+    span = (first.end_time.ToNanoseconds() - first.start_time.ToNanoseconds()) / 1e9
+    assert top.pps == pytest.approx(600 / span) and top.bps == pytest.approx(600 * 100 * 8 / span)
+    seen = [t.address for t in first.top_talkers]
+    token = first.next_page_token
+    while token:
+        page = _talkers(svc, page_size=10, page_token=token)
+        seen += [t.address for t in page.top_talkers]
+        token = page.next_page_token
+    assert seen == [f"192.0.2.{i}" for i in range(30)]
+    dest = _talkers(svc, kind=telemetry_service_pb2.TALKER_KIND_DESTINATION,
+                    order_by=telemetry_service_pb2.TALKER_ORDER_BYTES, parent="nodes/b")
+    assert [(t.address, t.counters.packets, t.counters.refl, t.node_count) for t in dest.top_talkers] == [
+        ("198.18.0.10", 20, 2, 1)]
+    assert dest.nodes_reporting == 1 and not dest.next_page_token
+
+
+def test_servicer_refusals() -> None:
+    svc = _servicer(FleetTelemetry(), T)
+    with pytest.raises(FieldError) as info:
+        _talkers(svc, page_token="garbage")
+    assert info.value.path == "page_token"
+    token = _talkers(_servicer(_filled(), T + 6), page_size=1).next_page_token
+    assert decode_page_token(token, "talkers", _fp("", "source", 0, 60.0))
+    with pytest.raises(FieldError) as info:
+        _talkers(_servicer(_filled(), T + 6), page_size=1, page_token=token,
+                 order_by=telemetry_service_pb2.TALKER_ORDER_BYTES)  # another request's token
+    assert info.value.path == "page_token"
+    with pytest.raises(FieldError) as info:
+        _talkers(svc, window=duration_pb2.Duration(seconds=7200))
+    assert info.value.path == "window"
+    with pytest.raises(FieldError) as info:
+        _talkers(svc, page_size=-1)
+    assert info.value.path == "page_size"
+    with pytest.raises(FieldError) as info:
+        _talkers(svc, parent="rules/x")
+    assert info.value.path == "parent"
+    with pytest.raises(NotFoundError):
+        svc.GetStats(telemetry_service_pb2.GetStatsRequest(node="nodes/ghost"), None)  # type: ignore[arg-type]
+    idle = svc.GetStats(telemetry_service_pb2.GetStatsRequest(node="nodes/idle"), None)  # type: ignore[arg-type]
+    assert idle.nodes_reporting == 0 and idle.node == "nodes/idle"
+
+
+def _filled() -> FleetTelemetry:
+    tel = FleetTelemetry()
+    tel.offer("a", summary(T + 5, sources={"192.0.2.1": (10, 0), "192.0.2.2": (5, 0)}), now=T + 5)
+    return tel
+
+
+def _fp(parent: str, kind: str, by: int, window: float) -> str:
+    import hashlib
+    return hashlib.sha256(f"{parent or 'nodes/-'}|{kind}|{by}|{window!r}".encode()).hexdigest()[:16]
