@@ -60,7 +60,6 @@ import difflib
 import functools
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections import Counter
@@ -79,7 +78,7 @@ from .eventlog import EventLog
 from .fleetstore import CONTROLLER_ACTOR, Change, FleetStore
 from .metrics import Exposition
 from .mitigate import AUTO_ORIGIN, MitigateConfig, Planner
-from .rules import FieldError, Rule
+from .rules import FieldError, Rule, check_int, check_number
 from .scope import RuleScope, ScopedRule
 from .telemetry import AddressRate, FleetTelemetry
 
@@ -115,20 +114,8 @@ def fleet_rule_id(planner_id: str) -> str:
     return f"{rid[: _MAX_ID - 9].rstrip('-.')}-{digest}"
 
 
-def _num(value: object, path: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise FieldError(path, f"expected a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise FieldError(path, f"{value:g} is out of range {lo:g}..{hi:g}")
-    return float(value)
 
 
-def _int(value: object, path: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FieldError(path, f"expected a whole number, got {value!r}")
-    if not lo <= value <= hi:
-        raise FieldError(path, f"{value} is out of range {lo}..{hi}")
-    return value
 
 
 def _fleet_mitigation() -> MitigateConfig:
@@ -169,26 +156,26 @@ class FleetConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise FieldError("enabled", f"expected true or false, got {self.enabled!r}")
-        _num(self.interval, "interval", 0.05, 3600)
-        _num(self.window, "window", 0.1, 3600)
-        _num(self.source_pps, "source_pps", 1, 1e13)
-        _num(self.source_bps, "source_bps", 1, 1e15)
-        _int(self.min_nodes, "min_nodes", 1, 100_000)
+        check_number(self.interval, "interval", 0.05, 3600)
+        check_number(self.window, "window", 0.1, 3600)
+        check_number(self.source_pps, "source_pps", 1, 1e13)
+        check_number(self.source_bps, "source_bps", 1, 1e15)
+        check_int(self.min_nodes, "min_nodes", 1, 100_000)
         if not isinstance(self.signatures, Mapping):
             raise FieldError("signatures", f"expected a table of vector = pps, got {self.signatures!r}")
         for vector, pps in self.signatures.items():
             if vector not in SIGNATURE_FIELDS:
                 raise FieldError(f"signatures.{vector}",
                                  f"not a signature vector; one of {', '.join(SIGNATURE_FIELDS)}")
-            _num(pps, f"signatures.{vector}", 1, 1e13)
-        _int(self.start_intervals, "start_intervals", 1, 1000)
-        _int(self.end_intervals, "end_intervals", 1, 100_000)
-        _num(self.end_fraction, "end_fraction", 0.01, 1)
-        _int(self.promote_nodes, "promote_nodes", 1, 100_000)
+            check_number(pps, f"signatures.{vector}", 1, 1e13)
+        check_int(self.start_intervals, "start_intervals", 1, 1000)
+        check_int(self.end_intervals, "end_intervals", 1, 100_000)
+        check_number(self.end_fraction, "end_fraction", 0.01, 1)
+        check_int(self.promote_nodes, "promote_nodes", 1, 100_000)
         if not isinstance(self.promote_requires_mitigation, bool):
             raise FieldError("promote_requires_mitigation", "expected true or false")
-        _num(self.local_attack_ttl, "local_attack_ttl", 1, 86400)
-        _int(self.max_offenders, "max_offenders", 1, 10_000_000)
+        check_number(self.local_attack_ttl, "local_attack_ttl", 1, 86400)
+        check_int(self.max_offenders, "max_offenders", 1, 10_000_000)
         if not isinstance(self.mitigate, MitigateConfig):
             raise FieldError("mitigate", "expected a [fleet.mitigate] table")
 

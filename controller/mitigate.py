@@ -69,6 +69,8 @@ from .rules import (
     RuleAction,
     RuleSet,
     TcpFlags,
+    check_int,
+    check_number,
 )
 
 __all__ = [
@@ -112,20 +114,8 @@ ReflectionAction = Literal["rate_limit", "drop"]
 # --- configuration ------------------------------------------------------------
 
 
-def _int(value: object, path: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FieldError(path, f"expected an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise FieldError(path, f"{value} is out of range {lo}..{hi}")
-    return value
 
 
-def _float(value: object, path: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise FieldError(path, f"expected a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise FieldError(path, f"{value:g} is out of range {lo:g}..{hi:g}")
-    return float(value)
 
 
 def _bool(value: object, path: str) -> bool:
@@ -213,13 +203,13 @@ class MitigateConfig:
         object.__setattr__(self, "allowlist", _prefixes(self.allowlist, "allowlist"))
         object.__setattr__(self, "management", _prefixes(self.management, "management"))
         _bool(self.monitor, "monitor")
-        _float(self.rule_ttl, "rule_ttl", 1, 86400)
-        _float(self.grace_ttl, "grace_ttl", 0, 86400)
-        _int(self.aggregate_min_sources, "aggregate_min_sources", 2, 1 << 20)
-        _int(self.broadest_v4, "broadest_v4", 8, 32)
-        _int(self.broadest_v6, "broadest_v6", 16, 128)
+        check_number(self.rule_ttl, "rule_ttl", 1, 86400)
+        check_number(self.grace_ttl, "grace_ttl", 0, 86400)
+        check_int(self.aggregate_min_sources, "aggregate_min_sources", 2, 1 << 20)
+        check_int(self.broadest_v4, "broadest_v4", 8, 32)
+        check_int(self.broadest_v6, "broadest_v6", 16, 128)
         for fam, top in (("v4", 32), ("v6", 128)):
-            agg = _int(getattr(self, f"aggregate_{fam}"), f"aggregate_{fam}", 1, top)
+            agg = check_int(getattr(self, f"aggregate_{fam}"), f"aggregate_{fam}", 1, top)
             broadest = getattr(self, f"broadest_{fam}")
             if agg < broadest:
                 raise FieldError(
@@ -227,14 +217,14 @@ class MitigateConfig:
                     f"/{agg} is broader than broadest_{fam} /{broadest}; "
                     "the guard would refuse every aggregate",
                 )
-        _int(self.max_prefixes_per_rule, "max_prefixes_per_rule", 1, 1 << 20)
-        _int(self.max_rules_per_attack, "max_rules_per_attack", 1, 1000)
-        _int(self.max_rules_total, "max_rules_total", 1, 16383)
+        check_int(self.max_prefixes_per_rule, "max_prefixes_per_rule", 1, 1 << 20)
+        check_int(self.max_rules_per_attack, "max_rules_per_attack", 1, 1000)
+        check_int(self.max_rules_total, "max_rules_total", 1, 16383)
         if self.reflection_action not in ("rate_limit", "drop"):
             raise FieldError(
                 "reflection_action", f"{self.reflection_action!r} is not one of rate_limit, drop"
             )
-        _int(self.reflection_pps, "reflection_pps", 1, MAX_RATE)
+        check_int(self.reflection_pps, "reflection_pps", 1, MAX_RATE)
         ports = self.reflection_ports
         if isinstance(ports, list):
             ports = tuple(ports)
@@ -242,16 +232,16 @@ class MitigateConfig:
         if not isinstance(ports, tuple) or not ports:
             raise FieldError("reflection_ports", "expected a non-empty list of UDP ports")
         for i, port in enumerate(ports):
-            _int(port, f"reflection_ports[{i}]", 0, 65535)
+            check_int(port, f"reflection_ports[{i}]", 0, 65535)
         _bool(self.reflection_fragments, "reflection_fragments")
-        _int(self.ceiling_pps, "ceiling_pps", 1, MAX_RATE)
-        _float(self.ceiling_factor, "ceiling_factor", 1, 1000)
-        _int(self.proxy_per_source_pps, "proxy_per_source_pps", 1, MAX_RATE)
-        _int(self.proxy_drop_sources, "proxy_drop_sources", 0, 10_000_000)
-        _int(self.escalate_after, "escalate_after", 1, 1_000_000)
+        check_int(self.ceiling_pps, "ceiling_pps", 1, MAX_RATE)
+        check_number(self.ceiling_factor, "ceiling_factor", 1, 1000)
+        check_int(self.proxy_per_source_pps, "proxy_per_source_pps", 1, MAX_RATE)
+        check_int(self.proxy_drop_sources, "proxy_drop_sources", 0, 10_000_000)
+        check_int(self.escalate_after, "escalate_after", 1, 1_000_000)
         _bool(self.escalate_reflection, "escalate_reflection")
         _bool(self.escalate_aggregate, "escalate_aggregate")
-        _int(self.priority, "priority", 0, MAX_PRIORITY - PER_SOURCE_PRIORITY_OFFSET)
+        check_int(self.priority, "priority", 0, MAX_PRIORITY - PER_SOURCE_PRIORITY_OFFSET)
         if not isinstance(self.created_by, str) or len(self.created_by) > MAX_CREATED_BY:
             raise FieldError("created_by", f"expected a string of at most {MAX_CREATED_BY} characters")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -56,6 +57,8 @@ __all__ = [
     "RuleSet",
     "Scope",
     "TcpFlags",
+    "check_int",
+    "check_number",
     "parse_ttl",
     "protocol_name",
 ]
@@ -212,12 +215,26 @@ def _table(value: object, what: str = "a table") -> Mapping[str, object]:
     return cast(Mapping[str, object], value)
 
 
-def _int(value: object, path: str, lo: int, hi: int) -> int:
+def check_int(value: object, path: str, lo: int, hi: int) -> int:
+    """``value`` if it is an integer (not a bool) in ``lo..hi``, else a
+    :class:`FieldError` at ``path``: the one integer check of every
+    configuration table and rule field."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise FieldError(path, f"expected an integer, got {_show(value)}")
     if not lo <= value <= hi:
         raise FieldError(path, f"{value} is out of range {lo}..{hi}")
     return value
+
+
+def check_number(value: object, path: str, lo: float, hi: float) -> float:
+    """``value`` as a float if it is a finite number (not a bool) in
+    ``lo..hi``, else a :class:`FieldError` at ``path``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise FieldError(path, f"expected a number, got {_show(value)}")
+    if not lo <= value <= hi:
+        raise FieldError(path, f"{value:g} is out of range {lo:g}..{hi:g}")
+    return float(value)
+
 
 
 def _str(value: object, path: str) -> str:
@@ -234,7 +251,7 @@ def _choice(value: object, path: str, choices: Sequence[str]) -> str:
 
 def _check_range(lo: object, hi: object, limit: int) -> None:
     for v in (lo, hi):
-        _int(v, "", 0, limit)
+        check_int(v, "", 0, limit)
     if cast(int, lo) > cast(int, hi):
         raise FieldError("", f"{lo}-{hi} is empty: start {lo} is above end {hi}")
 
@@ -281,7 +298,7 @@ def _parse_protocol(value: object) -> int:
         raise FieldError(
             "", f"{_show(value)} is not a protocol name{hint}; use {', '.join(PROTOCOLS)} or 0..255"
         )
-    return _int(value, "", 0, 255)
+    return check_int(value, "", 0, 255)
 
 
 def parse_ttl(value: object) -> timedelta:
@@ -366,8 +383,8 @@ class TcpFlags:
     value: int
 
     def __post_init__(self) -> None:
-        _int(self.mask, "mask", 0, 255)
-        _int(self.value, "value", 0, 255)
+        check_int(self.mask, "mask", 0, 255)
+        check_int(self.value, "value", 0, 255)
         if self.mask == 0:
             raise FieldError("mask", "0 tests no flag; leave tcp_flags out to match any flags")
         if self.value & ~self.mask:
@@ -403,7 +420,7 @@ class TcpFlags:
             for key in ("mask", "value"):
                 if key not in table:
                     raise FieldError(key, "missing; a flags table needs mask and value")
-            return cls(_int(table["mask"], "mask", 0, 255), _int(table["value"], "value", 0, 255))
+            return cls(check_int(table["mask"], "mask", 0, 255), check_int(table["value"], "value", 0, 255))
         raise FieldError("", f"expected flags like \"syn,!ack\" or {{mask, value}}, got {_show(value)}")
 
     def matches(self, flags: int) -> bool:
@@ -465,7 +482,7 @@ class Match:
         _check_prefixes(self.dst, "dst")
         proto = self.protocol
         if proto is not None:
-            _int(proto, "protocol", 0, 255)
+            check_int(proto, "protocol", 0, 255)
         shown = "not set" if proto is None else protocol_name(proto)
         for name in ("sport", "dport"):
             port = getattr(self, name)
@@ -628,13 +645,13 @@ class RuleAction:
             raise FieldError("", "rate_limit needs pps and/or bps, e.g. {kind = \"rate_limit\", pps = 1000}")
         for name in ("pps", "bps"):
             if getattr(self, name) is not None:
-                _int(getattr(self, name), name, 1, MAX_RATE)
+                check_int(getattr(self, name), name, 1, MAX_RATE)
         for burst, rate in (("burst_packets", "pps"), ("burst_bytes", "bps")):
             if getattr(self, burst) is None:
                 continue
             if getattr(self, rate) is None:
                 raise FieldError(burst, f"needs {rate}: a burst without a rate limits nothing")
-            _int(getattr(self, burst), burst, 1, MAX_BURST)
+            check_int(getattr(self, burst), burst, 1, MAX_BURST)
 
     @property
     def effective_burst_packets(self) -> int | None:
@@ -672,7 +689,7 @@ class RuleAction:
         for name in _RATE_FIELDS:
             value = table.get(name)
             limit = MAX_RATE if name in ("pps", "bps") else MAX_BURST
-            rates[name] = None if value is None else _int(value, name, 1, limit)
+            rates[name] = None if value is None else check_int(value, name, 1, limit)
         scope = _choice(table.get("scope", "aggregate"), "scope", SCOPES)
         return cls(
             cast(ActionKind, kind),
@@ -724,7 +741,7 @@ class Rule:
             raise FieldError("match", f"expected a Match, got {type(self.match).__name__}")
         if not isinstance(self.action, RuleAction):
             raise FieldError("action", f"expected a RuleAction, got {type(self.action).__name__}")
-        _int(self.priority, "priority", 0, MAX_PRIORITY)
+        check_int(self.priority, "priority", 0, MAX_PRIORITY)
         if self.expires_at is not None:
             with _at("expires_at"):
                 object.__setattr__(self, "expires_at", _parse_time(self.expires_at))
@@ -750,7 +767,7 @@ class Rule:
         if "id" not in table:
             raise FieldError("id", "missing; every rule needs an id")
         rid = _check_id(table["id"])
-        priority = _int(table.get("priority", DEFAULT_PRIORITY), "priority", 0, MAX_PRIORITY)
+        priority = check_int(table.get("priority", DEFAULT_PRIORITY), "priority", 0, MAX_PRIORITY)
         if "match" not in table:
             raise FieldError("match", "missing; write match = {} to match every packet")
         with _at("match"):

@@ -85,7 +85,6 @@ import concurrent.futures
 import difflib
 import gc
 import logging
-import math
 import random
 import socket
 import threading
@@ -107,7 +106,7 @@ from .eventlog import EventLog
 from .fleetstore import Change, FleetStore, NodeRecord
 from .metrics import Exposition, Histogram
 from .rpc import Service
-from .rules import FieldError
+from .rules import FieldError, check_number
 from .scope import ScopedRule, check_labels, check_node_id
 
 __all__ = [
@@ -132,12 +131,6 @@ ROUND_TRIP_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 _BASE_MISMATCH: Final = rule_pb2.APPLY_ERROR_CODE_BASE_MISMATCH
 
 
-def _num(value: object, path: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise FieldError(path, f"expected a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise FieldError(path, f"{value:g} is out of range {lo:g}..{hi:g}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -170,19 +163,19 @@ class SyncConfig:
     was frozen with them is collected in the end."""
 
     def __post_init__(self) -> None:
-        _num(self.reconcile_interval, "reconcile_interval", 1, 86400)
-        _num(self.telemetry_interval, "telemetry_interval", 0.1, 3600)
+        check_number(self.reconcile_interval, "reconcile_interval", 1, 86400)
+        check_number(self.telemetry_interval, "telemetry_interval", 0.1, 3600)
         top = self.top_sources
         if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 100_000:
             raise FieldError("top_sources", f"{top!r} is not a whole number 0..100000")
         if not isinstance(self.controller_id, str) or len(self.controller_id) > 253:
             raise FieldError("controller_id", "expected a string of at most 253 characters")
-        _num(self.node_write_interval, "node_write_interval", 0, 10)
-        _num(self.heartbeat_write_interval, "heartbeat_write_interval", 0, 3600)
+        check_number(self.node_write_interval, "node_write_interval", 0, 10)
+        check_number(self.heartbeat_write_interval, "heartbeat_write_interval", 0, 3600)
         if not isinstance(self.gc_freeze, bool):
             raise FieldError("gc_freeze", f"expected true or false, got {self.gc_freeze!r}")
-        _num(self.gc_settle_seconds, "gc_settle_seconds", 0, 3600)
-        _num(self.gc_refreeze_seconds, "gc_refreeze_seconds", 1, 86400)
+        check_number(self.gc_settle_seconds, "gc_settle_seconds", 0, 3600)
+        check_number(self.gc_refreeze_seconds, "gc_refreeze_seconds", 1, 86400)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], **defaults: Any) -> SyncConfig:

@@ -58,7 +58,7 @@ from breakwater.v1 import telemetry_pb2, telemetry_service_pb2, telemetry_servic
 from .api import decode_page_token, encode_page_token, page_size
 from .convert import NODE_WILDCARD, node_name, parse_node_parent
 from .rpc import Service
-from .rules import FieldError
+from .rules import FieldError, check_int, check_number
 from .samples import DESTINATION_FIELDS
 
 __all__ = [
@@ -95,20 +95,8 @@ ENTRY_BYTES: Final = 250
 Kind = Literal["source", "destination"]
 
 
-def _num(value: object, path: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise FieldError(path, f"expected a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise FieldError(path, f"{value:g} is out of range {lo:g}..{hi:g}")
-    return float(value)
 
 
-def _int(value: object, path: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FieldError(path, f"expected a whole number, got {value!r}")
-    if not lo <= value <= hi:
-        raise FieldError(path, f"{value} is out of range {lo}..{hi}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -133,14 +121,14 @@ class TelemetryConfig:
     """A summary whose end_time is further than this from the controller's clock is filed at arrival."""
 
     def __post_init__(self) -> None:
-        _num(self.bucket_seconds, "bucket_seconds", 0.1, 3600)
-        _num(self.fine_seconds, "fine_seconds", 0, 86400)
-        _num(self.coarse_seconds, "coarse_seconds", 0.1, 86400)
-        _num(self.retention_seconds, "retention_seconds", MAX_WINDOW, 7 * 86400)
-        _int(self.bucket_sources, "bucket_sources", 1, 100_000)
-        _int(self.bucket_destinations, "bucket_destinations", 1, 100_000)
-        _int(self.max_entries, "max_entries", 1000, 1_000_000_000)
-        _num(self.max_skew_seconds, "max_skew_seconds", 0, 86400)
+        check_number(self.bucket_seconds, "bucket_seconds", 0.1, 3600)
+        check_number(self.fine_seconds, "fine_seconds", 0, 86400)
+        check_number(self.coarse_seconds, "coarse_seconds", 0.1, 86400)
+        check_number(self.retention_seconds, "retention_seconds", MAX_WINDOW, 7 * 86400)
+        check_int(self.bucket_sources, "bucket_sources", 1, 100_000)
+        check_int(self.bucket_destinations, "bucket_destinations", 1, 100_000)
+        check_int(self.max_entries, "max_entries", 1000, 1_000_000_000)
+        check_number(self.max_skew_seconds, "max_skew_seconds", 0, 86400)
         if self.coarse_seconds < self.bucket_seconds:
             raise FieldError("coarse_seconds", f"{self.coarse_seconds:g} is below bucket_seconds "
                                                f"{self.bucket_seconds:g}; coarse buckets are the wider ones")
