@@ -40,6 +40,7 @@ __all__ = [
     "load",
     "parse",
     "parse_controller",
+    "read_toml",
 ]
 
 DEFAULT_CONFIG: Final = Path("/etc/breakwater/agent.toml")
@@ -358,21 +359,31 @@ def _section(doc: Mapping[str, object], key: str, build: Any, src: str) -> Any:
         raise ConfigError(src, key, str(exc)) from None
 
 
-def load(path: Path, overrides: Mapping[str, object] | None = None) -> AgentConfig:
-    """Read and validate ``path``. A missing file is an error unless every
-    required key comes from ``overrides``."""
+def read_toml(path: Path) -> dict[str, Any] | None:
+    """The TOML document at ``path``, or None if there is no such file;
+    unreadable or invalid TOML is a :class:`ConfigError` naming the file.
+    The one file reader of the agent's and the controller's configuration."""
     src = str(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        if overrides and overrides.get("interfaces"):
-            return parse({}, f"{src} (absent; command line only)", overrides)
-        raise ConfigError(src, "", "no such file; write one (docs/agent.toml is an example) "
-                                   "or pass --interface") from None
+        return None
     except OSError as exc:
         raise ConfigError(src, "", f"cannot read ({exc.strerror})") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(src, "", f"not valid TOML: {exc}") from None
+
+
+def load(path: Path, overrides: Mapping[str, object] | None = None) -> AgentConfig:
+    """Read and validate ``path``. A missing file is an error unless every
+    required key comes from ``overrides``."""
+    src = str(path)
+    data = read_toml(path)
+    if data is None:
+        if overrides and overrides.get("interfaces"):
+            return parse({}, f"{src} (absent; command line only)", overrides)
+        raise ConfigError(src, "", "no such file; write one (docs/agent.toml is an example) "
+                                   "or pass --interface")
     return parse(data, src, overrides)

@@ -51,7 +51,6 @@ import math
 import signal
 import threading
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -65,7 +64,7 @@ from grpc_health.v1 import health
 
 from breakwater.v1 import node_pb2
 
-from .agentconfig import ConfigError, parse_metrics
+from .agentconfig import ConfigError, parse_metrics, read_toml
 from .api import ControllerBackend, EventServicer, HealthPolicy, NodeServicer, RuleServicer, api_services
 from .errors import BreakwaterError, SetupError
 from .eventlog import EventLog
@@ -245,17 +244,9 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
     if path is None:
         return parse_config({}, "<command line>", overrides)
     src = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(src, "", "no such file (--config is optional: leave it out for the "
-                                   "defaults)") from None
-    except OSError as exc:
-        raise ConfigError(src, "", f"cannot read ({exc.strerror})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(src, "", f"not valid TOML: {exc}") from None
+    data = read_toml(path)
+    if data is None:
+        raise ConfigError(src, "", "no such file (--config is optional: leave it out for the defaults)")
     return parse_config(data, src, overrides)
 
 

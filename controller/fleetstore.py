@@ -44,6 +44,7 @@ from typing import Any, Final, Literal
 from .errors import AlreadyExistsError, BreakwaterError, EtagMismatchError, NotFoundError
 from .rules import FieldError, Rule
 from .scope import RuleScope, ScopedRule, check_labels, check_node_id
+from .store import write_transaction
 
 __all__ = [
     "DB_NAME",
@@ -264,14 +265,8 @@ class FleetStore:
 
     @contextlib.contextmanager
     def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
-        with _converted(f"{self.path}: {what}"):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with _converted(f"{self.path}: {what}"), write_transaction(self._db) as db:
+            yield db
 
     # -- rules: reads --
 

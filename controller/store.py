@@ -50,7 +50,16 @@ from .detect import AttackEvent
 from .errors import BreakwaterError
 from .rules import Rule, RuleSet
 
-__all__ = ["DB_NAME", "ControllerLayerRows", "EventRow", "RuleEventRow", "Store", "StoreError", "StoredEvent"]
+__all__ = [
+    "DB_NAME",
+    "ControllerLayerRows",
+    "EventRow",
+    "RuleEventRow",
+    "Store",
+    "StoreError",
+    "StoredEvent",
+    "write_transaction",
+]
 
 DB_NAME: Final = "agent.db"
 SCHEMA_VERSION: Final = 2
@@ -90,6 +99,21 @@ def _converted(what: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise StoreError(f"{what}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on an autocommit connection: BEGIN IMMEDIATE
+    (the writer takes the lock up front, never half-way through), COMMIT,
+    or ROLLBACK on any error. The agent's and the controller's stores both
+    write through it."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 @dataclass(frozen=True)
@@ -196,14 +220,8 @@ class Store:
 
     @contextlib.contextmanager
     def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
-        with _converted(f"{self.path}: {what}"):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with _converted(f"{self.path}: {what}"), write_transaction(self._db) as db:
+            yield db
 
     # -- manual rules --
 
