@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from controller import dataplane
+from controller.dataplane import attach as dataplane
 
 __all__ = [
     "PROGS_DIR",
@@ -255,7 +255,7 @@ def ensure_tool(binary: str, package: str) -> str:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a bpffs directory of pins (controller.dataplane.remove_pin_tree)."""
+    """Remove a bpffs directory of pins (controller.dataplane.attach.remove_pin_tree)."""
     dataplane.remove_pin_tree(path)
 
 
@@ -280,7 +280,7 @@ def terminate_cleanly() -> Iterator[None]:
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         if os.getpid() != main_pid:
-            # A forked helper (pyroute2 and controller.traffic fork) inherits
+            # A forked helper (pyroute2 and controller.lab.traffic fork) inherits
             # this handler: it must die quietly, never unwind the parent's
             # cleanups (which would delete the lab under the parent).
             os._exit(128 + signum)

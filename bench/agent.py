@@ -7,7 +7,7 @@ Prints one JSON object per line per case on stdout and a closing table on
 stderr, as bench/dataplane.py does. Two groups of cases (bench/README.md
 says what each one means):
 
-A. Detection-loop CPU (``loop``): the real agent (controller.agent.Agent,
+A. Detection-loop CPU (``loop``): the real agent (controller.agent.daemon.Agent,
    started in this process on a veth in a lab namespace, default map sizes)
    runs its own interval, harvest -> Detector.observe -> Planner.plan ->
    (changed?) apply -> store, every second (metrics render on scrape: one
@@ -60,14 +60,18 @@ from typing import Any
 import _common as c
 import numpy as np
 
-from controller import abi, dataplane, harvest, program, traffic
 from controller.addresses import parse_prefix
-from controller.agent import Agent
-from controller.agentconfig import AgentConfig, InterfaceConfig
-from controller.bpfmap import MapSet, PinnedMap
-from controller.detect import DetectConfig
+from controller.agent.config import AgentConfig, InterfaceConfig
+from controller.agent.daemon import Agent
+from controller.dataplane import abi
+from controller.dataplane import attach as dataplane
+from controller.dataplane import build as program
+from controller.dataplane.pinned import MapSet, PinnedMap
+from controller.detection import harvest
+from controller.detection.detector import DetectConfig
 from controller.errors import BreakwaterError
-from controller.netns import Lab
+from controller.lab import traffic
+from controller.lab.netns import Lab
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = DetectConfig()  # the agent's documented default thresholds (docs/agent.toml)
@@ -267,7 +271,7 @@ HARVESTED_MAPS = ("src_v4", "src_v6", "deny_v4", "deny_v6", "dst_v4", "dst_v6")
 def read_costs(maps: MapSet, repeat: int = 3) -> tuple[float, float]:
     """CPU time of the harvest's parts, outside the intervals (median of
     ``repeat``): the batch reads of every map it reads, alone; and
-    controller.harvest.read_snapshot (those reads, merged and sorted)."""
+    controller.detection.harvest.read_snapshot (those reads, merged and sorted)."""
     reads, snaps = [], []
     for _ in range(repeat):
         t0 = time.process_time()

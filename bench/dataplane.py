@@ -13,7 +13,7 @@ A. BPF_PROG_TEST_RUN (``testrun``): ns per packet of the real program against
    again with the preset loaded.
 B. Map operations (``maps``): loading 1M deny entries, harvesting 1M source
    counters, the maps' memory. Rule sets (``rules``): compiling 100k rules,
-   atomic swaps of 10k-rule sets through controller.enforce.apply.
+   atomic swaps of 10k-rule sets through controller.rules.enforce.apply.
 C. Real packets over veth (``veth``): trafgen in one lab namespace, the
    receiver in another; CPU time per packet of XDP floor, Breakwater,
    nftables netdev ingress and no filter.
@@ -21,7 +21,7 @@ C. Real packets over veth (``veth``): trafgen in one lab namespace, the
 Everything the bench creates (pins under /sys/fs/bpf/bw-bench-*, lab
 namespaces, XDP attachments, nft tables, temporary files) is removed on exit,
 also on error or SIGTERM. Real traffic only flows between lab namespaces
-(controller.netns.Lab) with 198.18.0.0/15 addresses, bounded in count and time.
+(controller.lab.netns.Lab) with 198.18.0.0/15 addresses, bounded in count and time.
 """
 
 from __future__ import annotations
@@ -51,26 +51,30 @@ from typing import Any
 import _common as c
 import numpy as np
 
-from controller import _libbpf as lb
-from controller import (
+from controller.addresses import Prefix
+from controller.dataplane import (
     abi,
-    compiler,
     counters,
-    dataplane,
-    enforce,
-    image,
     netlink,
-    policy,
-    presets,
-    program,
     swap,
 )
-from controller.addresses import Prefix
-from controller.bpfmap import MapSet
-from controller.maps import MAP_SPECS, MapSizes, fdinfo_memlock, total_estimate
-from controller.netns import Lab
-from controller.reasons import Action, Reason
-from controller.rules import Match, PortRange, Rule, RuleAction, RuleSet, TcpFlags
+from controller.dataplane import (
+    attach as dataplane,
+)
+from controller.dataplane import (
+    build as program,
+)
+from controller.dataplane import (
+    entries as policy,
+)
+from controller.dataplane import libbpf as lb
+from controller.dataplane.maps import MAP_SPECS, MapSizes, fdinfo_memlock, total_estimate
+from controller.dataplane.pinned import MapSet
+from controller.dataplane.protect import REFLECTION_PORTS
+from controller.dataplane.reasons import Action, Reason
+from controller.lab.netns import Lab
+from controller.rules import compiler, enforce, image, presets
+from controller.rules.model import Match, PortRange, Rule, RuleAction, RuleSet, TcpFlags
 
 XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
 RULE_ID = 1  # rule slot of every directly written deny entry, as in production
@@ -745,7 +749,7 @@ def monitor_report(bw: Breakwater, monitors: Sequence[compiler.Signature],
 
 @dataclass
 class RuleLoader:
-    """Rule sets made the set in force with controller.enforce.apply, each
+    """Rule sets made the set in force with controller.rules.enforce.apply, each
     swap handed the previous one (as the agent does: slots stay stable)."""
 
     maps: MapSet
@@ -773,7 +777,7 @@ def slot_of(out: enforce.Outcome, rule_id: str) -> int:
 
 
 def signature_flow(ctx: TestRunContext, chosen: set[str], frames: Frames) -> None:
-    """Rule sets through controller.enforce.apply on a fresh program (empty
+    """Rule sets through controller.rules.enforce.apply on a fresh program (empty
     deny maps): the classifier with 64 and 256 signatures, rate limits, the
     reflection preset; then the 1M-entry hot cases with the preset in force."""
     bw = ctx.bw
@@ -894,13 +898,13 @@ def part_b(opts: Options, stack: contextlib.ExitStack) -> None:
             c.emit(case="load_1m_deny_policy", entries=n_policy, seconds=round(add_s * 10, 3),
                    measured_seconds=round(add_s, 3), scaled_to=n_exact,
                    entry_build_seconds=round(build_s, 3),
-                   method="controller.policy.add with 100k Entry objects, x10",
+                   method="controller.dataplane.entries.add with 100k Entry objects, x10",
                    target=f"<= {TARGET_LOAD_SECONDS:g} s", ok=add_s * 10 <= TARGET_LOAD_SECONDS)
             rm_s, removed = timed(lambda: policy.remove(bw.maps, "deny", [e.prefix for e in items]))
             if removed != n_policy:
                 raise BenchError(f"policy.remove removed {removed} of {n_policy}")
             c.emit(case="remove_100k_deny_policy", entries=n_policy, seconds=round(rm_s, 3),
-                   method="controller.policy.remove (PinnedMap.delete_many)")
+                   method="controller.dataplane.entries.remove (PinnedMap.delete_many)")
 
         keys = v4_keys(FILL_V4_BASE, n_exact)
         value = deny_value()
@@ -917,7 +921,7 @@ def part_b(opts: Options, stack: contextlib.ExitStack) -> None:
             more = exact_entries(FILL_V4_BASE + n_exact, 2000)
             add_s, _ = timed(lambda: policy.add(bw.maps, "deny", more))
             c.emit(case="policy_add_2k_into_1m", entries=2000, seconds=round(add_s, 3),
-                   deny_v4_before=n_exact, method="controller.policy.add of 2k entries")
+                   deny_v4_before=n_exact, method="controller.dataplane.entries.add of 2k entries")
 
         if chosen & {"harvest_1m_sources", "top_sources_1m", "map_memory"}:
             src = bw.maps["src_v4"]
@@ -940,14 +944,14 @@ def part_b(opts: Options, stack: contextlib.ExitStack) -> None:
             if "harvest_1m_sources" in chosen:
                 c.emit(case="harvest_1m_sources", entries=got, seconds=round(secs, 3), runs=runs,
                        fill_seconds=round(fill_s, 3), inserted=n_src,
-                       method="controller.counters.read_sources (batch lookup)",
+                       method="controller.dataplane.counters.read_sources (batch lookup)",
                        target=f"<= {TARGET_HARVEST_SECONDS:g} s", ok=secs <= TARGET_HARVEST_SECONDS)
             if "top_sources_1m" in chosen:
                 prev = counters.read_sources(bw.maps)
                 cur = counters.read_sources(bw.maps)
                 top_s, _ = timed(lambda: counters.top_sources(prev, cur, 20))
                 c.emit(case="top_sources_1m", entries=len(cur), seconds=round(top_s, 3),
-                       method="controller.counters.top_sources of two 1M reads")
+                       method="controller.dataplane.counters.top_sources of two 1M reads")
 
         if "map_memory" in chosen:
             per_map = {m.name: fdinfo_memlock(m.fd) or 0 for m in bw.maps.maps.values()}
@@ -1037,7 +1041,7 @@ def part_rules(opts: Options, stack: contextlib.ExitStack) -> None:
     if not chosen:
         return
     if "compile_100k_rules" in chosen:
-        build_s, rules = timed(lambda: [*src_drop_rules("feed", RULES_100K - len(presets.REFLECTION_PORTS),
+        build_s, rules = timed(lambda: [*src_drop_rules("feed", RULES_100K - len(REFLECTION_PORTS),
                                                         mixed=True),
                                         *reflection_preset(RuleAction("drop"))])
         rs = RuleSet.from_rules(rules)
@@ -1048,7 +1052,7 @@ def part_rules(opts: Options, stack: contextlib.ExitStack) -> None:
             secs, cs = timed(lambda: compiler.compile_ruleset(rs, NOW, max_rule_slots=slots))
             runs.append(round(secs, 3))
         assert cs is not None
-        if len(cs.signatures) != len(presets.REFLECTION_PORTS) or len(cs.slots) != len(rs):
+        if len(cs.signatures) != len(REFLECTION_PORTS) or len(cs.slots) != len(rs):
             raise BenchError(f"compile: {len(cs.signatures)} signatures, {len(cs.slots)} slots")
         image_s, img = timed(lambda: image.build_image(cs))
         secs = c.median(runs)
@@ -1058,8 +1062,8 @@ def part_rules(opts: Options, stack: contextlib.ExitStack) -> None:
                prefixes_v4=len(img.tries["deny_pfx_v4"]), signatures=len(cs.signatures),
                max_rule_slots=slots, warnings=len(cs.warnings),
                rule_build_seconds=round(build_s, 3), build_image_seconds=round(image_s, 3),
-               method="controller.compiler.compile_ruleset (rule objects built beforehand, "
-                      "not timed); build_image_seconds: controller.image.build_image after it",
+               method="controller.rules.compiler.compile_ruleset (rule objects built beforehand, "
+                      "not timed); build_image_seconds: controller.rules.image.build_image after it",
                target=f"<= {TARGET_COMPILE_100K_SECONDS:g} s",
                ok=secs <= TARGET_COMPILE_100K_SECONDS)
     if not chosen & {"swap_10k_rules", "swap_10k_rules_alternating"}:
@@ -1103,7 +1107,7 @@ def part_rules(opts: Options, stack: contextlib.ExitStack) -> None:
                    exact_added=last.exact_added, exact_removed=last.exact_removed,
                    exact_changed=last.exact_changed, gen=last.gen, **common,
                    e2e_target=f"<= {TARGET_APPLY_SECONDS:g} s", e2e_ok=ee <= TARGET_APPLY_SECONDS,
-                   method=f"controller.enforce.apply, {what}; seconds = SwapResult.seconds "
+                   method=f"controller.rules.enforce.apply, {what}; seconds = SwapResult.seconds "
                           "(median), e2e = the whole apply incl. compile and build_image",
                    target=f"<= {TARGET_SWAP_SECONDS * 1000:g} ms (swap)",
                    ok=sw <= TARGET_SWAP_SECONDS)

@@ -2,26 +2,16 @@
 
 The public API, re-exported from the modules that own it:
 
-* :mod:`controller.dataplane`: attach, adopt, upgrade, detach, status;
-* :mod:`controller.policy`: allow and deny entries;
-* :mod:`controller.counters`: per-source, per-reason, per-rule counters;
+* :mod:`controller.dataplane.attach`: attach, adopt, upgrade, detach, status;
+* :mod:`controller.dataplane.entries`: allow and deny entries;
+* :mod:`controller.dataplane.counters`: per-source, per-reason, per-rule counters;
 * :mod:`controller.errors`: every error Breakwater raises.
 """
 
 from __future__ import annotations
 
 from .addresses import Prefix, parse_prefix
-from .counters import (
-    Sources,
-    TopRow,
-    Totals,
-    action_totals,
-    read_sources,
-    reason_totals,
-    rule_totals,
-    top_sources,
-)
-from .dataplane import (
+from .dataplane.attach import (
     DEFAULT_PIN_ROOT,
     AttachResult,
     InterfaceStatus,
@@ -32,6 +22,19 @@ from .dataplane import (
     set_flags,
     status,
 )
+from .dataplane.counters import (
+    Sources,
+    TopRow,
+    Totals,
+    action_totals,
+    read_sources,
+    reason_totals,
+    rule_totals,
+    top_sources,
+)
+from .dataplane.entries import ApplyResult, Entry
+from .dataplane.maps import MapSizes
+from .dataplane.reasons import Action, Reason
 from .errors import (
     AlreadyExistsError,
     AttachConflictError,
@@ -57,9 +60,6 @@ from .errors import (
     SetupError,
     UnavailableError,
 )
-from .maps import MapSizes
-from .policy import ApplyResult, Entry
-from .reasons import Action, Reason
 
 __version__ = "0.1.0"
 

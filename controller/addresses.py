@@ -26,6 +26,12 @@ class Prefix:
     def is_exact(self) -> bool:
         return self.network.prefixlen == self.network.max_prefixlen
 
+    @property
+    def slug(self) -> str:
+        """The prefix as a piece of an id (``198-51-100-0-24``): rule and
+        attack ids built from it agree between the agent and the fleet."""
+        return str(self).replace(":", "-").replace(".", "-").replace("/", "-")
+
     def exact_key(self) -> bytes:
         """Key of the exact-address hash maps: the address, network order."""
         return self.network.network_address.packed

@@ -19,7 +19,9 @@ is one line saying what went wrong and what to do next::
     │   ├── PinnedMapMismatchError a pinned map's layout differs from this build
     │   └── MapOperationError      a map syscall failed (with errno)
     ├── InputError                 a bad address, prefix, rule id or option
-    │   └── FieldError             one field of it, with the field's path (rules.py)
+    │   ├── FieldError             one field of it, with the field's path
+    │   └── ConfigError            one key of a configuration file, with the file
+    ├── StoreError                 a state database could not be read or written
     ├── NotFoundError              the named resource (rule, node) does not exist
     ├── AlreadyExistsError         a resource of that name exists already
     ├── EtagMismatchError          the resource changed since the caller read it
@@ -30,8 +32,10 @@ is one line saying what went wrong and what to do next::
 
 bcc, libbpf (ctypes), pyroute2 and OS errors are converted by
 :func:`from_os_error` and :func:`from_bcc_error`, called only where Breakwater
-calls those libraries (``_libbpf.py``, ``program.py``, ``netlink.py``). gRPC
-statuses are converted both ways in :mod:`controller.rpc`: each error above
+calls those libraries (``dataplane/libbpf.py``, ``dataplane/build.py``,
+``dataplane/netlink.py``); sqlite errors by :func:`from_sqlite_error`, called
+only by :mod:`controller.sqlite`. gRPC
+statuses are converted both ways in :mod:`controller.api.rpc`: each error above
 has one status code (``INVALID_ARGUMENT`` with the field of a
 ``FieldError``, ``NOT_FOUND``, ``ALREADY_EXISTS``, ``ABORTED``,
 ``FAILED_PRECONDITION``, ``RESOURCE_EXHAUSTED``; ``MapFullError`` is
@@ -50,8 +54,10 @@ __all__ = [
     "BpfUnsupportedError",
     "BreakwaterError",
     "CapacityError",
+    "ConfigError",
     "EtagMismatchError",
     "FailedPreconditionError",
+    "FieldError",
     "HeadersMissingError",
     "InputError",
     "InterfaceError",
@@ -66,9 +72,11 @@ __all__ = [
     "ProgramLoadError",
     "RemoteError",
     "SetupError",
+    "StoreError",
     "UnavailableError",
     "from_bcc_error",
     "from_os_error",
+    "from_sqlite_error",
 ]
 
 
@@ -138,6 +146,35 @@ class MapOperationError(MapError):
 
 class InputError(BreakwaterError, ValueError):
     """Bad input from an operator or caller: nothing was changed."""
+
+
+class FieldError(InputError):
+    """An :class:`InputError` about one field: ``path`` is where, ``what`` is
+    what is wrong; the message is ``"<path>: <what>"``. Checks
+    (:mod:`controller.validate`) raise it; the API turns ``path`` into the
+    field violation of ``INVALID_ARGUMENT``."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path}: {what}" if path else what)
+        self.path = path
+        self.what = what
+
+
+class ConfigError(InputError):
+    """A problem in a configuration file, naming the file and key path
+    (:func:`controller.config.checked` turns a :class:`FieldError` into one)."""
+
+    def __init__(self, source: str, path: str, what: str) -> None:
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {what}")
+        self.source = source
+        self.path = path
+        self.what = what
+
+
+class StoreError(BreakwaterError):
+    """A state database (the agent's or the controller's) could not be read
+    or written; the message names the file and the operation."""
 
 
 class _ResourceError(BreakwaterError):
@@ -222,3 +259,9 @@ def from_bcc_error(exc: Exception, what: str) -> BreakwaterError:
     if "Failed to load BPF program" in text or "Failed to compile" in text:
         return ProgramLoadError(f"{what}: {text.splitlines()[-1] if text else 'failed'}")
     return BreakwaterError(f"{what}: {text}")
+
+
+def from_sqlite_error(exc: Exception, what: str) -> StoreError:
+    """A sqlite3 error during ``what`` (which names the file) as a
+    :class:`StoreError`."""
+    return StoreError(f"{what}: {exc}")

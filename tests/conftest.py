@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 # gRPC core's fork handlers block a fork() while a channel has calls in
-# flight, and the data-plane tests fork traffic generators (controller.traffic)
+# flight, and the data-plane tests fork traffic generators (controller.lab.traffic)
 # from a process that also holds gRPC channels (the agent-sync and cluster
 # tests): a hang, seen once in CI. No forked child here uses gRPC, so the
 # handlers are turned off before anything imports grpc.

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from controller import _libbpf as lb
-from controller import abi, dataplane, program
 from controller.addresses import Prefix
-from controller.bpfmap import MapSet
-from controller.maps import BPF_F_MMAPABLE, MAP_SPECS, MapSizes
-from controller.program import LoadedProgram
+from controller.dataplane import abi
+from controller.dataplane import attach as dataplane
+from controller.dataplane import build as program
+from controller.dataplane import libbpf as lb
+from controller.dataplane.build import LoadedProgram
+from controller.dataplane.maps import BPF_F_MMAPABLE, MAP_SPECS, MapSizes
+from controller.dataplane.pinned import MapSet
 
 LOGGER = logging.getLogger("breakwater.tests.bpf")
 
@@ -114,7 +116,7 @@ class DataPlane:
 
 def lpm_key(trie: str, slot: int, prefix: Prefix) -> bytes:
     """Key of ``prefix`` in slot ``slot`` of an LPM trie (slot byte first,
-    counted in prefixlen), built from the abi twin, not from controller.swap."""
+    counted in prefixlen), built from the abi twin, not from controller.dataplane.swap."""
     key: abi.LpmV4 | abi.LpmV6 = abi.LpmV4() if trie.endswith("v4") else abi.LpmV6()
     key.prefixlen = 8 + prefix.network.prefixlen
     key.slot = slot

@@ -1,8 +1,8 @@
 """Rule sets for the data-plane tests: build rules tersely, apply them the
-way the controller does (``controller.enforce.apply``), and read back what
+way the controller does (``controller.rules.enforce.apply``), and read back what
 each rule counted.
 
-Rules are built with :meth:`controller.rules.Rule.from_dict`, the same
+Rules are built with :meth:`controller.rules.model.Rule.from_dict`, the same
 parser a rule file goes through, so a test's rule reads like the TOML an
 operator writes: ``rule("dns", "drop", protocol="udp", dport=53)``.
 """
@@ -13,11 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from controller import counters, enforce
 from controller.addresses import parse_prefix
-from controller.bpfmap import MapSet
-from controller.reasons import Action, Reason
-from controller.rules import DEFAULT_PRIORITY, Rule, RuleSet
+from controller.dataplane import counters
+from controller.dataplane.pinned import MapSet
+from controller.dataplane.reasons import Action, Reason
+from controller.rules import enforce
+from controller.rules.model import DEFAULT_PRIORITY, Rule, RuleSet
 
 from .conftest import XDP_DROP, XDP_PASS
 
@@ -64,7 +65,7 @@ class Enforced:
 
 def enforce_rules(maps: MapSet, rules: RuleSet | Iterable[Rule], previous: Enforced | None = None,
                   management: Sequence[str] = ()) -> Enforced:
-    """Compile ``rules`` and swap them in with :func:`controller.enforce.apply`."""
+    """Compile ``rules`` and swap them in with :func:`controller.rules.enforce.apply`."""
     rs = rules if isinstance(rules, RuleSet) else RuleSet.from_rules(rules)
     mgmt = tuple(parse_prefix(p) for p in management)
     outcome = enforce.apply(maps, rs, previous.applied if previous else None, now=NOW,

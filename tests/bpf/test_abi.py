@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from controller import _libbpf as lb
-from controller import abi
-from controller.maps import MAP_SPECS, MapSpec
-from controller.program import ENTRY
+from controller.dataplane import abi
+from controller.dataplane import libbpf as lb
+from controller.dataplane.build import ENTRY
+from controller.dataplane.maps import MAP_SPECS, MapSpec
 
 from .conftest import TEST_SIZES, DataPlane
 

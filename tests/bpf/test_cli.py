@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import abi, program
-from controller.bpfmap import MapSet
-from controller.maps import MapSizes
+from controller.dataplane import abi
+from controller.dataplane import build as program
+from controller.dataplane.maps import MapSizes
+from controller.dataplane.pinned import MapSet
 
 pytestmark = pytest.mark.bpf
 

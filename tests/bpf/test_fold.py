@@ -7,8 +7,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from controller import counters, policy
 from controller.addresses import parse_prefix
+from controller.dataplane import counters
+from controller.dataplane import entries as policy
 
 from .conftest import DataPlane
 

@@ -7,9 +7,10 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from controller import harvest, protect
 from controller.addresses import parse_prefix
-from controller.samples import address_from_words
+from controller.dataplane import protect
+from controller.detection import harvest
+from controller.detection.samples import address_from_words
 
 from .conftest import DataPlane
 
@@ -67,7 +68,7 @@ def test_denied_sources_keep_counting_across_deny_changes(dp: DataPlane) -> None
     """The harvester skips an exact deny map it found empty until the
     generation flips; a deny added later must show its drops at once, and a
     deny removed hands its hits back without a negative or doubled delta."""
-    from controller import policy
+    from controller.dataplane import entries as policy
 
     flood = bytes(Ether() / IP(src="203.0.113.66", dst="198.18.0.10") / UDP(sport=5, dport=53))
     h = harvest.Harvester()

@@ -30,11 +30,13 @@ from scapy.layers.l2 import GRE, Dot1AD, Dot1Q, Ether
 from scapy.layers.sctp import SCTP
 from scapy.packet import NoPayload, Packet
 
-from controller import _libbpf as lb
-from controller import abi, counters, dataplane, policy
 from controller.addresses import parse_prefix
+from controller.dataplane import abi, counters
+from controller.dataplane import attach as dataplane
+from controller.dataplane import entries as policy
+from controller.dataplane import libbpf as lb
+from controller.dataplane.reasons import Action, Reason
 from controller.errors import InputError, MapOperationError
-from controller.reasons import Action, Reason
 
 from .conftest import XDP_DROP, XDP_PASS, DataPlane, lpm_key
 from .packets import (

@@ -1,4 +1,4 @@
-"""controller.policy against real pinned maps: round trips, rule-id updates,
+"""controller.dataplane.entries against real pinned maps: round trips, rule-id updates,
 all-or-nothing adds (full maps, bad input) and batches past the 1024-key
 ``contains`` threshold."""
 
@@ -11,8 +11,21 @@ import threading
 import pytest
 from scapy.layers.inet import UDP
 
-from controller import abi, bpfmap, counters, dataplane, policy, swap
 from controller.addresses import Prefix, parse_prefix
+from controller.dataplane import (
+    abi,
+    counters,
+    swap,
+)
+from controller.dataplane import (
+    attach as dataplane,
+)
+from controller.dataplane import (
+    entries as policy,
+)
+from controller.dataplane import (
+    pinned as bpfmap,
+)
 from controller.errors import InputError, MapFullError
 
 from .conftest import TINY, XDP_DROP, XDP_PASS, DataPlane

@@ -25,8 +25,8 @@ import pytest
 from scapy.layers.inet import UDP
 from scapy.layers.l2 import Dot1Q
 
-from controller import abi, counters
-from controller.reasons import Reason
+from controller.dataplane import abi, counters
+from controller.dataplane.reasons import Reason
 
 from .conftest import DataPlane
 from .packets import SRC4, SRC6, frame, ip4, ip6

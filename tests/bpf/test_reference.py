@@ -2,10 +2,10 @@
 
 Seeded random rule sets (src-only drops and allows, which become deny and
 allow entries, and up to 64 signatures with random fields and actions) are
-swapped in with ``controller.enforce.apply``; random packets (IPv4/IPv6,
+swapped in with ``controller.rules.enforce.apply``; random packets (IPv4/IPv6,
 VLAN tags, extension headers, protocols, ports, TCP flags, lengths,
 fragments) are run through BPF_PROG_TEST_RUN, and each packet's XDP action
-and reason must be what :meth:`controller.compiler.CompiledSet.evaluate`
+and reason must be what :meth:`controller.rules.compiler.CompiledSet.evaluate`
 decides for the same packet. At the end every rule's counters must add up
 to what the reference attributes to it (terminal rule and monitor rules).
 
@@ -30,11 +30,11 @@ from scapy.layers.sctp import SCTP
 from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
-from controller import abi, counters
-from controller.compiler import CompiledSet, Packet, Verdict
+from controller.dataplane import abi, counters
+from controller.dataplane.reasons import Reason
 from controller.errors import InputError
-from controller.reasons import Reason
-from controller.rules import MAX_RATE, Rule, RuleSet
+from controller.rules.compiler import CompiledSet, Packet, Verdict
+from controller.rules.model import MAX_RATE, Rule, RuleSet
 
 from .conftest import XDP_DROP, XDP_PASS, DataPlane
 from .packets import eth

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from scapy.layers.inet import TCP, UDP
 
-from controller import dataplane
+from controller.dataplane import attach as dataplane
 
 from .conftest import ENTRY_MAPS, XDP_PASS, ZEROED_ARRAYS, DataPlane
 from .packets import SRC4, SRC6, frame, ip4, ip6

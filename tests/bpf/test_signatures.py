@@ -1,8 +1,8 @@
 """The signature stage, packet by packet, through BPF_PROG_TEST_RUN.
 
 A table like ``test_packets.py``: each row is a rule set (compiled from
-:class:`controller.rules.RuleSet` and swapped in with
-``controller.enforce.apply``, as the controller does), a packet run one or
+:class:`controller.rules.model.RuleSet` and swapped in with
+``controller.rules.enforce.apply``, as the controller does), a packet run one or
 more times, the reason each run is counted under, and what every rule of
 the set counted (packets, dropped, rate-limited; bytes follow from the
 packet). Rules not named in a row's ``counts`` must have counted nothing.
@@ -29,11 +29,13 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6ExtHdrFragment, IPv6ExtHdr
 from scapy.layers.l2 import GRE, Dot1AD, Dot1Q
 from scapy.layers.sctp import SCTP
 
-from controller import counters, dataplane
 from controller.addresses import parse_prefix
-from controller.presets import REFLECTION_PORTS, reflection_rule
-from controller.reasons import Reason
-from controller.rules import Rule, RuleAction, RuleSet
+from controller.dataplane import attach as dataplane
+from controller.dataplane import counters
+from controller.dataplane.protect import REFLECTION_PORTS
+from controller.dataplane.reasons import Reason
+from controller.rules.model import Rule, RuleAction, RuleSet
+from controller.rules.presets import reflection_rule
 
 from .conftest import DataPlane
 from .packets import DST4, DST6, SRC4, SRC6, eth, frame, ip4, ip6

@@ -1,5 +1,5 @@
-"""Atomic rule-set swaps (controller.swap through controller.enforce.apply
-and controller.policy) against the real program.
+"""Atomic rule-set swaps (controller.dataplane.swap through controller.rules.enforce.apply
+and controller.dataplane.entries) against the real program.
 
 Rule counters survive a swap for rules that survive it, start at zero for
 new rules and are zeroed for removed ones; exact deny entries keep their
@@ -17,12 +17,13 @@ from types import SimpleNamespace
 import pytest
 from scapy.layers.inet import TCP, UDP
 
-from controller import abi, counters, policy, swap
 from controller.addresses import parse_prefix
+from controller.dataplane import abi, counters, swap
+from controller.dataplane import entries as policy
+from controller.dataplane.maps import BPF_F_MMAPABLE, MAP_SPECS
+from controller.dataplane.reasons import Reason
 from controller.errors import InputError, MapFullError
-from controller.maps import BPF_F_MMAPABLE, MAP_SPECS
-from controller.reasons import Reason
-from controller.rules import Rule
+from controller.rules.model import Rule
 
 from .conftest import TINY, XDP_DROP, XDP_PASS, DataPlane
 from .packets import SRC6, frame, ip4, ip6

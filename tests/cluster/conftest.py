@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import netns as pyroute2_netns
 
-from controller.netns import Lab
+from controller.lab.netns import Lab
 from tests.netns.lab import BPFFS, remove_pins
 
 from .harness import NODES, Cluster

@@ -48,10 +48,11 @@ from pyroute2 import IPRoute
 from pyroute2.netns import NETNS_RUN_DIR
 
 from breakwater.v1 import node_pb2, rule_pb2
-from controller import counters, dataplane
-from controller.apiclient import ApiClient
-from controller.netns import Lab
-from controller.store import Store
+from controller.agent.state import Store
+from controller.api.client import ApiClient
+from controller.dataplane import attach as dataplane
+from controller.dataplane import counters
+from controller.lab.netns import Lab
 from tests.netns.agents import toml_document
 from tests.netns.lab import IFNAME, NETNS_SIZES, DaemonProc, Topology, build_topology, detach_quietly
 

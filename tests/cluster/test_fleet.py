@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import pytest
 
 from breakwater.v1 import event_pb2, node_pb2, rule_pb2, telemetry_service_pb2
-from controller import traffic
+from controller.lab import traffic
 from tests.netns.lab import EDGE_V4, EXTRA_V4, PORT
 
 from .harness import Cluster, ClusterSettings, Node, wait_for

@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import json_format
 
 from breakwater.v1 import node_pb2
-from controller.fleetstore import FleetStore
+from controller.fleet.store import FleetStore
 from tests.netns.lab import EXTRA_V4
 
 from .harness import API_ACTOR, CLI_ACTOR, Cluster, describe, drop_rule

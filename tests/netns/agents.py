@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller import counters, dataplane, enforce
-from controller.bpfmap import MapSet
-from controller.reasons import Reason
-from controller.rules import Rule
-from controller.store import Store
+from controller.agent.state import Store
+from controller.dataplane import attach as dataplane
+from controller.dataplane import counters
+from controller.dataplane.pinned import MapSet
+from controller.dataplane.reasons import Reason
+from controller.rules import enforce
+from controller.rules.model import Rule
 
 from .lab import IFNAME, NETNS_SIZES, DaemonProc, Topology
 

@@ -23,8 +23,8 @@ from typing import cast
 import pytest
 from pyroute2 import netns as pyroute2_netns
 
-from controller import dataplane
-from controller.netns import Lab
+from controller.dataplane import attach as dataplane
+from controller.lab.netns import Lab
 
 from .agents import Agents, AgentSettings
 from .lab import (

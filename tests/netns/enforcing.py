@@ -8,10 +8,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from controller import abi, enforce, traffic
 from controller.addresses import parse_prefix
-from controller.bpfmap import MapSet
-from controller.rules import ActionKind, Match, PortRange, Rule, RuleAction, RuleSet
+from controller.dataplane import abi
+from controller.dataplane.pinned import MapSet
+from controller.lab import traffic
+from controller.rules import enforce
+from controller.rules.model import ActionKind, Match, PortRange, Rule, RuleAction, RuleSet
 
 UDP = 17
 
@@ -27,7 +29,7 @@ def rule(rule_id: str, match: Match, action: RuleAction | ActionKind) -> Rule:
 
 
 def apply(maps: MapSet, rules: Sequence[Rule], previous: enforce.Applied | None = None) -> enforce.Applied:
-    """Swap ``rules`` in (``controller.enforce.apply``); returns what is in force."""
+    """Swap ``rules`` in (``controller.rules.enforce.apply``); returns what is in force."""
     rs = RuleSet.from_rules(rules)
     out = enforce.apply(maps, rs, previous)
     assert out.swap is not None

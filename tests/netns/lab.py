@@ -29,11 +29,13 @@ from typing import Any
 
 import pytest
 
-from controller import dataplane, netlink, traffic
-from controller.bpfmap import MapSet
-from controller.dataplane import AttachResult
-from controller.maps import MapSizes
-from controller.netns import Lab
+from controller.dataplane import attach as dataplane
+from controller.dataplane import netlink
+from controller.dataplane.attach import AttachResult
+from controller.dataplane.maps import MapSizes
+from controller.dataplane.pinned import MapSet
+from controller.lab import traffic
+from controller.lab.netns import Lab
 
 LOGGER = logging.getLogger("breakwater.tests.netns")
 

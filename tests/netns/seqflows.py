@@ -3,7 +3,7 @@ which sequence number and when, so a test can tell per datagram whether it
 arrived and bound the time its verdict was made.
 
 Both ends run as ``traffic.Child`` processes in the lab namespaces, bounded
-in count and time like the rest of ``controller.traffic``.
+in count and time like the rest of ``controller.lab.traffic``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 
-from controller import traffic
+from controller.lab import traffic
 
 HEADER = struct.Struct("!IIQQ")
 """Payload header: sender id, flow index, sequence number, send time

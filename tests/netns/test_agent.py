@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from controller import dataplane, traffic
-from controller.store import Store
+from controller.agent.state import Store
+from controller.dataplane import attach as dataplane
+from controller.lab import traffic
 
 from .agents import Agents, AgentSettings, wait_for
 from .lab import CLIENT_V4, EDGE_V4, EXTRA_V4, IFNAME, PORT, Topology

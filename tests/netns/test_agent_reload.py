@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from controller import dataplane, netlink
+from controller.dataplane import attach as dataplane
+from controller.dataplane import netlink
 
 from .lab import IFNAME, NETNS_SIZES, DaemonProc, Topology, detach_quietly
 

@@ -43,7 +43,7 @@ from breakwater.v1 import (
     telemetry_service_pb2,
     telemetry_service_pb2_grpc,
 )
-from controller.compiler import DEFAULT_MAX_SIGNATURES
+from controller.rules.compiler import DEFAULT_MAX_SIGNATURES
 
 from .lab import CLIENT_V4, EXTRA_V4, IFNAME, NETNS_SIZES, DaemonProc, Topology, detach_quietly
 

@@ -3,7 +3,7 @@
 One test per vector (the table :data:`CASES`): ``python -m controller.cli
 agent`` protects bw0 (victim 198.18.0.1, protected 198.18.0.0/24); a
 legitimate client (198.18.0.2) keeps sending UDP to the victim the whole
-time; a flood of crafted frames (``controller.frames``, sent over AF_PACKET
+time; a flood of crafted frames (``controller.lab.frames``, sent over AF_PACKET
 by ``traffic.RawFlood``: sources anywhere in 198.18.0.0/15, spoofed) hits
 the same victim. Each test checks, in order:
 
@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller import frames, traffic
-from controller.reasons import Reason
-from controller.rules import Rule
+from controller.dataplane.reasons import Reason
+from controller.lab import frames, traffic
+from controller.rules.model import Rule
 
 from .agents import AgentProc, Agents, AgentSettings, Window, wait_for
 from .lab import CLIENT_IFNAME, CLIENT_V4, EDGE_V4, Topology

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import pytest
 
-from controller import counters, dataplane, policy
 from controller.addresses import parse_prefix
-from controller.bpfmap import MapSet
-from controller.reasons import Action, Reason
+from controller.dataplane import attach as dataplane
+from controller.dataplane import counters
+from controller.dataplane import entries as policy
+from controller.dataplane.pinned import MapSet
+from controller.dataplane.reasons import Action, Reason
 
 from .lab import CLIENT_V4, CLIENT_V6, EDGE_V6, EXTRA_V4, EXTRA_V6, Breakwater
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.netns
 
 REPO = Path(__file__).resolve().parents[2]
 BPFFS = Path("/sys/fs/bpf")
-DEMO_PINS = "bw-demo-"  # controller.demo's pin roots
+DEMO_PINS = "bw-demo-"  # controller.lab.demo's pin roots
 DEMO_TMP = "breakwater-demo-"  # and temporary directories
 RUN_SECONDS = 240  # the demo takes ~40 s; a compile on a busy machine more
 # What the demo is expected to achieve on a 2-CPU VM (it reaches ~0.5 s and

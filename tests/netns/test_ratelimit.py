@@ -1,6 +1,6 @@
 """Rate limits on real packets: token buckets hold their rate over veth.
 
-Each test applies a rate-limit rule set (``controller.enforce.apply``),
+Each test applies a rate-limit rule set (``controller.rules.enforce.apply``),
 offers well above the limit from two senders pinned to CPU 0 and CPU 1 (on
 veth the receiving XDP program runs on the sending CPU, so the buckets are
 shared by both CPUs), and compares the rate delivered to the receiver over
@@ -14,7 +14,7 @@ Cases: one source against an aggregate bucket; 1000 sources against
 per-source buckets; a flood where every packet has a new random (spoofed)
 source against an aggregate bucket, next to a per-source rule that such a
 flood walks through. Spoofed frames are sent with AF_PACKET on the client
-veth (``traffic.RawFlood``), built by ``controller.frames``.
+veth (``traffic.RawFlood``), built by ``controller.lab.frames``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from controller import counters, frames, traffic
-from controller.reasons import Reason
-from controller.rules import RuleAction
+from controller.dataplane import counters
+from controller.dataplane.reasons import Reason
+from controller.lab import frames, traffic
+from controller.rules.model import RuleAction
 
 from .enforcing import apply, buckets, per_cpu_packets, rule, udp_losses, udp_to, window
 from .lab import CLIENT_IFNAME, CLIENT_V4, EDGE_V4, SETTLE_SECONDS, Breakwater, Topology

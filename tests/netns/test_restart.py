@@ -24,7 +24,10 @@ from typing import Any
 
 import pytest
 
-from controller import counters, dataplane, netlink, policy, traffic
+from controller.dataplane import attach as dataplane
+from controller.dataplane import counters, netlink
+from controller.dataplane import entries as policy
+from controller.lab import traffic
 
 from .lab import (
     CLIENT_V4,

@@ -3,7 +3,7 @@
 Two rule sets, A and B, disagree on some flows and agree on others. While
 two senders (pinned to CPU 0 and CPU 1) send sequenced UDP datagrams on
 every flow, the test swaps A and B fifty times with
-``controller.enforce.apply`` (each time passing the previous ``Applied``).
+``controller.rules.enforce.apply`` (each time passing the previous ``Applied``).
 
 Every rule exists in both sets (only its action differs), so each keeps its
 counter slot across all swaps and its counters cover the whole run. The
@@ -47,10 +47,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from controller import counters, dataplane, enforce, traffic
 from controller.addresses import parse_prefix
-from controller.reasons import Reason
-from controller.rules import Match, Rule, RuleAction
+from controller.dataplane import attach as dataplane
+from controller.dataplane import counters
+from controller.dataplane.reasons import Reason
+from controller.lab import traffic
+from controller.rules import enforce
+from controller.rules.model import Match, Rule, RuleAction
 
 from . import seqflows
 from .enforcing import apply, rule, udp_losses, udp_to

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from controller.rpc import Service, create_aio_server, finish_tasks
+from controller.api.rpc import Service, create_aio_server, finish_tasks
 
 __all__ = ["LoopThread"]
 

@@ -8,9 +8,15 @@ import re
 
 import pytest
 
-from controller import abi, swap
-from controller.compiler import DEFAULT_MAX_SIGNATURES
-from controller.maps import BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, MAP_SPECS, MapSizes, MapSpec
+from controller.dataplane import abi, swap
+from controller.dataplane.maps import (
+    BPF_F_MMAPABLE,
+    BPF_F_NO_PREALLOC,
+    MAP_SPECS,
+    MapSizes,
+    MapSpec,
+)
+from controller.rules.compiler import DEFAULT_MAX_SIGNATURES
 
 from .headers import BPF_DIR, c_int, defines
 

@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from controller import abi, swap
 from controller.addresses import Prefix, parse_prefix
+from controller.dataplane import abi, swap
 from controller.errors import InputError
 
 
@@ -74,7 +74,7 @@ def test_input_error_is_a_value_error() -> None:
 @pytest.mark.parametrize("slot", [0, 1])
 @pytest.mark.parametrize("text", ["198.18.4.0/22", "2001:db8:4::/48", "0.0.0.0/0", "::/0"])
 def test_lpm_key_layout_and_round_trip(text: str, slot: int) -> None:
-    """LPM keys (built by controller.swap, the one writer of the tries): the
+    """LPM keys (built by controller.dataplane.swap, the one writer of the tries): the
     slot byte leads the data and prefixlen counts its 8 bits."""
     p = parse_prefix(text)
     name = "deny_pfx_v4" if p.family == 4 else "deny_pfx_v6"

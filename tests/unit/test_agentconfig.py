@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import agentconfig, cli
-from controller.agentconfig import ConfigError, load, parse
+import controller.cli.main as cli
+from controller.agent import config as agentconfig
+from controller.agent.config import load, parse
+from controller.errors import ConfigError
 
 BASE = 'interfaces = ["eth0"]\n'
 
@@ -91,7 +93,7 @@ rule_ttl = 30.0
     (BASE + "[detect]\nsourc_pps = 1", "detect.sourc_pps", "did you mean 'source_pps'"),
     (BASE + "[detect.syn]\npps = 0", "detect.syn.pps", "out of range"),
     (BASE + "[detect.syn]\nfactor = 2", "detect.syn.pps", "missing"),
-    (BASE + "[detect.syn]\nppps = 2", "detect.syn", "unknown key"),
+    (BASE + "[detect.syn]\nppps = 2", "detect.syn.ppps", "unknown key"),
     (BASE + "detect = 1", "detect", "table"),
     (BASE + "[mitigate]\nrule_ttl = 0", "mitigate.rule_ttl", "out of range"),
     (BASE + "[mitigate]\nrule_tll = 5", "mitigate.rule_tll", "did you mean 'rule_ttl'"),

@@ -1,14 +1,14 @@
-"""controller.agenttelemetry: an interval's sample and counters as a TelemetrySummary."""
+"""controller.agent.telemetry: an interval's sample and counters as a TelemetrySummary."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from breakwater.v1 import reasons_pb2
-from controller.agenttelemetry import CounterDeltas, IntervalCounters, summarize
-from controller.counters import RuleTotals, Totals
-from controller.reasons import Action, Reason
-from controller.samples import Sample
+from controller.agent.telemetry import CounterDeltas, IntervalCounters, summarize
+from controller.dataplane.counters import RuleTotals, Totals
+from controller.dataplane.reasons import Action, Reason
+from controller.detection.samples import Sample
 
 END = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""controller.api over a real channel: a controller (FleetStore in a real
+"""controller.api.services over a real channel: a controller (FleetStore in a real
 SQLite file under tmp_path, EventLog, the servicers, health and reflection)
 serving on 127.0.0.1:0. Every method; pagination; etags; every invalid
 field named with nothing applied; node health; events listed and watched
@@ -31,19 +31,25 @@ from breakwater.v1 import (
 from breakwater.v1 import event_service_pb2 as es
 from breakwater.v1 import node_service_pb2 as ns
 from breakwater.v1 import rule_service_pb2 as rs
-from controller.api import ACTOR_METADATA, REASON_METADATA, decode_page_token, encode_page_token
-from controller.controlplane import Controller, ControllerConfig, create_controller
+from controller.api.rpc import from_rpc_error
+from controller.api.services import (
+    ACTOR_METADATA,
+    REASON_METADATA,
+    decode_page_token,
+    encode_page_token,
+)
 from controller.errors import (
     AlreadyExistsError,
     BreakwaterError,
     CapacityError,
     EtagMismatchError,
     FailedPreconditionError,
+    FieldError,
     NotFoundError,
 )
-from controller.rpc import from_rpc_error
-from controller.rules import FieldError, Match, Rule, RuleAction
-from controller.scope import ScopedRule
+from controller.fleet.daemon import Controller, ControllerConfig, create_controller
+from controller.rules.model import Match, Rule, RuleAction
+from controller.rules.scope import ScopedRule
 
 C = grpc.StatusCode
 ALICE = ((ACTOR_METADATA, "alice"), (REASON_METADATA, "ticket 7"))
@@ -937,7 +943,7 @@ def test_reflection_lists_every_service(api: Api) -> None:
 
 def test_every_method_is_implemented() -> None:
     """No method of the three services is left to the generated base (UNIMPLEMENTED)."""
-    from controller.api import EventServicer, NodeServicer, RuleServicer
+    from controller.api.services import EventServicer, NodeServicer, RuleServicer
 
     for cls, base in ((RuleServicer, rule_service_pb2_grpc.RuleServiceServicer),
                       (NodeServicer, node_service_pb2_grpc.NodeServiceServicer),

@@ -1,4 +1,4 @@
-"""The CLI against a real in-process controller (controller.apicli through
+"""The CLI against a real in-process controller (controller.cli.remote through
 controller.cli.main): tables and --json, exit codes (2 for a refused field,
 named; 1 for the rest), where the server comes from, rules from flags and
 files, nodes, events (listed, and followed by a real process until Ctrl-C),
@@ -19,13 +19,20 @@ from typing import Any
 
 import pytest
 
+import controller.cli.main as cli
 from breakwater.v1 import telemetry_pb2
-from controller import cli
-from controller.apiclient import DEFAULT_PORT, ENV_CONFIG, ENV_SERVER, ENV_TIMEOUT, resolve, target_of
-from controller.controlplane import Controller, ControllerConfig, create_controller
+from controller.api.client import (
+    DEFAULT_PORT,
+    ENV_CONFIG,
+    ENV_SERVER,
+    ENV_TIMEOUT,
+    resolve,
+    target_of,
+)
+from controller.api.rpc import create_server
+from controller.api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
 from controller.errors import InputError
-from controller.rpc import create_server
-from controller.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
+from controller.fleet.daemon import Controller, ControllerConfig, create_controller
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -308,7 +315,7 @@ def test_events_follow_streams_until_ctrl_c(ctl: Controller, capsys: pytest.Capt
 
 @pytest.fixture
 def telemetry() -> Iterator[str]:
-    """The fleet telemetry service (controller.telemetry) with two nodes' reports."""
+    """The fleet telemetry service (controller.api.telemetry) with two nodes' reports."""
     fleet = FleetTelemetry()
     now = time.time()
     for node, pps in (("edge-1", 900), ("edge-2", 100)):

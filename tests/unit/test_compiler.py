@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from controller.addresses import Prefix, parse_prefix
-from controller.compiler import (
+from controller.dataplane.protect import REFLECTION_PORTS
+from controller.errors import FieldError, InputError
+from controller.rules.compiler import (
     AllowEntry,
     CompiledSet,
     DenyEntry,
@@ -19,9 +21,8 @@ from controller.compiler import (
     SlotTable,
     compile_ruleset,
 )
-from controller.errors import InputError
-from controller.presets import REFLECTION_PORTS, reflection_rule
-from controller.rules import FieldError, Match, Rule, RuleAction, RuleSet
+from controller.rules.model import Match, Rule, RuleAction, RuleSet
+from controller.rules.presets import reflection_rule
 
 NOW = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""controller.controlplane: the configuration, the controller in process
+"""controller.fleet.daemon: the configuration, the controller in process
 (server, sweeper, metrics, the sync hook, clean stop), and `breakwater
 controller` as a real process: start, change rules through the CLI, kill -9,
 restart, everything still there; SIGTERM exits 0."""
@@ -31,8 +31,9 @@ from breakwater.v1 import (
     sync_service_pb2,
     sync_service_pb2_grpc,
 )
-from controller.agentconfig import ConfigError
-from controller.controlplane import (
+from controller.api.rpc import Service
+from controller.errors import ConfigError
+from controller.fleet.daemon import (
     Controller,
     ControllerConfig,
     ServiceRegistry,
@@ -40,8 +41,7 @@ from controller.controlplane import (
     load_config,
     parse_config,
 )
-from controller.fleetstore import FleetStore
-from controller.rpc import Service
+from controller.fleet.store import FleetStore
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 10
@@ -78,11 +78,11 @@ BAD: dict[str, tuple[dict[str, object], str, str]] = {
     "listen type": ({"listen": 9610}, "listen", "expected"),
     "state_dir relative": ({"state_dir": "var/bw"}, "state_dir", "not an absolute path"),
     "metrics": ({"metrics": "localhost"}, "metrics", "is not ADDR:PORT"),
-    "reconcile range": ({"reconcile_interval": 0}, "reconcile_interval", "out of range; allowed 1..86400"),
-    "reconcile type": ({"reconcile_interval": "30s"}, "reconcile_interval", "expected a number of seconds"),
+    "reconcile range": ({"reconcile_interval": 0}, "reconcile_interval", "is out of range 1..86400"),
+    "reconcile type": ({"reconcile_interval": "30s"}, "reconcile_interval", "expected a number"),
     "heartbeat bool": ({"heartbeat_timeout": True}, "heartbeat_timeout", "expected a number"),
     "events_keep": ({"events_keep": 0}, "events_keep", "out of range"),
-    "max_workers float": ({"max_workers": 8.5}, "max_workers", "whole number"),
+    "max_workers float": ({"max_workers": 8.5}, "max_workers", "expected an integer"),
     "section not a table": ({"sync": 3}, "sync", "expected a table"),
 }
 
@@ -198,7 +198,7 @@ class _Sync(sync_service_pb2_grpc.SyncServiceServicer):
 
 
 def _sync_module(calls: list[Any], *, as_server: bool) -> types.ModuleType:
-    module = types.ModuleType("controller.synchub")
+    module = types.ModuleType("controller.fleet.synchub")
 
     class Hub:
         closed = False
@@ -228,7 +228,7 @@ def _sync_module(calls: list[Any], *, as_server: bool) -> types.ModuleType:
 def test_sync_hook_adds_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_server: bool) -> None:
     calls: list[Any] = []
     module = _sync_module(calls, as_server=as_server)
-    monkeypatch.setitem(sys.modules, "controller.synchub", module)
+    monkeypatch.setitem(sys.modules, "controller.fleet.synchub", module)
     cfg = ControllerConfig(listen="127.0.0.1:0", state_dir=tmp_path, metrics=None, reconcile_interval=7)
     c = create_controller(cfg)
     c.start()
@@ -250,7 +250,7 @@ def test_sync_hook_adds_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_without_a_sync_hub_the_api_still_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "controller.synchub", None)  # import fails as if absent
+    monkeypatch.setitem(sys.modules, "controller.fleet.synchub", None)  # import fails as if absent
     c = create_controller(ControllerConfig(listen="127.0.0.1:0", state_dir=tmp_path, metrics=None))
     try:
         assert c.sync is None
@@ -377,7 +377,7 @@ def test_check_config_and_bad_flags() -> None:
 def test_nodes_seen_through_a_real_sync_stream(tmp_path: Path) -> None:
     """An agent's stream (Register, ACK) on the controller's one port: NodeService
     shows it healthy and current, then unreachable once the stream is gone."""
-    pytest.importorskip("controller.synchub")
+    pytest.importorskip("controller.fleet.synchub")
     import queue
 
     from breakwater.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
@@ -424,7 +424,7 @@ def test_nodes_seen_through_a_real_sync_stream(tmp_path: Path) -> None:
 
 
 def test_bad_sync_table_names_the_file_and_key(tmp_path: Path) -> None:
-    pytest.importorskip("controller.synchub")
+    pytest.importorskip("controller.fleet.synchub")
     cfg = parse_config({"listen": "127.0.0.1:0", "state_dir": str(tmp_path), "metrics": "",
                         "sync": {"bogus": 1}}, "controller.toml")
     with pytest.raises(ConfigError) as info:

@@ -1,4 +1,4 @@
-"""controller.convert: rules and attack events to and from breakwater.v1,
+"""controller.api.convert: rules and attack events to and from breakwater.v1,
 every field both ways, and every invalid field named by its proto path."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
 from breakwater.v1 import event_pb2, rule_pb2
-from controller import convert, detect, rules
 from controller.addresses import parse_prefix
-from controller.convert import (
+from controller.api import convert
+from controller.api.convert import (
     MUTABLE_FIELDS,
     apply_error,
     attack_from_proto,
@@ -33,10 +33,12 @@ from controller.convert import (
     ruleset_from_proto,
     scoped_rules_from_proto,
 )
-from controller.detect import AttackEvent, SourceRate
-from controller.errors import CapacityError, MapError, MapFullError
-from controller.rules import FieldError, Match, PortRange, Rule, RuleAction, RuleSet, TcpFlags
-from controller.scope import RuleScope, ScopedRule
+from controller.detection import detector as detect
+from controller.detection.detector import AttackEvent, SourceRate
+from controller.errors import CapacityError, FieldError, MapError, MapFullError
+from controller.rules import model as rules
+from controller.rules.model import Match, PortRange, Rule, RuleAction, RuleSet, TcpFlags
+from controller.rules.scope import RuleScope, ScopedRule
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 P = parse_prefix
@@ -550,7 +552,7 @@ def test_apply_error_names_the_rule_and_field() -> None:
 
 
 @pytest.mark.parametrize(("exc", "code"), [
-    (rules.FieldError("x", "bad"), rule_pb2.APPLY_ERROR_CODE_INVALID_RULE),
+    (FieldError("x", "bad"), rule_pb2.APPLY_ERROR_CODE_INVALID_RULE),
     (CapacityError("256 signature rules at most"), rule_pb2.APPLY_ERROR_CODE_CAPACITY),
     (MapFullError("deny_v4 full"), rule_pb2.APPLY_ERROR_CODE_CAPACITY),
     (MapError("update failed"), rule_pb2.APPLY_ERROR_CODE_DATAPLANE),

@@ -1,4 +1,4 @@
-"""controller.detect and controller.samples: attack detection on recorded counter sequences."""
+"""controller.detection (detector, samples): attack detection on recorded counter sequences."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 from controller.addresses import parse_prefix
-from controller.detect import DEST_VECTORS, AttackEvent, DetectConfig, Detector, Vector, VectorThreshold
-from controller.errors import InputError
-from controller.samples import (
+from controller.detection.detector import (
+    DEST_VECTORS,
+    AttackEvent,
+    DetectConfig,
+    Detector,
+    Vector,
+    VectorThreshold,
+)
+from controller.detection.samples import (
     DESTINATION_DTYPE,
     SOURCE_DTYPE,
     Sample,
@@ -22,6 +28,7 @@ from controller.samples import (
     v4_words,
     words_from_packed,
 )
+from controller.errors import InputError
 from tests.unit.recordings import (
     VICTIM,
     VICTIM2,
@@ -630,11 +637,11 @@ def test_large_sample_is_handled_in_arrays() -> None:
         (lambda: DetectConfig(many_source=VectorThreshold(5000, min_share=0.5)),
          r"^many_source.min_share: not used by this vector"),
         (lambda: DetectConfig.from_dict({"strat_intervals": 3}),
-         r"unknown key 'strat_intervals' \(did you mean 'start_intervals'\?\)"),
+         r"^strat_intervals: unknown key \(did you mean 'start_intervals'\?\)"),
         (lambda: DetectConfig.from_dict({"syn": {"pps": -5}}), r"^syn.pps: -5 is out of range"),
         (lambda: DetectConfig.from_dict({"udp": {"factor": 2}}), r"^udp.pps: missing"),
         (lambda: DetectConfig.from_dict({"icmp": {"pps": 1, "facter": 2}}),
-         r"^icmp: unknown key 'facter' \(did you mean 'factor'\?\)"),
+         r"^icmp.facter: unknown key \(did you mean 'factor'\?\)"),
         (lambda: DetectConfig.from_dict({"start_intervals": "3"}),
          r"^start_intervals: expected an integer, got '3'"),
     ],
@@ -663,7 +670,7 @@ def test_docs_name_every_setting_and_the_vector_defaults() -> None:
     from dataclasses import fields
     from pathlib import Path
 
-    from controller.mitigate import MitigateConfig
+    from controller.detection.planner import MitigateConfig
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "detection.md").read_text()
     for cls in (DetectConfig, MitigateConfig):

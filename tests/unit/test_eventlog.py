@@ -1,4 +1,4 @@
-"""controller.eventlog: events stored with a sequence, replayed, then streamed live."""
+"""controller.fleet.eventlog: events stored with a sequence, replayed, then streamed live."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from breakwater.v1 import event_pb2
-from controller.eventlog import EventLog
-from controller.fleetstore import FleetStore
+from controller.fleet.eventlog import EventLog
+from controller.fleet.store import FleetStore
 
 
 def _attack(attack_id: str) -> event_pb2.Event:

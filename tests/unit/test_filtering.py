@@ -1,4 +1,4 @@
-"""controller.filtering: the List filters' AIP-160 subset, field by field,
+"""controller.api.filtering: the List filters' AIP-160 subset, field by field,
 and every refusal naming its column."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from google.protobuf.message import Message
 
 from breakwater.v1 import event_pb2, node_pb2, rule_pb2
-from controller.filtering import EVENT_FILTER, NODE_FILTER, RULE_FILTER, Schema, compile_filter
-from controller.rules import FieldError
+from controller.api.filtering import EVENT_FILTER, NODE_FILTER, RULE_FILTER, Schema, compile_filter
+from controller.errors import FieldError
 
 
 def _rule() -> rule_pb2.Rule:

@@ -1,4 +1,4 @@
-"""controller.fleet: cluster-wide detection on recorded telemetry sequences
+"""controller.fleet.detector: cluster-wide detection on recorded telemetry sequences
 and attack events: a flood split over three nodes becomes one fleet rule,
 a smaller one none; reflection towards one victim; K-node promotion; TTLs
 extended while an attack lasts and the rule gone after; guards."""
@@ -15,14 +15,14 @@ from google.protobuf import json_format
 
 from breakwater.v1 import event_pb2, telemetry_pb2
 from controller.addresses import parse_prefix
-from controller.convert import event_to_proto
-from controller.detect import AttackEvent
-from controller.eventlog import EventLog
-from controller.fleet import FleetConfig, FleetDetector, fleet_rule_id
-from controller.fleetstore import CONTROLLER_ACTOR, FleetStore
-from controller.rules import FieldError
-from controller.scope import ScopedRule
-from controller.telemetry import FleetTelemetry
+from controller.api.convert import event_to_proto
+from controller.api.telemetry import FleetTelemetry
+from controller.detection.detector import AttackEvent
+from controller.errors import FieldError
+from controller.fleet.detector import FleetConfig, FleetDetector, fleet_rule_id
+from controller.fleet.eventlog import EventLog
+from controller.fleet.store import CONTROLLER_ACTOR, FleetStore
+from controller.rules.scope import ScopedRule
 
 T = 1_800_000_000.0
 RECORDINGS = Path(__file__).parent / "recordings"
@@ -287,7 +287,7 @@ def test_config() -> None:
     assert cfg.mitigate.created_by == CONTROLLER_ACTOR and cfg.mitigate.rule_ttl == 120
     assert cfg.mitigate.max_rules_total == 50 and str(cfg.mitigate.management[0]) == "10.0.0.0/8"
     for bad, path in (({"source_ppps": 1}, "source_ppps"), ({"signatures": {"dns": 1}}, "signatures.dns"),
-                      ({"mitigate": {"rule_tll": 1}}, "mitigate"), ({"min_nodes": 0}, "min_nodes"),
+                      ({"mitigate": {"rule_tll": 1}}, "mitigate.rule_tll"), ({"min_nodes": 0}, "min_nodes"),
                       ({"mitigate": {"broadest_v4": 4}}, "mitigate.broadest_v4")):
         with pytest.raises(FieldError) as info:
             FleetConfig.from_dict(bad)
@@ -302,7 +302,7 @@ def test_changes_by_others_are_seen(tmp_path: Path) -> None:
     operator deleted while the attack lasts is made again; other rules are
     not its business."""
     fleet = Fleet(tmp_path)
-    from controller.rules import Match, Rule, RuleAction
+    from controller.rules.model import Match, Rule, RuleAction
     fleet.store.create([ScopedRule(Rule("manual", Match.from_dict({"src": ["192.0.2.0/24"]}),
                                         RuleAction("drop")))], actor="soc")
     for k in range(1, 4):

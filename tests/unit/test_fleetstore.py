@@ -1,4 +1,4 @@
-"""controller.fleetstore: the controller's rules, nodes, events and audit log
+"""controller.fleet.store: the controller's rules, nodes, events and audit log
 in a real SQLite file; every change one version, all or nothing, durable."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from controller.errors import AlreadyExistsError, EtagMismatchError, NotFoundError
-from controller.fleetstore import FleetStore
-from controller.rules import Match, Rule, RuleAction
-from controller.scope import RuleScope, ScopedRule
+from controller.fleet.store import FleetStore
+from controller.rules.model import Match, Rule, RuleAction
+from controller.rules.scope import RuleScope, ScopedRule
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -112,9 +112,9 @@ def test_survives_kill_9(tmp_path: Path) -> None:
 import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from pathlib import Path
-from controller.fleetstore import FleetStore
-from controller.rules import Match, Rule, RuleAction
-from controller.scope import ScopedRule
+from controller.fleet.store import FleetStore
+from controller.rules.model import Match, Rule, RuleAction
+from controller.rules.scope import ScopedRule
 s = FleetStore.open(Path({str(tmp_path)!r}))
 for i in range(5):
     s.create([ScopedRule(Rule(f"r{{i}}", Match.from_dict({{}}), RuleAction("drop")))], actor="x")

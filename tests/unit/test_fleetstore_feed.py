@@ -1,4 +1,4 @@
-"""controller.fleetstore additions for the sync hub: the in-memory change
+"""controller.fleet.store additions for the sync hub: the in-memory change
 feed (changes_since) and batched node writes (update_nodes)."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import NotFoundError
-from controller.fleetstore import RECENT_CHANGES, FleetStore
-from controller.rules import FieldError
+from controller.errors import FieldError, NotFoundError
+from controller.fleet.store import RECENT_CHANGES, FleetStore
 
 from .test_fleetstore import T0, _rule
 

@@ -1,4 +1,4 @@
-"""controller.frames: every crafted flood frame is what scapy would build.
+"""controller.lab.frames: every crafted flood frame is what scapy would build.
 
 The floods patch checksums per source address (RFC 1624) instead of
 building each frame; a wrong patch would have the receiving stack drop
@@ -16,7 +16,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from controller import frames
+from controller.lab import frames
 
 SRC_MAC = "02:00:00:00:00:01"
 DST_MAC = "02:00:00:00:00:02"

@@ -1,4 +1,4 @@
-"""controller.harvest's per-interval deltas against a plain-Python reference:
+"""controller.detection.harvest's per-interval deltas against a plain-Python reference:
 keys in any order, new keys, vanished keys, counters the LRU re-created."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controller import abi, harvest
-from controller.samples import SOURCE_DTYPE, SOURCE_FIELDS, address_from_words
+from controller.dataplane import abi
+from controller.detection import harvest
+from controller.detection.samples import SOURCE_DTYPE, SOURCE_FIELDS, address_from_words
 
 
 def _table(keys: np.ndarray, rows: np.ndarray) -> harvest.Table:

@@ -1,4 +1,4 @@
-"""controller.maps: size validation, the memory formula, the 512 MiB budget."""
+"""controller.dataplane.maps: size validation, the memory formula, the 512 MiB budget."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import dataclasses
 
 import pytest
 
-from controller import abi
-from controller.errors import InputError
-from controller.maps import (
+from controller.dataplane import abi
+from controller.dataplane.maps import (
     BPF_F_MMAPABLE,
     HTAB_BUCKET_BYTES,
     HTAB_ELEM_OVERHEAD,
@@ -21,6 +20,7 @@ from controller.maps import (
     spec,
     total_estimate,
 )
+from controller.errors import InputError
 
 MiB = 1 << 20
 FIELDS = [f.name for f in dataclasses.fields(MapSizes)]

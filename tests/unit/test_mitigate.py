@@ -1,4 +1,4 @@
-"""controller.mitigate: the narrowest rule per attack, guards, caps, escalation, TTLs, monitor mode."""
+"""controller.detection.planner: the narrowest rule per attack, guards, caps, escalation, TTLs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from controller.addresses import Prefix, parse_prefix
-from controller.compiler import compile_ruleset
-from controller.detect import (
+from controller.dataplane.protect import REFLECTION_PORTS
+from controller.detection.detector import (
     VECTOR_CODES,
     AttackEvent,
     DetectConfig,
@@ -20,10 +20,10 @@ from controller.detect import (
     Vector,
     VectorThreshold,
 )
+from controller.detection.planner import MitigateConfig, Planner, PlanResult
 from controller.errors import InputError
-from controller.mitigate import MitigateConfig, Planner, PlanResult
-from controller.presets import REFLECTION_PORTS
-from controller.rules import Match, Rule, RuleAction, RuleSet
+from controller.rules.compiler import compile_ruleset
+from controller.rules.model import Match, Rule, RuleAction, RuleSet
 from tests.unit.recordings import (
     VICTIM,
     VICTIM2,
@@ -292,7 +292,7 @@ def test_config_errors_name_the_field(kwargs: dict[str, Any], message: str) -> N
 def test_config_from_dict() -> None:
     cfg = MitigateConfig.from_dict({"allowlist": ["192.0.2.0/24"], "monitor": True})
     assert cfg.allowlist == (p("192.0.2.0/24"),) and cfg.monitor
-    with pytest.raises(InputError, match=r"unknown key 'alowlist' \(did you mean 'allowlist'\?\)"):
+    with pytest.raises(InputError, match=r"alowlist: unknown key \(did you mean 'allowlist'\?\)"):
         MitigateConfig.from_dict({"alowlist": []})
 
 

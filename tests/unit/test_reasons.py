@@ -8,8 +8,8 @@ import re
 import pytest
 
 from breakwater.v1 import reasons_pb2
-from controller import reasons
-from controller.reasons import Action, Reason
+from controller.dataplane import reasons
+from controller.dataplane.reasons import Action, Reason
 
 from .headers import PROTO_DIR, defines
 

@@ -1,4 +1,4 @@
-"""controller.rpc: the error <-> status table, and a real server on
+"""controller.api.rpc: the error <-> status table, and a real server on
 127.0.0.1:0 answering health checks, reflection and errors over a channel."""
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from breakwater.v1 import (
     sync_service_pb2,
     sync_service_pb2_grpc,
 )
+from controller.api.rpc import Service, create_server, from_rpc_error, rpc_errors, status_of
 from controller.errors import (
     AlreadyExistsError,
     BreakwaterError,
     CapacityError,
     EtagMismatchError,
     FailedPreconditionError,
+    FieldError,
     InputError,
     MapFullError,
     NotFoundError,
@@ -38,8 +40,6 @@ from controller.errors import (
     SetupError,
     UnavailableError,
 )
-from controller.rpc import Service, create_server, from_rpc_error, rpc_errors, status_of
-from controller.rules import FieldError
 
 RULES = rule_service_pb2.DESCRIPTOR.services_by_name["RuleService"]
 EVENTS = event_service_pb2.DESCRIPTOR.services_by_name["EventService"]

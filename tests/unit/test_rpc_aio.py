@@ -1,4 +1,4 @@
-"""controller.rpc.create_aio_server: the same error mapping, health and
+"""controller.api.rpc.create_aio_server: the same error mapping, health and
 reflection as create_server, for sync servicers (run on the migration pool)
 and coroutine ones alike, over a real channel to 127.0.0.1:0."""
 
@@ -22,9 +22,8 @@ from breakwater.v1 import (
     sync_service_pb2,
     sync_service_pb2_grpc,
 )
-from controller.errors import FailedPreconditionError, InputError, SetupError
-from controller.rpc import Service, create_aio_server, from_rpc_error
-from controller.rules import FieldError
+from controller.api.rpc import Service, create_aio_server, from_rpc_error
+from controller.errors import FailedPreconditionError, FieldError, InputError, SetupError
 
 from .aioserver import LoopThread
 from .test_rpc import EVENTS, RULES, SYNC, TABLE, Events, Rules, Sync, _same
@@ -233,7 +232,7 @@ class Counting(grpc.ServerInterceptor):
 def test_threaded_server_with_sync_interceptor_and_health(style: str) -> None:
     from grpc_health.v1 import health
 
-    from controller.rpc import create_threaded_aio_server
+    from controller.api.rpc import create_threaded_aio_server
 
     counting = Counting()
     hs = health.HealthServicer()

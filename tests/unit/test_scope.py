@@ -1,4 +1,4 @@
-"""controller.scope: which nodes a cluster rule applies to, node ids and labels."""
+"""controller.rules.scope: which nodes a cluster rule applies to, node ids and labels."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from controller.rules import FieldError, Match, Rule, RuleAction
-from controller.scope import RuleScope, ScopedRule, check_labels, check_node_id
+from controller.errors import FieldError
+from controller.rules.model import Match, Rule, RuleAction
+from controller.rules.scope import RuleScope, ScopedRule, check_labels, check_node_id
 
 RULE = Rule("r", Match(), RuleAction("drop"))
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from controller.addresses import parse_prefix
-from controller.detect import AttackEvent
-from controller.rules import Match, Rule, RuleAction, RuleSet
-from controller.store import ControllerLayerRows, RuleEventRow, Store, StoreError
+from controller.agent.state import ControllerLayerRows, RuleEventRow, Store
+from controller.detection.detector import AttackEvent
+from controller.errors import StoreError
+from controller.rules.model import Match, Rule, RuleAction, RuleSet
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

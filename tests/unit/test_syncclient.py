@@ -1,4 +1,4 @@
-"""controller.syncclient against a real SyncService on 127.0.0.1.
+"""controller.agent.sync against a real SyncService on 127.0.0.1.
 
 The controller side is :class:`Hub`, a small servicer of this module that
 speaks the protocol (Register -> Registered, then whatever the test queues;
@@ -30,14 +30,14 @@ from breakwater.v1 import (
     sync_service_pb2_grpc,
     telemetry_pb2,
 )
-from controller import convert
 from controller.addresses import parse_prefix
-from controller.detect import AttackEvent
+from controller.agent.state import Store
+from controller.agent.sync import RECONNECT, ControllerLayer, RetryPolicy, SyncClient
+from controller.api import convert
+from controller.api.rpc import Service, create_server
+from controller.detection.detector import AttackEvent
 from controller.errors import MapFullError
-from controller.rpc import Service, create_server
-from controller.rules import Match, Rule, RuleAction, RuleSet
-from controller.store import Store
-from controller.syncclient import RECONNECT, ControllerLayer, RetryPolicy, SyncClient
+from controller.rules.model import Match, Rule, RuleAction, RuleSet
 
 FAST = RetryPolicy("test-fast", initial=0.05, maximum=0.8, jitter=0.01)
 WAIT = 10.0

@@ -1,5 +1,5 @@
-"""controller.syncclient against the controller's real SyncService
-(:mod:`controller.synchub` over a :class:`~controller.fleetstore.FleetStore`),
+"""controller.agent.sync against the controller's real SyncService
+(:mod:`controller.fleet.synchub` over a :class:`~controller.fleet.store.FleetStore`),
 served as ``breakwater controller`` serves it (a threaded grpc.aio server).
 
 Rules go in through the store, as RuleService puts them there; what the
@@ -22,16 +22,16 @@ import pytest
 
 from breakwater.v1 import node_pb2, rule_pb2, sync_service_pb2, telemetry_pb2
 from controller.addresses import parse_prefix
-from controller.detect import AttackEvent
+from controller.agent.state import Store
+from controller.agent.sync import ControllerLayer, RetryPolicy, SyncClient
+from controller.api.rpc import AioServerThread, create_threaded_aio_server
+from controller.detection.detector import AttackEvent
 from controller.errors import MapFullError, NotFoundError
-from controller.eventlog import EventLog
-from controller.fleetstore import FleetStore
-from controller.rpc import AioServerThread, create_threaded_aio_server
-from controller.rules import Match, Rule, RuleAction
-from controller.scope import RuleScope, ScopedRule
-from controller.store import Store
-from controller.syncclient import ControllerLayer, RetryPolicy, SyncClient
-from controller.synchub import SyncServices, add_sync_services
+from controller.fleet.eventlog import EventLog
+from controller.fleet.store import FleetStore
+from controller.fleet.synchub import SyncServices, add_sync_services
+from controller.rules.model import Match, Rule, RuleAction
+from controller.rules.scope import RuleScope, ScopedRule
 
 FAST = RetryPolicy("test-fast", initial=0.05, maximum=0.5, jitter=0.01)
 WAIT = 10.0

@@ -1,4 +1,4 @@
-"""controller.synchub over a real grpc.aio server on 127.0.0.1:0 and real
+"""controller.fleet.synchub over a real grpc.aio server on 127.0.0.1:0 and real
 client streams: register, snapshots and deltas per scope, one update in
 flight, ACK/NACK bookkeeping, resume, reconciliation, replaced streams,
 invalid registrations, events and telemetry upwards."""
@@ -26,12 +26,13 @@ from breakwater.v1 import (
     telemetry_service_pb2,
     telemetry_service_pb2_grpc,
 )
-from controller.eventlog import EventLog
-from controller.fleetstore import FleetStore
-from controller.rpc import from_rpc_error
-from controller.rules import FieldError, Match, Rule, RuleAction
-from controller.scope import RuleScope, ScopedRule
-from controller.synchub import SyncServices, add_sync_services
+from controller.api.rpc import from_rpc_error
+from controller.errors import FieldError
+from controller.fleet.eventlog import EventLog
+from controller.fleet.store import FleetStore
+from controller.fleet.synchub import SyncServices, add_sync_services
+from controller.rules.model import Match, Rule, RuleAction
+from controller.rules.scope import RuleScope, ScopedRule
 
 from .aioserver import LoopThread
 
@@ -449,7 +450,7 @@ def test_many_agents_one_change(env: Env) -> None:
 def test_config_tables_are_checked(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from controller.synchub import check_config
+    from controller.fleet.synchub import check_config
 
     check_config({"sync": {"top_sources": 10}, "fleet": {"mitigate": {"rule_ttl": 60}}})
     for tables, path in (({"sync": {"bogus": 1}}, "sync.bogus"),

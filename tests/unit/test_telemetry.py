@@ -1,4 +1,4 @@
-"""controller.telemetry: per-node buckets of TelemetrySummary, windows,
+"""controller.api.telemetry: per-node buckets of TelemetrySummary, windows,
 memory bounds, and TelemetryService's answers (sums equal what was sent)."""
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ import pytest
 from google.protobuf import duration_pb2
 
 from breakwater.v1 import reasons_pb2, telemetry_pb2, telemetry_service_pb2
-from controller.api import decode_page_token
-from controller.errors import NotFoundError
-from controller.rules import FieldError
-from controller.telemetry import FleetTelemetry, TelemetryConfig, TelemetryServicer
+from controller.api.services import decode_page_token
+from controller.api.telemetry import FleetTelemetry, TelemetryConfig, TelemetryServicer
+from controller.errors import FieldError, NotFoundError
 
 T = 1_800_000_000.0  # a bucket boundary (multiple of 10 and 60)
 

@@ -3,7 +3,7 @@
 Two kinds:
 
 * small JSON recordings in this directory (``*.json``, the format of
-  :func:`controller.samples.load_recording`), read with :func:`load`;
+  :func:`controller.detection.samples.load_recording`), read with :func:`load`;
 * builders that synthesise a recording from traffic descriptions: legitimate
   background plus floods that start and stop at given times, at any interval
   length. :func:`record` is the generator; :func:`mirai_syn`,
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from controller.samples import (
+from controller.detection.samples import (
     DESTINATION_DTYPE,
     DESTINATION_FIELDS,
     SOURCE_DTYPE,

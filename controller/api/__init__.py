@@ -1,0 +1,13 @@
+"""The gRPC API (``proto/breakwater/v1``) as Python: conversion between
+Breakwater's objects and their wire form (:mod:`.convert`), the servicers of
+RuleService, NodeService and EventService over small backends
+(:mod:`.services`), TelemetryService and the telemetry book it reads
+(:mod:`.telemetry`), list filters (:mod:`.filtering`), the gRPC plumbing and
+the one place errors become statuses and back (:mod:`.rpc`), and the
+client the CLI uses (:mod:`.client`).
+
+Shared by both daemons: the agent serves RuleService, EventService and
+TelemetryService for its own node, the controller for the fleet.
+"""
+
+__all__ = ["client", "convert", "filtering", "rpc", "services", "telemetry"]

@@ -1,0 +1,12 @@
+"""Detection: counters in, attacks and the rules against them out.
+
+The harvest turns the data plane's cumulative counters into one interval's
+sample (:mod:`.harvest`, :mod:`.samples`); the detector keeps baselines and
+per-vector attack state machines and reports attack events
+(:mod:`.detector`); the planner turns the attacks in force into the
+narrowest automatic rules, with guards, caps, escalation and TTLs
+(:mod:`.planner`). Pure computation on samples: no I/O besides the harvest's
+map reads, so every decision is tested on recorded sequences.
+"""
+
+__all__ = ["detector", "harvest", "planner", "samples"]

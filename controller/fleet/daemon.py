@@ -1,0 +1,627 @@
+"""``breakwater controller``: the control plane daemon.
+
+One process, one gRPC server on one port (``--listen``, default
+``127.0.0.1:9610``) serving RuleService, NodeService and EventService
+(:mod:`controller.api.services`), the agents' SyncService and TelemetryService
+(:mod:`controller.fleet.synchub`, when that module is present), the standard
+health service and server reflection, served on grpc.aio
+(:func:`~controller.api.rpc.create_threaded_aio_server`: the agents' streams on
+the event loop, the API's sync servicers on its thread pool). State is one
+SQLite file in WAL mode under ``--state-dir``
+(:class:`~controller.fleet.store.FleetStore`): every change is committed
+before it is answered, so kill -9 loses nothing that was acknowledged. A
+background thread sweeps expired rules every second (each sweep one rule
+set version, each removed rule a
+RULE_EVENT_KIND_EXPIRED event), prunes the event log to ``events_keep``
+and renders the Prometheus metrics. Logs are JSON lines on stderr.
+SIGTERM or SIGINT stops it: health turns NOT_SERVING, WatchEvents streams
+end, in-flight calls get ``shutdown_grace`` seconds, the store is closed.
+
+Configuration: command-line flags, or a TOML file (``--config``) with the
+same keys; flags win. Every key, its default and its range are in
+:data:`KEYS` and ``docs/controlplane.md``; a bad value is a
+:class:`~controller.agent.config.ConfigError` naming the file and key (the
+CLI exits 2). The tables ``[sync]``, ``[telemetry]`` and ``[fleet]`` are
+handed to the sync hub, which validates them.
+
+Tests and embedders call :func:`create_controller` (the server is bound
+but not started; ``listen = "127.0.0.1:0"`` picks a free port) and then
+:meth:`Controller.start` / :meth:`Controller.stop`; :func:`run` is the
+daemon around it.
+
+**The sync hook.** If ``controller.fleet.synchub`` can be imported, its
+``add_sync_services(registry, store, events, config)`` is called before
+the server is built: ``registry`` is a :class:`ServiceRegistry` (call
+``registry.add(Service)``, or pass it as the server to a generated
+``add_*Servicer_to_server``); ``config`` is the :class:`ControllerConfig`;
+``backend=`` (the :class:`~controller.fleet.backend.ControllerBackend`, whose
+``apply`` publishes rule events for other writers) is passed too when the
+hook takes it. Whatever it returns is kept: its ``close()`` is called on
+stop, and its ``collect_metrics(exposition)`` (if it has one) every time the
+metrics are rendered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any, Final
+
+import grpc
+from grpc_health.v1 import health
+
+from breakwater.v1 import node_pb2
+
+from ..api.rpc import AioServerThread, Service, code_of, create_threaded_aio_server
+from ..api.services import EventServicer, NodeServicer, RuleServicer, api_services
+from ..config import checked, parse_listen, read_toml
+from ..errors import BreakwaterError, ConfigError, FieldError, SetupError
+from ..metrics import Exposition, MetricsServer
+from ..rules.model import ORIGINS
+from ..validate import check_int, check_keys, check_number
+from .backend import ControllerBackend, HealthPolicy
+from .eventlog import EventLog
+from .store import FleetStore
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_METRICS",
+    "DEFAULT_STATE_DIR",
+    "KEYS",
+    "Controller",
+    "ControllerConfig",
+    "RpcMetrics",
+    "ServiceRegistry",
+    "create_controller",
+    "load_config",
+    "parse_config",
+    "run",
+]
+
+LOGGER = logging.getLogger("breakwater.controlplane")
+
+DEFAULT_LISTEN: Final = "127.0.0.1:9610"
+"""The gRPC port: loopback by default (the API has no authentication yet);
+``0.0.0.0:9610`` or ``[::]:9610`` serves agents on other hosts."""
+DEFAULT_STATE_DIR: Final = Path("/var/lib/breakwater-controller")
+DEFAULT_METRICS: Final = "127.0.0.1:9613"
+"""Prometheus metrics (an agent has its metrics on 9611 and its local API on 9612)."""
+DEFAULT_RECONCILE: Final = 30.0
+DEFAULT_EVENTS_KEEP: Final = 1_000_000
+DEFAULT_MAX_WORKERS: Final = 1024
+"""RPC threads, started as needed: every open stream (an agent's Sync, a
+WatchEvents) holds one for as long as it is open."""
+DEFAULT_GRACE: Final = 5.0
+SWEEP_SECONDS: Final = 1.0
+"""How often expired rules are swept and the metrics rendered."""
+PRUNE_SECONDS: Final = 60.0
+"""How often the event log is pruned to ``events_keep``."""
+SYNC_MODULE: Final = "controller.fleet.synchub"
+SYNC_SECTIONS: Final = ("sync", "telemetry", "fleet")
+
+# Numeric keys -> their allowed range.
+_NUMBERS: Final[Mapping[str, tuple[float, float]]] = {
+    "reconcile_interval": (1.0, 86400.0),
+    "heartbeat_timeout": (1.0, 86400.0),
+    "max_lag": (0.0, 86400.0),
+    "shutdown_grace": (0.0, 600.0),
+}
+_INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
+    "events_keep": (1, 1_000_000_000),
+    "max_workers": (4, 100_000),
+}
+KEYS: Final = ("listen", "state_dir", "metrics", *_NUMBERS, *_INTEGERS, *SYNC_SECTIONS)
+"""Every key of the configuration file (and of ``overrides``)."""
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """The validated configuration (see the module docstring)."""
+
+    listen: str = DEFAULT_LISTEN
+    state_dir: Path = DEFAULT_STATE_DIR
+    metrics: tuple[str, int] | None = ("127.0.0.1", 9613)
+    reconcile_interval: float = DEFAULT_RECONCILE
+    """Seconds between the reconciling snapshots every agent gets (SyncService)."""
+    heartbeat_timeout: float = 90.0
+    """Seconds a connected node may stay silent before it is UNREACHABLE."""
+    max_lag: float = 10.0
+    """Seconds a node may be behind its target version and still be HEALTHY."""
+    events_keep: int = DEFAULT_EVENTS_KEEP
+    """Events kept in the log; older ones are pruned."""
+    max_workers: int = DEFAULT_MAX_WORKERS
+    shutdown_grace: float = DEFAULT_GRACE
+    """Seconds in-flight calls get to finish on SIGTERM."""
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The [sync], [telemetry] and [fleet] tables, for the sync hub."""
+    source: str = "<defaults>"
+
+    @property
+    def health(self) -> HealthPolicy:
+        return HealthPolicy(heartbeat_timeout=self.heartbeat_timeout, max_lag=self.max_lag)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration, JSON-friendly (``--check-config`` prints it)."""
+        return {
+            "source": self.source, "listen": self.listen, "state_dir": str(self.state_dir),
+            "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "",
+            "reconcile_interval": self.reconcile_interval, "heartbeat_timeout": self.heartbeat_timeout,
+            "max_lag": self.max_lag, "events_keep": self.events_keep, "max_workers": self.max_workers,
+            "shutdown_grace": self.shutdown_grace, **{k: dict(v) for k, v in self.sections.items()},
+        }
+
+
+def _listen(value: object, src: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(src, "listen", f"expected \"HOST:PORT\" like {DEFAULT_LISTEN!r}, got {value!r}")
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    bare = host.strip("[]")
+    if not sep or not bare or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(src, "listen", f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9610, [::]:9610; "
+                                         "port 0..65535, 0 picks a free one)")
+    if ":" in bare and not host.startswith("["):
+        raise ConfigError(src, "listen", f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9610")
+    return text
+
+
+def parse_config(data: Mapping[str, object], source: str = "<config>",
+                 overrides: Mapping[str, object] | None = None) -> ControllerConfig:
+    """Validate a parsed TOML document plus command-line ``overrides`` (same
+    keys; they win, None means not given)."""
+    doc: dict[str, object] = dict(data)
+    doc.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    src = source
+    with checked(src):
+        check_keys(doc, KEYS)
+    out = ControllerConfig(source=src)
+    changes: dict[str, Any] = {}
+    if "listen" in doc:
+        changes["listen"] = _listen(doc["listen"], src)
+    if "state_dir" in doc:
+        raw = doc["state_dir"]
+        if not isinstance(raw, str | Path) or not str(raw).strip():
+            raise ConfigError(src, "state_dir", f"expected a directory path, got {raw!r}")
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            raise ConfigError(src, "state_dir", f"{str(raw)!r} is not an absolute path")
+        changes["state_dir"] = path
+    with checked(src):
+        if "metrics" in doc:
+            changes["metrics"] = parse_listen(doc["metrics"], "metrics", "127.0.0.1:9613")
+        for key, (lo, hi) in _NUMBERS.items():
+            if key in doc:
+                changes[key] = check_number(doc[key], key, lo, hi)
+        for key, (ilo, ihi) in _INTEGERS.items():
+            if key in doc:
+                changes[key] = check_int(doc[key], key, ilo, ihi)
+    sections: dict[str, Mapping[str, Any]] = {}
+    for key in SYNC_SECTIONS:
+        if key in doc:
+            table = doc[key]
+            if not isinstance(table, dict):
+                raise ConfigError(src, key, f"expected a table ([{key}]), got {table!r}")
+            sections[key] = dict(table)
+    changes["sections"] = sections
+    return replace(out, **changes)
+
+
+def load_config(path: Path | None, overrides: Mapping[str, object] | None = None) -> ControllerConfig:
+    """The configuration from ``path`` (TOML; None: defaults) and ``overrides``."""
+    if path is None:
+        return parse_config({}, "<command line>", overrides)
+    src = str(path)
+    data = read_toml(path)
+    if data is None:
+        raise ConfigError(src, "", "no such file (--config is optional: leave it out for the defaults)")
+    return parse_config(data, src, overrides)
+
+
+# --- services from the sync hub ---------------------------------------------------------
+
+
+class ServiceRegistry:
+    """The services the sync hook adds. ``add(Service)``; or pass the
+    registry as the server of a generated ``add_*Servicer_to_server`` (it
+    records the handlers and learns the service name from them)."""
+
+    def __init__(self, backend: ControllerBackend) -> None:
+        self.backend = backend
+        self._services: list[Service] = []
+        self._pending: dict[str, list[Callable[[grpc.Server], None]]] = {}
+
+    def add(self, service: Service) -> None:
+        self._services.append(service)
+
+    # grpc.Server's two registration calls, as generated code makes them
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        for h in handlers:
+            name = h.service_name() if hasattr(h, "service_name") else ""
+            if not name:
+                raise BreakwaterError("sync hook: a generic handler without a service name")
+            def add(server: grpc.Server, h: Any = h) -> None:
+                server.add_generic_rpc_handlers((h,))
+            self._pending.setdefault(name, []).append(add)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
+        self._pending.setdefault(service_name, []).append(
+            lambda server: server.add_registered_method_handlers(service_name, method_handlers))
+
+    @property
+    def services(self) -> list[Service]:
+        out = list(self._services)
+        for name, adds in self._pending.items():
+            def add_all(server: grpc.Server, adds: list[Callable[[grpc.Server], None]] = adds) -> None:
+                for add in adds:
+                    add(server)
+            out.append(Service(name, add_all))
+        return out
+
+
+def _sync_module() -> ModuleType | None:
+    try:
+        return importlib.import_module(SYNC_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != SYNC_MODULE:
+            raise
+        return None
+
+
+def _add_sync(module: ModuleType, registry: ServiceRegistry, store: FleetStore, events: EventLog,
+              config: ControllerConfig) -> object:
+    hook = getattr(module, "add_sync_services", None)
+    if hook is None:
+        raise BreakwaterError(f"{SYNC_MODULE} has no add_sync_services(registry, store, events, config)")
+    kwargs: dict[str, Any] = {}
+    try:
+        if "backend" in inspect.signature(hook).parameters:
+            kwargs["backend"] = registry.backend
+    except (TypeError, ValueError):
+        pass
+    return hook(registry, store, events, config, **kwargs)
+
+
+# --- RPC metrics ------------------------------------------------------------------------
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+class RpcMetrics(grpc.ServerInterceptor):
+    """Counts every call by service, method and status code, and the
+    streams open by method. Runs inside the error mapping, so it sees the
+    Breakwater errors and counts the code each becomes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: Counter[tuple[str, str, str]] = Counter()
+        self.streams: Counter[tuple[str, str]] = Counter()
+
+    def _count(self, method: str, code: grpc.StatusCode, context: grpc.ServicerContext | None) -> None:
+        set_code = getattr(context, "code", None) if code is grpc.StatusCode.OK else None
+        if callable(set_code) and isinstance(set_code(), grpc.StatusCode):
+            code = set_code()  # a servicer that set its own status
+        service, name = _split(method)
+        with self._lock:
+            self.calls[(service, name, code.name)] += 1
+
+    def _unary(self, fn: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Callable[..., Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                out = fn(request, context)
+            except BaseException as exc:
+                self._count(method, code_of(exc), None)
+                raise
+            self._count(method, grpc.StatusCode.OK, context)
+            return out
+        return call
+
+    def _streaming(self, fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+                   method: str) -> Callable[..., Any]:
+        key = _split(method)
+
+        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with self._lock:
+                self.streams[key] += 1
+            code = grpc.StatusCode.OK
+            try:
+                yield from fn(request, context)
+            except GeneratorExit:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException as exc:
+                code = code_of(exc)
+                raise
+            finally:
+                with self._lock:
+                    self.streams[key] -= 1
+                if code is grpc.StatusCode.OK and not context.is_active():
+                    code = grpc.StatusCode.CANCELLED  # it ended because the client went away
+                self._count(method, code, context if code is grpc.StatusCode.OK else None)
+        return call
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        codec: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
+                                 "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary, method), **codec)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(self._streaming(handler.unary_stream, method),
+                                                        **codec)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(self._unary(handler.stream_unary, method), **codec)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(self._streaming(handler.stream_stream, method),
+                                                         **codec)
+        return handler
+
+    def collect(self, out: Exposition) -> None:
+        out.family("breakwater_controller_rpcs_total", "counter", "RPCs by service, method and status code")
+        out.family("breakwater_controller_streams", "gauge", "Streams open now, by service and method")
+        with self._lock:
+            calls = sorted(self.calls.items())
+            streams = sorted(self.streams.items())
+        for (service, method, code), n in calls:
+            out.add("breakwater_controller_rpcs_total", "counter", "RPCs by service, method and status code",
+                    n, {"service": service, "method": method, "code": code})
+        for (service, method), n in streams:
+            out.add("breakwater_controller_streams", "gauge", "Streams open now, by service and method",
+                    n, {"service": service, "method": method})
+
+
+# --- the controller ---------------------------------------------------------------------
+
+
+_HEALTH_NAMES: Final = {node_pb2.NODE_HEALTH_HEALTHY: "healthy", node_pb2.NODE_HEALTH_DEGRADED: "degraded",
+                        node_pb2.NODE_HEALTH_UNREACHABLE: "unreachable"}
+
+
+class Controller:
+    """A built controller: ``server`` bound to ``port`` (not started until
+    :meth:`start`), over ``store`` and ``events``."""
+
+    def __init__(self, config: ControllerConfig, *, store: FleetStore, events: EventLog,
+                 backend: ControllerBackend, server: AioServerThread, port: int,
+                 health_servicer: health.HealthServicer, rpc_metrics: RpcMetrics,
+                 stopping: threading.Event, sync: object | None) -> None:
+        self.config = config
+        self.store = store
+        self.events = events
+        self.backend = backend
+        self.server = server
+        self.port = port
+        self.sync = sync
+        self.rpc_metrics = rpc_metrics
+        self._health = health_servicer
+        self._stopping = stopping
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="controller-sweeper", daemon=True)
+        self._metrics_server: MetricsServer | None = None
+        self._stopped = threading.Event()
+        self._started = False
+        self._lock = threading.Lock()
+        self.expired_total = 0
+        self.sweep_errors = 0
+        self._last_prune = 0.0
+        self.started_at = time.time()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as a client would dial it."""
+        host = self.config.listen.rpartition(":")[0]
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "[::]":
+            host = "[::1]"
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        if self.config.metrics is not None:
+            host, port = self.config.metrics
+            try:
+                self._metrics_server = MetricsServer(host, port)
+            except OSError as exc:
+                raise SetupError(f"metrics {host}:{port}: cannot listen ({exc.strerror or exc}); "
+                                 "is the port in use? (--metrics \"\" disables)") from exc
+            self._metrics_server.publish(self.metrics_text())
+            self._metrics_server.start()
+        self.server.start()
+        self._sweeper.start()
+        LOGGER.info("controller serving on %s (rule set version %d)", self.address, self.store.version,
+                    extra={"event": "controller_ready", "address": self.address, "port": self.port,
+                           "state_dir": str(self.config.state_dir), "version": self.store.version,
+                           "sync": self.sync is not None})
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving (health NOT_SERVING first, streams ended, calls given
+        ``grace`` seconds), then close the store. Safe to call twice."""
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+        wait = self.config.shutdown_grace if grace is None else grace
+        self._health.enter_graceful_shutdown()
+        self._stopping.set()
+        self.server.stop(wait).wait()
+        if self._sweeper.is_alive():
+            self._sweeper.join(SWEEP_SECONDS * 5)
+        close = getattr(self.sync, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                LOGGER.exception("closing the sync hub failed")
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        version = self.store.version
+        self.store.close()
+        LOGGER.info("controller stopped", extra={"event": "controller_stopped", "version": version})
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`stop` ran (True) or ``timeout`` passed (False)."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> Controller:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(0)
+
+    # -- the background loop --
+
+    def sweep_once(self, now: datetime | None = None) -> int:
+        """Expire what is due (publishing its events); returns how many rules went."""
+        change = self.backend.expire(now)
+        if change.removed:
+            self.expired_total += len(change.removed)
+            LOGGER.info("expired %d rule(s) in version %d: %s", len(change.removed), change.version,
+                        ", ".join(r.id for r in change.removed),
+                        extra={"event": "rules_expired", "version": change.version,
+                               "rules": [r.id for r in change.removed]})
+        return len(change.removed)
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(SWEEP_SECONDS):
+            try:
+                self.sweep_once()
+                if time.monotonic() - self._last_prune >= PRUNE_SECONDS:
+                    self._last_prune = time.monotonic()
+                    pruned = self.store.prune_events(self.config.events_keep)
+                    if pruned:
+                        LOGGER.info("pruned %d old events", pruned, extra={"event": "events_pruned",
+                                                                           "count": pruned})
+            except BreakwaterError as exc:
+                self.sweep_errors += 1
+                LOGGER.error("expiry sweep failed: %s", exc, extra={"event": "sweep_failed"})
+            except Exception:
+                self.sweep_errors += 1
+                LOGGER.exception("expiry sweep failed", extra={"event": "sweep_failed"})
+            if self._metrics_server is not None:
+                try:
+                    self._metrics_server.publish(self.metrics_text())
+                except Exception:
+                    LOGGER.exception("rendering metrics failed")
+
+    # -- metrics --
+
+    def metrics_text(self) -> str:
+        out = Exposition()
+        version, rules = self.store.snapshot()
+        by_origin = Counter(r.rule.origin for r in rules)
+        help_rules = "Rules in force, by origin"
+        out.family("breakwater_controller_rules", "gauge", help_rules)
+        for origin in ORIGINS:
+            out.add("breakwater_controller_rules", "gauge", help_rules, by_origin.get(origin, 0),
+                    {"origin": origin})
+        out.add("breakwater_controller_rule_version", "gauge", "The rule set's current version", version)
+        help_nodes = "Registered nodes, by health"
+        nodes = self.backend.list_nodes()
+        by_health = Counter(_HEALTH_NAMES.get(n.health, "unknown") for n in nodes)
+        for name in _HEALTH_NAMES.values():
+            out.add("breakwater_controller_nodes", "gauge", help_nodes, by_health.get(name, 0),
+                    {"health": name})
+        behind = [n for n in nodes if n.applied_rule_version < n.target_rule_version]
+        out.add("breakwater_controller_nodes_behind", "gauge",
+                "Nodes whose applied rule version is behind their target", len(behind))
+        out.add("breakwater_controller_max_lag_seconds", "gauge", "The largest lag of any node",
+                max((n.lag.seconds + n.lag.nanos / 1e9 for n in nodes), default=0.0))
+        out.add("breakwater_controller_events_last_sequence", "gauge", "The newest event's sequence",
+                self.events.last_sequence)
+        out.add("breakwater_controller_rules_expired_total", "counter",
+                "Rules removed at their expire_time by this process", self.expired_total)
+        out.add("breakwater_controller_sweep_errors_total", "counter", "Expiry sweeps that failed",
+                self.sweep_errors)
+        out.add("breakwater_controller_start_time_seconds", "gauge", "When this process started (Unix time)",
+                self.started_at)
+        self.rpc_metrics.collect(out)
+        collect = getattr(self.sync, "collect_metrics", None)
+        if callable(collect):
+            collect(out)
+        return out.text()
+
+
+def create_controller(config: ControllerConfig, *, sync: bool = True,
+                      clock: Callable[[], datetime] | None = None) -> Controller:
+    """Open the store under ``config.state_dir`` and build the server
+    (bound, not started). ``sync=False`` leaves the sync hub out even when
+    it is importable."""
+    store = FleetStore.open(config.state_dir)
+    try:
+        events = EventLog(store)
+        backend = ControllerBackend(store, events, health=config.health,
+                                    **({"clock": clock} if clock else {}))
+        stopping = threading.Event()
+        services = api_services(RuleServicer(backend, **({"clock": clock} if clock else {})),
+                                NodeServicer(backend), EventServicer(events, stopping=stopping))
+        hub: object | None = None
+        module = _sync_module() if sync else None
+        if module is not None:
+            registry = ServiceRegistry(backend)
+            try:
+                hub = _add_sync(module, registry, store, events, config)
+            except FieldError as exc:  # a bad [sync]/[telemetry]/[fleet] key: name the file too
+                raise ConfigError(config.source, exc.path, exc.what) from None
+            services += registry.services
+        elif sync:
+            LOGGER.warning("%s is not installed: serving the API without SyncService/TelemetryService",
+                           SYNC_MODULE, extra={"event": "sync_missing"})
+        health_servicer = health.HealthServicer()
+        rpc_metrics = RpcMetrics()
+        server, port = create_threaded_aio_server(config.listen, services, health_servicer=health_servicer,
+                                                  interceptors=[rpc_metrics], max_workers=config.max_workers)
+    except BaseException:
+        store.close()
+        raise
+    return Controller(config, store=store, events=events, backend=backend, server=server, port=port,
+                      health_servicer=health_servicer, rpc_metrics=rpc_metrics, stopping=stopping, sync=hub)
+
+
+def run(config: ControllerConfig) -> int:
+    """The daemon: build, start, serve until SIGTERM/SIGINT, stop cleanly."""
+    controller = create_controller(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        LOGGER.info("got %s; stopping", signal.Signals(signum).name, extra={"event": "controller_stopping"})
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        controller.start()
+        while not stop.wait(1.0):
+            pass
+    finally:
+        controller.stop()
+        for s, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(s, handler)
+    return 0
+
