@@ -68,11 +68,14 @@ def check_int(value: object, path: str, lo: int, hi: int) -> int:
     return value
 
 
-def check_number(value: object, path: str, lo: float, hi: float) -> float:
+def check_number(value: object, path: str, lo: float, hi: float, *, above: bool = False) -> float:
     """``value`` as a float if it is a finite number (not a bool) in
-    ``lo..hi``, else a :class:`FieldError` at ``path``."""
+    ``lo..hi`` (``above``: strictly greater than ``lo``), else a
+    :class:`FieldError` at ``path``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise FieldError(path, f"expected a number, got {show(value)}")
+    if above and not lo < value <= hi:
+        raise FieldError(path, f"{value:g} is out of range; must be above {lo:g} and at most {hi:g}")
     if not lo <= value <= hi:
         raise FieldError(path, f"{value:g} is out of range {lo:g}..{hi:g}")
     return float(value)
