@@ -4,6 +4,7 @@ name the file and line."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ FIREHOL = """\
 """
 
 
-def strs(prefixes: list[object]) -> list[str]:
+def strs(prefixes: Sequence[object]) -> list[str]:
     return [str(p) for p in prefixes]
 
 
