@@ -5,7 +5,7 @@ default and its range are in :data:`KEYS` and ``docs/controlplane.md``; a
 bad value is a :class:`~controller.errors.ConfigError` naming the file and
 key (the CLI exits 2). The tables ``[sync]``, ``[telemetry]`` and
 ``[fleet]`` are kept as they are, for the sync hub, which validates them
-(:mod:`controller.fleet.synchub`).
+(:mod:`controller.fleet.syncconfig`).
 """
 
 from __future__ import annotations

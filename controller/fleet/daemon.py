@@ -3,8 +3,8 @@
 One process, one gRPC server on one port (``--listen``, default
 ``127.0.0.1:9610``) serving RuleService, NodeService and EventService
 (:mod:`controller.api.services`), the agents' SyncService and TelemetryService
-(:mod:`controller.fleet.synchub`, added by its
-:func:`~controller.fleet.synchub.add_sync_services`), the standard
+(:mod:`controller.fleet.synchub`, added by
+:func:`controller.fleet.wiring.add_sync_services`), the standard
 health service and server reflection, served on grpc.aio
 (:func:`~controller.api.rpc.create_threaded_aio_server`: the agents' streams on
 the event loop, the API's sync servicers on its thread pool). State is one
@@ -28,7 +28,7 @@ but not started; ``listen = "127.0.0.1:0"`` picks a free port) and then
 daemon around it.
 
 **The sync hook.** Unless ``sync=False``, :func:`create_controller` calls
-its ``sync_hook`` (:func:`~controller.fleet.synchub.add_sync_services`
+its ``sync_hook`` (:func:`~controller.fleet.wiring.add_sync_services`
 unless another is passed in) as ``hook(registry, store, events, config,
 backend=backend)`` before the server is built: ``registry`` is a
 :class:`ServiceRegistry` (call ``registry.add(Service)``, or pass it as the
@@ -67,7 +67,7 @@ from .backend import ControllerBackend
 from .config import ControllerConfig
 from .eventlog import EventLog
 from .store import FleetStore
-from .synchub import add_sync_services
+from .wiring import add_sync_services
 
 __all__ = [
     "Controller",
@@ -129,7 +129,7 @@ class ServiceRegistry:
 
 
 class SyncHandle(Protocol):
-    """What the sync hook returns (:class:`~controller.fleet.synchub.SyncServices`)."""
+    """What the sync hook returns (:class:`~controller.fleet.wiring.SyncServices`)."""
 
     def close(self) -> None:
         """Called once the server stopped."""
@@ -139,7 +139,7 @@ class SyncHandle(Protocol):
 
 
 class SyncHook(Protocol):
-    """Adds the agents' services (:func:`~controller.fleet.synchub.add_sync_services`)."""
+    """Adds the agents' services (:func:`~controller.fleet.wiring.add_sync_services`)."""
 
     def __call__(self, registry: ServiceRegistry, store: FleetStore, events: EventLog,
                  config: ControllerConfig, *, backend: ControllerBackend) -> SyncHandle: ...
