@@ -677,10 +677,11 @@ def cmd_nodes_get(args: argparse.Namespace) -> int:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from ..fleet import daemon as controlplane
+    from ..fleet.config import load_config
 
     overrides = {"listen": args.listen, "state_dir": args.controller_state_dir, "metrics": args.metrics,
                  "reconcile_interval": args.reconcile_interval}
-    cfg = controlplane.load_config(Path(args.config) if args.config else None, overrides)
+    cfg = load_config(Path(args.config) if args.config else None, overrides)
     if args.check_config:
         emit_json(cfg.to_dict())
         return 0

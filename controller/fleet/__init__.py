@@ -1,12 +1,30 @@
 """``breakwater controller``: the control plane of a fleet of agents.
 
-The daemon and its configuration (:mod:`.daemon`), its store of rules,
-nodes, events and audit records (:mod:`.store`), the event log that feeds
-WatchEvents (:mod:`.eventlog`), the API backend over them
+The daemon (:mod:`.daemon`) and its configuration (:mod:`.config`), its
+store of rules, nodes, events and audit records (:mod:`.store`), the event
+log that feeds WatchEvents (:mod:`.eventlog`), the API backend over them
 (:mod:`.backend`), the sync hub that streams versioned rule sets to every
-agent, xDS style (:mod:`.synchub`), and cluster-wide detection from every
-node's telemetry (:mod:`.detector`). Beside :mod:`controller.agent`, not
-above it: the two daemons share only the layers below and the protocol.
+agent, xDS style (:mod:`.synchub`: its configuration :mod:`.syncconfig`,
+its rule index and messages :mod:`.ruleindex`, its node state writer
+:mod:`.nodewriter`, its per-agent streams :mod:`.syncstreams`, the
+servicer :mod:`.syncservice`, and :mod:`.wiring`, the hook the daemon
+calls), and cluster-wide detection from every node's telemetry
+(:mod:`.detector`). Beside :mod:`controller.agent`, not above it: the two
+daemons share only the layers below and the protocol.
 """
 
-__all__ = ["backend", "daemon", "detector", "eventlog", "store", "synchub"]
+__all__ = [
+    "backend",
+    "config",
+    "daemon",
+    "detector",
+    "eventlog",
+    "nodewriter",
+    "ruleindex",
+    "store",
+    "syncconfig",
+    "synchub",
+    "syncservice",
+    "syncstreams",
+    "wiring",
+]

@@ -3,7 +3,8 @@
 One process, one gRPC server on one port (``--listen``, default
 ``127.0.0.1:9610``) serving RuleService, NodeService and EventService
 (:mod:`controller.api.services`), the agents' SyncService and TelemetryService
-(:mod:`controller.fleet.synchub`, when that module is present), the standard
+(:mod:`controller.fleet.synchub`, added by
+:func:`controller.fleet.wiring.add_sync_services`), the standard
 health service and server reflection, served on grpc.aio
 (:func:`~controller.api.rpc.create_threaded_aio_server`: the agents' streams on
 the event loop, the API's sync servicers on its thread pool). State is one
@@ -17,46 +18,40 @@ and renders the Prometheus metrics. Logs are JSON lines on stderr.
 SIGTERM or SIGINT stops it: health turns NOT_SERVING, WatchEvents streams
 end, in-flight calls get ``shutdown_grace`` seconds, the store is closed.
 
-Configuration: command-line flags, or a TOML file (``--config``) with the
-same keys; flags win. Every key, its default and its range are in
-:data:`KEYS` and ``docs/controlplane.md``; a bad value is a
-:class:`~controller.agent.config.ConfigError` naming the file and key (the
-CLI exits 2). The tables ``[sync]``, ``[telemetry]`` and ``[fleet]`` are
-handed to the sync hub, which validates them.
+Configuration: :class:`~controller.fleet.config.ControllerConfig`
+(:mod:`controller.fleet.config`: command-line flags, or a TOML file with
+the same keys; flags win).
 
 Tests and embedders call :func:`create_controller` (the server is bound
 but not started; ``listen = "127.0.0.1:0"`` picks a free port) and then
 :meth:`Controller.start` / :meth:`Controller.stop`; :func:`run` is the
 daemon around it.
 
-**The sync hook.** If ``controller.fleet.synchub`` can be imported, its
-``add_sync_services(registry, store, events, config)`` is called before
-the server is built: ``registry`` is a :class:`ServiceRegistry` (call
-``registry.add(Service)``, or pass it as the server to a generated
-``add_*Servicer_to_server``); ``config`` is the :class:`ControllerConfig`;
-``backend=`` (the :class:`~controller.fleet.backend.ControllerBackend`, whose
-``apply`` publishes rule events for other writers) is passed too when the
-hook takes it. Whatever it returns is kept: its ``close()`` is called on
-stop, and its ``collect_metrics(exposition)`` (if it has one) every time the
-metrics are rendered.
+**The sync hook.** Unless ``sync=False``, :func:`create_controller` calls
+its ``sync_hook`` (:func:`~controller.fleet.wiring.add_sync_services`
+unless another is passed in) as ``hook(registry, store, events, config,
+backend=backend)`` before the server is built: ``registry`` is a
+:class:`ServiceRegistry` (call ``registry.add(Service)``, or pass it as the
+server to a generated ``add_*Servicer_to_server``); ``config`` is the
+:class:`~controller.fleet.config.ControllerConfig`; ``backend`` the
+:class:`~controller.fleet.backend.ControllerBackend`, whose ``apply``
+publishes rule events for other writers. What it returns
+(:class:`SyncHandle`) is kept: its ``close()`` is called on stop, and its
+``collect_metrics(exposition)`` every time the metrics are rendered.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import logging
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from pathlib import Path
-from types import FrameType, ModuleType
-from typing import Any, Final
+from types import FrameType
+from typing import Any, Final, Protocol
 
 import grpc
 from grpc_health.v1 import health
@@ -65,173 +60,34 @@ from breakwater.v1 import node_pb2
 
 from ..api.rpc import AioServerThread, Service, code_of, create_threaded_aio_server
 from ..api.services import EventServicer, NodeServicer, RuleServicer, api_services
-from ..config import checked, parse_listen, read_toml
 from ..errors import BreakwaterError, ConfigError, FieldError, SetupError
 from ..metrics import Exposition, MetricsServer
 from ..rules.model import ORIGINS
-from ..validate import check_int, check_keys, check_number
-from .backend import ControllerBackend, HealthPolicy
+from .backend import ControllerBackend
+from .config import ControllerConfig
 from .eventlog import EventLog
 from .store import FleetStore
+from .wiring import add_sync_services
 
 __all__ = [
-    "DEFAULT_LISTEN",
-    "DEFAULT_METRICS",
-    "DEFAULT_STATE_DIR",
-    "KEYS",
     "Controller",
-    "ControllerConfig",
     "RpcMetrics",
     "ServiceRegistry",
+    "SyncHandle",
+    "SyncHook",
     "create_controller",
-    "load_config",
-    "parse_config",
     "run",
 ]
 
 LOGGER = logging.getLogger("breakwater.controlplane")
 
-DEFAULT_LISTEN: Final = "127.0.0.1:9610"
-"""The gRPC port: loopback by default (the API has no authentication yet);
-``0.0.0.0:9610`` or ``[::]:9610`` serves agents on other hosts."""
-DEFAULT_STATE_DIR: Final = Path("/var/lib/breakwater-controller")
-DEFAULT_METRICS: Final = "127.0.0.1:9613"
-"""Prometheus metrics (an agent has its metrics on 9611 and its local API on 9612)."""
-DEFAULT_RECONCILE: Final = 30.0
-DEFAULT_EVENTS_KEEP: Final = 1_000_000
-DEFAULT_MAX_WORKERS: Final = 1024
-"""RPC threads, started as needed: every open stream (an agent's Sync, a
-WatchEvents) holds one for as long as it is open."""
-DEFAULT_GRACE: Final = 5.0
 SWEEP_SECONDS: Final = 1.0
 """How often expired rules are swept and the metrics rendered."""
 PRUNE_SECONDS: Final = 60.0
 """How often the event log is pruned to ``events_keep``."""
-SYNC_MODULE: Final = "controller.fleet.synchub"
-SYNC_SECTIONS: Final = ("sync", "telemetry", "fleet")
-
-# Numeric keys -> their allowed range.
-_NUMBERS: Final[Mapping[str, tuple[float, float]]] = {
-    "reconcile_interval": (1.0, 86400.0),
-    "heartbeat_timeout": (1.0, 86400.0),
-    "max_lag": (0.0, 86400.0),
-    "shutdown_grace": (0.0, 600.0),
-}
-_INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
-    "events_keep": (1, 1_000_000_000),
-    "max_workers": (4, 100_000),
-}
-KEYS: Final = ("listen", "state_dir", "metrics", *_NUMBERS, *_INTEGERS, *SYNC_SECTIONS)
-"""Every key of the configuration file (and of ``overrides``)."""
 
 
-# --- configuration ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ControllerConfig:
-    """The validated configuration (see the module docstring)."""
-
-    listen: str = DEFAULT_LISTEN
-    state_dir: Path = DEFAULT_STATE_DIR
-    metrics: tuple[str, int] | None = ("127.0.0.1", 9613)
-    reconcile_interval: float = DEFAULT_RECONCILE
-    """Seconds between the reconciling snapshots every agent gets (SyncService)."""
-    heartbeat_timeout: float = 90.0
-    """Seconds a connected node may stay silent before it is UNREACHABLE."""
-    max_lag: float = 10.0
-    """Seconds a node may be behind its target version and still be HEALTHY."""
-    events_keep: int = DEFAULT_EVENTS_KEEP
-    """Events kept in the log; older ones are pruned."""
-    max_workers: int = DEFAULT_MAX_WORKERS
-    shutdown_grace: float = DEFAULT_GRACE
-    """Seconds in-flight calls get to finish on SIGTERM."""
-    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    """The [sync], [telemetry] and [fleet] tables, for the sync hub."""
-    source: str = "<defaults>"
-
-    @property
-    def health(self) -> HealthPolicy:
-        return HealthPolicy(heartbeat_timeout=self.heartbeat_timeout, max_lag=self.max_lag)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The effective configuration, JSON-friendly (``--check-config`` prints it)."""
-        return {
-            "source": self.source, "listen": self.listen, "state_dir": str(self.state_dir),
-            "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "",
-            "reconcile_interval": self.reconcile_interval, "heartbeat_timeout": self.heartbeat_timeout,
-            "max_lag": self.max_lag, "events_keep": self.events_keep, "max_workers": self.max_workers,
-            "shutdown_grace": self.shutdown_grace, **{k: dict(v) for k, v in self.sections.items()},
-        }
-
-
-def _listen(value: object, src: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(src, "listen", f"expected \"HOST:PORT\" like {DEFAULT_LISTEN!r}, got {value!r}")
-    text = value.strip()
-    host, sep, port = text.rpartition(":")
-    bare = host.strip("[]")
-    if not sep or not bare or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(src, "listen", f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9610, [::]:9610; "
-                                         "port 0..65535, 0 picks a free one)")
-    if ":" in bare and not host.startswith("["):
-        raise ConfigError(src, "listen", f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9610")
-    return text
-
-
-def parse_config(data: Mapping[str, object], source: str = "<config>",
-                 overrides: Mapping[str, object] | None = None) -> ControllerConfig:
-    """Validate a parsed TOML document plus command-line ``overrides`` (same
-    keys; they win, None means not given)."""
-    doc: dict[str, object] = dict(data)
-    doc.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    src = source
-    with checked(src):
-        check_keys(doc, KEYS)
-    out = ControllerConfig(source=src)
-    changes: dict[str, Any] = {}
-    if "listen" in doc:
-        changes["listen"] = _listen(doc["listen"], src)
-    if "state_dir" in doc:
-        raw = doc["state_dir"]
-        if not isinstance(raw, str | Path) or not str(raw).strip():
-            raise ConfigError(src, "state_dir", f"expected a directory path, got {raw!r}")
-        path = Path(raw).expanduser()
-        if not path.is_absolute():
-            raise ConfigError(src, "state_dir", f"{str(raw)!r} is not an absolute path")
-        changes["state_dir"] = path
-    with checked(src):
-        if "metrics" in doc:
-            changes["metrics"] = parse_listen(doc["metrics"], "metrics", "127.0.0.1:9613")
-        for key, (lo, hi) in _NUMBERS.items():
-            if key in doc:
-                changes[key] = check_number(doc[key], key, lo, hi)
-        for key, (ilo, ihi) in _INTEGERS.items():
-            if key in doc:
-                changes[key] = check_int(doc[key], key, ilo, ihi)
-    sections: dict[str, Mapping[str, Any]] = {}
-    for key in SYNC_SECTIONS:
-        if key in doc:
-            table = doc[key]
-            if not isinstance(table, dict):
-                raise ConfigError(src, key, f"expected a table ([{key}]), got {table!r}")
-            sections[key] = dict(table)
-    changes["sections"] = sections
-    return replace(out, **changes)
-
-
-def load_config(path: Path | None, overrides: Mapping[str, object] | None = None) -> ControllerConfig:
-    """The configuration from ``path`` (TOML; None: defaults) and ``overrides``."""
-    if path is None:
-        return parse_config({}, "<command line>", overrides)
-    src = str(path)
-    data = read_toml(path)
-    if data is None:
-        raise ConfigError(src, "", "no such file (--config is optional: leave it out for the defaults)")
-    return parse_config(data, src, overrides)
-
-
-# --- services from the sync hub ---------------------------------------------------------
+# --- services from the sync hook -------------------------------------------------------
 
 
 class ServiceRegistry:
@@ -272,27 +128,21 @@ class ServiceRegistry:
         return out
 
 
-def _sync_module() -> ModuleType | None:
-    try:
-        return importlib.import_module(SYNC_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != SYNC_MODULE:
-            raise
-        return None
+class SyncHandle(Protocol):
+    """What the sync hook returns (:class:`~controller.fleet.wiring.SyncServices`)."""
+
+    def close(self) -> None:
+        """Called once the server stopped."""
+
+    def collect_metrics(self, out: Exposition) -> None:
+        """Called every time the metrics are rendered."""
 
 
-def _add_sync(module: ModuleType, registry: ServiceRegistry, store: FleetStore, events: EventLog,
-              config: ControllerConfig) -> object:
-    hook = getattr(module, "add_sync_services", None)
-    if hook is None:
-        raise BreakwaterError(f"{SYNC_MODULE} has no add_sync_services(registry, store, events, config)")
-    kwargs: dict[str, Any] = {}
-    try:
-        if "backend" in inspect.signature(hook).parameters:
-            kwargs["backend"] = registry.backend
-    except (TypeError, ValueError):
-        pass
-    return hook(registry, store, events, config, **kwargs)
+class SyncHook(Protocol):
+    """Adds the agents' services (:func:`~controller.fleet.wiring.add_sync_services`)."""
+
+    def __call__(self, registry: ServiceRegistry, store: FleetStore, events: EventLog,
+                 config: ControllerConfig, *, backend: ControllerBackend) -> SyncHandle: ...
 
 
 # --- RPC metrics ------------------------------------------------------------------------
@@ -407,7 +257,7 @@ class Controller:
     def __init__(self, config: ControllerConfig, *, store: FleetStore, events: EventLog,
                  backend: ControllerBackend, server: AioServerThread, port: int,
                  health_servicer: health.HealthServicer, rpc_metrics: RpcMetrics,
-                 stopping: threading.Event, sync: object | None) -> None:
+                 stopping: threading.Event, sync: SyncHandle | None) -> None:
         self.config = config
         self.store = store
         self.events = events
@@ -472,10 +322,9 @@ class Controller:
         self.server.stop(wait).wait()
         if self._sweeper.is_alive():
             self._sweeper.join(SWEEP_SECONDS * 5)
-        close = getattr(self.sync, "close", None)
-        if callable(close):
+        if self.sync is not None:
             try:
-                close()
+                self.sync.close()
             except Exception:
                 LOGGER.exception("closing the sync hub failed")
         if self._metrics_server is not None:
@@ -562,17 +411,17 @@ class Controller:
         out.add("breakwater_controller_start_time_seconds", "gauge", "When this process started (Unix time)",
                 self.started_at)
         self.rpc_metrics.collect(out)
-        collect = getattr(self.sync, "collect_metrics", None)
-        if callable(collect):
-            collect(out)
+        if self.sync is not None:
+            self.sync.collect_metrics(out)
         return out.text()
 
 
 def create_controller(config: ControllerConfig, *, sync: bool = True,
+                      sync_hook: SyncHook = add_sync_services,
                       clock: Callable[[], datetime] | None = None) -> Controller:
     """Open the store under ``config.state_dir`` and build the server
-    (bound, not started). ``sync=False`` leaves the sync hub out even when
-    it is importable."""
+    (bound, not started). ``sync=False`` leaves the sync hub out;
+    ``sync_hook`` adds it (see the module docstring)."""
     store = FleetStore.open(config.state_dir)
     try:
         events = EventLog(store)
@@ -581,18 +430,14 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
         stopping = threading.Event()
         services = api_services(RuleServicer(backend, **({"clock": clock} if clock else {})),
                                 NodeServicer(backend), EventServicer(events, stopping=stopping))
-        hub: object | None = None
-        module = _sync_module() if sync else None
-        if module is not None:
+        hub: SyncHandle | None = None
+        if sync:
             registry = ServiceRegistry(backend)
             try:
-                hub = _add_sync(module, registry, store, events, config)
+                hub = sync_hook(registry, store, events, config, backend=backend)
             except FieldError as exc:  # a bad [sync]/[telemetry]/[fleet] key: name the file too
                 raise ConfigError(config.source, exc.path, exc.what) from None
             services += registry.services
-        elif sync:
-            LOGGER.warning("%s is not installed: serving the API without SyncService/TelemetryService",
-                           SYNC_MODULE, extra={"event": "sync_missing"})
         health_servicer = health.HealthServicer()
         rpc_metrics = RpcMetrics()
         server, port = create_threaded_aio_server(config.listen, services, health_servicer=health_servicer,

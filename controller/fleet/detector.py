@@ -114,10 +114,6 @@ def fleet_rule_id(planner_id: str) -> str:
     return f"{rid[: _MAX_ID - 9].rstrip('-.')}-{digest}"
 
 
-
-
-
-
 def _fleet_mitigation() -> MitigateConfig:
     return MitigateConfig(created_by=CONTROLLER_ACTOR, max_rules_total=50, priority=400)
 
@@ -256,7 +252,6 @@ def _is_fleet(r: ScopedRule) -> bool:
 
 def _update(store: FleetStore, *, rule: ScopedRule, etag: str, reason: str) -> Change:
     return store.update(rule, etag=etag, actor=CONTROLLER_ACTOR, reason=reason)
-
 
 
 def _prefix(text: str) -> Prefix | None:

@@ -90,8 +90,6 @@ CREATE INDEX IF NOT EXISTS audit_version ON audit (version);
 AuditAction = Literal["create", "update", "delete", "expire"]
 
 
-
-
 def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 

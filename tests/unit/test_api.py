@@ -47,7 +47,8 @@ from controller.errors import (
     FieldError,
     NotFoundError,
 )
-from controller.fleet.daemon import Controller, ControllerConfig, create_controller
+from controller.fleet.config import ControllerConfig
+from controller.fleet.daemon import Controller, create_controller
 from controller.rules.model import Match, Rule, RuleAction
 from controller.rules.scope import ScopedRule
 

@@ -32,7 +32,8 @@ from controller.api.client import (
 from controller.api.rpc import create_server
 from controller.api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
 from controller.errors import InputError
-from controller.fleet.daemon import Controller, ControllerConfig, create_controller
+from controller.fleet.config import ControllerConfig
+from controller.fleet.daemon import Controller, create_controller
 
 REPO = Path(__file__).resolve().parents[2]
 

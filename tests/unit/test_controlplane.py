@@ -1,7 +1,7 @@
-"""controller.fleet.daemon: the configuration, the controller in process
-(server, sweeper, metrics, the sync hook, clean stop), and `breakwater
-controller` as a real process: start, change rules through the CLI, kill -9,
-restart, everything still there; SIGTERM exits 0."""
+"""controller.fleet.daemon and controller.fleet.config: the configuration,
+the controller in process (server, sweeper, metrics, the sync hook, clean
+stop), and `breakwater controller` as a real process: start, change rules
+through the CLI, kill -9, restart, everything still there; SIGTERM exits 0."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,14 +32,8 @@ from breakwater.v1 import (
 )
 from controller.api.rpc import Service
 from controller.errors import ConfigError
-from controller.fleet.daemon import (
-    Controller,
-    ControllerConfig,
-    ServiceRegistry,
-    create_controller,
-    load_config,
-    parse_config,
-)
+from controller.fleet.config import ControllerConfig, load_config, parse_config
+from controller.fleet.daemon import Controller, ServiceRegistry, create_controller
 from controller.fleet.store import FleetStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,44 +190,49 @@ class _Sync(sync_service_pb2_grpc.SyncServiceServicer):
                 node=f"nodes/{req.register.node_id}"))
 
 
-def _sync_module(calls: list[Any], *, as_server: bool) -> types.ModuleType:
-    module = types.ModuleType("controller.fleet.synchub")
+class _Hub:
+    """What the fake sync hook returns: the controller closes it and asks it for metrics."""
 
-    class Hub:
-        closed = False
+    def __init__(self) -> None:
+        self.closed = False
 
-        def close(self) -> None:
-            Hub.closed = True
+    def close(self) -> None:
+        self.closed = True
 
-        def collect_metrics(self, out: Any) -> None:
-            out.add("breakwater_sync_test", "gauge", "a metric of the sync hub", 7)
+    def collect_metrics(self, out: Any) -> None:
+        out.add("breakwater_sync_test", "gauge", "a metric of the sync hub", 7)
 
-    def add_sync_services(registry: ServiceRegistry, store: FleetStore, events: Any, config: ControllerConfig,
-                          backend: Any = None) -> Hub:
-        calls.append((registry, store, events, config, backend))
-        if as_server:  # the generated helper, with the registry in the server's place
+
+class _Hook:
+    """A sync hook in place of the real hub's: records its calls and adds a
+    SyncService that answers each Register with Registered."""
+
+    def __init__(self, *, as_server: bool) -> None:
+        self.as_server = as_server
+        self.calls: list[Any] = []
+        self.hub = _Hub()
+
+    def __call__(self, registry: ServiceRegistry, store: FleetStore, events: Any, config: ControllerConfig, *,
+                 backend: Any) -> _Hub:
+        self.calls.append((registry, store, events, config, backend))
+        if self.as_server:  # the generated helper, with the registry in the server's place
             sync_service_pb2_grpc.add_SyncServiceServicer_to_server(_Sync(), registry)  # type: ignore[arg-type]
         else:
             registry.add(Service.of(sync_service_pb2.DESCRIPTOR.services_by_name["SyncService"],
                                     sync_service_pb2_grpc.add_SyncServiceServicer_to_server, _Sync()))
-        return Hub()
-
-    module.add_sync_services = add_sync_services  # type: ignore[attr-defined]
-    module.Hub = Hub  # type: ignore[attr-defined]
-    return module
+        return self.hub
 
 
 @pytest.mark.parametrize("as_server", [False, True], ids=["registry.add", "add_*_to_server"])
-def test_sync_hook_adds_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_server: bool) -> None:
-    calls: list[Any] = []
-    module = _sync_module(calls, as_server=as_server)
-    monkeypatch.setitem(sys.modules, "controller.fleet.synchub", module)
+def test_sync_hook_adds_services(tmp_path: Path, as_server: bool) -> None:
+    hook = _Hook(as_server=as_server)
     cfg = ControllerConfig(listen="127.0.0.1:0", state_dir=tmp_path, metrics=None, reconcile_interval=7)
-    c = create_controller(cfg)
+    c = create_controller(cfg, sync_hook=hook)
     c.start()
     try:
-        (_, store, events, config, backend), = calls
+        (_, store, events, config, backend), = hook.calls
         assert store is c.store and events is c.events and config is cfg and backend is c.backend
+        assert c.sync is hook.hub
         with grpc.insecure_channel(c.address) as channel:
             stream = sync_service_pb2_grpc.SyncServiceStub(channel).Sync(iter([sync_service_pb2.SyncRequest(
                 register=sync_service_pb2.Register(node_id="edge-1"))]), timeout=TIMEOUT)
@@ -246,12 +244,12 @@ def test_sync_hook_adds_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert "breakwater_sync_test 7" in c.metrics_text()
     finally:
         c.stop(0)
-    assert module.Hub.closed
+    assert hook.hub.closed
 
 
-def test_without_a_sync_hub_the_api_still_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "controller.fleet.synchub", None)  # import fails as if absent
-    c = create_controller(ControllerConfig(listen="127.0.0.1:0", state_dir=tmp_path, metrics=None))
+def test_without_a_sync_hub_the_api_still_serves(tmp_path: Path) -> None:
+    c = create_controller(ControllerConfig(listen="127.0.0.1:0", state_dir=tmp_path, metrics=None),
+                          sync=False)
     try:
         assert c.sync is None
         c.start()
@@ -377,7 +375,6 @@ def test_check_config_and_bad_flags() -> None:
 def test_nodes_seen_through_a_real_sync_stream(tmp_path: Path) -> None:
     """An agent's stream (Register, ACK) on the controller's one port: NodeService
     shows it healthy and current, then unreachable once the stream is gone."""
-    pytest.importorskip("controller.fleet.synchub")
     import queue
 
     from breakwater.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
@@ -424,7 +421,6 @@ def test_nodes_seen_through_a_real_sync_stream(tmp_path: Path) -> None:
 
 
 def test_bad_sync_table_names_the_file_and_key(tmp_path: Path) -> None:
-    pytest.importorskip("controller.fleet.synchub")
     cfg = parse_config({"listen": "127.0.0.1:0", "state_dir": str(tmp_path), "metrics": "",
                         "sync": {"bogus": 1}}, "controller.toml")
     with pytest.raises(ConfigError) as info:

@@ -29,7 +29,7 @@ from controller.detection.detector import AttackEvent
 from controller.errors import MapFullError, NotFoundError
 from controller.fleet.eventlog import EventLog
 from controller.fleet.store import FleetStore
-from controller.fleet.synchub import SyncServices, add_sync_services
+from controller.fleet.wiring import SyncServices, add_sync_services
 from controller.rules.model import Match, Rule, RuleAction
 from controller.rules.scope import RuleScope, ScopedRule
 

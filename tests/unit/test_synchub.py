@@ -1,7 +1,8 @@
-"""controller.fleet.synchub over a real grpc.aio server on 127.0.0.1:0 and real
-client streams: register, snapshots and deltas per scope, one update in
-flight, ACK/NACK bookkeeping, resume, reconciliation, replaced streams,
-invalid registrations, events and telemetry upwards."""
+"""controller.fleet.synchub (with its rule index, streams, node writer,
+servicer, configuration and wiring) over a real grpc.aio server on
+127.0.0.1:0 and real client streams: register, snapshots and deltas per
+scope, one update in flight, ACK/NACK bookkeeping, resume, reconciliation,
+replaced streams, invalid registrations, events and telemetry upwards."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from controller.api.rpc import from_rpc_error
 from controller.errors import FieldError
 from controller.fleet.eventlog import EventLog
 from controller.fleet.store import FleetStore
-from controller.fleet.synchub import SyncServices, add_sync_services
+from controller.fleet.wiring import SyncServices, add_sync_services
 from controller.rules.model import Match, Rule, RuleAction
 from controller.rules.scope import RuleScope, ScopedRule
 
@@ -450,7 +451,7 @@ def test_many_agents_one_change(env: Env) -> None:
 def test_config_tables_are_checked(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from controller.fleet.synchub import check_config
+    from controller.fleet.syncconfig import check_config
 
     check_config({"sync": {"top_sources": 10}, "fleet": {"mitigate": {"rule_ttl": 60}}})
     for tables, path in (({"sync": {"bogus": 1}}, "sync.bogus"),

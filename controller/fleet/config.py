@@ -1,0 +1,162 @@
+"""The controller's configuration: :class:`ControllerConfig`, read from
+command-line flags and a TOML file (``--config``) with the same keys,
+flags winning (:func:`load_config`, :func:`parse_config`). Every key, its
+default and its range are in :data:`KEYS` and ``docs/controlplane.md``; a
+bad value is a :class:`~controller.errors.ConfigError` naming the file and
+key (the CLI exits 2). The tables ``[sync]``, ``[telemetry]`` and
+``[fleet]`` are kept as they are, for the sync hub, which validates them
+(:mod:`controller.fleet.syncconfig`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+from ..config import checked, parse_listen, read_toml
+from ..errors import ConfigError
+from ..validate import check_int, check_keys, check_number
+from .backend import HealthPolicy
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_METRICS",
+    "DEFAULT_STATE_DIR",
+    "KEYS",
+    "ControllerConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_LISTEN: Final = "127.0.0.1:9610"
+"""The gRPC port: loopback by default (the API has no authentication yet);
+``0.0.0.0:9610`` or ``[::]:9610`` serves agents on other hosts."""
+DEFAULT_STATE_DIR: Final = Path("/var/lib/breakwater-controller")
+DEFAULT_METRICS: Final = "127.0.0.1:9613"
+"""Prometheus metrics (an agent has its metrics on 9611 and its local API on 9612)."""
+DEFAULT_RECONCILE: Final = 30.0
+DEFAULT_EVENTS_KEEP: Final = 1_000_000
+DEFAULT_MAX_WORKERS: Final = 1024
+"""RPC threads, started as needed: every open stream (an agent's Sync, a
+WatchEvents) holds one for as long as it is open."""
+DEFAULT_GRACE: Final = 5.0
+SYNC_SECTIONS: Final = ("sync", "telemetry", "fleet")
+
+# Numeric keys -> their allowed range.
+_NUMBERS: Final[Mapping[str, tuple[float, float]]] = {
+    "reconcile_interval": (1.0, 86400.0),
+    "heartbeat_timeout": (1.0, 86400.0),
+    "max_lag": (0.0, 86400.0),
+    "shutdown_grace": (0.0, 600.0),
+}
+_INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
+    "events_keep": (1, 1_000_000_000),
+    "max_workers": (4, 100_000),
+}
+KEYS: Final = ("listen", "state_dir", "metrics", *_NUMBERS, *_INTEGERS, *SYNC_SECTIONS)
+"""Every key of the configuration file (and of ``overrides``)."""
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """The validated configuration (see the module docstring)."""
+
+    listen: str = DEFAULT_LISTEN
+    state_dir: Path = DEFAULT_STATE_DIR
+    metrics: tuple[str, int] | None = ("127.0.0.1", 9613)
+    reconcile_interval: float = DEFAULT_RECONCILE
+    """Seconds between the reconciling snapshots every agent gets (SyncService)."""
+    heartbeat_timeout: float = 90.0
+    """Seconds a connected node may stay silent before it is UNREACHABLE."""
+    max_lag: float = 10.0
+    """Seconds a node may be behind its target version and still be HEALTHY."""
+    events_keep: int = DEFAULT_EVENTS_KEEP
+    """Events kept in the log; older ones are pruned."""
+    max_workers: int = DEFAULT_MAX_WORKERS
+    shutdown_grace: float = DEFAULT_GRACE
+    """Seconds in-flight calls get to finish on SIGTERM."""
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The [sync], [telemetry] and [fleet] tables, for the sync hub."""
+    source: str = "<defaults>"
+
+    @property
+    def health(self) -> HealthPolicy:
+        return HealthPolicy(heartbeat_timeout=self.heartbeat_timeout, max_lag=self.max_lag)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration, JSON-friendly (``--check-config`` prints it)."""
+        return {
+            "source": self.source, "listen": self.listen, "state_dir": str(self.state_dir),
+            "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "",
+            "reconcile_interval": self.reconcile_interval, "heartbeat_timeout": self.heartbeat_timeout,
+            "max_lag": self.max_lag, "events_keep": self.events_keep, "max_workers": self.max_workers,
+            "shutdown_grace": self.shutdown_grace, **{k: dict(v) for k, v in self.sections.items()},
+        }
+
+
+def _listen(value: object, src: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(src, "listen", f"expected \"HOST:PORT\" like {DEFAULT_LISTEN!r}, got {value!r}")
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    bare = host.strip("[]")
+    if not sep or not bare or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(src, "listen", f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9610, [::]:9610; "
+                                         "port 0..65535, 0 picks a free one)")
+    if ":" in bare and not host.startswith("["):
+        raise ConfigError(src, "listen", f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9610")
+    return text
+
+
+def parse_config(data: Mapping[str, object], source: str = "<config>",
+                 overrides: Mapping[str, object] | None = None) -> ControllerConfig:
+    """Validate a parsed TOML document plus command-line ``overrides`` (same
+    keys; they win, None means not given)."""
+    doc: dict[str, object] = dict(data)
+    doc.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    src = source
+    with checked(src):
+        check_keys(doc, KEYS)
+    out = ControllerConfig(source=src)
+    changes: dict[str, Any] = {}
+    if "listen" in doc:
+        changes["listen"] = _listen(doc["listen"], src)
+    if "state_dir" in doc:
+        raw = doc["state_dir"]
+        if not isinstance(raw, str | Path) or not str(raw).strip():
+            raise ConfigError(src, "state_dir", f"expected a directory path, got {raw!r}")
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            raise ConfigError(src, "state_dir", f"{str(raw)!r} is not an absolute path")
+        changes["state_dir"] = path
+    with checked(src):
+        if "metrics" in doc:
+            changes["metrics"] = parse_listen(doc["metrics"], "metrics", "127.0.0.1:9613")
+        for key, (lo, hi) in _NUMBERS.items():
+            if key in doc:
+                changes[key] = check_number(doc[key], key, lo, hi)
+        for key, (ilo, ihi) in _INTEGERS.items():
+            if key in doc:
+                changes[key] = check_int(doc[key], key, ilo, ihi)
+    sections: dict[str, Mapping[str, Any]] = {}
+    for key in SYNC_SECTIONS:
+        if key in doc:
+            table = doc[key]
+            if not isinstance(table, dict):
+                raise ConfigError(src, key, f"expected a table ([{key}]), got {table!r}")
+            sections[key] = dict(table)
+    changes["sections"] = sections
+    return replace(out, **changes)
+
+
+def load_config(path: Path | None, overrides: Mapping[str, object] | None = None) -> ControllerConfig:
+    """The configuration from ``path`` (TOML; None: defaults) and ``overrides``."""
+    if path is None:
+        return parse_config({}, "<command line>", overrides)
+    src = str(path)
+    data = read_toml(path)
+    if data is None:
+        raise ConfigError(src, "", "no such file (--config is optional: leave it out for the defaults)")
+    return parse_config(data, src, overrides)
