@@ -1,8 +1,9 @@
-"""The CLI against a real in-process controller (controller.cli.remote through
-controller.cli.main): tables and --json, exit codes (2 for a refused field,
-named; 1 for the rest), where the server comes from, rules from flags and
-files, nodes, events (listed, and followed by a real process until Ctrl-C),
-top and stats against the fleet telemetry service."""
+"""The CLI against a real in-process controller (controller.cli.remote,
+reached through controller.cli.main and its dispatch): tables and --json,
+exit codes (2 for a refused field, named; 1 for the rest), where the server
+comes from, rules from flags and files, nodes, events (listed, and followed
+by a real process until Ctrl-C), top and stats against the fleet telemetry
+service."""
 
 from __future__ import annotations
 
