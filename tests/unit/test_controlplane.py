@@ -154,10 +154,10 @@ def test_metrics_endpoint(ctl: Controller) -> None:
         text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
     for line in ('breakwater_controller_rules{origin="manual"} 1', "breakwater_controller_rule_version 1",
                  'breakwater_controller_nodes{health="healthy"} 1',
-                 'breakwater_controller_rpcs_total{service="breakwater.v1.RuleService",method="CreateRule",'
-                 'code="OK"} 1',
-                 'breakwater_controller_rpcs_total{service="breakwater.v1.RuleService",method="GetRule",'
-                 'code="INVALID_ARGUMENT"} 1',
+                 'breakwater_controller_rpcs_total{code="OK",method="CreateRule",'
+                 'service="breakwater.v1.RuleService"} 1',
+                 'breakwater_controller_rpcs_total{code="INVALID_ARGUMENT",method="GetRule",'
+                 'service="breakwater.v1.RuleService"} 1',
                  "# TYPE breakwater_controller_streams gauge",
                  "breakwater_controller_events_last_sequence 1"):
         assert line in text, line
