@@ -368,6 +368,17 @@ def test_check_config_and_bad_flags() -> None:
     assert bad.returncode == 2 and "reconcile_interval: 0 is out of range" in bad.stderr
 
 
+def test_check_config_reads_the_sync_tables(tmp_path: Path) -> None:
+    """--check-config refuses a bad [sync], [telemetry] or [fleet] key as
+    starting the controller would, naming the file and the key."""
+    for table, body, key in (("sync", "bogus = 1", "sync.bogus"),
+                             ("fleet.mitigate", "rule_tll = 5", "fleet.mitigate.rule_tll")):
+        path = tmp_path / "controller.toml"
+        path.write_text(f"[{table}]\n{body}\n")
+        bad = _cli("controller", "--config", str(path), "--check-config", check=False)
+        assert bad.returncode == 2 and f"{path}: {key}: unknown key" in bad.stderr, bad.stderr
+
+
 
 # --- with the real sync hub -----------------------------------------------------------------
 
