@@ -32,7 +32,8 @@ class Command:
 
     ``local_flags`` are the flags of the local form (refused when talking to
     a server), ``remote_flags`` those of the remote form (refused locally),
-    by their argparse ``dest``.
+    by their argparse ``dest``, or ``dest:--spelling`` where the flag is not
+    spelled like its dest.
     """
 
     local: LocalHandler | None = None
@@ -75,6 +76,7 @@ def dispatch(args: argparse.Namespace) -> int:
 def _given(args: argparse.Namespace, names: Sequence[str]) -> str | None:
     """The first of these flags the command line set, spelled as a flag."""
     for name in names:
-        if getattr(args, name, None) not in (None, False, [], "", 0):
-            return "--" + name.replace("_", "-")
+        dest, _, spelling = name.partition(":")
+        if getattr(args, dest, None) not in (None, False, [], "", 0):
+            return spelling or "--" + dest.replace("_", "-")
     return None

@@ -46,7 +46,7 @@ REMOTE_REFUSES = [
     (["rules", "del", "x", "--dry-run"], "--dry-run"),
     (["top", "-i", "eth0"], "--interface"),
     (["stats", "-i", "eth0"], "--interface"),
-    (["events", "--state-dir", "/tmp"], "--events-state-dir"),  # the dest's spelling, as before
+    (["events", "--state-dir", "/tmp"], "--state-dir"),
 ]
 
 NEEDS_SERVER = [["rules", "create", "x", "--action", "drop"], ["rules", "update", "x", "--ttl", "1h"],
