@@ -312,7 +312,8 @@ def _events(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="with a server: stream events as they are logged, until Ctrl-C")
     ev.add_argument("--after-sequence", type=int, metavar="SEQ",
                     help="with --follow: first replay the kept events after SEQ (0: all)")
-    ev.set_defaults(handler=Command(local.cmd_events, remote.events, local_flags=("events_state_dir:--state-dir",),
+    ev.set_defaults(handler=Command(local.cmd_events, remote.events,
+                                    local_flags=("events_state_dir:--state-dir",),
                                     remote_flags=("filter", "follow", "after_sequence")))
 
 
