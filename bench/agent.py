@@ -68,7 +68,7 @@ from controller.dataplane import attach as dataplane
 from controller.dataplane import build as program
 from controller.dataplane.pinned import MapSet, PinnedMap
 from controller.detection import harvest
-from controller.detection.detector import DetectConfig
+from controller.detection.config import DetectConfig
 from controller.errors import BreakwaterError
 from controller.lab import traffic
 from controller.lab.netns import Lab

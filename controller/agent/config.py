@@ -19,8 +19,7 @@ from ..addresses import Prefix, parse_prefix
 from ..config import checked, parse_listen, read_toml
 from ..dataplane.attach import DEFAULT_PIN_ROOT, AttachMode
 from ..dataplane.maps import MapSizes
-from ..detection.detector import DetectConfig
-from ..detection.planner import MitigateConfig
+from ..detection.config import DetectConfig, MitigateConfig
 from ..errors import ConfigError, FieldError, InputError
 from ..rules.enforce import DEFAULT_STATE_DIR
 from ..rules.scope import check_labels, check_node_id

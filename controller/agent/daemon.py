@@ -53,7 +53,8 @@ from breakwater.v1 import node_pb2, sync_service_pb2
 from ..dataplane import abi, counters, protect
 from ..dataplane import attach as dataplane
 from ..dataplane.pinned import FAILURES, MapSet
-from ..detection.detector import AttackEvent, Detector
+from ..detection.detector import Detector
+from ..detection.events import AttackEvent
 from ..detection.harvest import Harvester
 from ..detection.planner import AUTO_ORIGIN, Planner, PlanResult
 from ..detection.samples import Sample

@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from ..detection.detector import AttackEvent
+from ..detection.events import AttackEvent
 from ..errors import StoreError
 from ..rules.model import Rule, RuleSet
 from ..sqlite import connect, converted, write_transaction

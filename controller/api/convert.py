@@ -6,7 +6,7 @@
 * :func:`rules_to_proto` / :func:`scoped_rules_from_proto` /
   :func:`ruleset_from_proto`: lists of them, e.g. a sync snapshot;
 * :func:`attack_to_proto`, :func:`attack_from_proto`, :func:`event_to_proto`:
-  a detector's :class:`~controller.detection.detector.AttackEvent`;
+  a detector's :class:`~controller.detection.events.AttackEvent`;
 * :func:`merge_update`: UpdateRule's ``update_mask`` applied to a stored rule;
 * :func:`apply_error`: the NACK detail of an update an agent refused;
 * resource names: ``rules/{rule_id}``, ``nodes/{node_id}``.
@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 from breakwater.v1 import event_pb2, rule_pb2
 
 from ..addresses import Prefix, parse_prefix
-from ..detection.detector import AttackEvent, EventKind, Profile, SourceRate, Vector
+from ..detection.events import AttackEvent, EventKind, Profile, SourceRate, Vector
 from ..errors import CapacityError, FieldError, InputError, MapError, MapFullError
 from ..rules.model import ActionKind, Fragment, Origin, Rule, RuleSet, Scope
 from ..rules.scope import RuleScope, ScopedRule, check_labels, check_node_id

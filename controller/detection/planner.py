@@ -39,9 +39,11 @@ per rule are capped; no source prefix is broader than ``broadest_v4`` /
 ``broadest_v6``. Anything a guard stops is listed in
 :attr:`PlanResult.refused` with the reason.
 
-The planner keeps a little state between calls (which signatures each
-active attack has had, escalation counts); everything else comes from the
-rules passed in, so a restarted planner picks up where the last one was.
+Its settings are :class:`~controller.detection.config.MitigateConfig` (the
+``[mitigate]`` table). The planner keeps a little state between calls
+(which signatures each active attack has had, escalation counts);
+everything else comes from the rules passed in, so a restarted planner
+picks up where the last one was.
 """
 
 from __future__ import annotations
@@ -50,23 +52,20 @@ import hashlib
 import ipaddress
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, cast
+from typing import Final
 
-from ..addresses import Prefix, parse_prefix
-from ..dataplane.protect import REFLECTION_PORTS
-from ..errors import FieldError, InputError
-from ..rules.model import MAX_CREATED_BY, MAX_PRIORITY, MAX_RATE, Match, Rule, RuleAction, RuleSet, TcpFlags
+from ..addresses import Prefix
+from ..errors import InputError
+from ..rules.model import MAX_COMMENT, MAX_RATE, Match, Rule, RuleAction, RuleSet, TcpFlags
 from ..rules.presets import reflection_rule
-from ..validate import check_int, check_keys, check_number
-from .detector import VECTOR_CODES, AttackEvent, Vector
+from .config import PER_SOURCE_PRIORITY_OFFSET, MitigateConfig
+from .events import VECTOR_CODES, AttackEvent, Vector
 
 __all__ = [
     "AUTO_ORIGIN",
     "EXTEND_BELOW",
-    "PER_SOURCE_PRIORITY_OFFSET",
-    "MitigateConfig",
     "PlanResult",
     "Planner",
     "Refusal",
@@ -77,11 +76,8 @@ EXTEND_BELOW: Final = 0.5
 """A rule's expiry moves forward when less than this share of ``rule_ttl``
 is left, not every interval: a steady attack does not change the rule set
 (and push it to every agent) each interval."""
-PER_SOURCE_PRIORITY_OFFSET: Final = 50
-"""The many-source per-source limit matches everything to the victim and is
-terminal, so it sits after the narrower vector signatures."""
 
-_MAX_ID: Final = 63
+_MAX_ID: Final = 63  # the longest rule id the rule model accepts
 _TCP, _UDP, _ICMP, _GRE, _ICMPV6 = 6, 17, 1, 47, 58
 _SYN_NO_ACK: Final = TcpFlags(0x12, 0x02)
 _ACK_NO_SYN: Final = TcpFlags(0x12, 0x10)
@@ -96,152 +92,6 @@ _TITLES: Final[Mapping[Vector, str]] = {
     "many_source": "many-source (HTTP proxy style) flood",
     "source_rate": "sources over the per-source rate",
 }
-
-ReflectionAction = Literal["rate_limit", "drop"]
-
-
-# --- configuration ------------------------------------------------------------
-
-
-
-
-
-
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise FieldError(path, f"expected true or false, got {value!r}")
-    return value
-
-
-def _prefixes(value: object, path: str) -> tuple[Prefix, ...]:
-    if isinstance(value, str | Prefix):
-        value = (value,)
-    if not isinstance(value, list | tuple):
-        raise FieldError(path, f"expected a list of prefixes, got {value!r}")
-    out = []
-    for i, item in enumerate(value):
-        if isinstance(item, str):
-            try:
-                item = parse_prefix(item, field=f"{path}[{i}]")
-            except InputError as exc:
-                raise FieldError(f"{path}[{i}]", str(exc).removeprefix(f"{path}[{i}]: ")) from None
-        if not isinstance(item, Prefix):
-            raise FieldError(f"{path}[{i}]", f"expected a prefix, got {item!r}")
-        out.append(item)
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class MitigateConfig:
-    """How the planner mitigates, and the guards it keeps.
-
-    Times are seconds. ``allowlist`` and ``management`` take
-    :class:`~controller.addresses.Prefix` objects or strings.
-    """
-
-    allowlist: tuple[Prefix, ...] = ()
-    """Sources never dropped or limited by a source rule (the data plane's allow entries)."""
-    management: tuple[Prefix, ...] = ()
-    """Management prefixes: the same guarantee (the data plane always passes them)."""
-    monitor: bool = False
-    """Plan, but mark the result not to be enforced: the caller reports "would do"."""
-    rule_ttl: float = 300.0
-    """TTL of an automatic rule, extended while its attack lasts."""
-    grace_ttl: float = 60.0
-    """How long a rule stays after no active attack wants it any more."""
-    aggregate_min_sources: int = 8
-    """K: this many offenders in one /24 (v4) or /48 (v6) are dropped as the prefix."""
-    aggregate_v4: int = 24
-    aggregate_v6: int = 48
-    broadest_v4: int = 24
-    """No automatic source rule is broader than this (IPv4) ..."""
-    broadest_v6: int = 48
-    """... or this (IPv6)."""
-    max_prefixes_per_rule: int = 4096
-    max_rules_per_attack: int = 32
-    max_rules_total: int = 200
-    reflection_action: ReflectionAction = "rate_limit"
-    reflection_pps: int = 1000
-    """Reflection rate limit per port (one bucket per port rule), at least; or
-    ``ceiling_factor`` x the victim's reflection baseline if higher."""
-    reflection_ports: tuple[int, ...] = tuple(sorted(REFLECTION_PORTS))
-    reflection_fragments: bool = True
-    """Also limit UDP fragments to the victim (amplified answers are often fragmented)."""
-    ceiling_pps: int = 1000
-    """Aggregate limit of a vector to a victim (diffuse/spoofed floods), at least ..."""
-    ceiling_factor: float = 2.0
-    """... or this many times the victim's baseline of that vector."""
-    proxy_per_source_pps: int = 1000
-    """Many-source floods: packets/s each source may send to the victim. Every
-    client of the victim gets this limit, so it sits above what one legitimate
-    client (a download's ACKs, a NAT gateway) sends; the moderate proxies
-    themselves are stopped by the newcomer drops, not by this limit."""
-    proxy_drop_sources: int = 1000
-    """Many-source floods: the heaviest newcomers dropped outright."""
-    escalate_after: int = 10
-    """E: intervals over threshold with a rate limit in force before it becomes a drop."""
-    escalate_reflection: bool = True
-    """Reflection limits escalate (UDP from those ports to the victim is rarely wanted)."""
-    escalate_aggregate: bool = False
-    """Victim-wide limits (vector ceilings, many-source per-source) escalate too:
-    that drops the vector to the victim for everyone, so off by default."""
-    priority: int = 500
-    created_by: str = "breakwater-agent"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "allowlist", _prefixes(self.allowlist, "allowlist"))
-        object.__setattr__(self, "management", _prefixes(self.management, "management"))
-        _bool(self.monitor, "monitor")
-        check_number(self.rule_ttl, "rule_ttl", 1, 86400)
-        check_number(self.grace_ttl, "grace_ttl", 0, 86400)
-        check_int(self.aggregate_min_sources, "aggregate_min_sources", 2, 1 << 20)
-        check_int(self.broadest_v4, "broadest_v4", 8, 32)
-        check_int(self.broadest_v6, "broadest_v6", 16, 128)
-        for fam, top in (("v4", 32), ("v6", 128)):
-            agg = check_int(getattr(self, f"aggregate_{fam}"), f"aggregate_{fam}", 1, top)
-            broadest = getattr(self, f"broadest_{fam}")
-            if agg < broadest:
-                raise FieldError(
-                    f"aggregate_{fam}",
-                    f"/{agg} is broader than broadest_{fam} /{broadest}; "
-                    "the guard would refuse every aggregate",
-                )
-        check_int(self.max_prefixes_per_rule, "max_prefixes_per_rule", 1, 1 << 20)
-        check_int(self.max_rules_per_attack, "max_rules_per_attack", 1, 1000)
-        check_int(self.max_rules_total, "max_rules_total", 1, 16383)
-        if self.reflection_action not in ("rate_limit", "drop"):
-            raise FieldError(
-                "reflection_action", f"{self.reflection_action!r} is not one of rate_limit, drop"
-            )
-        check_int(self.reflection_pps, "reflection_pps", 1, MAX_RATE)
-        ports = self.reflection_ports
-        if isinstance(ports, list):
-            ports = tuple(ports)
-            object.__setattr__(self, "reflection_ports", ports)
-        if not isinstance(ports, tuple) or not ports:
-            raise FieldError("reflection_ports", "expected a non-empty list of UDP ports")
-        for i, port in enumerate(ports):
-            check_int(port, f"reflection_ports[{i}]", 0, 65535)
-        _bool(self.reflection_fragments, "reflection_fragments")
-        check_int(self.ceiling_pps, "ceiling_pps", 1, MAX_RATE)
-        check_number(self.ceiling_factor, "ceiling_factor", 1, 1000)
-        check_int(self.proxy_per_source_pps, "proxy_per_source_pps", 1, MAX_RATE)
-        check_int(self.proxy_drop_sources, "proxy_drop_sources", 0, 10_000_000)
-        check_int(self.escalate_after, "escalate_after", 1, 1_000_000)
-        _bool(self.escalate_reflection, "escalate_reflection")
-        _bool(self.escalate_aggregate, "escalate_aggregate")
-        check_int(self.priority, "priority", 0, MAX_PRIORITY - PER_SOURCE_PRIORITY_OFFSET)
-        if not isinstance(self.created_by, str) or len(self.created_by) > MAX_CREATED_BY:
-            raise FieldError("created_by", f"expected a string of at most {MAX_CREATED_BY} characters")
-
-    @classmethod
-    def from_dict(cls, data: object) -> MitigateConfig:
-        """Read a ``[mitigate]`` table (prefixes as strings)."""
-        if not isinstance(data, Mapping):
-            raise FieldError("", f"expected a table, got {data!r}")
-        known = [f.name for f in fields(cls)]
-        check_keys(data, known)
-        return cls(**cast(dict[str, Any], dict(data)))
 
 
 # --- results ------------------------------------------------------------------
@@ -360,7 +210,6 @@ def _rule_id(*parts: str) -> str:
         return rid
     digest = hashlib.sha256(rid.encode()).hexdigest()[:8]
     return f"{rid[: _MAX_ID - 9].rstrip('-.')}-{digest}"
-
 
 
 def _utc(now: datetime) -> datetime:
@@ -540,7 +389,8 @@ class Planner:
         """A rate limit in force for ``escalate_after`` intervals over threshold becomes a drop."""
         if rule.action.kind != "rate_limit" or not may_escalate:
             return rule
-        drop = replace(rule, action=RuleAction("drop"), comment=f"{rule.comment} (escalated to drop)"[:1024])
+        drop = replace(rule, action=RuleAction("drop"),
+                       comment=f"{rule.comment} (escalated to drop)"[:MAX_COMMENT])
         if old is not None and old.action.kind == "drop":
             return drop
         count = self._in_force.get(rule.id, 0)
@@ -612,7 +462,7 @@ class Planner:
 
     def _comment(self, event: AttackEvent, what: str) -> str:
         where = f" on {event.victim}" if event.victim is not None else ""
-        return f"attack {event.id}: {_TITLES[event.vector]}{where} ({event.profile}); {what}"[:1024]
+        return f"attack {event.id}: {_TITLES[event.vector]}{where} ({event.profile}); {what}"[:MAX_COMMENT]
 
     def _signature(self, event: AttackEvent, victim: Prefix) -> Rule:
         """An aggregate rate limit of the attack's vector towards the victim."""

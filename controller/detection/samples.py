@@ -63,7 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InputError
-from ..validate import suggest
+from ..validate import check_int, check_keys, check_number
 
 __all__ = [
     "DESTINATION_DTYPE",
@@ -107,6 +107,8 @@ DESTINATION_DTYPE: Final = np.dtype(
 V4_MAPPED: Final = 0xFFFF_0000_0000
 """``lo`` word of ``::ffff:0.0.0.0``: an IPv4 address is ``V4_MAPPED | a.b.c.d``."""
 _LO_MASK: Final = (1 << 64) - 1
+_MAX_COUNTER: Final = (1 << 64) - 1
+"""Counters are unsigned 64-bit, as the data plane keeps them."""
 
 MIN_DT: Final = 0.001
 """Shortest interval a sample may cover (1 ms); the data plane's floor is 100 ms."""
@@ -166,18 +168,6 @@ def words_from_packed(keys: npt.NDArray[np.void] | npt.NDArray[np.bytes_]) -> tu
 # --- rows from plain dicts ----------------------------------------------------
 
 
-def _counter(value: object, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{path}: expected a non-negative integer, got {value!r}")
-    if not 0 <= value < 1 << 64:
-        raise InputError(f"{path}: {value} is out of range 0..2^64-1")
-    return value
-
-
-def _unknown(key: str, known: Sequence[str], path: str) -> InputError:
-    return InputError(f"{path}: unknown counter {key!r}{suggest(key, known)}; known: {', '.join(known)}")
-
-
 def _parse_address(text: object, path: str) -> Address:
     if not isinstance(text, str):
         raise InputError(f"{path}: expected an address string, got {text!r}")
@@ -206,9 +196,8 @@ def _rows(
         out["addr_hi"][i], out["addr_lo"][i] = address_words(ip)
         if not isinstance(counters, Mapping):
             raise InputError(f"{path}: expected a table of counters, got {counters!r}")
+        check_keys(counters, known, path, what="counter")
         for key, value in counters.items():
-            if key not in known:
-                raise _unknown(str(key), known, path)
             if key == "dst":
                 dst = _parse_address(value, f"{path}.dst")
                 if dst.version != ip.version:
@@ -217,7 +206,7 @@ def _rows(
                     )
                 out["dst_hi"][i], out["dst_lo"][i] = address_words(dst)
             else:
-                out[key][i] = _counter(value, f"{path}.{key}")
+                out[key][i] = check_int(value, f"{path}.{key}", 0, _MAX_COUNTER)
     return out
 
 
@@ -247,14 +236,6 @@ def _row_dicts(
 # --- the sample ---------------------------------------------------------------
 
 
-def _check_time(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{name}: expected a number of seconds, got {value!r}")
-    if not math.isfinite(value):
-        raise InputError(f"{name}: {value} is not a finite number")
-    return float(value)
-
-
 def _check_rows(arr: object, dtype: np.dtype[np.void], name: str) -> None:
     if not isinstance(arr, np.ndarray):
         raise InputError(f"{name}: expected a numpy structured array, got {type(arr).__name__}")
@@ -282,11 +263,8 @@ class Sample:
     destinations: npt.NDArray[np.void]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "t", _check_time(self.t, "t"))
-        dt = _check_time(self.dt, "dt")
-        if not MIN_DT <= dt <= MAX_DT:
-            raise InputError(f"dt: {dt} s is out of range {MIN_DT}..{MAX_DT:g} s")
-        object.__setattr__(self, "dt", dt)
+        object.__setattr__(self, "t", check_number(self.t, "t", -math.inf, math.inf))
+        object.__setattr__(self, "dt", check_number(self.dt, "dt", MIN_DT, MAX_DT))
         _check_rows(self.sources, SOURCE_DTYPE, "sources")
         _check_rows(self.destinations, DESTINATION_DTYPE, "destinations")
 
@@ -311,9 +289,7 @@ class Sample:
         """Read ``{"t": 5.0, "dt": 1.0, "sources": {...}, "destinations": {...}}``."""
         if not isinstance(data, Mapping):
             raise InputError(f"sample: expected a table, got {data!r}")
-        for key in data:
-            if key not in ("t", "dt", "sources", "destinations"):
-                raise InputError(f"sample: unknown key {key!r}; known: destinations, dt, sources, t")
+        check_keys(data, ("t", "dt", "sources", "destinations"), "sample")
         for key in ("t", "dt"):
             if key not in data:
                 raise InputError(f"sample.{key}: missing")

@@ -72,8 +72,9 @@ from breakwater.v1 import event_pb2
 from ..addresses import Prefix, parse_prefix
 from ..api.convert import attack_from_proto, event_to_proto
 from ..api.telemetry import AddressRate, FleetTelemetry
-from ..detection.detector import VECTOR_CODES, AttackEvent, Profile, SourceRate, Vector
-from ..detection.planner import AUTO_ORIGIN, MitigateConfig, Planner
+from ..detection.config import MitigateConfig
+from ..detection.events import VECTOR_CODES, AttackEvent, Profile, SourceRate, Vector
+from ..detection.planner import AUTO_ORIGIN, Planner
 from ..errors import AlreadyExistsError, BreakwaterError, FieldError, InputError, NotFoundError
 from ..metrics import Exposition
 from ..rules.model import Rule
@@ -121,7 +122,7 @@ def _fleet_mitigation() -> MitigateConfig:
 @dataclass(frozen=True)
 class FleetConfig:
     """Cluster-wide detection settings (the ``[fleet]`` table; ``[fleet.mitigate]``
-    takes :class:`~controller.detection.planner.MitigateConfig` keys)."""
+    takes :class:`~controller.detection.config.MitigateConfig` keys)."""
 
     enabled: bool = True
     interval: float = 5.0

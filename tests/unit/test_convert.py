@@ -33,8 +33,8 @@ from controller.api.convert import (
     ruleset_from_proto,
     scoped_rules_from_proto,
 )
-from controller.detection import detector as detect
-from controller.detection.detector import AttackEvent, SourceRate
+from controller.detection import events as detect
+from controller.detection.events import AttackEvent, SourceRate
 from controller.errors import CapacityError, FieldError, MapError, MapFullError
 from controller.rules import model as rules
 from controller.rules.model import Match, PortRange, Rule, RuleAction, RuleSet, TcpFlags

@@ -17,7 +17,7 @@ from breakwater.v1 import event_pb2, telemetry_pb2
 from controller.addresses import parse_prefix
 from controller.api.convert import event_to_proto
 from controller.api.telemetry import FleetTelemetry
-from controller.detection.detector import AttackEvent
+from controller.detection.events import AttackEvent
 from controller.errors import FieldError
 from controller.fleet.detector import FleetConfig, FleetDetector, fleet_rule_id
 from controller.fleet.eventlog import EventLog

@@ -11,7 +11,7 @@ import pytest
 
 from controller.addresses import parse_prefix
 from controller.agent.state import ControllerLayerRows, RuleEventRow, Store
-from controller.detection.detector import AttackEvent
+from controller.detection.events import AttackEvent
 from controller.errors import StoreError
 from controller.rules.model import Match, Rule, RuleAction, RuleSet
 

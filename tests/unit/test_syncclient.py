@@ -35,7 +35,7 @@ from controller.agent.state import Store
 from controller.agent.sync import RECONNECT, ControllerLayer, RetryPolicy, SyncClient
 from controller.api import convert
 from controller.api.rpc import Service, create_server
-from controller.detection.detector import AttackEvent
+from controller.detection.events import AttackEvent
 from controller.errors import MapFullError
 from controller.rules.model import Match, Rule, RuleAction, RuleSet
 

@@ -25,7 +25,7 @@ from controller.addresses import parse_prefix
 from controller.agent.state import Store
 from controller.agent.sync import ControllerLayer, RetryPolicy, SyncClient
 from controller.api.rpc import AioServerThread, create_threaded_aio_server
-from controller.detection.detector import AttackEvent
+from controller.detection.events import AttackEvent
 from controller.errors import MapFullError, NotFoundError
 from controller.fleet.eventlog import EventLog
 from controller.fleet.store import FleetStore

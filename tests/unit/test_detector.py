@@ -1,4 +1,4 @@
-"""controller.detection (detector, samples): attack detection on recorded counter sequences."""
+"""controller.detection.detector: attack detection on recorded counter sequences."""
 
 from __future__ import annotations
 
@@ -9,24 +9,16 @@ import numpy as np
 import pytest
 
 from controller.addresses import parse_prefix
-from controller.detection.detector import (
-    DEST_VECTORS,
-    AttackEvent,
-    DetectConfig,
-    Detector,
-    Vector,
-    VectorThreshold,
-)
+from controller.detection.config import DetectConfig
+from controller.detection.detector import Detector
+from controller.detection.events import AttackEvent, Vector
 from controller.detection.samples import (
     DESTINATION_DTYPE,
     SOURCE_DTYPE,
     Sample,
     address_from_words,
     address_words,
-    dump_recording,
-    load_recording,
     v4_words,
-    words_from_packed,
 )
 from controller.errors import InputError
 from tests.unit.recordings import (
@@ -527,7 +519,7 @@ def test_several_vectors_on_one_victim() -> None:
     assert len(set(ids)) == 2
 
 
-# --- recordings and samples -------------------------------------------------------------------
+# --- recordings, samples, events --------------------------------------------------------------
 
 
 def test_json_recording() -> None:
@@ -538,55 +530,6 @@ def test_json_recording() -> None:
     assert [(e.vector, str(e.victim), e.t, len(e.offenders)) for e in started] == [
         ("syn", VICTIM, 6.0, 12)]
     assert [e.t for e in of_kind(events, "ended")] == [15.0]
-
-
-def test_recording_round_trip() -> None:
-    samples = wave(1.0, 3.0, mirai_syn(start=1, count=3), victims=(VICTIM,))
-    again = load_recording(dump_recording(samples))
-    for a, b in zip(samples, again, strict=True):
-        assert (a.t, a.dt) == (b.t, b.dt)
-        assert sorted(a.sources.tolist()) == sorted(b.sources.tolist())
-        assert sorted(a.destinations.tolist()) == sorted(b.destinations.tolist())
-
-
-def test_sample_build_and_words() -> None:
-    s = Sample.build(1.0, 0.5, {"198.18.0.1": {"packets": 3, "syn": 3, "dst": VICTIM},
-                                "2001:db8::5": {"packets": 1, "dst": VICTIM6}},
-                     {VICTIM: {"packets": 3, "syn": 3}})
-    assert address_words("198.18.0.1") == (0, 0xFFFF_C612_0001)
-    assert str(address_from_words(*address_words("2001:db8::5"))) == "2001:db8::5"
-    assert int(s.sources["syn"][0]) == 3 and int(s.sources["dst_lo"][0]) == address_words(VICTIM)[1]
-    packed4 = np.array([bytes([198, 18, 0, 1])], dtype="S4")
-    packed6 = np.array([bytes.fromhex("20010db8000000000000000000000005")], dtype="S16")
-    for packed, text in ((packed4, "198.18.0.1"), (packed6, "2001:db8::5")):
-        hi, lo = words_from_packed(packed)
-        assert (int(hi[0]), int(lo[0])) == address_words(text)
-    hi, lo = v4_words([int.from_bytes(bytes([10, 0, 0, 1]), "big")])
-    assert str(address_from_words(int(hi[0]), int(lo[0]))) == "10.0.0.1"
-
-
-@pytest.mark.parametrize(
-    ("build", "message"),
-    [
-        (lambda: Sample.build(1.0, 0.0), r"dt: 0.0 s is out of range 0.001..3600 s"),
-        (lambda: Sample.build(math.nan, 1.0), r"t: nan is not a finite number"),
-        (lambda: Sample.build(1.0, 1.0, {"1.2.3.4": {"sny": 1}}),
-         r"sources\['1.2.3.4'\]: unknown counter 'sny' \(did you mean 'syn'\?\)"),
-        (lambda: Sample.build(1.0, 1.0, {"1.2.3.4": {"packets": -1}}),
-         r"sources\['1.2.3.4'\].packets: -1 is out of range 0..2\^64-1"),
-        (lambda: Sample.build(1.0, 1.0, {"1.2.3.4": {"dst": "2001:db8::1"}}),
-         r"IPv6 destination for an IPv4 source"),
-        (lambda: Sample.build(1.0, 1.0, {}, {"203.0.113.1": {"refl": 1, "dst": "1.1.1.1"}}),
-         r"destinations\['203.0.113.1'\]: unknown counter 'dst'"),
-        (lambda: Sample(1.0, 1.0, np.zeros(1, DESTINATION_DTYPE), np.zeros(0, DESTINATION_DTYPE)),
-         r"sources: dtype .* is not the expected"),
-        (lambda: load_recording('{"samples": [{"t": 2, "dt": 1}, {"t": 1, "dt": 1}]}'),
-         r"recording.samples\[1\].t: 1.0 is not after 2.0"),
-    ],
-)
-def test_sample_errors(build: object, message: str) -> None:
-    with pytest.raises(InputError, match=message):
-        build()  # type: ignore[operator]
 
 
 def test_samples_must_move_forward() -> None:
@@ -622,67 +565,11 @@ def test_large_sample_is_handled_in_arrays() -> None:
     assert det.tracked_sources == n
 
 
-# --- configuration --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda: DetectConfig(start_intervals=0), r"^start_intervals: 0 is out of range 1..1000$"),
-        (lambda: DetectConfig(end_fraction=1.5), r"^end_fraction: 1.5 is out of range; must be above 0"),
-        (lambda: DetectConfig(window=0), r"^window: 0 is out of range; must be at least 0.1"),
-        (lambda: VectorThreshold(pps=0), r"^pps: 0 is out of range; must be above 0"),
-        (lambda: DetectConfig(many_max_source_pps=30_000),
-         r"^many_max_source_pps: 30000 is not below source_pps 20000"),
-        (lambda: DetectConfig(many_source=VectorThreshold(5000, min_share=0.5)),
-         r"^many_source.min_share: not used by this vector"),
-        (lambda: DetectConfig.from_dict({"strat_intervals": 3}),
-         r"^strat_intervals: unknown key \(did you mean 'start_intervals'\?\)"),
-        (lambda: DetectConfig.from_dict({"syn": {"pps": -5}}), r"^syn.pps: -5 is out of range"),
-        (lambda: DetectConfig.from_dict({"udp": {"factor": 2}}), r"^udp.pps: missing"),
-        (lambda: DetectConfig.from_dict({"icmp": {"pps": 1, "facter": 2}}),
-         r"^icmp.facter: unknown key \(did you mean 'factor'\?\)"),
-        (lambda: DetectConfig.from_dict({"start_intervals": "3"}),
-         r"^start_intervals: expected an integer, got '3'"),
-    ],
-)
-def test_config_errors_name_the_field(make: object, message: str) -> None:
-    with pytest.raises(InputError, match=message):
-        make()  # type: ignore[operator]
-
-
-def test_config_from_dict() -> None:
-    cfg = DetectConfig.from_dict({"start_intervals": 2, "syn": {"pps": 5000, "factor": 5, "min_share": 0.3}})
-    assert cfg.start_intervals == 2
-    assert cfg.syn == VectorThreshold(5000, 5, 0.3)
-    assert cfg.ack == DetectConfig().ack
-    assert set(DEST_VECTORS) <= {f for f in DetectConfig.__dataclass_fields__}
-
-
 def test_event_to_dict() -> None:
     _, events = run(wave(1.0, 10.0, mirai_syn(count=10, pps=2000)))
     data = of_kind(events, "started")[0].to_dict()
     assert data["vector"] == "syn" and data["victim"] == VICTIM and data["kind"] == "started"
     assert data["offenders"] == 10 and len(data["top_sources"]) == 10  # type: ignore[arg-type]
-
-
-def test_docs_name_every_setting_and_the_vector_defaults() -> None:
-    from dataclasses import fields
-    from pathlib import Path
-
-    from controller.detection.planner import MitigateConfig
-
-    text = (Path(__file__).resolve().parents[2] / "docs" / "detection.md").read_text()
-    for cls in (DetectConfig, MitigateConfig):
-        for f in fields(cls):
-            assert f"`{f.name}`" in text, f"docs/detection.md does not mention {cls.__name__}.{f.name}"
-    cfg = DetectConfig()
-    for vector in DEST_VECTORS:
-        th = cfg.threshold(vector)
-        share = "—" if vector == "many_source" else f"{th.min_share:g}"
-        row = f"| {th.pps:,.0f} | {th.factor:g} | {share} |".replace(",", " ")
-        rows = [x for x in text.splitlines() if x.startswith(f"| `{vector}` |") and x.count("|") == 6]
-        assert len(rows) == 1 and rows[0].endswith(row), (vector, rows, row)
 
 
 def test_offenders_are_capped_to_the_heaviest() -> None:

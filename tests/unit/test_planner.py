@@ -11,16 +11,10 @@ import pytest
 
 from controller.addresses import Prefix, parse_prefix
 from controller.dataplane.protect import REFLECTION_PORTS
-from controller.detection.detector import (
-    VECTOR_CODES,
-    AttackEvent,
-    DetectConfig,
-    Detector,
-    Profile,
-    Vector,
-    VectorThreshold,
-)
-from controller.detection.planner import MitigateConfig, Planner, PlanResult
+from controller.detection.config import DetectConfig, MitigateConfig, VectorThreshold
+from controller.detection.detector import Detector
+from controller.detection.events import VECTOR_CODES, AttackEvent, Profile, Vector
+from controller.detection.planner import Planner, PlanResult
 from controller.errors import InputError
 from controller.rules.compiler import compile_ruleset
 from controller.rules.model import Match, Rule, RuleAction, RuleSet
@@ -268,32 +262,6 @@ def test_rules_in_force_keep_their_place_under_the_total_cap() -> None:
     both = [event("udp", VICTIM2, "spoofed", pps=1e5), event("syn", VICTIM, "spoofed", pps=1e7)]
     later = plan(planner, both, first.rules, NOW + timedelta(seconds=1))
     assert [r.id for r in later.rules] == ["auto-udp-203-0-113-20"]
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"aggregate_v4": 16}, r"^aggregate_v4: /16 is broader than broadest_v4 /24"),
-        ({"broadest_v4": 0}, r"^broadest_v4: 0 is out of range 8..32$"),
-        ({"broadest_v6": 8}, r"^broadest_v6: 8 is out of range 16..128$"),
-        ({"allowlist": ["198.18.0.5/24"]}, r"^allowlist\[0\]: '198.18.0.5/24' has host bits set"),
-        ({"reflection_action": "block"}, r"^reflection_action: 'block' is not one of rate_limit, drop"),
-        ({"reflection_ports": ()}, r"^reflection_ports: expected a non-empty list"),
-        ({"max_rules_total": 0}, r"^max_rules_total: 0 is out of range 1..16383$"),
-        ({"rule_ttl": 0}, r"^rule_ttl: 0 is out of range 1..86400$"),
-        ({"monitor": "yes"}, r"^monitor: expected true or false"),
-    ],
-)
-def test_config_errors_name_the_field(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(InputError, match=message):
-        MitigateConfig(**kwargs)
-
-
-def test_config_from_dict() -> None:
-    cfg = MitigateConfig.from_dict({"allowlist": ["192.0.2.0/24"], "monitor": True})
-    assert cfg.allowlist == (p("192.0.2.0/24"),) and cfg.monitor
-    with pytest.raises(InputError, match=r"alowlist: unknown key \(did you mean 'allowlist'\?\)"):
-        MitigateConfig.from_dict({"alowlist": []})
 
 
 # --- escalation -------------------------------------------------------------------------------
