@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Final
 from breakwater.v1 import event_pb2
 
 from ..api import convert
-from ..api.rpc import create_server
+from ..api.server import create_server
 from ..api.services import EventServicer, RuleServicer, api_services
 from ..api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
 from ..errors import AlreadyExistsError, EtagMismatchError, FailedPreconditionError, FieldError, NotFoundError

@@ -6,7 +6,7 @@ controller serves them over its store and event log
 (:class:`controller.fleet.backend.ControllerBackend`), and an agent can
 serve the same RuleService and EventService for its own node over its own
 store. They raise Breakwater errors only; the error
-boundary in :mod:`controller.api.rpc` turns them into statuses (a
+boundary in :mod:`controller.api.status` turns them into statuses (a
 :class:`~controller.rules.model.FieldError` is ``INVALID_ARGUMENT`` naming the
 field, and nothing has been stored when one is raised).
 
@@ -91,7 +91,7 @@ from .convert import (
     rule_to_proto,
 )
 from .filtering import EVENT_FILTER, NODE_FILTER, RULE_FILTER, compile_filter
-from .rpc import Service
+from .server import Service
 
 __all__ = [
     "ACTOR_METADATA",
@@ -518,8 +518,8 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
 
 def api_services(rules: RuleServicer | None = None, nodes: NodeServicer | None = None,
                  events: EventServicer | None = None) -> list[Service]:
-    """The given servicers as :class:`~controller.api.rpc.Service` s for
-    :func:`~controller.api.rpc.create_server`."""
+    """The given servicers as :class:`~controller.api.server.Service` s for
+    :func:`~controller.api.server.create_server`."""
     out: list[Service] = []
     if rules is not None:
         out.append(Service.of(rule_service_pb2.DESCRIPTOR.services_by_name["RuleService"],

@@ -58,7 +58,7 @@ from ..detection.samples import DESTINATION_FIELDS
 from ..errors import FieldError
 from ..validate import check_int, check_keys, check_number
 from .convert import NODE_WILDCARD, node_name, parse_node_parent
-from .rpc import Service
+from .server import Service
 from .services import decode_page_token, encode_page_token, page_size
 
 __all__ = [
@@ -577,6 +577,6 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
 
 
 def telemetry_service(servicer: TelemetryServicer) -> Service:
-    """The servicer as a :class:`~controller.api.rpc.Service`."""
+    """The servicer as a :class:`~controller.api.server.Service`."""
     return Service.of(telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"],
                       telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer)

@@ -5,7 +5,7 @@ One process, one gRPC server on one port (``--listen``, default
 (:mod:`controller.api.services`), the agents' SyncService and TelemetryService
 (:mod:`controller.fleet.synchub`, when that module is present), the standard
 health service and server reflection, served on grpc.aio
-(:func:`~controller.api.rpc.create_threaded_aio_server`: the agents' streams on
+(:func:`~controller.api.aiothread.create_threaded_aio_server`: the agents' streams on
 the event loop, the API's sync servicers on its thread pool). State is one
 SQLite file in WAL mode under ``--state-dir``
 (:class:`~controller.fleet.store.FleetStore`): every change is committed
@@ -63,8 +63,10 @@ from grpc_health.v1 import health
 
 from breakwater.v1 import node_pb2
 
-from ..api.rpc import AioServerThread, Service, code_of, create_threaded_aio_server
+from ..api.aiothread import AioServerThread, create_threaded_aio_server
+from ..api.server import Service
 from ..api.services import EventServicer, NodeServicer, RuleServicer, api_services
+from ..api.status import code_of
 from ..config import checked, parse_listen, read_toml
 from ..errors import BreakwaterError, ConfigError, FieldError, SetupError
 from ..metrics import Exposition, MetricsServer

@@ -43,7 +43,7 @@ its version where it was; a change that does gives it the store's version
 of that change. Versions a node sees only grow.
 
 **How it scales.** The servicer is asyncio (one event loop for every
-stream; see :func:`controller.api.rpc.create_aio_server`). One thread waits on
+stream; see :func:`controller.api.aio.create_aio_server`). One thread waits on
 :meth:`FleetStore.wait_version` and wakes the loop; the loop reads only what
 changed (:meth:`FleetStore.changes_since`) and updates the rule set of
 each label group (the nodes with the same labels) and of each node with
@@ -70,9 +70,9 @@ events for the fleet detector's changes): it adds ``SyncService`` and
 ``TelemetryService`` to the controller's one server and returns a
 :class:`SyncServices` (``close()`` on stop, ``collect_metrics(exposition)``
 for Prometheus). The server must be grpc.aio: the controller builds it with
-:func:`controller.api.rpc.create_threaded_aio_server` (the same arguments as
+:func:`controller.api.aiothread.create_threaded_aio_server` (the same arguments as
 ``create_server``); a test or an asyncio program can use
-:func:`controller.api.rpc.create_aio_server`. Configuration: the controller's
+:func:`controller.api.aio.create_aio_server`. Configuration: the controller's
 ``reconcile_interval`` and its ``[sync]``, ``[telemetry]`` and ``[fleet]``
 tables (:class:`SyncConfig`, :class:`~controller.api.telemetry.TelemetryConfig`,
 :class:`~controller.fleet.detector.FleetConfig`).
@@ -100,7 +100,7 @@ from google.protobuf import json_format
 from breakwater.v1 import event_pb2, rule_pb2, sync_service_pb2
 
 from ..api.convert import node_name, rule_to_proto
-from ..api.rpc import Service
+from ..api.server import Service
 from ..errors import BreakwaterError, FieldError, RemoteError
 from ..metrics import Exposition, Histogram
 from ..rules.scope import ScopedRule, check_labels, check_node_id
@@ -967,7 +967,7 @@ def _serialize(message: bytes | Any) -> bytes:
 
 
 def sync_service(servicer: SyncServicer) -> Service:
-    """The servicer as a :class:`~controller.api.rpc.Service` (for any grpc.aio server)."""
+    """The servicer as a :class:`~controller.api.server.Service` (for any grpc.aio server)."""
     def add(server: grpc.Server) -> None:
         handler = grpc.stream_stream_rpc_method_handler(
             servicer.Sync, request_deserializer=sync_service_pb2.SyncRequest.FromString,

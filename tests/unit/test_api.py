@@ -31,13 +31,13 @@ from breakwater.v1 import (
 from breakwater.v1 import event_service_pb2 as es
 from breakwater.v1 import node_service_pb2 as ns
 from breakwater.v1 import rule_service_pb2 as rs
-from controller.api.rpc import from_rpc_error
 from controller.api.services import (
     ACTOR_METADATA,
     REASON_METADATA,
     decode_page_token,
     encode_page_token,
 )
+from controller.api.status import from_rpc_error
 from controller.errors import (
     AlreadyExistsError,
     BreakwaterError,

@@ -29,7 +29,7 @@ from controller.api.client import (
     resolve,
     target_of,
 )
-from controller.api.rpc import create_server
+from controller.api.server import create_server
 from controller.api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
 from controller.errors import InputError
 from controller.fleet.daemon import Controller, ControllerConfig, create_controller
