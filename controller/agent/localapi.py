@@ -1,8 +1,9 @@
 """The agent's local API: RuleService, EventService and TelemetryService for
 its own node, for standalone use (``api = "127.0.0.1:9612"``).
 
-The servicers are the controller's (:mod:`controller.api.services`,
-:mod:`controller.api.telemetry`); what differs is the backend:
+The servicers are the controller's (:mod:`controller.api.rule_service`,
+:mod:`controller.api.event_service`, :mod:`controller.api.telemetry`);
+what differs is the backend:
 
 * **RuleService** (:class:`AgentRules`) lists every rule in force on the
   node, by layer precedence (manual, the agent's allowlist, controller,
@@ -46,8 +47,10 @@ from typing import TYPE_CHECKING, Final
 from breakwater.v1 import event_pb2
 
 from ..api import convert
+from ..api.event_service import EventServicer
+from ..api.rule_service import RuleServicer
 from ..api.server import create_server
-from ..api.services import EventServicer, RuleServicer, api_services
+from ..api.services import api_services
 from ..api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
 from ..errors import AlreadyExistsError, EtagMismatchError, FailedPreconditionError, FieldError, NotFoundError
 from ..rules.model import Rule, RuleSet
@@ -83,7 +86,7 @@ def _etag(rule: Rule) -> str:
 
 
 class AgentRules:
-    """:class:`~controller.api.services.RuleBackend` over an agent's rule layers."""
+    """:class:`~controller.api.backends.RuleBackend` over an agent's rule layers."""
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
@@ -199,7 +202,7 @@ def _now() -> datetime:
 
 
 class AgentEvents:
-    """:class:`~controller.api.services.EventBackend` over the agent's event log in
+    """:class:`~controller.api.backends.EventBackend` over the agent's event log in
     ``agent.db`` (a read-only connection per call, on the calling thread)."""
 
     def __init__(self, state_dir: Path, node_id: Callable[[], str]) -> None:

@@ -53,7 +53,8 @@ from breakwater.v1 import (
 )
 
 from ..errors import InputError, RemoteError, UnavailableError
-from .services import ACTOR_METADATA, MAX_PAGE_SIZE, REASON_METADATA
+from .callers import ACTOR_METADATA, REASON_METADATA
+from .pages import MAX_PAGE_SIZE
 from .status import rpc_errors
 
 __all__ = [

@@ -58,8 +58,8 @@ from ..detection.samples import DESTINATION_FIELDS
 from ..errors import FieldError
 from ..validate import check_int, check_keys, check_number
 from .convert import NODE_WILDCARD, node_name, parse_node_parent
+from .pages import decode_page_token, encode_page_token, page_size
 from .server import Service
-from .services import decode_page_token, encode_page_token, page_size
 
 __all__ = [
     "DEFAULT_WINDOW",

@@ -64,8 +64,11 @@ from grpc_health.v1 import health
 from breakwater.v1 import node_pb2
 
 from ..api.aiothread import AioServerThread, create_threaded_aio_server
+from ..api.event_service import EventServicer
+from ..api.node_service import NodeServicer
+from ..api.rule_service import RuleServicer
 from ..api.server import Service
-from ..api.services import EventServicer, NodeServicer, RuleServicer, api_services
+from ..api.services import api_services
 from ..api.status import code_of
 from ..config import checked, parse_listen, read_toml
 from ..errors import BreakwaterError, ConfigError, FieldError, SetupError

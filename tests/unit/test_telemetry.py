@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from breakwater.v1 import reasons_pb2, telemetry_pb2, telemetry_service_pb2
-from controller.api.services import decode_page_token
+from controller.api.pages import decode_page_token
 from controller.api.telemetry import FleetTelemetry, TelemetryConfig, TelemetryServicer
 from controller.errors import FieldError, NotFoundError
 
