@@ -2,7 +2,7 @@
 its own node, for standalone use (``api = "127.0.0.1:9612"``).
 
 The servicers are the controller's (:mod:`controller.api.rule_service`,
-:mod:`controller.api.event_service`, :mod:`controller.api.telemetry`);
+:mod:`controller.api.event_service`, :mod:`controller.api.telemetry_service`);
 what differs is the backend:
 
 * **RuleService** (:class:`AgentRules`) lists every rule in force on the
@@ -22,7 +22,7 @@ what differs is the backend:
 * **EventService** (:class:`AgentEvents`) pages and watches the agent's own
   event log (``agent.db``: attack events and rule events, one sequence),
   each event named ``events/{seq}`` with ``node`` this node.
-* **TelemetryService** is :class:`~controller.api.telemetry.TelemetryServicer`
+* **TelemetryService** is :class:`~controller.api.telemetry_service.TelemetryServicer`
   over the agent's own :class:`~controller.api.telemetry.FleetTelemetry`, fed
   its summaries every interval; a node other than this one is NOT_FOUND.
 
@@ -51,7 +51,8 @@ from ..api.event_service import EventServicer
 from ..api.rule_service import RuleServicer
 from ..api.server import create_server
 from ..api.services import api_services
-from ..api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
+from ..api.telemetry import FleetTelemetry
+from ..api.telemetry_service import TelemetryServicer, telemetry_service
 from ..errors import AlreadyExistsError, EtagMismatchError, FailedPreconditionError, FieldError, NotFoundError
 from ..rules.model import Rule, RuleSet
 from ..rules.scope import RuleScope, ScopedRule

@@ -4,11 +4,11 @@ of RuleService, NodeService and EventService (:mod:`.rule_service`,
 :mod:`.node_service`, :mod:`.event_service`, wired by :mod:`.services`)
 over small backends (:mod:`.backends`), with pages and page tokens
 (:mod:`.pages`), the caller's identity (:mod:`.callers`) and list filters
-(:mod:`.filtering`); TelemetryService and the telemetry book it reads
-(:mod:`.telemetry`); the one place errors become statuses and back
-(:mod:`.status`); the servers: thread-pool (:mod:`.server`), grpc.aio
-(:mod:`.aio`) and grpc.aio on a thread of its own (:mod:`.aiothread`); and
-the client the CLI uses (:mod:`.client`).
+(:mod:`.filtering`); TelemetryService (:mod:`.telemetry_service`) and the
+telemetry book it reads (:mod:`.telemetry`); the one place errors become
+statuses and back (:mod:`.status`); the servers: thread-pool
+(:mod:`.server`), grpc.aio (:mod:`.aio`) and grpc.aio on a thread of its
+own (:mod:`.aiothread`); and the client the CLI uses (:mod:`.client`).
 
 Shared by both daemons: the agent serves RuleService, EventService and
 TelemetryService for its own node, the controller for the fleet.
@@ -30,4 +30,5 @@ __all__ = [
     "services",
     "status",
     "telemetry",
+    "telemetry_service",
 ]

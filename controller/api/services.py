@@ -9,7 +9,7 @@ and event log and an agent serves RuleService and EventService for its own
 node over its own store. What they share: pages and page tokens
 (:mod:`.pages`), the caller's identity (:mod:`.callers`), list filters
 (:mod:`.filtering`), the wire forms (:mod:`.convert`) and the error
-mapping (:mod:`.status`). TelemetryService is :mod:`.telemetry`'s.
+mapping (:mod:`.status`). TelemetryService is :mod:`.telemetry_service`.
 """
 
 from __future__ import annotations

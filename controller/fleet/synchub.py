@@ -1073,7 +1073,8 @@ def add_sync_services(registry: Any, store: FleetStore, events: EventLog, config
     are published (without it, straight to the store). Errors in the tables
     are :class:`~controller.rules.model.FieldError` s with the table's name in
     front (``sync.top_sources``)."""
-    from ..api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
+    from ..api.telemetry import FleetTelemetry
+    from ..api.telemetry_service import TelemetryServicer, telemetry_service
     from .detector import FleetDetector
 
     sync_cfg, tel_cfg, fleet_cfg = _configs(config)

@@ -30,7 +30,8 @@ from controller.api.client import (
     target_of,
 )
 from controller.api.server import create_server
-from controller.api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
+from controller.api.telemetry import FleetTelemetry
+from controller.api.telemetry_service import TelemetryServicer, telemetry_service
 from controller.errors import InputError
 from controller.fleet.daemon import Controller, ControllerConfig, create_controller
 
