@@ -35,7 +35,7 @@ bcc, libbpf (ctypes), pyroute2 and OS errors are converted by
 calls those libraries (``dataplane/libbpf.py``, ``dataplane/build.py``,
 ``dataplane/netlink.py``); sqlite errors by :func:`from_sqlite_error`, called
 only by :mod:`controller.sqlite`. gRPC
-statuses are converted both ways in :mod:`controller.api.rpc`: each error above
+statuses are converted both ways in :mod:`controller.api.status`: each error above
 has one status code (``INVALID_ARGUMENT`` with the field of a
 ``FieldError``, ``NOT_FOUND``, ``ALREADY_EXISTS``, ``ABORTED``,
 ``FAILED_PRECONDITION``, ``RESOURCE_EXHAUSTED``; ``MapFullError`` is

@@ -1,8 +1,9 @@
 """The agent's local API: RuleService, EventService and TelemetryService for
 its own node, for standalone use (``api = "127.0.0.1:9612"``).
 
-The servicers are the controller's (:mod:`controller.api.services`,
-:mod:`controller.api.telemetry`); what differs is the backend:
+The servicers are the controller's (:mod:`controller.api.rule_service`,
+:mod:`controller.api.event_service`, :mod:`controller.api.telemetry_service`);
+what differs is the backend:
 
 * **RuleService** (:class:`AgentRules`) lists every rule in force on the
   node, by layer precedence (manual, the agent's allowlist, controller,
@@ -21,7 +22,7 @@ The servicers are the controller's (:mod:`controller.api.services`,
 * **EventService** (:class:`AgentEvents`) pages and watches the agent's own
   event log (``agent.db``: attack events and rule events, one sequence),
   each event named ``events/{seq}`` with ``node`` this node.
-* **TelemetryService** is :class:`~controller.api.telemetry.TelemetryServicer`
+* **TelemetryService** is :class:`~controller.api.telemetry_service.TelemetryServicer`
   over the agent's own :class:`~controller.api.telemetry.FleetTelemetry`, fed
   its summaries every interval; a node other than this one is NOT_FOUND.
 
@@ -46,9 +47,12 @@ from typing import TYPE_CHECKING, Final
 from breakwater.v1 import event_pb2
 
 from ..api import convert
-from ..api.rpc import create_server
-from ..api.services import EventServicer, RuleServicer, api_services
-from ..api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
+from ..api.event_service import EventServicer
+from ..api.rule_service import RuleServicer
+from ..api.server import create_server
+from ..api.services import api_services
+from ..api.telemetry import FleetTelemetry
+from ..api.telemetry_service import TelemetryServicer, telemetry_service
 from ..errors import AlreadyExistsError, EtagMismatchError, FailedPreconditionError, FieldError, NotFoundError
 from ..rules.model import Rule, RuleSet
 from ..rules.scope import RuleScope, ScopedRule
@@ -83,7 +87,7 @@ def _etag(rule: Rule) -> str:
 
 
 class AgentRules:
-    """:class:`~controller.api.services.RuleBackend` over an agent's rule layers."""
+    """:class:`~controller.api.backends.RuleBackend` over an agent's rule layers."""
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
@@ -199,7 +203,7 @@ def _now() -> datetime:
 
 
 class AgentEvents:
-    """:class:`~controller.api.services.EventBackend` over the agent's event log in
+    """:class:`~controller.api.backends.EventBackend` over the agent's event log in
     ``agent.db`` (a read-only connection per call, on the calling thread)."""
 
     def __init__(self, state_dir: Path, node_id: Callable[[], str]) -> None:

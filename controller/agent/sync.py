@@ -63,7 +63,7 @@ from breakwater.v1 import event_pb2, rule_pb2, sync_service_pb2, sync_service_pb
 
 from ..addresses import parse_prefix
 from ..api import convert
-from ..api.rpc import from_rpc_error
+from ..api.status import from_rpc_error
 from ..detection.events import AttackEvent, SourceRate
 from ..errors import BreakwaterError, InputError, UnavailableError
 from ..rules.model import Rule, RuleSet

@@ -17,7 +17,7 @@ local machine as before, the others say how to name a server.
 :class:`ApiClient` makes every call with the timeout, the caller's identity
 (``x-breakwater-actor``: ``$SUDO_USER``/``$USER`` unless given) and reason
 (``x-breakwater-reason``) as metadata, and turns failures into Breakwater
-errors through :func:`controller.api.rpc.rpc_errors`: ``INVALID_ARGUMENT`` is
+errors through :func:`controller.api.status.rpc_errors`: ``INVALID_ARGUMENT`` is
 a :class:`~controller.rules.model.FieldError` naming the field (the CLI exits 2),
 an unreachable server an :class:`~controller.errors.UnavailableError` that
 names the address and where it came from (exit 1).
@@ -53,8 +53,9 @@ from breakwater.v1 import (
 )
 
 from ..errors import InputError, RemoteError, UnavailableError
-from .rpc import rpc_errors
-from .services import ACTOR_METADATA, MAX_PAGE_SIZE, REASON_METADATA
+from .callers import ACTOR_METADATA, REASON_METADATA
+from .pages import MAX_PAGE_SIZE
+from .status import rpc_errors
 
 __all__ = [
     "DEFAULT_PORT",

@@ -17,7 +17,7 @@ accepts exactly what rule files accept, with the same messages. What changes
 is the path: every :class:`~controller.rules.model.FieldError` names the proto
 field (``rule.match.dport``, ``rule.action.rate_limit.pps``,
 ``rule.expire_time``, ``requests[3].rule.name``), which
-:mod:`controller.api.rpc` turns into a ``google.rpc.BadRequest`` field violation.
+:mod:`controller.api.status` turns into a ``google.rpc.BadRequest`` field violation.
 
 Proto times are UTC :class:`~datetime.datetime` here. Attack events carry
 the detector's clock (the agent's ``time.monotonic()``), so their

@@ -1,7 +1,7 @@
-"""Fleet telemetry: the agents' ``TelemetrySummary`` reports kept per node in
-time buckets, summed over nodes and windows for ``TelemetryService``
-(GetStats, ListTopTalkers) and for cluster-wide detection
-(:mod:`controller.fleet.detector`).
+"""The telemetry book: the agents' ``TelemetrySummary`` reports kept per node
+in time buckets, summed over nodes and windows for ``TelemetryService``
+(GetStats, ListTopTalkers: :mod:`controller.api.telemetry_service`) and for
+cluster-wide detection (:mod:`controller.fleet.detector`).
 
 **Buckets.** Each node's summaries go into buckets of ``bucket_seconds``
 (aligned to the Unix epoch; a summary belongs to the bucket of its
@@ -38,9 +38,7 @@ query never holds up the streams.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import heapq
-import logging
 import math
 import threading
 import time
@@ -49,42 +47,37 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final, Literal
 
-import grpc
-from google.protobuf import duration_pb2
-
-from breakwater.v1 import telemetry_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
+from breakwater.v1 import telemetry_pb2, telemetry_service_pb2
 
 from ..detection.samples import DESTINATION_FIELDS
 from ..errors import FieldError
 from ..validate import check_int, check_keys, check_number
-from .convert import NODE_WILDCARD, node_name, parse_node_parent
-from .rpc import Service
-from .services import decode_page_token, encode_page_token, page_size
+from .convert import NODE_WILDCARD, node_name
 
 __all__ = [
-    "DEFAULT_WINDOW",
+    "BYTES",
+    "DROPS",
     "MAX_WINDOW",
+    "PACKETS",
     "TRAFFIC_FIELDS",
     "AddressRate",
     "FleetTelemetry",
+    "Kind",
     "TelemetryConfig",
-    "TelemetryServicer",
-    "telemetry_service",
 ]
-
-LOGGER = logging.getLogger("breakwater.telemetry")
 
 TRAFFIC_FIELDS: Final = DESTINATION_FIELDS
 """The counters of ``TrafficCounters``, in field order (samples.py's destination counters)."""
 _N: Final = len(TRAFFIC_FIELDS)
-_PACKETS, _BYTES, _DROPS = 0, 1, 2
+PACKETS: Final = TRAFFIC_FIELDS.index("packets")
+"""Where the packet count stands in a list of :data:`TRAFFIC_FIELDS` counters ..."""
+BYTES: Final = TRAFFIC_FIELDS.index("bytes")
+"""... the byte count ..."""
+DROPS: Final = TRAFFIC_FIELDS.index("drops")
+"""... and the dropped packets."""
 ACTION_FIELDS: Final = ("passed", "dropped", "monitored", "aborted")
-DEFAULT_WINDOW: Final = 60.0
 MAX_WINDOW: Final = 3600.0
-DEFAULT_TALKERS: Final = 20
-MAX_TALKERS: Final = 1000
-TALKER_NODES: Final = 16
-"""Nodes listed per top talker (TopTalker.nodes)."""
+"""The longest window a request may ask for (seconds): what is kept at least."""
 MAX_PENDING: Final = 65536
 """Summaries queued at most between folds; past that the oldest are dropped
 (counted): the sync hub folds every bucket_seconds, so this only happens
@@ -93,9 +86,7 @@ ENTRY_BYTES: Final = 250
 """About what one kept address entry costs (documented bound, for max_entries)."""
 
 Kind = Literal["source", "destination"]
-
-
-
+"""Which addresses of a summary: its top sources or its destinations."""
 
 
 
@@ -198,7 +189,7 @@ def _trim(table: dict[str, list[int]], keep: int) -> int:
     """Keep the ``keep`` heaviest by packets (ties by address); returns how many went."""
     if len(table) <= keep:
         return 0
-    kept = heapq.nsmallest(keep, table.items(), key=lambda kv: (-kv[1][_PACKETS], kv[0]))
+    kept = heapq.nsmallest(keep, table.items(), key=lambda kv: (-kv[1][PACKETS], kv[0]))
     gone = len(table) - keep
     table.clear()
     table.update(kept)
@@ -247,11 +238,11 @@ class AddressRate:
 
     @property
     def pps(self) -> float:
-        return self.rates[_PACKETS]
+        return self.rates[PACKETS]
 
     @property
     def bps(self) -> float:
-        return self.rates[_BYTES] * 8
+        return self.rates[BYTES] * 8
 
 
 # --- the store ---------------------------------------------------------------------------
@@ -493,90 +484,5 @@ class FleetTelemetry:
                     for i, v in enumerate(c):
                         acc[i] += v / seconds
                     counts[addr] = counts.get(addr, 0) + 1
-                    peaks[addr] = max(peaks.get(addr, 0.0), c[_PACKETS] / seconds)
+                    peaks[addr] = max(peaks.get(addr, 0.0), c[PACKETS] / seconds)
         return {addr: AddressRate(addr, tuple(acc), counts[addr], peaks[addr]) for addr, acc in sums.items()}
-
-
-# --- TelemetryService --------------------------------------------------------------------
-
-
-def _window_of(window: duration_pb2.Duration | None, path: str = "window") -> float:
-    if window is None:
-        return DEFAULT_WINDOW
-    value = window.seconds + window.nanos / 1e9
-    if value <= 0:
-        raise FieldError(path, f"{value:g}s is not a window; give a positive duration (default "
-                               f"{DEFAULT_WINDOW:g}s)")
-    if value > MAX_WINDOW:
-        raise FieldError(path, f"{value:g}s is too long; at most {MAX_WINDOW:g}s")
-    return value
-
-
-class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
-    """GetStats and ListTopTalkers over a :class:`FleetTelemetry`.
-    ``known_node`` raises :class:`~controller.errors.NotFoundError` for a
-    node id that never registered (the controller passes ``store.node``)."""
-
-    def __init__(self, telemetry: FleetTelemetry, *, known_node: Callable[[str], object] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._telemetry = telemetry
-        self._known = known_node
-        self._clock = clock
-
-    def _node(self, name: str, path: str) -> str | None:
-        node_id = parse_node_parent(name, path)
-        if node_id is not None and self._known is not None:
-            self._known(node_id)
-        return node_id
-
-    def GetStats(self, request: telemetry_service_pb2.GetStatsRequest,
-                 context: grpc.ServicerContext) -> telemetry_service_pb2.Stats:
-        node_id = self._node(request.node, "node")
-        window = _window_of(request.window if request.HasField("window") else None)
-        return self._telemetry.stats(node_id, window, now=self._clock())
-
-    def ListTopTalkers(self, request: telemetry_service_pb2.ListTopTalkersRequest,
-                       context: grpc.ServicerContext) -> telemetry_service_pb2.ListTopTalkersResponse:
-        node_id = self._node(request.parent, "parent")
-        window = _window_of(request.window if request.HasField("window") else None)
-        destinations = request.kind == telemetry_service_pb2.TALKER_KIND_DESTINATION
-        kind: Kind = "destination" if destinations else "source"
-        if request.kind not in telemetry_service_pb2.TalkerKind.values():
-            raise FieldError("kind", f"{request.kind} is not a TalkerKind")
-        if request.order_by not in telemetry_service_pb2.TalkerOrder.values():
-            raise FieldError("order_by", f"{request.order_by} is not a TalkerOrder")
-        by = _BYTES if request.order_by == telemetry_service_pb2.TALKER_ORDER_BYTES else _PACKETS
-        size = page_size(request.page_size, DEFAULT_TALKERS)
-        fingerprint = hashlib.sha256(
-            f"{request.parent or NODE_WILDCARD}|{kind}|{by}|{window!r}".encode()).hexdigest()[:16]
-        offset, now = 0, self._clock()
-        if request.page_token:
-            position = decode_page_token(request.page_token, "talkers", fingerprint)
-            try:
-                text_offset, text_end = str(position).split(":", 1)
-                offset, now = int(text_offset), float(text_end)
-            except ValueError:
-                raise FieldError("page_token", "not a page token of this server; pass the "
-                                               "next_page_token of a previous response") from None
-        start, end, reporting, table = self._telemetry.totals(kind, node_id, window, now=now)
-        ranked = sorted(table.items(), key=lambda kv: (-kv[1][0][by], kv[0]))
-        span = max(end - start, 1e-9)
-        out = telemetry_service_pb2.ListTopTalkersResponse(nodes_reporting=reporting)
-        out.start_time.FromNanoseconds(int(start * 1e9))
-        out.end_time.FromNanoseconds(int(end * 1e9))
-        for addr, (c, by_node) in ranked[offset:offset + size]:
-            heaviest = sorted(by_node.items(), key=lambda kv: (-kv[1][by], kv[0]))[:TALKER_NODES]
-            out.top_talkers.append(telemetry_service_pb2.TopTalker(
-                address=addr, counters=telemetry_pb2.TrafficCounters(**dict(zip(TRAFFIC_FIELDS, c,
-                                                                                strict=True))),
-                pps=c[_PACKETS] / span, bps=c[_BYTES] * 8 / span, dropped_pps=c[_DROPS] / span,
-                nodes=[node_name(n) for n, _ in heaviest], node_count=len(by_node)))
-        if offset + size < len(ranked):
-            out.next_page_token = encode_page_token("talkers", fingerprint, f"{offset + size}:{now!r}")
-        return out
-
-
-def telemetry_service(servicer: TelemetryServicer) -> Service:
-    """The servicer as a :class:`~controller.api.rpc.Service`."""
-    return Service.of(telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"],
-                      telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer)

@@ -2,7 +2,7 @@
 over the :class:`~controller.fleet.store.FleetStore`, every rule change
 published as RuleEvents to the :class:`~controller.fleet.eventlog.EventLog`,
 and each node's health judged as NodeService shows it (the policy is in
-:mod:`controller.api.services`'s docstring, "Node health").
+:mod:`controller.api.node_service`'s docstring, "Node health").
 """
 
 from __future__ import annotations

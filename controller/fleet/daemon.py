@@ -6,7 +6,7 @@ One process, one gRPC server on one port (``--listen``, default
 (:mod:`controller.fleet.synchub`, added by
 :func:`controller.fleet.wiring.add_sync_services`), the standard
 health service and server reflection, served on grpc.aio
-(:func:`~controller.api.rpc.create_threaded_aio_server`: the agents' streams on
+(:func:`~controller.api.aiothread.create_threaded_aio_server`: the agents' streams on
 the event loop, the API's sync servicers on its thread pool). State is one
 SQLite file in WAL mode under ``--state-dir``
 (:class:`~controller.fleet.store.FleetStore`): every change is committed
@@ -58,8 +58,13 @@ from grpc_health.v1 import health
 
 from breakwater.v1 import node_pb2
 
-from ..api.rpc import AioServerThread, Service, code_of, create_threaded_aio_server
-from ..api.services import EventServicer, NodeServicer, RuleServicer, api_services
+from ..api.aiothread import AioServerThread, create_threaded_aio_server
+from ..api.event_service import EventServicer
+from ..api.node_service import NodeServicer
+from ..api.rule_service import RuleServicer
+from ..api.server import Service
+from ..api.services import api_services
+from ..api.status import code_of
 from ..errors import BreakwaterError, ConfigError, FieldError, SetupError
 from ..metrics import Exposition, MetricsServer
 from ..rules.model import ORIGINS

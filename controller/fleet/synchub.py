@@ -44,7 +44,7 @@ of that change. Versions a node sees only grow.
 
 **How it scales.** The servicer (:mod:`controller.fleet.syncservice`) is
 asyncio (one event loop for every stream; see
-:func:`controller.api.rpc.create_aio_server`). One thread waits on
+:func:`controller.api.aio.create_aio_server`). One thread waits on
 :meth:`FleetStore.wait_version` and wakes the loop; the loop reads only what
 changed (:meth:`FleetStore.changes_since`) and updates the rule set of
 each label group (the nodes with the same labels) and of each node with

@@ -1,6 +1,6 @@
 """``breakwater.v1.SyncService`` over the :class:`~controller.fleet.synchub.SyncHub`:
 the servicer (:class:`SyncServicer`, coroutine methods for grpc.aio) and
-its registration as a :class:`~controller.api.rpc.Service`
+its registration as a :class:`~controller.api.server.Service`
 (:func:`sync_service`), whose serializer passes the hub's bytes through.
 """
 
@@ -14,7 +14,7 @@ import grpc
 
 from breakwater.v1 import sync_service_pb2
 
-from ..api.rpc import Service
+from ..api.server import Service
 from ..errors import FieldError
 from .synchub import SyncHub
 
@@ -68,7 +68,7 @@ def _serialize(message: bytes | Any) -> bytes:
 
 
 def sync_service(servicer: SyncServicer) -> Service:
-    """The servicer as a :class:`~controller.api.rpc.Service` (for any grpc.aio server)."""
+    """The servicer as a :class:`~controller.api.server.Service` (for any grpc.aio server)."""
     def add(server: grpc.Server) -> None:
         handler = grpc.stream_stream_rpc_method_handler(
             servicer.Sync, request_deserializer=sync_service_pb2.SyncRequest.FromString,

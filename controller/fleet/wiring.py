@@ -11,9 +11,9 @@ returns a :class:`SyncServices` (``close()`` on stop,
 telemetry and ticks the detector.
 
 The server must be grpc.aio: the controller builds it with
-:func:`controller.api.rpc.create_threaded_aio_server` (the same arguments as
+:func:`controller.api.aiothread.create_threaded_aio_server` (the same arguments as
 ``create_server``); a test or an asyncio program can use
-:func:`controller.api.rpc.create_aio_server`. Configuration: the controller's
+:func:`controller.api.aio.create_aio_server`. Configuration: the controller's
 ``reconcile_interval`` and its ``[sync]``, ``[telemetry]`` and ``[fleet]``
 tables (:mod:`controller.fleet.syncconfig`).
 """
@@ -27,7 +27,8 @@ from typing import Any
 
 import grpc
 
-from ..api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
+from ..api.telemetry import FleetTelemetry
+from ..api.telemetry_service import TelemetryServicer, telemetry_service
 from ..metrics import Exposition
 from .detector import FleetDetector
 from .eventlog import EventLog

@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from controller.api.rpc import Service, create_aio_server, finish_tasks
+from controller.api.aio import create_aio_server
+from controller.api.aiothread import finish_tasks
+from controller.api.server import Service
 
 __all__ = ["LoopThread"]
 

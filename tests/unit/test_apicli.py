@@ -30,8 +30,9 @@ from controller.api.client import (
     resolve,
     target_of,
 )
-from controller.api.rpc import create_server
-from controller.api.telemetry import FleetTelemetry, TelemetryServicer, telemetry_service
+from controller.api.server import create_server
+from controller.api.telemetry import FleetTelemetry
+from controller.api.telemetry_service import TelemetryServicer, telemetry_service
 from controller.errors import InputError
 from controller.fleet.config import ControllerConfig
 from controller.fleet.daemon import Controller, create_controller

@@ -30,7 +30,7 @@ from breakwater.v1 import (
     sync_service_pb2,
     sync_service_pb2_grpc,
 )
-from controller.api.rpc import Service
+from controller.api.server import Service
 from controller.errors import ConfigError
 from controller.fleet.config import ControllerConfig, load_config, parse_config
 from controller.fleet.daemon import Controller, ServiceRegistry, create_controller

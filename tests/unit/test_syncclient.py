@@ -34,7 +34,7 @@ from controller.addresses import parse_prefix
 from controller.agent.state import Store
 from controller.agent.sync import RECONNECT, ControllerLayer, RetryPolicy, SyncClient
 from controller.api import convert
-from controller.api.rpc import Service, create_server
+from controller.api.server import Service, create_server
 from controller.detection.events import AttackEvent
 from controller.errors import MapFullError
 from controller.rules.model import Match, Rule, RuleAction, RuleSet

@@ -24,7 +24,7 @@ from breakwater.v1 import node_pb2, rule_pb2, sync_service_pb2, telemetry_pb2
 from controller.addresses import parse_prefix
 from controller.agent.state import Store
 from controller.agent.sync import ControllerLayer, RetryPolicy, SyncClient
-from controller.api.rpc import AioServerThread, create_threaded_aio_server
+from controller.api.aiothread import AioServerThread, create_threaded_aio_server
 from controller.detection.events import AttackEvent
 from controller.errors import MapFullError, NotFoundError
 from controller.fleet.eventlog import EventLog

@@ -27,7 +27,7 @@ from breakwater.v1 import (
     telemetry_service_pb2,
     telemetry_service_pb2_grpc,
 )
-from controller.api.rpc import from_rpc_error
+from controller.api.status import from_rpc_error
 from controller.errors import FieldError
 from controller.fleet.eventlog import EventLog
 from controller.fleet.store import FleetStore

@@ -1,6 +1,7 @@
-"""controller.api.rpc.create_aio_server: the same error mapping, health and
+"""controller.api.aio.create_aio_server: the same error mapping, health and
 reflection as create_server, for sync servicers (run on the migration pool)
-and coroutine ones alike, over a real channel to 127.0.0.1:0."""
+and coroutine ones alike, over a real channel to 127.0.0.1:0; and
+controller.api.aiothread, the same server driven from a sync program."""
 
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ from breakwater.v1 import (
     sync_service_pb2,
     sync_service_pb2_grpc,
 )
-from controller.api.rpc import Service, create_aio_server, from_rpc_error
+from controller.api.aio import create_aio_server
+from controller.api.server import Service
+from controller.api.status import from_rpc_error
 from controller.errors import FailedPreconditionError, FieldError, InputError, SetupError
 
 from .aioserver import LoopThread
-from .test_rpc import EVENTS, RULES, SYNC, TABLE, Events, Rules, Sync, _same
+from .test_server import EVENTS, RULES, SYNC, Events, Rules, Sync
+from .test_status import TABLE, _same
 
 C = grpc.StatusCode
 
@@ -232,7 +236,7 @@ class Counting(grpc.ServerInterceptor):
 def test_threaded_server_with_sync_interceptor_and_health(style: str) -> None:
     from grpc_health.v1 import health
 
-    from controller.api.rpc import create_threaded_aio_server
+    from controller.api.aiothread import create_threaded_aio_server
 
     counting = Counting()
     hs = health.HealthServicer()
