@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Breakwater XDP entry. Compiled by bcc at load time (controller/program.py),
- * with map sizes and the pin directory passed as -D flags.
+ * Breakwater XDP entry. Compiled by bcc at load time
+ * (controller/dataplane/build.py), with map sizes and the pin directory
+ * passed as -D flags.
  *
  * The pipeline: parse -> always-pass -> allowlist -> denylist -> signatures
  * (rate limits) -> pass, every verdict leaving through bw_out(). The rule-set

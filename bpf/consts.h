@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Constants shared by the XDP program and user space.
- * Mirrored by controller/abi.py; tests/unit/test_abi.py checks they agree.
+ * Mirrored by controller/dataplane/abi.py; tests/unit/test_abi_consts.py checks
+ * they agree.
  */
 #ifndef BREAKWATER_CONSTS_H
 #define BREAKWATER_CONSTS_H
@@ -15,8 +16,9 @@
 /* "This trie may hold entries": an empty LPM trie still costs ~15-20 ns a
  * lookup (bench/dataplane.py), so the program skips tries whose bit is clear.
  * User space sets the bit before the first insert and clears it only after
- * seeing the trie empty, both under the pin directory's lock (controller/policy.py),
- * so a bit is never clear while its trie holds an entry. */
+ * seeing the trie empty, both under the pin directory's lock
+ * (controller/dataplane/swap.py, controller/dataplane/protect.py), so a bit
+ * is never clear while its trie holds an entry. */
 #define BW_CFG_TRIE_ALLOW_V4        (1U << 8)
 #define BW_CFG_TRIE_ALLOW_V6        (1U << 9)
 #define BW_CFG_TRIE_DENY_PFX_V4     (1U << 10)
@@ -28,7 +30,7 @@
 /* struct bw_rule_ref.flags (allow_v4/allow_v6 values) */
 #define BW_ALLOW_MGMT               (1U << 0) /* management prefix: reason BW_PASS_MGMT */
 
-/* Rule slots and generations (atomic rule-set swaps, controller/swap.py).
+/* Rule slots and generations (atomic rule-set swaps, controller/dataplane/swap.py).
  * config.gen is the generation packets are judged by; it is read once per
  * packet, so a packet sees one rule set whole. Double-buffered maps use slot
  * gen & 1; exact deny entries carry the generations they are valid for. */

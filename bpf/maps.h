@@ -1,19 +1,19 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Every map of the XDP program. Sizes are BW_MAX_* macros that user space
- * overrides with -D (controller/maps.py: MapSizes); the defaults here are the
- * same as the Python defaults.
+ * overrides with -D (controller/dataplane/maps.py: MapSizes); the defaults
+ * here are the same as the Python defaults.
  *
  * With BW_PIN_DIR defined (the normal case) every map is pinned at
  * BW_PIN_DIR/<name>; a pinned map that already exists is reused, which is how
  * a restarted or upgraded program keeps its policy and counters. bcc does not
- * check a reused pin's type or sizes, so controller/dataplane.py does that
- * before every build.
+ * check a reused pin's type or sizes, so controller/dataplane/attach.py
+ * does that before every build.
  *
  * Memory (printed at load by `breakwater dataplane attach`): for hash and LRU
  * maps, entries x (48 + key + value) plus 16 bytes per bucket; for per-CPU
  * arrays, entries x value x possible CPUs; LPM tries allocate per prefix
- * stored. controller/maps.py: estimate_bytes() holds the formula.
+ * stored. controller/dataplane/maps.py: estimate_bytes() holds the formula.
  */
 #ifndef BREAKWATER_MAPS_H
 #define BREAKWATER_MAPS_H
@@ -161,5 +161,21 @@ BW_MAP("lru_hash", struct bw_rl_key, struct bw_rl_state, rl_src, BW_MAX_RL_SRC, 
 BW_MAP("percpu_array", u32, struct bw_counter, reason_stats, BW_REASON_MAX, 0);
 // Packets and bytes per action taken (BW_ACTION_*).
 BW_MAP("percpu_array", u32, struct bw_counter, verdict_stats, BW_ACTION_MAX, 0);
+
+/* LPM trie keys: the slot byte (gen & 1; 0 for the protect tries, which are
+ * not double-buffered) and the address, at full length. */
+static __always_inline void lpm_v4_key(struct bw_lpm_v4 *k, __u8 slot, __be32 addr)
+{
+    k->prefixlen = 8 + 32;
+    k->slot = slot;
+    __builtin_memcpy(k->addr, &addr, 4);
+}
+
+static __always_inline void lpm_v6_key(struct bw_lpm_v6 *k, __u8 slot, const struct bw_in6 *addr)
+{
+    k->prefixlen = 8 + 128;
+    k->slot = slot;
+    __builtin_memcpy(k->addr, addr, 16);
+}
 
 #endif

@@ -3,7 +3,7 @@
  * Verdict reason codes: why the XDP program passed or dropped a packet.
  *
  * These numbers never move. They are mirrored by:
- *   - controller/reasons.py            class Reason(IntEnum)
+ *   - controller/dataplane/reasons.py  class Reason(IntEnum)
  *   - proto/breakwater/v1/reasons.proto enum DropReason
  * and tests/unit/test_reasons.py fails if the three disagree.
  * A retired code keeps its number and becomes BW_REASON_UNUSED_<n>;

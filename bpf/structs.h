@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Map keys and values. Every layout here has a ctypes twin in
- * controller/abi.py; tests/bpf/test_abi.py compares sizes with what bcc built.
+ * controller/dataplane/abi.py; tests/bpf/test_abi.py compares sizes with what
+ * bcc built.
  */
 #ifndef BREAKWATER_STRUCTS_H
 #define BREAKWATER_STRUCTS_H

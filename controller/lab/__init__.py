@@ -4,9 +4,14 @@ the tests and the benchmarks.
 Namespaces and links that always clean up (:mod:`.netns`), bounded UDP
 senders and receivers (:mod:`.traffic`), crafted flood frames
 (:mod:`.frames`), and ``breakwater demo`` (:mod:`.demo`), which runs the real
-agent against a multi-vector flood. Every address comes from 198.18.0.0/15
-and nothing is routed out. Runs the daemons as processes; imports only the
-layers below for reading what the data plane counted.
+agent against a multi-vector flood: its lab (:mod:`.topology`), the agent as
+a process (:mod:`.agentproc`), the attack waves and the legitimate client
+(:mod:`.waves`), what it measures in the data plane (:mod:`.measure`), the
+live view (:mod:`.view`) and the summary (:mod:`.summary`). Every address
+comes from 198.18.0.0/15 and nothing is routed out. Runs the daemons as
+processes; imports only the layers below for reading what the data plane
+counted.
 """
 
-__all__ = ["demo", "frames", "netns", "traffic"]
+__all__ = ["agentproc", "demo", "frames", "measure", "netns", "summary", "topology", "traffic", "view",
+           "waves"]
