@@ -4,8 +4,8 @@ isort:skip_file
 Events: attacks the detectors saw and changes to rules, in one ordered
 log (EventService) that agents feed through SyncService.
 
-AttackEvent mirrors controller/detect.py AttackEvent; the enums mirror
-its Vector, EventKind and Profile literals (tests/unit/test_convert.py
+AttackEvent mirrors controller/detection/events.py AttackEvent; the enums
+mirror its Vector, EventKind and Profile literals (tests/unit/test_convert.py
 checks they agree).
 """
 
@@ -238,7 +238,7 @@ Global___Event: _TypeAlias = Event  # noqa: Y015
 
 @_typing.final
 class AttackEvent(_message.Message):
-    """An attack as a detector saw it after one interval (controller/detect.py)."""
+    """An attack as a detector saw it after one interval (controller/detection/events.py)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -281,7 +281,7 @@ class NodeCapabilities(_message.Message):
     MAX_DENY_PREFIXES_V6_FIELD_NUMBER: _builtins.int
     DELTAS_FIELD_NUMBER: _builtins.int
     abi_version: _builtins.int
-    """The data plane's map ABI version (controller/abi.py ABI_VERSION)."""
+    """The data plane's map ABI version (controller/dataplane/abi.py ABI_VERSION)."""
     max_signature_rules: _builtins.int
     """Most signature rules (rules that test more than the source) it holds."""
     max_rules: _builtins.int

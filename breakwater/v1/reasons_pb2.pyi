@@ -6,7 +6,7 @@ Verdict reason codes of the Breakwater XDP program.
 These three must change together, and tests/unit/test_reasons.py fails
 if they disagree:
   - bpf/reasons.h                     BW_* (the codes the program counts)
-  - controller/reasons.py             class Reason(IntEnum)
+  - controller/dataplane/reasons.py   class Reason(IntEnum)
   - this file                         enum DropReason
 
 The numbers never move. A retired code keeps its number and becomes

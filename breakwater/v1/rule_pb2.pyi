@@ -4,12 +4,12 @@ isort:skip_file
 Rules: which packets, what to do with them, in which order, on which
 nodes, until when.
 
-Rule, Match and Action mirror controller/rules.py (Rule, Match,
+Rule, Match and Action mirror controller/rules/model.py (Rule, Match,
 RuleAction) field for field, with the same limits; docs/rules.md is the
-reference for what each field means. controller/convert.py converts
-between the two and validates with rules.py's checks, naming these proto
+reference for what each field means. controller/api/convert.py converts
+between the two and validates with the model's checks, naming these proto
 field paths in its errors (e.g. "rule.match.dport"). RuleScope mirrors
-controller/scope.py.
+controller/rules/scope.py.
 """
 
 from collections import abc as _abc

@@ -4,7 +4,7 @@ isort:skip_file
 RuleService: the cluster's rules, for operators and SOC tools.
 
 Every change gets a new rule set version and reaches the agents through
-SyncService. Errors are gRPC statuses (controller/rpc.py):
+SyncService. Errors are gRPC statuses (controller/api/status.py):
 INVALID_ARGUMENT with a google.rpc.BadRequest naming the field,
 NOT_FOUND, ALREADY_EXISTS, ABORTED on an etag mismatch,
 RESOURCE_EXHAUSTED when a limit would be exceeded.

@@ -7,7 +7,7 @@ Telemetry: what the data plane counted, as agents report it each interval
 Counters are counts over an interval, not rates, so the controller can
 add them up across nodes and intervals; rates are counts divided by the
 interval's length. The per-source and per-destination counters mirror
-controller/samples.py (SOURCE_FIELDS, DESTINATION_FIELDS).
+controller/detection/samples.py (SOURCE_FIELDS, DESTINATION_FIELDS).
 """
 
 from breakwater.v1 import reasons_pb2 as _reasons_pb2
@@ -228,7 +228,7 @@ Global___AddressCounters: _TypeAlias = AddressCounters  # noqa: Y015
 
 @_typing.final
 class TrafficCounters(_message.Message):
-    """Per-address counters (controller/samples.py); every packet is counted,
+    """Per-address counters (controller/detection/samples.py); every packet is counted,
     passed or dropped.
     """
 

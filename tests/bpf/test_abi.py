@@ -1,4 +1,4 @@
-"""The ctypes twins in controller/abi.py against what bcc compiled, and each
+"""The ctypes twins in controller/dataplane/abi.py against what bcc compiled, and each
 pinned map against its MapSpec as the kernel reports it."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""bpf/consts.h and bpf/maps.h against their Python mirrors (controller/abi.py,
-controller/maps.py)."""
+"""bpf/consts.h and bpf/maps.h against their Python mirrors (controller/dataplane/abi.py,
+controller/dataplane/maps.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from controller.rules.compiler import DEFAULT_MAX_SIGNATURES
 
 from .headers import BPF_DIR, c_int, defines
 
-# consts.h name -> its controller/abi.py value.
+# consts.h name -> its controller/dataplane/abi.py value.
 MIRRORED = {
     "BW_CFG_TRIE_PROTECT_V4": abi.PROTECT_FLAGS["protect_v4"],
     "BW_CFG_TRIE_PROTECT_V6": abi.PROTECT_FLAGS["protect_v6"],

@@ -1,4 +1,4 @@
-"""bpf/reasons.h, controller/reasons.py and proto/breakwater/v1/reasons.proto
+"""bpf/reasons.h, controller/dataplane/reasons.py and proto/breakwater/v1/reasons.proto
 must agree code for code (STYLE.md: "Reason codes never move")."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_every_proto_value_is_commented() -> None:
 
 def test_proto_header_names_the_mirrors() -> None:
     head = proto_text().split("syntax", 1)[0]
-    for mirror in ("bpf/reasons.h", "controller/reasons.py", "tests/unit/test_reasons.py"):
+    for mirror in ("bpf/reasons.h", "controller/dataplane/reasons.py", "tests/unit/test_reasons.py"):
         assert mirror in head
 
 
