@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .errors import FieldError
 
-__all__ = ["at", "check_int", "check_keys", "check_number", "join", "show", "suggest"]
+__all__ = ["at", "check_bool", "check_int", "check_keys", "check_number", "join", "show", "suggest"]
 
 
 def join(outer: str, inner: str) -> str:
@@ -56,6 +56,13 @@ def show(value: object) -> str:
     if isinstance(value, list | tuple):
         return "an array"
     return type(value).__name__
+
+
+def check_bool(value: object, path: str) -> bool:
+    """``value`` if it is true or false, else a :class:`FieldError` at ``path``."""
+    if not isinstance(value, bool):
+        raise FieldError(path, f"expected true or false, got {show(value)}")
+    return value
 
 
 def check_int(value: object, path: str, lo: int, hi: int) -> int:

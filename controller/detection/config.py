@@ -21,7 +21,7 @@ from ..addresses import Prefix, parse_prefix
 from ..dataplane.protect import REFLECTION_PORTS
 from ..errors import FieldError, InputError
 from ..rules.model import MAX_CREATED_BY, MAX_PRIORITY, MAX_RATE
-from ..validate import at, check_int, check_keys, check_number, join
+from ..validate import at, check_bool, check_int, check_keys, check_number, join
 from .events import DEST_VECTORS, Vector
 
 __all__ = [
@@ -207,12 +207,6 @@ class DetectConfig:
 # --- [mitigate] ----------------------------------------------------------------
 
 
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise FieldError(path, f"expected true or false, got {value!r}")
-    return value
-
-
 def _prefixes(value: object, path: str) -> tuple[Prefix, ...]:
     if isinstance(value, str | Prefix):
         value = (value,)
@@ -291,7 +285,7 @@ class MitigateConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowlist", _prefixes(self.allowlist, "allowlist"))
         object.__setattr__(self, "management", _prefixes(self.management, "management"))
-        _bool(self.monitor, "monitor")
+        check_bool(self.monitor, "monitor")
         check_number(self.rule_ttl, "rule_ttl", 1, 86400)
         check_number(self.grace_ttl, "grace_ttl", 0, 86400)
         check_int(self.aggregate_min_sources, "aggregate_min_sources", 2, 1 << 20)
@@ -322,14 +316,14 @@ class MitigateConfig:
             raise FieldError("reflection_ports", "expected a non-empty list of UDP ports")
         for i, port in enumerate(ports):
             check_int(port, f"reflection_ports[{i}]", 0, 65535)
-        _bool(self.reflection_fragments, "reflection_fragments")
+        check_bool(self.reflection_fragments, "reflection_fragments")
         check_int(self.ceiling_pps, "ceiling_pps", 1, MAX_RATE)
         check_number(self.ceiling_factor, "ceiling_factor", 1, 1000)
         check_int(self.proxy_per_source_pps, "proxy_per_source_pps", 1, MAX_RATE)
         check_int(self.proxy_drop_sources, "proxy_drop_sources", 0, 10_000_000)
         check_int(self.escalate_after, "escalate_after", 1, 1_000_000)
-        _bool(self.escalate_reflection, "escalate_reflection")
-        _bool(self.escalate_aggregate, "escalate_aggregate")
+        check_bool(self.escalate_reflection, "escalate_reflection")
+        check_bool(self.escalate_aggregate, "escalate_aggregate")
         check_int(self.priority, "priority", 0, MAX_PRIORITY - PER_SOURCE_PRIORITY_OFFSET)
         if not isinstance(self.created_by, str) or len(self.created_by) > MAX_CREATED_BY:
             raise FieldError("created_by", f"expected a string of at most {MAX_CREATED_BY} characters")

@@ -72,14 +72,14 @@ from breakwater.v1 import event_pb2
 from ..addresses import Prefix, parse_prefix
 from ..api.convert import attack_from_proto, event_to_proto
 from ..api.telemetry import AddressRate, FleetTelemetry
-from ..detection.config import MitigateConfig
+from ..detection.config import MAX_DETECT_RATE, MitigateConfig
 from ..detection.events import VECTOR_CODES, AttackEvent, Profile, SourceRate, Vector
 from ..detection.planner import AUTO_ORIGIN, Planner
 from ..errors import AlreadyExistsError, BreakwaterError, FieldError, InputError, NotFoundError
 from ..metrics import Exposition
 from ..rules.model import Rule
 from ..rules.scope import RuleScope, ScopedRule
-from ..validate import check_int, check_keys, check_number
+from ..validate import check_bool, check_int, check_keys, check_number
 from .eventlog import EventLog
 from .store import CONTROLLER_ACTOR, Change, FleetStore
 
@@ -151,11 +151,10 @@ class FleetConfig:
     mitigate: MitigateConfig = field(default_factory=_fleet_mitigation)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise FieldError("enabled", f"expected true or false, got {self.enabled!r}")
+        check_bool(self.enabled, "enabled")
         check_number(self.interval, "interval", 0.05, 3600)
         check_number(self.window, "window", 0.1, 3600)
-        check_number(self.source_pps, "source_pps", 1, 1e13)
+        check_number(self.source_pps, "source_pps", 1, MAX_DETECT_RATE)
         check_number(self.source_bps, "source_bps", 1, 1e15)
         check_int(self.min_nodes, "min_nodes", 1, 100_000)
         if not isinstance(self.signatures, Mapping):
@@ -164,13 +163,12 @@ class FleetConfig:
             if vector not in SIGNATURE_FIELDS:
                 raise FieldError(f"signatures.{vector}",
                                  f"not a signature vector; one of {', '.join(SIGNATURE_FIELDS)}")
-            check_number(pps, f"signatures.{vector}", 1, 1e13)
+            check_number(pps, f"signatures.{vector}", 1, MAX_DETECT_RATE)
         check_int(self.start_intervals, "start_intervals", 1, 1000)
         check_int(self.end_intervals, "end_intervals", 1, 100_000)
         check_number(self.end_fraction, "end_fraction", 0.01, 1)
         check_int(self.promote_nodes, "promote_nodes", 1, 100_000)
-        if not isinstance(self.promote_requires_mitigation, bool):
-            raise FieldError("promote_requires_mitigation", "expected true or false")
+        check_bool(self.promote_requires_mitigation, "promote_requires_mitigation")
         check_number(self.local_attack_ttl, "local_attack_ttl", 1, 86400)
         check_int(self.max_offenders, "max_offenders", 1, 10_000_000)
         if not isinstance(self.mitigate, MitigateConfig):

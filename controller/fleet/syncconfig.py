@@ -16,7 +16,7 @@ from typing import Any
 
 from ..api.telemetry import TelemetryConfig
 from ..errors import FieldError
-from ..validate import check_keys, check_number
+from ..validate import check_bool, check_keys, check_number
 from .detector import FleetConfig
 
 __all__ = ["SyncConfig", "check_config", "sync_configs"]
@@ -61,8 +61,7 @@ class SyncConfig:
             raise FieldError("controller_id", "expected a string of at most 253 characters")
         check_number(self.node_write_interval, "node_write_interval", 0, 10)
         check_number(self.heartbeat_write_interval, "heartbeat_write_interval", 0, 3600)
-        if not isinstance(self.gc_freeze, bool):
-            raise FieldError("gc_freeze", f"expected true or false, got {self.gc_freeze!r}")
+        check_bool(self.gc_freeze, "gc_freeze")
         check_number(self.gc_settle_seconds, "gc_settle_seconds", 0, 3600)
         check_number(self.gc_refreeze_seconds, "gc_refreeze_seconds", 1, 86400)
 

@@ -41,6 +41,7 @@ detach_on_exit = true         # production false: the demo removes everything it
 state_dir = "{state_dir}"
 pin_root = "{pin_root}"
 metrics = ""                  # off: the demo reads the agent's log and the maps
+api = ""                      # off: nothing calls it, and 127.0.0.1:9612 may be a real agent's
 
 # Small maps (production: 1M-entry deny and source maps); src_v4 holds the
 # spoofed wave's 96,000 sources.
