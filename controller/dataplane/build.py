@@ -34,11 +34,17 @@ MAIN_SOURCE = "breakwater.c"
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 
-def bundle(path: Path, _seen: set[Path] | None = None) -> str:
-    """``path`` with every ``#include "..."`` from its directory inlined once."""
+def bundle(path: Path, _seen: set[Path] | None = None, _root: Path | None = None) -> str:
+    """``path`` with every ``#include "..."`` from its directory inlined once.
+
+    ``#line`` markers name files relative to ``path``'s directory
+    (``bpf/verdict.h``), so compiler messages point at the sources and the
+    build id does not depend on where the checkout lives."""
     seen = _seen if _seen is not None else set()
     path = path.resolve()
-    out = [f'#line 1 "{path}"']
+    root = _root or path.parent
+    name = f"bpf/{path.relative_to(root)}" if path.is_relative_to(root) else path.name
+    out = [f'#line 1 "{name}"']
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         m = _INCLUDE.match(line)
         if not m:
@@ -47,8 +53,8 @@ def bundle(path: Path, _seen: set[Path] | None = None) -> str:
         inc = (path.parent / m.group(1)).resolve()
         if inc not in seen:
             seen.add(inc)
-            out.append(bundle(inc, seen))
-        out.append(f'#line {lineno + 1} "{path}"')
+            out.append(bundle(inc, seen, root))
+        out.append(f'#line {lineno + 1} "{name}"')
     return "\n".join(out) + "\n"
 
 
@@ -61,10 +67,14 @@ class Build:
 
     @property
     def build_id(self) -> int:
-        """64-bit id of source + flags: equal ids mean an identical program."""
+        """64-bit id of source + flags: equal ids mean an identical program.
+        Include paths are left out (everything of ours is inlined by
+        :func:`bundle`), so the same sources in another checkout have the
+        same id."""
         h = hashlib.sha256(self.source.encode())
         for flag in self.cflags:
-            h.update(b"\0" + flag.encode())
+            if not flag.startswith("-I"):
+                h.update(b"\0" + flag.encode())
         return int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1)
 
     @classmethod

@@ -41,3 +41,14 @@ def test_a_changed_header_changes_the_build_id(tmp_path: Path) -> None:
         header.write_text(text + "/* changed */\n")
         assert Build(bundle(bpf / ENTRY_SOURCE), flags).build_id != before, header.name
         header.write_text(text)
+
+
+def test_the_build_id_does_not_depend_on_the_checkout_path(tmp_path: Path) -> None:
+    """The same sources in another checkout are the same program: no absolute
+    path reaches what the id hashes (#line markers, include flags)."""
+    bpf = tmp_path / "elsewhere" / "bpf"
+    shutil.copytree(BPF_DIR, bpf)
+    here = Build(bundle(BPF_DIR / ENTRY_SOURCE), (*MapSizes().cflags(), f"-I{BPF_DIR}"))
+    there = Build(bundle(bpf / ENTRY_SOURCE), (*MapSizes().cflags(), f"-I{bpf}"))
+    assert str(tmp_path) not in there.source and str(BPF_DIR) not in here.source
+    assert here.source == there.source and here.build_id == there.build_id
