@@ -17,9 +17,11 @@ this server on a thread of its own with :mod:`controller.api.aiothread`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -48,10 +50,15 @@ __all__ = [
     "create_aio_server",
 ]
 
+LOGGER = logging.getLogger("breakwater.rpc")
+
 SERVER_KEEPALIVE_SECONDS: Final = 60.0
 """How often an aio server pings each client connection (HTTP/2 keepalive) ..."""
 SERVER_KEEPALIVE_TIMEOUT_SECONDS: Final = 20.0
 """... and how long it waits for the answer before closing the connection."""
+STEP_GRACE_SECONDS: Final = 10.0
+"""How long a cancelled sync stream waits for its generator's running step to
+end (it sees ``is_active()`` False) before leaving it to finish alone."""
 
 
 # --- sync servicer methods on the aio server ---------------------------------------------
@@ -80,6 +87,9 @@ class SyncContext:
     def __init__(self, context: grpc.aio.ServicerContext[Any, Any], loop: asyncio.AbstractEventLoop) -> None:
         self._context = context
         self._loop = loop
+        self.left = False
+        """Set when the call's task was cancelled (the client left): the aio
+        context reports itself done only once the handler has returned."""
 
     def invocation_metadata(self) -> Any:
         return self._context.invocation_metadata()
@@ -101,7 +111,7 @@ class SyncContext:
 
     def is_active(self) -> bool:
         """False once the call is over (the client cancelled or went away)."""
-        return not self._context.done()
+        return not (self.left or self._context.done())
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         def done(_ctx: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -375,10 +385,14 @@ class _Bridge:
             loop = asyncio.get_running_loop()
             if streaming_request:
                 request = _SyncRequests(request, loop)
-            items = iter(fn(request, SyncContext(context, loop)))
+            sync_context = SyncContext(context, loop)
+            items = iter(fn(request, sync_context))
+            running: futures.Future[Any] | None = None
             try:
                 while True:
-                    item = await loop.run_in_executor(pool, step, items)
+                    running = pool.submit(step, items)
+                    item = await asyncio.wrap_future(running, loop=loop)
+                    running = None
                     if item is _END:
                         return
                     yield item
@@ -387,9 +401,21 @@ class _Bridge:
                     raise
                 await _aio_abort(context, exc, method)
             finally:
+                sync_context.left = True
+                if running is not None and not running.done():
+                    # Cancelled while the servicer's generator runs a step on the pool: it
+                    # must finish that step (is_active() is now False) before it can be
+                    # closed, or close() raises "generator already executing".
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(asyncio.wrap_future(running, loop=loop), STEP_GRACE_SECONDS)
                 close = getattr(items, "close", None)
-                if close is not None:  # a generator left early: run its finally blocks on the pool
+                if close is not None and (running is None or running.done()):
+                    # a generator left early: run its finally blocks on the pool
                     await loop.run_in_executor(pool, close)
+                elif close is not None:
+                    LOGGER.warning("%s: the servicer's stream step did not end within %.0f s of the "
+                                   "client leaving; its generator is left to finish on its own",
+                                   method, STEP_GRACE_SECONDS)
 
         return stream
 

@@ -6,6 +6,7 @@ controller.api.aiothread, the same server driven from a sync program."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -170,6 +171,48 @@ def test_sync_generator_sees_the_client_leave() -> None:
             assert next(call).sequence == 1
             call.cancel()
             assert watch.ended.wait(5)
+
+
+class SlowWatch(event_service_pb2_grpc.EventServiceServicer):
+    """A sync generator whose second step is still running on the pool when
+    the client cancels."""
+
+    def __init__(self) -> None:
+        self.in_step = threading.Event()
+        self.ended = threading.Event()
+        self.steps_after_cancel = 0
+
+    def WatchEvents(self, request: event_service_pb2.WatchEventsRequest, context: Any) -> Iterator[Any]:
+        from breakwater.v1 import event_pb2
+        try:
+            yield event_pb2.Event(sequence=1)
+            self.in_step.set()
+            while context.is_active():  # the step ends once the call is cancelled
+                time.sleep(0.01)
+            self.steps_after_cancel += 1
+            yield event_pb2.Event(sequence=2)
+        finally:
+            self.ended.set()
+
+
+def test_a_cancel_during_a_sync_step_closes_the_generator_after_the_step(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Cancelled while the generator runs a step on the pool: the server waits
+    for the step, then closes the generator (its finally runs), with no
+    "generator already executing" error."""
+    watch: SlowWatch = _new(SlowWatch)
+    with LoopThread() as lt:
+        port = lt.serve([Service.of(EVENTS, event_service_pb2_grpc.add_EventServiceServicer_to_server,
+                                    watch)])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = event_service_pb2_grpc.EventServiceStub(ch).WatchEvents(
+                event_service_pb2.WatchEventsRequest(), timeout=5)
+            assert next(call).sequence == 1
+            assert watch.in_step.wait(5)
+            call.cancel()
+            assert watch.ended.wait(5)
+    assert watch.steps_after_cancel == 1
+    assert "already executing" not in caplog.text
 
 
 def test_busy_port_and_twice_given_service() -> None:
