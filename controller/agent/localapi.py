@@ -6,7 +6,7 @@ The servicers are the controller's (:mod:`controller.api.services`,
 
 * **RuleService** (:class:`AgentRules`) lists every rule in force on the
   node, by layer precedence (manual, the agent's allowlist, controller,
-  automatic; :meth:`controller.agent.daemon.Agent._layers`). Only the manual rules
+  automatic; :meth:`controller.agent.layers.RuleLayers.combine`). Only the manual rules
   (the operator's on this node, the ones ``breakwater rules apply``
   manages) can be created, changed or deleted; the change runs on the
   agent's loop (:meth:`~controller.agent.daemon.Agent.edit_manual_rules`), is
@@ -56,7 +56,8 @@ from .state import RuleEventRow, Store, StoredEvent
 from .sync import local_events
 
 if TYPE_CHECKING:
-    from .daemon import Agent, RuleView
+    from .daemon import Agent
+    from .layers import RuleView
 
 __all__ = ["AgentEvents", "AgentRules", "LocalApi"]
 
