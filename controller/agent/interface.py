@@ -25,7 +25,6 @@ from ..metrics import Histogram
 from ..rules.model import Rule, RuleSet
 from .config import AgentConfig, InterfaceConfig
 from .state import Store
-from .telemetry import CounterDeltas
 
 __all__ = ["Interface", "attach", "configure", "release", "restore"]
 
@@ -57,7 +56,6 @@ class Interface:
     attach_mode: str = ""
     last_sample: Sample | None = None
     slot_ids: dict[int, str] = field(default_factory=dict)
-    counters: CounterDeltas = field(default_factory=CounterDeltas)
 
     @property
     def name(self) -> str:

@@ -68,7 +68,7 @@ def run_interval(iface: Interface, *, config: AgentConfig, store: Store, layers:
                  recent: collections.deque[dict[str, Any]]) -> None:
     """One interval of ``iface``; its events worth a record go to ``recent`` too."""
     t0 = time.monotonic()
-    sample = iface.harvester.sample(iface.maps)
+    sample = iface.harvester.sample(iface.maps, iface.slot_ids)
     iface.last_sample = sample
     t1 = time.monotonic()
     iface.last_harvest = t1 - t0

@@ -2,8 +2,11 @@
 action, reason and rule, the detection loop's durations, the rule swaps and
 the main maps' fill; the map write failures; the controller link's state.
 
-Rendered on each scrape, on the metrics server's thread, so the detection
-loop pays nothing for metrics.
+Rendered on each scrape, on the metrics server's thread. The data plane's
+counters are those of the last interval's read (the harvest reads them once
+per interval, :attr:`controller.detection.harvest.Harvester.totals`), so a
+scrape reads no counter map; only the map fill is counted on scrape, at
+most every :data:`FILL_SECONDS`.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from ..dataplane import counters
 from ..dataplane.pinned import FAILURES
+from ..detection.harvest import CounterTotals
 from ..errors import BreakwaterError
 from ..metrics import Exposition
 from .config import AgentConfig
 from .interface import Interface
-from .layers import recorded
 from .sync import ControllerLayer, SyncClient
 
 __all__ = ["FILL_MAPS", "FILL_SECONDS", "render"]
@@ -40,8 +42,8 @@ def _refresh_fill(iface: Interface, mono: float) -> None:
 
 def render(interfaces: Sequence[Interface], *, config: AgentConfig, sync: SyncClient | None,
            controller: ControllerLayer) -> str:
-    """The metrics text, collected now. Map fill (a full read of each main
-    map) is re-counted at most every FILL_SECONDS."""
+    """The metrics text. Map fill (a full read of each main map) is
+    re-counted at most every FILL_SECONDS."""
     ex = Exposition()
     ex.family("breakwater_packets_total", "counter", "Packets by data-plane action.")
     mono = time.monotonic()
@@ -49,21 +51,20 @@ def render(interfaces: Sequence[Interface], *, config: AgentConfig, sync: SyncCl
         if not iface.fill or mono - iface.fill_at >= FILL_SECONDS:
             _refresh_fill(iface, mono)
         lab = {"interface": iface.name}
-        for action, t in counters.action_totals(iface.maps).items():
+        totals = iface.harvester.totals or CounterTotals()  # none before the first interval
+        for action, t in totals.actions.items():
             ex.add("breakwater_packets_total", "counter", "Packets by data-plane action.", t.packets,
                    {**lab, "action": action.label})
             ex.add("breakwater_bytes_total", "counter", "Bytes by data-plane action.", t.bytes,
                    {**lab, "action": action.label})
-        for reason, t in counters.reason_totals(iface.maps).items():
+        for reason, t in totals.reasons.items():
             ex.add("breakwater_reason_packets_total", "counter", "Packets by verdict reason.", t.packets,
                    {**lab, "reason": reason.label})
             ex.add("breakwater_reason_bytes_total", "counter", "Bytes by verdict reason.", t.bytes,
                    {**lab, "reason": reason.label})
-        prev = recorded(config.state_dir, iface.maps)
-        names = {s: rid for rid, s in prev.slots.to_dict().items()} if prev else {}
         ex.family("breakwater_rule_packets_total", "counter", "Packets matched per rule.")
-        for slot, rt in sorted(counters.rule_totals(iface.maps).items()):
-            rl = {**lab, "rule": names.get(slot, f"slot-{slot}")}
+        for slot, rt in sorted(totals.rules.items()):
+            rl = {**lab, "rule": totals.slot_ids.get(slot, f"slot-{slot}")}
             ex.add("breakwater_rule_packets_total", "counter", "Packets matched per rule.",
                    rt.packets, rl)
             ex.add("breakwater_rule_bytes_total", "counter", "Bytes matched per rule.", rt.bytes, rl)

@@ -1,24 +1,21 @@
 """Each interval's telemetry: one ``TelemetrySummary`` per interface
-(:func:`controller.agent.telemetry.summarize`), streamed to the controller
-(as many top sources as it asked for) and kept for the local
+(:func:`controller.agent.telemetry.summarize` of the sample and the
+counters the interval's harvest derived from its one read), streamed to the
+controller (as many top sources as it asked for) and kept for the local
 TelemetryService (:data:`LOCAL_TOP_SOURCES`)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 from ..api.telemetry import FleetTelemetry
-from ..errors import BreakwaterError
 from .interface import Interface
 from .sync import SyncClient
 from .telemetry import DEFAULT_TOP_SOURCES, summarize
 
 __all__ = ["LOCAL_TOP_SOURCES", "report"]
-
-LOGGER = logging.getLogger("breakwater.agent")
 
 # Top sources per summary kept for the local API (the controller asks for its own number).
 LOCAL_TOP_SOURCES: Final = 100
@@ -34,12 +31,8 @@ def report(interfaces: Sequence[Interface], *, node_id: str, sync: SyncClient | 
     wanted = sync.top_sources if sync is not None else DEFAULT_TOP_SOURCES
     for iface in interfaces:
         sample, iface.last_sample = iface.last_sample, None
-        if sample is None:
-            continue
-        try:
-            interval = iface.counters.read(iface.maps, iface.slot_ids)
-        except BreakwaterError as exc:
-            LOGGER.warning("%s: telemetry skipped: %s", iface.name, exc)
+        interval = iface.harvester.counters  # of the read that made the sample
+        if sample is None or interval is None:
             continue
         summary = summarize(sample, interval, interface=iface.name, end_time=now,
                             top_sources=max(wanted, LOCAL_TOP_SOURCES))
