@@ -47,7 +47,6 @@ __all__ = [
     "RuleView",
     "manual_at_start",
     "manual_only",
-    "recorded",
 ]
 
 LOGGER = logging.getLogger("breakwater.agent")
@@ -66,16 +65,6 @@ def manual_only(rules: RuleSet) -> RuleSet:
                               and r.id != ALLOWLIST_RULE_ID)
 
 
-def recorded(state_dir: Path, maps: MapSet) -> enforce.Applied | None:
-    """The rule set recorded for these maps; None (logged) when the record is
-    of another generation: the agent then re-applies its own set whole."""
-    try:
-        return enforce.load_applied(state_dir, maps)
-    except enforce.StateMismatchError as exc:
-        LOGGER.warning("%s", exc)
-        return None
-
-
 def manual_at_start(ifname: str, maps: MapSet, config: AgentConfig, store: Store) -> RuleSet:
     """The operator's rules: the rules file if configured, else the stored
     set, else (first start) the rule set a `breakwater rules` command left."""
@@ -85,7 +74,7 @@ def manual_at_start(ifname: str, maps: MapSet, config: AgentConfig, store: Store
         stored = store.manual_rules(ifname)
         if stored is not None:
             return stored
-        prev = recorded(config.state_dir, maps)
+        prev = enforce.recorded(config.state_dir, maps)
         rules = manual_only(prev.rules if prev else RuleSet())
         if prev is not None:
             LOGGER.info("%s: imported %d manual rules from %s", ifname, len(rules), config.state_dir,
@@ -166,11 +155,15 @@ class RuleLayers:
         return RuleSet.from_rules(rules), auto
 
     def apply(self, iface: Interface, now: datetime, *, reason: str) -> None:
-        """Swap the rule layers in (:meth:`combine`), unless already in force."""
+        """Swap the rule layers in (:meth:`combine`), unless already in force,
+        recording the set as the CLI's ``rules`` commands do
+        (:mod:`controller.rules.enforce`: pending before the flip, current
+        after), so a crash mid-swap leaves the same record and the same
+        recovery. A record of another generation (logged) is replaced whole."""
         cfg = self._config()
         rules, auto = self.combine(iface, now)
         with iface.maps.locked():
-            prev = recorded(cfg.state_dir, iface.maps)
+            prev = enforce.recorded(cfg.state_dir, iface.maps)
             if (reason in _SKIP_IF_IN_FORCE and prev is not None and prev.rules.diff(rules).empty
                     and tuple(prev.management) == tuple(cfg.management)):
                 LOGGER.info("%s: rule set already in force (generation %d)", iface.name, prev.gen)
@@ -178,13 +171,12 @@ class RuleLayers:
                 self.update_view()
                 return
             try:
-                out = enforce.apply(iface.maps, rules, prev, now=now, management=cfg.management)
+                out = enforce.apply(iface.maps, rules, prev, now=now, management=cfg.management,
+                                    state_dir=cfg.state_dir)
             except BreakwaterError:
                 iface.apply_errors += 1
                 raise
             assert out.swap is not None
-            applied = enforce.Applied(rules, out.compiled.slots, out.swap.gen, tuple(cfg.management))
-            enforce.save_applied(cfg.state_dir, iface.maps, applied)
         iface.slot_ids = {s: rid for rid, s in out.compiled.slots.to_dict().items()}
         iface.applies += 1
         self.update_view()

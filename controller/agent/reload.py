@@ -28,7 +28,7 @@ from ..rules import enforce
 from . import config as agentconfig
 from .config import AgentConfig, InterfaceConfig
 from .interface import Interface, configure
-from .layers import RuleLayers, manual_only, recorded
+from .layers import RuleLayers, manual_only
 from .state import Store
 
 __all__ = ["RESTART_KEYS", "reconcile_interfaces", "refresh", "reloaded_config"]
@@ -107,7 +107,7 @@ def refresh(iface: Interface, old: AgentConfig, new: AgentConfig, store: Store, 
         if new.rules_file is not None:
             iface.manual = enforce.load_file(new.rules_file)
         else:
-            prev = recorded(new.state_dir, iface.maps)
+            prev = enforce.recorded(new.state_dir, iface.maps)
             if prev is not None:
                 iface.manual = manual_only(prev.rules)
         store.set_manual_rules(iface.name, iface.manual)
