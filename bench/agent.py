@@ -310,7 +310,7 @@ def loop_case(case: str, n: int, opts: Options, edge: str, pin_root: Path, tmp: 
         split.wrap(iface.harvester, "sample", "harvest")
         split.wrap(iface.detector, "observe", "observe")
         split.wrap(iface.planner, "plan", "plan")
-        split.wrap(agent, "_apply", "apply")
+        split.wrap(agent.layers, "apply", "apply")
         assert agent._store is not None
         split.wrap(agent._store, "commit_interval", "store")
         applies0 = iface.applies

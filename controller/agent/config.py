@@ -18,12 +18,12 @@ from typing import Any, Final, Literal, cast
 from ..addresses import Prefix, parse_prefix
 from ..config import checked, parse_listen, read_toml
 from ..dataplane.attach import DEFAULT_PIN_ROOT, AttachMode
-from ..dataplane.maps import MapSizes
+from ..dataplane.maps import MAX_MAP_ENTRIES, MapSizes
 from ..detection.config import DetectConfig, MitigateConfig
 from ..errors import ConfigError, FieldError, InputError
 from ..rules.enforce import DEFAULT_STATE_DIR
 from ..rules.scope import check_labels, check_node_id
-from ..validate import check_keys, check_number, join
+from ..validate import check_int, check_keys, check_number, join
 
 __all__ = [
     "DEFAULT_API",
@@ -133,81 +133,77 @@ def _plain(value: object) -> object:
     return value
 
 
-def _unknown(data: Mapping[str, object], known: tuple[str, ...], src: str, path: str) -> None:
-    with checked(src):
-        check_keys(data, known, path)
-
-
-def _str(value: object, src: str, path: str) -> str:
+def _text(value: object, path: str) -> str:
+    """A non-empty string, stripped (validate has no string check of its own)."""
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(src, path, f"expected a non-empty string, got {value!r}")
+        raise FieldError(path, f"expected a non-empty string, got {value!r}")
     return value.strip()
 
 
-def _prefix_list(value: object, src: str, path: str) -> tuple[Prefix, ...]:
+def _prefix_list(value: object, path: str) -> tuple[Prefix, ...]:
     if not isinstance(value, list):
-        raise ConfigError(src, path, f"expected a list of prefixes like [\"198.18.0.0/24\"], got {value!r}")
+        raise FieldError(path, f"expected a list of prefixes like [\"198.18.0.0/24\"], got {value!r}")
     out = []
     for i, item in enumerate(value):
+        at = join(path, f"[{i}]")
         if not isinstance(item, str):
-            raise ConfigError(src, f"{path}[{i}]", f"expected a prefix string, got {item!r}")
+            raise FieldError(at, f"expected a prefix string, got {item!r}")
         try:
-            out.append(parse_prefix(item, field=f"{path}[{i}]"))
+            out.append(parse_prefix(item, field=at))
         except InputError as exc:
-            raise ConfigError(src, f"{path}[{i}]", str(exc).removeprefix(f"{path}[{i}]: ")) from None
+            raise FieldError(at, str(exc).removeprefix(f"{at}: ")) from None
     return tuple(dict.fromkeys(out))
 
 
-def _interfaces(value: object, src: str) -> tuple[InterfaceConfig, ...]:
+def _interfaces(value: object) -> tuple[InterfaceConfig, ...]:
     if not isinstance(value, list) or not value:
-        raise ConfigError(src, "interfaces", "expected a non-empty list of interface names or "
-                                             "tables {name, netns, mode}")
+        raise FieldError("interfaces", "expected a non-empty list of interface names or "
+                                       "tables {name, netns, mode}")
     out: list[InterfaceConfig] = []
     for i, item in enumerate(value):
         path = f"interfaces[{i}]"
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, dict):
-            raise ConfigError(src, path, f"expected a name or a table {{name, netns, mode}}, got {item!r}")
-        _unknown(item, _IFACE_KEYS, src, path)
+            raise FieldError(path, f"expected a name or a table {{name, netns, mode}}, got {item!r}")
+        check_keys(item, _IFACE_KEYS, path)
         if "name" not in item:
-            raise ConfigError(src, f"{path}.name", "missing; the interface name, e.g. \"eth0\"")
-        name = _str(item["name"], src, f"{path}.name")
+            raise FieldError(f"{path}.name", "missing; the interface name, e.g. \"eth0\"")
+        name = _text(item["name"], f"{path}.name")
         if len(name) > 15 or "/" in name or " " in name:
-            raise ConfigError(src, f"{path}.name", f"{name!r} is not a valid interface name "
-                                                   "(at most 15 characters, no '/' or spaces)")
-        netns = _str(item["netns"], src, f"{path}.netns") if "netns" in item else None
+            raise FieldError(f"{path}.name", f"{name!r} is not a valid interface name "
+                                             "(at most 15 characters, no '/' or spaces)")
+        netns = _text(item["netns"], f"{path}.netns") if "netns" in item else None
         mode = item.get("mode", "auto")
         if mode not in ATTACH_MODES:
-            raise ConfigError(src, f"{path}.mode", f"{mode!r} is not one of {', '.join(ATTACH_MODES)}")
+            raise FieldError(f"{path}.mode", f"{mode!r} is not one of {', '.join(ATTACH_MODES)}")
         if any(o.name == name and o.netns == netns for o in out):
-            raise ConfigError(src, f"{path}.name", f"{name!r} is listed twice")
+            raise FieldError(f"{path}.name", f"{name!r} is listed twice")
         out.append(InterfaceConfig(name, netns, cast(AttachMode, mode)))
     if len({i.name for i in out}) != len(out):
-        raise ConfigError(src, "interfaces", "interface names must be unique (their pins share one root)")
+        raise FieldError("interfaces", "interface names must be unique (their pins share one root)")
     return tuple(out)
 
 
-def parse_metrics(value: object, src: str = "--metrics", path: str = "metrics") -> tuple[str, int] | None:
-    """``"ADDR:PORT"`` (``[::1]:9611`` for IPv6), or ``""`` to disable."""
-    with checked(src):
-        return parse_listen(value, path, "127.0.0.1:9611")
-
-
-def parse_controller(value: object, src: str = "--controller", path: str = "controller") -> str | None:
-    """``"HOST:PORT"`` (``[::1]:9610`` for IPv6, a host name is fine) as a
-    gRPC target, or ``""`` for none."""
+def _controller(value: object, path: str) -> str | None:
     if not isinstance(value, str):
-        raise ConfigError(src, path, f"expected \"HOST:PORT\" or \"\" (standalone), got {value!r}")
+        raise FieldError(path, f"expected \"HOST:PORT\" or \"\" (standalone), got {value!r}")
     if not value:
         return None
     host, sep, port = value.strip().rpartition(":")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if (not sep or not bare or not port.isdigit() or not 1 <= int(port) <= 65535
             or any(c.isspace() or c in "/[]" for c in bare) or (":" in bare and bare == host)):
-        raise ConfigError(src, path, f"{value!r} is not HOST:PORT (e.g. controller.example:9610, "
-                                     "10.0.0.5:9610, [2001:db8::5]:9610; port 1..65535)")
+        raise FieldError(path, f"{value!r} is not HOST:PORT (e.g. controller.example:9610, "
+                               "10.0.0.5:9610, [2001:db8::5]:9610; port 1..65535)")
     return f"[{bare}]:{int(port)}" if ":" in bare else f"{bare}:{int(port)}"
+
+
+def parse_controller(value: object, src: str = "--controller", path: str = "controller") -> str | None:
+    """``"HOST:PORT"`` (``[::1]:9610`` for IPv6, a host name is fine) as a
+    gRPC target, or ``""`` for none."""
+    with checked(src):
+        return _controller(value, path)
 
 
 _NOT_NODE_ID = re.compile(r"[^a-z0-9._-]")
@@ -222,25 +218,30 @@ def default_node_id(hostname: str | None = None) -> str:
     return name or "localhost"
 
 
-def _node_id(value: object, src: str) -> str:
-    try:
-        return check_node_id(value, "node_id")
-    except FieldError as exc:
-        raise ConfigError(src, "node_id", exc.what) from None
-
-
-def _labels(value: object, src: str) -> dict[str, str]:
+def _labels(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise ConfigError(src, "labels", f"expected a table like {{ site = \"fra1\" }}, got {value!r}")
+        raise FieldError("labels", f"expected a table like {{ site = \"fra1\" }}, got {value!r}")
+    return check_labels(value, "labels")
+
+
+def _sizes(value: object) -> MapSizes:
+    if not isinstance(value, dict):
+        raise FieldError("sizes", f"expected a table of MAP = ENTRIES, got {value!r}")
+    check_keys(value, MapSizes.__dataclass_fields__, "sizes", what="map")
+    for key, entries in value.items():
+        check_int(entries, join("sizes", key), 1, MAX_MAP_ENTRIES)
+    return MapSizes.from_dict(value)
+
+
+def _section(doc: Mapping[str, object], key: str, build: Any, src: str) -> Any:
+    table = doc.get(key, {})
+    if not isinstance(table, dict):
+        raise FieldError(key, f"expected a table, got {table!r}")
     try:
-        return check_labels(value, "labels")
-    except FieldError as exc:
-        raise ConfigError(src, exc.path, exc.what) from None
-
-
-def _number(value: object, src: str, path: str, lo: float, hi: float) -> float:
-    with checked(src):
-        return check_number(value, path, lo, hi)
+        with checked(src, key):
+            return build(table)
+    except TypeError as exc:  # a wrongly typed sub-table reaching a dataclass
+        raise FieldError(key, str(exc)) from None
 
 
 def parse(data: Mapping[str, object], source: str = "<config>",
@@ -249,68 +250,51 @@ def parse(data: Mapping[str, object], source: str = "<config>",
     which take the same keys and win)."""
     doc: dict[str, object] = dict(data)
     doc.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    src = source
-    _unknown(doc, _TOP_KEYS, src, "")
+    with checked(source):
+        return _parse(doc, source)
+
+
+def _parse(doc: Mapping[str, object], src: str) -> AgentConfig:
+    """:func:`parse`'s checks: each raises a :class:`FieldError` at its key."""
+    check_keys(doc, _TOP_KEYS)
     if "interfaces" not in doc:
-        raise ConfigError(src, "interfaces", "missing; e.g. interfaces = [\"eth0\"] "
-                                             "or [[interfaces]] tables with name, netns, mode")
-    interfaces = _interfaces(doc["interfaces"], src)
-    protected = _prefix_list(doc.get("protected", []), src, "protected")
-    management = _prefix_list(doc.get("management", []), src, "management")
-    allowlist = _prefix_list(doc.get("allowlist", []), src, "allowlist")
+        raise FieldError("interfaces", "missing; e.g. interfaces = [\"eth0\"] "
+                                       "or [[interfaces]] tables with name, netns, mode")
+    interfaces = _interfaces(doc["interfaces"])
+    protected = _prefix_list(doc.get("protected", []), "protected")
+    management = _prefix_list(doc.get("management", []), "management")
+    allowlist = _prefix_list(doc.get("allowlist", []), "allowlist")
     mode = doc.get("mode", "enforce")
     if mode not in ("monitor", "enforce"):
-        raise ConfigError(src, "mode", f"{mode!r} is not one of monitor, enforce")
-    interval = _number(doc.get("interval", DEFAULT_INTERVAL), src, "interval", MIN_INTERVAL, MAX_INTERVAL)
+        raise FieldError("mode", f"{mode!r} is not one of monitor, enforce")
+    interval = check_number(doc.get("interval", DEFAULT_INTERVAL), "interval", MIN_INTERVAL, MAX_INTERVAL)
     detach = doc.get("detach_on_exit", False)
     if not isinstance(detach, bool):
-        raise ConfigError(src, "detach_on_exit", f"expected true or false, got {detach!r}")
-    state_dir = Path(_str(doc.get("state_dir", str(DEFAULT_STATE_DIR)), src, "state_dir"))
-    pin_root = Path(_str(doc.get("pin_root", str(DEFAULT_PIN_ROOT)), src, "pin_root"))
+        raise FieldError("detach_on_exit", f"expected true or false, got {detach!r}")
+    state_dir = Path(_text(doc.get("state_dir", str(DEFAULT_STATE_DIR)), "state_dir"))
+    pin_root = Path(_text(doc.get("pin_root", str(DEFAULT_PIN_ROOT)), "pin_root"))
     for key, p in (("state_dir", state_dir), ("pin_root", pin_root)):
         if not p.is_absolute():
-            raise ConfigError(src, key, f"{str(p)!r} is not an absolute path")
-    metrics = parse_metrics(doc.get("metrics", DEFAULT_METRICS), src, "metrics")
-    rules_file = None
-    if doc.get("rules_file"):
-        rules_file = Path(_str(doc["rules_file"], src, "rules_file"))
-    sizes_doc = doc.get("sizes", {})
-    if not isinstance(sizes_doc, dict):
-        raise ConfigError(src, "sizes", f"expected a table of MAP = ENTRIES, got {sizes_doc!r}")
-    try:
-        sizes = MapSizes.from_dict(sizes_doc)
-    except InputError as exc:
-        bad = next((k for k in sizes_doc if k not in MapSizes.__dataclass_fields__
-                    or not isinstance(sizes_doc[k], int) or isinstance(sizes_doc[k], bool)
-                    or not 1 <= sizes_doc[k] <= 1 << 26), "")
-        raise ConfigError(src, join("sizes", bad), str(exc).split(": ", 1)[-1]) from None
+            raise FieldError(key, f"{str(p)!r} is not an absolute path")
+    metrics = parse_listen(doc.get("metrics", DEFAULT_METRICS), "metrics", DEFAULT_METRICS)
+    rules_file = Path(_text(doc["rules_file"], "rules_file")) if doc.get("rules_file") else None
+    sizes = _sizes(doc.get("sizes", {}))
     detect = _section(doc, "detect", DetectConfig.from_dict, src)
     mit_doc = doc.get("mitigate", {})
     if not isinstance(mit_doc, dict):
-        raise ConfigError(src, "mitigate", f"expected a table, got {mit_doc!r}")
+        raise FieldError("mitigate", f"expected a table, got {mit_doc!r}")
     for key, owner in _OWNED_BY_AGENT.items():
         if key in mit_doc:
-            raise ConfigError(src, f"mitigate.{key}", f"set by the top-level key {owner!r}; remove it here")
+            raise FieldError(f"mitigate.{key}", f"set by the top-level key {owner!r}; remove it here")
     mitigate = _section({"mitigate": mit_doc}, "mitigate", MitigateConfig.from_dict, src)
     mitigate = replace(mitigate, allowlist=allowlist, management=management, monitor=mode == "monitor")
-    controller = parse_controller(doc.get("controller", ""), src, "controller")
-    node_id = _node_id(doc["node_id"], src) if "node_id" in doc else default_node_id()
-    labels = _labels(doc.get("labels", {}), src)
-    api = parse_metrics(doc.get("api", DEFAULT_API), src, "api")
+    controller = _controller(doc.get("controller", ""), "controller")
+    node_id = check_node_id(doc["node_id"], "node_id") if "node_id" in doc else default_node_id()
+    labels = _labels(doc.get("labels", {}))
+    api = parse_listen(doc.get("api", DEFAULT_API), "api", DEFAULT_API)
     return AgentConfig(interfaces, protected, management, allowlist, mode, interval,
                        detach, state_dir, pin_root, metrics, rules_file, sizes, detect, mitigate, src,
                        controller, node_id, labels, api)
-
-
-def _section(doc: Mapping[str, object], key: str, build: Any, src: str) -> Any:
-    table = doc.get(key, {})
-    if not isinstance(table, dict):
-        raise ConfigError(src, key, f"expected a table, got {table!r}")
-    try:
-        with checked(src, key):
-            return build(table)
-    except TypeError as exc:  # a wrongly typed sub-table reaching a dataclass
-        raise ConfigError(src, key, str(exc)) from None
 
 
 def load(path: Path, overrides: Mapping[str, object] | None = None) -> AgentConfig:

@@ -7,10 +7,10 @@ what differs is the backend:
 
 * **RuleService** (:class:`AgentRules`) lists every rule in force on the
   node, by layer precedence (manual, the agent's allowlist, controller,
-  automatic; :meth:`controller.agent.daemon.Agent._layers`). Only the manual rules
+  automatic; :meth:`controller.agent.layers.RuleLayers.combine`). Only the manual rules
   (the operator's on this node, the ones ``breakwater rules apply``
   manages) can be created, changed or deleted; the change runs on the
-  agent's loop (:meth:`~controller.agent.daemon.Agent.edit_manual_rules`), is
+  agent's loop (:meth:`ServedAgent.edit_manual_rules`), is
   applied to every interface and stored, or nothing changes. Controller
   rules are shown as the controller sent them, with origin
   ``RULE_ORIGIN_CONTROLLER``, and like automatic rules and the allowlist
@@ -26,9 +26,11 @@ what differs is the backend:
   over the agent's own :class:`~controller.api.telemetry.FleetTelemetry`, fed
   its summaries every interval; a node other than this one is NOT_FOUND.
 
-Reads come from the agent's :attr:`~controller.agent.daemon.Agent.view` (replaced
-whole after every apply) and, for events, a read-only connection of the
-calling thread, so no call waits for the detection loop but writes.
+Reads come from the agent's :attr:`ServedAgent.view` (replaced whole after
+every apply) and, for events, a read-only connection of the calling thread,
+so no call waits for the detection loop but writes. The agent is typed by
+:class:`ServedAgent`, what this module needs of it: the daemon imports this
+module, not the other way round.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from breakwater.v1 import event_pb2
 
@@ -56,13 +58,12 @@ from ..api.telemetry_service import TelemetryServicer, telemetry_service
 from ..errors import AlreadyExistsError, EtagMismatchError, FailedPreconditionError, FieldError, NotFoundError
 from ..rules.model import Rule, RuleSet
 from ..rules.scope import RuleScope, ScopedRule
+from .config import AgentConfig
+from .layers import RuleView
 from .state import RuleEventRow, Store, StoredEvent
 from .sync import local_events
 
-if TYPE_CHECKING:
-    from .daemon import Agent, RuleView
-
-__all__ = ["AgentEvents", "AgentRules", "LocalApi"]
+__all__ = ["AgentEvents", "AgentRules", "LocalApi", "ServedAgent"]
 
 LOGGER = logging.getLogger("breakwater.agentapi")
 
@@ -72,6 +73,25 @@ WATCH_BATCH: Final = 500
 LOCAL_WORKERS: Final = 8
 """Threads of the local API server (a watch holds one while it is open)."""
 STOP_GRACE_SECONDS: Final = 1.0
+
+
+class ServedAgent(Protocol):
+    """What the local API needs from the agent it serves
+    (:class:`controller.agent.daemon.Agent`)."""
+
+    @property
+    def config(self) -> AgentConfig:
+        """The configuration in force (``node_id``, ``state_dir``)."""
+
+    @property
+    def view(self) -> RuleView:
+        """The rules in force by layer, replaced whole after every apply."""
+
+    def edit_manual_rules(self, edit: Callable[[RuleSet], RuleSet], *, actor: str,
+                          events: Sequence[tuple[str, str, Rule]] = ()) -> RuleSet:
+        """Change the node's manual rules on every interface, on the agent's
+        loop, or raise and change nothing; ``events`` are ``(kind, rule_id,
+        rule)`` to store as rule events. Returns the new manual set."""
 
 
 # --- rules ---------------------------------------------------------------------------
@@ -89,7 +109,7 @@ def _etag(rule: Rule) -> str:
 class AgentRules:
     """:class:`~controller.api.backends.RuleBackend` over an agent's rule layers."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: ServedAgent) -> None:
         self._agent = agent
 
     @property
@@ -261,7 +281,7 @@ class LocalApi:
     """The agent's gRPC server: RuleService, EventService, TelemetryService
     (plus health and reflection) at ``address``."""
 
-    def __init__(self, agent: Agent, address: tuple[str, int], telemetry: FleetTelemetry) -> None:
+    def __init__(self, agent: ServedAgent, address: tuple[str, int], telemetry: FleetTelemetry) -> None:
         self._agent = agent
         self._stopping = threading.Event()
 

@@ -1,13 +1,13 @@
 """One interface's interval as a ``breakwater.v1.TelemetrySummary``.
 
-Every interval the agent has a :class:`~controller.detection.samples.Sample` (the
-per-source and per-destination deltas the detector reads) and the data
-plane's cumulative action, reason and rule counters. :class:`CounterDeltas`
-turns the cumulative counters into the interval's increase (a rule slot
-that changed hands, or a counter that went backwards after its map was
-recreated, counts from zero), and :func:`summarize` builds the summary the
-agent streams to its controller (:mod:`controller.agent.sync`) and keeps
-for its local TelemetryService:
+Every interval the harvest (:mod:`controller.detection.harvest`) derives
+from one read of the data plane's counters a
+:class:`~controller.detection.samples.Sample` (the per-source and
+per-destination deltas the detector reads) and the interval's action,
+reason and rule counters (:class:`~controller.detection.harvest.IntervalCounters`);
+:func:`summarize` builds from both the summary the agent streams to its
+controller (:mod:`controller.agent.sync`) and keeps for its local
+TelemetryService (:mod:`controller.agent.report`):
 
 * ``top_sources``: the heaviest sources by packets, as many as the
   controller asked for (``Registered.top_sources``);
@@ -17,13 +17,11 @@ for its local TelemetryService:
 * ``actions``, ``reasons``, ``rules``: the interval's increases, reasons
   and rules without packets left out.
 
-Everything here is pure but :meth:`CounterDeltas.read`, which reads the maps.
+Everything here is pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
@@ -33,18 +31,15 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from breakwater.v1 import reasons_pb2, telemetry_pb2
 
-from ..dataplane import counters
-from ..dataplane.counters import RuleTotals, Totals
-from ..dataplane.pinned import MapSet
-from ..dataplane.reasons import Action, Reason
+from ..dataplane.counters import Totals
+from ..dataplane.reasons import Action
+from ..detection.harvest import IntervalCounters
 from ..detection.samples import DESTINATION_FIELDS, SOURCE_FIELDS, Sample, address_from_words
 
 __all__ = [
     "DEFAULT_TOP_SOURCES",
     "MAX_DESTINATIONS",
     "MAX_TOP_SOURCES",
-    "CounterDeltas",
-    "IntervalCounters",
     "summarize",
 ]
 
@@ -61,63 +56,6 @@ _ACTION_FIELDS: Final = {Action.PASS: "passed", Action.DROP: "dropped", Action.M
 # samples.py field has a TrafficCounters field of the same name.
 _SOURCE_COUNTERS: Final = SOURCE_FIELDS
 _DESTINATION_COUNTERS: Final = DESTINATION_FIELDS
-
-
-@dataclass(frozen=True)
-class IntervalCounters:
-    """The data plane's counters of one interval: increases, not totals."""
-
-    actions: Mapping[Action, Totals]
-    reasons: Mapping[Reason, Totals]
-    rules: Mapping[str, RuleTotals]
-    """By rule id."""
-
-
-def _minus(cur: Totals, prev: Totals | None) -> Totals:
-    if prev is None or cur.packets < prev.packets or cur.bytes < prev.bytes:
-        return cur
-    return Totals(cur.packets - prev.packets, cur.bytes - prev.bytes)
-
-
-def _rule_minus(cur: RuleTotals, prev: RuleTotals | None) -> RuleTotals:
-    if prev is None or cur.packets < prev.packets:
-        return cur
-    return RuleTotals(cur.packets - prev.packets, max(cur.bytes - prev.bytes, 0),
-                      max(cur.dropped - prev.dropped, 0), max(cur.rate_limited - prev.rate_limited, 0))
-
-
-class CounterDeltas:
-    """Successive cumulative counters of one interface -> per-interval increases.
-
-    The first :meth:`step` has nothing to subtract: it reports the totals so
-    far, like a counter that just started. Rule counters are keyed by
-    (rule id, slot), so a slot freed by one rule and given to another does
-    not carry its old counts over."""
-
-    def __init__(self) -> None:
-        self._actions: dict[Action, Totals] = {}
-        self._reasons: dict[Reason, Totals] = {}
-        self._rules: dict[tuple[str, int], RuleTotals] = {}
-
-    def step(self, actions: Mapping[Action, Totals], reasons: Mapping[Reason, Totals],
-             rules: Mapping[int, RuleTotals], slot_ids: Mapping[int, str]) -> IntervalCounters:
-        """The increases since the previous step. ``rules`` are by slot;
-        ``slot_ids`` names each slot's rule (slots without a name are left out)."""
-        da = {a: _minus(t, self._actions.get(a)) for a, t in actions.items()}
-        dr = {r: _minus(t, self._reasons.get(r)) for r, t in reasons.items()}
-        keyed = {(slot_ids[s], s): t for s, t in rules.items() if s in slot_ids}
-        dl: dict[str, RuleTotals] = {}
-        for (rid, slot), t in keyed.items():
-            d = _rule_minus(t, self._rules.get((rid, slot)))
-            if d.packets:
-                dl[rid] = d
-        self._actions, self._reasons, self._rules = dict(actions), dict(reasons), keyed
-        return IntervalCounters(da, dr, dl)
-
-    def read(self, maps: MapSet, slot_ids: Mapping[int, str]) -> IntervalCounters:
-        """:meth:`step` with the counters of ``maps`` now."""
-        return self.step(counters.action_totals(maps), counters.reason_totals(maps),
-                         counters.rule_totals(maps), slot_ids)
 
 
 def _count(t: Totals) -> telemetry_pb2.Count:

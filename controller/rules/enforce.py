@@ -2,10 +2,17 @@
 
 The rule set in force and its slot table are kept in a small JSON file per
 interface under the state directory (``/var/lib/breakwater/rules/``, or
-``$BREAKWATER_STATE_DIR``), written atomically after each swap. The kernel
-maps are the truth for what is enforced; the file names the rules, keeps
-their counter slots stable across swaps and restarts, and gives ``rules
-list`` and the diff summary of ``rules apply`` something to show.
+``$BREAKWATER_STATE_DIR``), written atomically: as pending before the flip,
+as current after it, so a crash in between still finds the set the maps
+hold (:func:`load_applied`). The kernel maps are the truth for what is
+enforced; the file names the rules, keeps their counter slots stable across
+swaps and restarts, and gives ``rules list`` and the diff summary of
+``rules apply`` something to show.
+
+The CLI's ``rules`` commands and the agent (:mod:`controller.agent.layers`)
+put rule sets in force the same way: under :meth:`MapSet.locked`, the
+record (:func:`recorded`: none when it is of another generation, and the
+new set replaces it whole), then :func:`apply` with ``state_dir``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ __all__ = [
     "apply",
     "load_applied",
     "load_file",
+    "recorded",
     "save_applied",
     "with_sources",
     "without_sources",
@@ -107,6 +115,17 @@ def load_applied(state_dir: Path, maps: MapSet) -> Applied | None:
             f"{maps.pin_dir} are at {gen}; `breakwater rules apply FILE` makes FILE the rule set again"
         )
     return None
+
+
+def recorded(state_dir: Path, maps: MapSet) -> Applied | None:
+    """The rule set recorded for these maps (:func:`load_applied`); None,
+    logged, when the record is of another generation: a whole new set then
+    replaces it (its slots are given afresh)."""
+    try:
+        return load_applied(state_dir, maps)
+    except StateMismatchError as exc:
+        LOGGER.warning("%s", exc)
+        return None
 
 
 def save_applied(state_dir: Path, maps: MapSet, applied: Applied, pending: bool = False) -> None:

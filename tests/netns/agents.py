@@ -45,7 +45,8 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on now (for the metrics server)."""
+    """A TCP port on 127.0.0.1 nobody listens on now (for the metrics server
+    and the local API: another agent on the machine may hold the defaults)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -121,6 +122,7 @@ class Agents:
     workdir: Path
     settings: AgentSettings = field(default_factory=AgentSettings)
     metrics_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
     started: list[AgentProc] = field(default_factory=list)
 
     @property
@@ -138,6 +140,7 @@ class Agents:
             f'state_dir = "{self.state_dir}"',
             f'pin_root = "{self.pin_root}"',
             f'metrics = "127.0.0.1:{self.metrics_port}"',
+            f'api = "127.0.0.1:{self.api_port}"',
             *(f"{k} = {toml_value(v)}" for k, v in s.extra.items()),
             "",
             "[sizes]",

@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 
 def _config(path: Path, topo: Topology, pin_root: Path, interfaces: list[tuple[str, str]],
-            metrics_port: int) -> None:
+            metrics_port: int, api_port: int) -> None:
     ifaces = ", ".join(f'{{ name = "{name}", netns = "{topo.edge}", mode = "{mode}" }}'
                        for name, mode in interfaces)
     sizes = "\n".join(f"{k} = {v}" for k, v in NETNS_SIZES.as_dict().items())
@@ -57,6 +57,7 @@ interval = 0.5
 state_dir = "{path.parent / 'state'}"
 pin_root = "{pin_root}"
 metrics = "127.0.0.1:{metrics_port}"
+api = "127.0.0.1:{api_port}"
 [sizes]
 {sizes}
 """)
@@ -92,10 +93,10 @@ def test_sighup_adds_and_removes_interfaces_without_a_gap(topology: Topology, pi
     topology.lab.veth((topology.edge, SECOND, "198.18.1.1/24"),
                       (topology.client, SECOND_PEER, "198.18.1.2/24"))
     cfg = tmp_path / "agent.toml"
-    port1, port2 = _free_port(), _free_port()
+    port1, port2, api_port = _free_port(), _free_port(), _free_port()
 
     def write(interfaces: list[tuple[str, str]], port: int) -> None:
-        _config(cfg, topology, pin_root, interfaces, port)
+        _config(cfg, topology, pin_root, interfaces, port, api_port)
 
     write([(IFNAME, "generic")], port1)
     err = tmp_path / "agent.err"

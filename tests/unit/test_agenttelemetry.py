@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from breakwater.v1 import reasons_pb2
-from controller.agent.telemetry import CounterDeltas, IntervalCounters, summarize
+from controller.agent.telemetry import summarize
 from controller.dataplane.counters import RuleTotals, Totals
 from controller.dataplane.reasons import Action, Reason
+from controller.detection.harvest import IntervalCounters
 from controller.detection.samples import Sample
 
 END = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -52,22 +53,3 @@ def test_summary_limits() -> None:
     assert len(summarize(_sample(), empty, interface="bw0", max_destinations=0).destinations) == 0
     out = summarize(Sample.empty(1.0, 1.0), empty, interface="")
     assert out.active_sources == 0 and not out.top_sources and out.HasField("actions")
-
-
-def test_counter_deltas_follow_rules_not_slots() -> None:
-    d = CounterDeltas()
-    first = d.step({Action.PASS: Totals(10, 1000)}, {Reason.PASS_DEFAULT: Totals(10, 1000)},
-                   {1: RuleTotals(5, 500, 5, 0), 2: RuleTotals(7, 700, 0, 0)}, {1: "a", 2: "b"})
-    assert first.actions[Action.PASS] == Totals(10, 1000)  # the first step: totals so far
-    assert set(first.rules) == {"a", "b"}
-    nxt = d.step({Action.PASS: Totals(25, 2500)}, {Reason.PASS_DEFAULT: Totals(25, 2500)},
-                 {1: RuleTotals(8, 800, 8, 0), 2: RuleTotals(9, 900, 0, 0)}, {1: "a", 2: "c"})
-    assert nxt.actions[Action.PASS] == Totals(15, 1500)
-    assert nxt.reasons[Reason.PASS_DEFAULT] == Totals(15, 1500)
-    assert nxt.rules["a"] == RuleTotals(3, 300, 3, 0)
-    assert nxt.rules["c"] == RuleTotals(9, 900, 0, 0)  # slot 2 changed hands: counts from zero
-    assert "b" not in nxt.rules
-    # counters that went backwards (maps recreated) count from zero; idle rules are left out
-    again = d.step({Action.PASS: Totals(4, 400)}, {}, {1: RuleTotals(8, 800, 8, 0)}, {1: "a"})
-    assert again.actions[Action.PASS] == Totals(4, 400)
-    assert again.rules == {}

@@ -1,5 +1,6 @@
 """controller.detection.harvest's per-interval deltas against a plain-Python reference:
-keys in any order, new keys, vanished keys, counters the LRU re-created."""
+keys in any order, new keys, vanished keys, counters the LRU re-created; and
+the action, reason and rule counters' increases by the same step."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import numpy as np
 import pytest
 
 from controller.dataplane import abi
+from controller.dataplane.counters import RuleTotals, Totals
+from controller.dataplane.reasons import Action, Reason
 from controller.detection import harvest
+from controller.detection.harvest import CounterTotals
 from controller.detection.samples import SOURCE_DTYPE, SOURCE_FIELDS, address_from_words
 
 
@@ -67,3 +71,26 @@ def test_ipv6_keys_and_empty_tables() -> None:
     assert list(first[:, 2]) == [10, 20, 30]
     none, _ = harvest._moved(t, t, SOURCE_FIELDS, SOURCE_DTYPE, extra=2)
     assert len(none) == 0
+
+
+def test_counter_increases_follow_rules_not_slots() -> None:
+    first = CounterTotals({Action.PASS: Totals(10, 1000)}, {Reason.PASS_DEFAULT: Totals(10, 1000)},
+                          {1: RuleTotals(5, 500, 5, 0), 2: RuleTotals(7, 700, 0, 0)}, {1: "a", 2: "b"})
+    since_nothing = first.since(CounterTotals())
+    assert since_nothing.actions[Action.PASS] == Totals(10, 1000)  # against no read: the totals so far
+    assert set(since_nothing.rules) == {"a", "b"}
+    second = CounterTotals({Action.PASS: Totals(25, 2500)}, {Reason.PASS_DEFAULT: Totals(25, 2500)},
+                           {1: RuleTotals(8, 800, 8, 0), 2: RuleTotals(9, 900, 0, 0)}, {1: "a", 2: "c"})
+    nxt = second.since(first)
+    assert nxt.actions[Action.PASS] == Totals(15, 1500)
+    assert nxt.reasons[Reason.PASS_DEFAULT] == Totals(15, 1500)
+    assert nxt.rules["a"] == RuleTotals(3, 300, 3, 0)
+    assert nxt.rules["c"] == RuleTotals(9, 900, 0, 0)  # slot 2 changed hands: counts from zero
+    assert "b" not in nxt.rules
+    # counters that went backwards (maps recreated) count from zero; idle rules are left out
+    third = CounterTotals({Action.PASS: Totals(4, 400)}, {}, {1: RuleTotals(8, 800, 8, 0)}, {1: "a"})
+    again = third.since(second)
+    assert again.actions[Action.PASS] == Totals(4, 400)
+    assert again.rules == {}
+    # unnamed slots are left out
+    assert CounterTotals(rules={3: RuleTotals(1, 1, 0, 0)}).since(CounterTotals()).rules == {}
