@@ -74,7 +74,8 @@ from controller.dataplane.protect import REFLECTION_PORTS
 from controller.dataplane.reasons import Action, Reason
 from controller.lab.netns import Lab
 from controller.rules import compiler, enforce, image, presets
-from controller.rules.model import Match, PortRange, Rule, RuleAction, RuleSet, TcpFlags
+from controller.rules.model import Match, Rule, RuleAction, RuleSet
+from controller.rules.values import PortRange, TcpFlags
 
 XDP_ABORTED, XDP_DROP, XDP_PASS = 0, 1, 2
 RULE_ID = 1  # rule slot of every directly written deny entry, as in production

@@ -1,5 +1,7 @@
 """Configuration files: the one TOML reader of the agent's and the
-controller's configuration, and the step that names the file in every error.
+controller's configuration, the step that names the file in every error, and
+the one TOML writer (``tomllib`` only reads) for the rule files, the lab's and
+the tests' generated configurations.
 
 A table is checked by the functions of :mod:`controller.validate`, which raise
 :class:`~controller.errors.FieldError` with the key's path;
@@ -10,15 +12,17 @@ that also names the file (``/etc/breakwater/agent.toml: detect.interval: ...``).
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from .errors import ConfigError, FieldError, InputError
 from .validate import join
 
-__all__ = ["checked", "parse_listen", "read_toml"]
+__all__ = ["checked", "parse_listen", "read_toml", "toml_document", "toml_value"]
 
 
 def read_toml(path: Path) -> dict[str, Any] | None:
@@ -63,3 +67,60 @@ def parse_listen(value: object, path: str, example: str) -> tuple[str, int] | No
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise FieldError(path, f"{value!r} is not ADDR:PORT (e.g. {example}; port 0..65535)")
     return host, int(port)
+
+
+# --- writing ----------------------------------------------------------------------------
+
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES: Final = {
+    '"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r",
+}
+
+
+def _string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
+
+
+def toml_value(value: object) -> str:
+    """One TOML value: booleans, integers, finite floats, strings, arrays and
+    inline tables (what ``tomllib`` reads back to an equal value)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"cannot write {value!r} as TOML")
+        return repr(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{_key(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def toml_document(doc: Mapping[str, object], table: str = "") -> str:
+    """A TOML document: ``doc``'s plain keys, then each mapping value as a
+    ``[table]`` of its own (nested ones as ``[table.sub]``)."""
+    plain = [f"{_key(k)} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, Mapping)]
+    lines = ([f"[{table}]"] if table else []) + plain
+    for k, v in doc.items():
+        if isinstance(v, Mapping):
+            lines += ["", toml_document(v, f"{table}.{_key(k)}" if table else _key(k)).rstrip("\n")]
+    return "\n".join(lines) + "\n"

@@ -21,11 +21,24 @@ import contextlib
 import difflib
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import cast
 
 from .errors import FieldError
 
-__all__ = ["at", "check_bool", "check_int", "check_keys", "check_number", "join", "show", "suggest"]
+__all__ = [
+    "at",
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_keys",
+    "check_number",
+    "check_str",
+    "check_table",
+    "join",
+    "show",
+    "suggest",
+]
 
 
 def join(outer: str, inner: str) -> str:
@@ -63,6 +76,27 @@ def check_bool(value: object, path: str) -> bool:
     if not isinstance(value, bool):
         raise FieldError(path, f"expected true or false, got {show(value)}")
     return value
+
+
+def check_str(value: object, path: str) -> str:
+    """``value`` if it is a string, else a :class:`FieldError` at ``path``."""
+    if not isinstance(value, str):
+        raise FieldError(path, f"expected a string, got {show(value)}")
+    return value
+
+
+def check_choice(value: object, path: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else a :class:`FieldError` at ``path``."""
+    if not isinstance(value, str) or value not in choices:
+        raise FieldError(path, f"{show(value)} is not one of {', '.join(choices)}")
+    return value
+
+
+def check_table(value: object, path: str = "", what: str = "a table") -> Mapping[str, object]:
+    """``value`` if it is a table (a mapping), else a :class:`FieldError` at ``path``."""
+    if not isinstance(value, Mapping):
+        raise FieldError(path, f"expected {what}, got {show(value)}")
+    return cast(Mapping[str, object], value)
 
 
 def check_int(value: object, path: str, lo: int, hi: int) -> int:

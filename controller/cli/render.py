@@ -23,7 +23,7 @@ from breakwater.v1 import event_pb2, node_pb2, reasons_pb2, rule_pb2, telemetry_
 from ..api.convert import FRAGMENTS
 from ..errors import FieldError
 from ..output import human_bytes, human_rate, table
-from ..rules.model import TcpFlags, protocol_name
+from ..rules.values import TcpFlags, protocol_name
 
 __all__ = [
     "EVENT_HEADERS",

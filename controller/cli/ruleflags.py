@@ -23,7 +23,7 @@ from breakwater.v1 import rule_pb2
 
 from ..api.convert import FRAGMENTS, ORIGINS
 from ..errors import FieldError, InputError
-from ..rules.model import PROTOCOLS, TcpFlags, parse_ttl
+from ..rules.values import PROTOCOLS, TcpFlags, parse_ttl
 
 __all__ = ["add_rule_flags", "rule_patch"]
 

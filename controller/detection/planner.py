@@ -58,8 +58,9 @@ from typing import Final
 
 from ..addresses import Prefix
 from ..errors import InputError
-from ..rules.model import MAX_COMMENT, MAX_RATE, Match, Rule, RuleAction, RuleSet, TcpFlags
+from ..rules.model import MAX_COMMENT, MAX_RATE, Match, Rule, RuleAction, RuleSet
 from ..rules.presets import reflection_rule
+from ..rules.values import TcpFlags
 from .config import PER_SOURCE_PRIORITY_OFFSET, MitigateConfig
 from .events import VECTOR_CODES, AttackEvent, Vector
 

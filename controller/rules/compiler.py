@@ -43,7 +43,8 @@ from typing import Final, Literal, NamedTuple, TypeVar
 
 from ..addresses import Prefix
 from ..errors import InputError
-from .model import ActionKind, Fragment, PortRange, Rule, RuleAction, RuleSet, TcpFlags
+from .model import ActionKind, Fragment, Rule, RuleAction, RuleSet
+from .values import PortRange, TcpFlags
 
 __all__ = [
     "DEFAULT_MAX_RULE_SLOTS",

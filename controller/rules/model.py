@@ -20,14 +20,29 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final, Literal, cast
 
 from ..addresses import Prefix, parse_prefix
+from ..config import toml_value
 from ..errors import FieldError, InputError
-from ..validate import at, check_int, check_keys, show, suggest
+from ..validate import at, check_choice, check_int, check_keys, check_str, check_table, show
+from .values import (
+    PORT_PROTOCOLS,
+    PROTOCOL_NAMES,
+    PortRange,
+    TcpFlags,
+    check_range,
+    format_time,
+    parse_protocol,
+    parse_range,
+    parse_time,
+    parse_ttl,
+    protocol_name,
+    range_value,
+)
 
 __all__ = [
     "ACTION_KINDS",
@@ -41,23 +56,16 @@ __all__ = [
     "MIN_BURST_BYTES",
     "MIN_BURST_PACKETS",
     "ORIGINS",
-    "PORT_PROTOCOLS",
-    "PROTOCOLS",
     "SCOPES",
-    "TCP_FLAGS",
     "ActionKind",
     "Fragment",
     "Match",
     "Origin",
-    "PortRange",
     "Rule",
     "RuleAction",
     "RuleDiff",
     "RuleSet",
     "Scope",
-    "TcpFlags",
-    "parse_ttl",
-    "protocol_name",
 ]
 
 ActionKind = Literal["drop", "rate_limit", "allow", "monitor"]
@@ -76,34 +84,10 @@ FORMAT_VERSION: Final = 1
 DEFAULT_PRIORITY: Final = 1000
 MAX_PRIORITY: Final = 65535
 
-PROTOCOLS: Final[Mapping[str, int]] = {
-    "icmp": 1,
-    "tcp": 6,
-    "udp": 17,
-    "gre": 47,
-    "icmpv6": 58,
-    "sctp": 132,
-}
-"""Protocol names a match accepts (IANA numbers); any number 0..255 works too."""
-_PROTOCOL_NAMES: Final = {v: k for k, v in PROTOCOLS.items()}
-PORT_PROTOCOLS: Final = frozenset({6, 17, 132})
-"""Protocols with source and destination ports (tcp, udp, sctp)."""
 _TCP: Final = 6
 # A protocol that exists in one IP family only limits the rule to that family.
 _PROTOCOL_FAMILIES: Final = {1: frozenset({4}), 58: frozenset({6})}
 _BOTH: Final = frozenset({4, 6})
-
-TCP_FLAGS: Final[Mapping[str, int]] = {
-    "fin": 0x01,
-    "syn": 0x02,
-    "rst": 0x04,
-    "psh": 0x08,
-    "ack": 0x10,
-    "urg": 0x20,
-    "ece": 0x40,
-    "cwr": 0x80,
-}
-"""TCP flag names, in header bit order (byte 13 of the TCP header)."""
 
 MAX_RATE: Final = 10**12
 """Largest pps or bps a rate limit takes (1 Tpps, 1 Tbit/s)."""
@@ -117,15 +101,11 @@ MIN_BURST_BYTES: Final = 18_000
 """Floor of the default byte burst: two 9000-byte jumbo packets, so a full
 bucket always passes one full-size packet whatever the link MTU."""
 
-MAX_TTL_SECONDS: Final = 3650 * 86400
-"""Longest ttl (ten years): longer than that is a permanent rule, so leave ttl out."""
 MAX_COMMENT: Final = 1024
 MAX_CREATED_BY: Final = 256
 
 _ID_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _ID_HELP: Final = "use 1-63 characters a-z 0-9 . _ -, starting with a letter or digit"
-_TTL_RE: Final = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-_RANGE_RE: Final = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")
 
 _RULE_KEYS: Final = (
     "id", "priority", "match", "action", "ttl", "expires_at", "origin", "comment", "created_by",
@@ -142,209 +122,6 @@ _NOT_MATCH_KEYS: Final = {
     **dict.fromkeys([k for k in _RULE_KEYS if k != "match"], "the rule table"),
     **dict.fromkeys(_ACTION_KEYS[1:], "action"),
 }
-
-
-# --- errors with a field path ------------------------------------------------
-
-
-def _table(value: object, what: str = "a table") -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise FieldError("", f"expected {what}, got {show(value)}")
-    return cast(Mapping[str, object], value)
-
-
-def _str(value: object, path: str) -> str:
-    if not isinstance(value, str):
-        raise FieldError(path, f"expected a string, got {show(value)}")
-    return value
-
-
-def _choice(value: object, path: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise FieldError(path, f"{show(value)} is not one of {', '.join(choices)}")
-    return value
-
-
-def _check_range(lo: object, hi: object, limit: int) -> None:
-    for v in (lo, hi):
-        check_int(v, "", 0, limit)
-    if cast(int, lo) > cast(int, hi):
-        raise FieldError("", f"{lo}-{hi} is empty: start {lo} is above end {hi}")
-
-
-def _parse_range(value: object, limit: int) -> tuple[int, int]:
-    """``80``, ``"80"``, ``"1024-65535"`` or ``[1024, 65535]`` as (lo, hi)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        lo = hi = value
-    elif isinstance(value, str):
-        m = _RANGE_RE.fullmatch(value.strip())
-        if m is None:
-            raise FieldError("", f"{show(value)} is not a number or a range like \"1024-65535\"")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-    elif isinstance(value, list | tuple) and len(value) == 2:
-        lo, hi = value
-    else:
-        raise FieldError(
-            "", f"expected a number, a range like \"1024-65535\" or [lo, hi], got {show(value)}"
-        )
-    _check_range(lo, hi, limit)
-    return lo, hi
-
-
-def _range_value(lo: int, hi: int) -> int | str:
-    return lo if lo == hi else f"{lo}-{hi}"
-
-
-# --- small values ------------------------------------------------------------
-
-
-def protocol_name(number: int) -> str:
-    """``udp`` for 17; the number itself for protocols without a name here."""
-    return _PROTOCOL_NAMES.get(number, str(number))
-
-
-def _parse_protocol(value: object) -> int:
-    if isinstance(value, str):
-        name = value.strip().lower()
-        if name in PROTOCOLS:
-            return PROTOCOLS[name]
-        raise FieldError("", f"{show(value)} is not a protocol name{suggest(name, PROTOCOLS)}; "
-                             f"use {', '.join(PROTOCOLS)} or 0..255")
-    return check_int(value, "", 0, 255)
-
-
-def parse_ttl(value: object) -> timedelta:
-    """A time to live: seconds (``600``) or ``"90s"``, ``"10m"``, ``"2h"``,
-    ``"1d"``, ``"1h30m"``; between 1 s and 3650 days."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        m = _TTL_RE.fullmatch(text)
-        if text.isdigit():
-            seconds = int(text)
-        elif text and m is not None:
-            d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-            seconds = ((d * 24 + h) * 60 + mi) * 60 + s
-        else:
-            raise FieldError(
-                "", f"{show(value)} is not a duration; use seconds or e.g. 90s, 10m, 2h, 1d, 1h30m"
-            )
-    else:
-        raise FieldError("", f"expected seconds or a duration like \"10m\", got {show(value)}")
-    if not 1 <= seconds <= MAX_TTL_SECONDS:
-        raise FieldError(
-            "", f"{show(value)} is out of range 1s..3650d; leave ttl out for a permanent rule"
-        )
-    return timedelta(seconds=seconds)
-
-
-def _parse_time(value: object) -> datetime:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise FieldError(
-                "", f"{show(value)} is not an RFC 3339 time like \"2024-05-01T12:00:00Z\""
-            ) from None
-    if not isinstance(value, datetime):
-        raise FieldError("", f"expected an RFC 3339 time like \"2024-05-01T12:00:00Z\", got {show(value)}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise FieldError("", f"{value.isoformat()} has no UTC offset; add Z or +hh:mm")
-    return value.astimezone(UTC)
-
-
-def _format_time(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class PortRange:
-    """An inclusive range of TCP/UDP/SCTP ports; ``lo == hi`` is one port."""
-
-    lo: int
-    hi: int
-
-    def __post_init__(self) -> None:
-        _check_range(self.lo, self.hi, 65535)
-
-    @classmethod
-    def parse(cls, value: object) -> PortRange:
-        """``53``, ``"53"``, ``"1024-65535"`` or ``[1024, 65535]``."""
-        return cls(*_parse_range(value, 65535))
-
-    @property
-    def is_full(self) -> bool:
-        return self.lo == 0 and self.hi == 65535
-
-    def __contains__(self, port: int) -> bool:
-        return self.lo <= port <= self.hi
-
-    def to_value(self) -> int | str:
-        return _range_value(self.lo, self.hi)
-
-    def __str__(self) -> str:
-        return str(self.to_value())
-
-
-@dataclass(frozen=True, slots=True)
-class TcpFlags:
-    """TCP flags test: a packet matches when ``flags & mask == value``."""
-
-    mask: int
-    value: int
-
-    def __post_init__(self) -> None:
-        check_int(self.mask, "mask", 0, 255)
-        check_int(self.value, "value", 0, 255)
-        if self.mask == 0:
-            raise FieldError("mask", "0 tests no flag; leave tcp_flags out to match any flags")
-        if self.value & ~self.mask:
-            raise FieldError(
-                "value", f"0x{self.value:02x} sets flags outside mask 0x{self.mask:02x}"
-            )
-
-    @classmethod
-    def parse(cls, value: object) -> TcpFlags:
-        """``"syn"`` (SYN set), ``"syn,!ack"`` (SYN set, ACK clear), or
-        ``{mask = 0x12, value = 0x02}``."""
-        if isinstance(value, str):
-            mask = bits = 0
-            for part in value.split(","):
-                token = part.strip().lower()
-                name = token.removeprefix("!").strip()
-                if not name:
-                    raise FieldError("", f"{show(value)} has an empty flag; write e.g. \"syn,!ack\"")
-                if name not in TCP_FLAGS:
-                    raise FieldError(
-                        "", f"unknown TCP flag {name!r}; known: {', '.join(TCP_FLAGS)} (! for clear)"
-                    )
-                bit = TCP_FLAGS[name]
-                if mask & bit:
-                    raise FieldError("", f"flag {name!r} is given twice in {show(value)}")
-                mask |= bit
-                if not token.startswith("!"):
-                    bits |= bit
-            return cls(mask, bits)
-        if isinstance(value, Mapping):
-            table = _table(value)
-            check_keys(table, ("mask", "value"))
-            for key in ("mask", "value"):
-                if key not in table:
-                    raise FieldError(key, "missing; a flags table needs mask and value")
-            return cls(check_int(table["mask"], "mask", 0, 255), check_int(table["value"], "value", 0, 255))
-        raise FieldError("", f"expected flags like \"syn,!ack\" or {{mask, value}}, got {show(value)}")
-
-    def matches(self, flags: int) -> bool:
-        return flags & self.mask == self.value
-
-    def __str__(self) -> str:
-        return ",".join(
-            name if self.value & bit else f"!{name}"
-            for name, bit in TCP_FLAGS.items()
-            if self.mask & bit
-        )
 
 
 # --- match -------------------------------------------------------------------
@@ -414,8 +191,8 @@ class Match:
             if not isinstance(self.length, tuple) or len(self.length) != 2:
                 raise FieldError("length", "expected a (lo, hi) tuple")
             with at("length"):
-                _check_range(*self.length, 65535)
-        _choice(self.fragment, "fragment", FRAGMENT_MODES)
+                check_range(*self.length, 65535)
+        check_choice(self.fragment, "fragment", FRAGMENT_MODES)
         src_f, dst_f = _prefix_families(self.src), _prefix_families(self.dst)
         if not src_f & dst_f:
             raise FieldError(
@@ -455,7 +232,7 @@ class Match:
 
     @classmethod
     def from_dict(cls, data: object) -> Match:
-        table = _table(data, "a match table, e.g. {protocol = \"udp\", sport = 53}")
+        table = check_table(data, what="a match table, e.g. {protocol = \"udp\", sport = 53}")
         check_keys(table, _MATCH_KEYS, elsewhere=_NOT_MATCH_KEYS)
         src = _parse_prefixes(table.get("src", ()), "src")
         dst = _parse_prefixes(table.get("dst", ()), "dst")
@@ -466,7 +243,7 @@ class Match:
         length: tuple[int, int] | None = None
         if "protocol" in table:
             with at("protocol"):
-                protocol = _parse_protocol(table["protocol"])
+                protocol = parse_protocol(table["protocol"])
         if "sport" in table:
             with at("sport"):
                 sport = PortRange.parse(table["sport"])
@@ -478,8 +255,8 @@ class Match:
                 flags = TcpFlags.parse(table["tcp_flags"])
         if "length" in table:
             with at("length"):
-                length = _parse_range(table["length"], 65535)
-        fragment = _choice(table.get("fragment", "any"), "fragment", FRAGMENT_MODES)
+                length = parse_range(table["length"], 65535)
+        fragment = check_choice(table.get("fragment", "any"), "fragment", FRAGMENT_MODES)
         return cls(src, dst, protocol, sport, dport, flags, length, cast(Fragment, fragment))
 
     def to_dict(self) -> dict[str, object]:
@@ -489,7 +266,7 @@ class Match:
         if self.dst:
             out["dst"] = [str(p) for p in self.dst]
         if self.protocol is not None:
-            out["protocol"] = _PROTOCOL_NAMES.get(self.protocol, self.protocol)
+            out["protocol"] = PROTOCOL_NAMES.get(self.protocol, self.protocol)
         if self.sport is not None:
             out["sport"] = self.sport.to_value()
         if self.dport is not None:
@@ -497,7 +274,7 @@ class Match:
         if self.tcp_flags is not None:
             out["tcp_flags"] = str(self.tcp_flags)
         if self.length is not None:
-            out["length"] = _range_value(*self.length)
+            out["length"] = range_value(*self.length)
         if self.fragment != "any":
             out["fragment"] = self.fragment
         return out
@@ -545,8 +322,8 @@ class RuleAction:
     scope: Scope = "aggregate"
 
     def __post_init__(self) -> None:
-        _choice(self.kind, "kind", ACTION_KINDS)
-        _choice(self.scope, "scope", SCOPES)
+        check_choice(self.kind, "kind", ACTION_KINDS)
+        check_choice(self.scope, "scope", SCOPES)
         if self.kind != "rate_limit":
             for name in _RATE_FIELDS:
                 if getattr(self, name) is not None:
@@ -588,12 +365,12 @@ class RuleAction:
     def from_dict(cls, data: object) -> RuleAction:
         """``"drop"`` or a table ``{kind = "rate_limit", pps = 1000, scope = "per_source"}``."""
         if isinstance(data, str):
-            return cls(cast(ActionKind, _choice(data, "", ACTION_KINDS)))
-        table = _table(data, "an action name or table")
+            return cls(cast(ActionKind, check_choice(data, "", ACTION_KINDS)))
+        table = check_table(data, what="an action name or table")
         check_keys(table, _ACTION_KEYS)
         if "kind" not in table:
             raise FieldError("kind", f"missing; one of {', '.join(ACTION_KINDS)}")
-        kind = _choice(table["kind"], "kind", ACTION_KINDS)
+        kind = check_choice(table["kind"], "kind", ACTION_KINDS)
         if kind != "rate_limit":
             for name in (*_RATE_FIELDS, "scope"):
                 if name in table:
@@ -603,7 +380,7 @@ class RuleAction:
             value = table.get(name)
             limit = MAX_RATE if name in ("pps", "bps") else MAX_BURST
             rates[name] = None if value is None else check_int(value, name, 1, limit)
-        scope = _choice(table.get("scope", "aggregate"), "scope", SCOPES)
+        scope = check_choice(table.get("scope", "aggregate"), "scope", SCOPES)
         return cls(
             cast(ActionKind, kind),
             rates["pps"],
@@ -628,7 +405,7 @@ class RuleAction:
 
 
 def _check_id(value: object) -> str:
-    rid = _str(value, "id")
+    rid = check_str(value, "id")
     if not _ID_RE.fullmatch(rid):
         raise FieldError("id", f"{rid!r} is not a valid rule id; {_ID_HELP}")
     return rid
@@ -657,11 +434,11 @@ class Rule:
         check_int(self.priority, "priority", 0, MAX_PRIORITY)
         if self.expires_at is not None:
             with at("expires_at"):
-                object.__setattr__(self, "expires_at", _parse_time(self.expires_at))
-        _choice(self.origin, "origin", ORIGINS)
-        if len(_str(self.comment, "comment")) > MAX_COMMENT:
+                object.__setattr__(self, "expires_at", parse_time(self.expires_at))
+        check_choice(self.origin, "origin", ORIGINS)
+        if len(check_str(self.comment, "comment")) > MAX_COMMENT:
             raise FieldError("comment", f"{len(self.comment)} characters; at most {MAX_COMMENT}")
-        if len(_str(self.created_by, "created_by")) > MAX_CREATED_BY:
+        if len(check_str(self.created_by, "created_by")) > MAX_CREATED_BY:
             raise FieldError("created_by", f"{len(self.created_by)} characters; at most {MAX_CREATED_BY}")
 
     @property
@@ -675,7 +452,7 @@ class Rule:
     @classmethod
     def from_dict(cls, data: object, now: datetime | None = None) -> Rule:
         """Parse one rule table; ``ttl`` counts from ``now`` (default: the current time)."""
-        table = _table(data, "a rule table")
+        table = check_table(data, what="a rule table")
         check_keys(table, _RULE_KEYS, elsewhere=_NOT_RULE_KEYS)
         if "id" not in table:
             raise FieldError("id", "missing; every rule needs an id")
@@ -698,10 +475,10 @@ class Rule:
             expires_at = _now(now) + ttl
         if "expires_at" in table:
             with at("expires_at"):
-                expires_at = _parse_time(table["expires_at"])
-        origin = _choice(table.get("origin", "manual"), "origin", ORIGINS)
-        comment = _str(table.get("comment", ""), "comment")
-        created_by = _str(table.get("created_by", ""), "created_by")
+                expires_at = parse_time(table["expires_at"])
+        origin = check_choice(table.get("origin", "manual"), "origin", ORIGINS)
+        comment = check_str(table.get("comment", ""), "comment")
+        created_by = check_str(table.get("created_by", ""), "created_by")
         return cls(rid, match, action, priority, expires_at, cast(Origin, origin), comment, created_by)
 
     def to_dict(self) -> dict[str, object]:
@@ -712,7 +489,7 @@ class Rule:
             "match": self.match.to_dict(),
         }
         if self.expires_at is not None:
-            out["expires_at"] = _format_time(self.expires_at)
+            out["expires_at"] = format_time(self.expires_at)
         out["origin"] = self.origin
         if self.comment:
             out["comment"] = self.comment
@@ -798,7 +575,7 @@ class RuleSet:
     @classmethod
     def from_dict(cls, data: object, now: datetime | None = None) -> RuleSet:
         """Parse ``{"version": 1, "rules": [...]}``; ttls count from ``now``."""
-        table = _table(data, "a table with version and rules")
+        table = check_table(data, what="a table with version and rules")
         check_keys(table, _SET_KEYS)
         version = table.get("version", FORMAT_VERSION)
         if isinstance(version, bool) or version != FORMAT_VERSION:
@@ -831,7 +608,7 @@ class RuleSet:
         lines = [f"version = {FORMAT_VERSION}"]
         for rule in self.rules:
             lines += ["", "[[rules]]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in rule.to_dict().items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in rule.to_dict().items()]
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -844,43 +621,3 @@ class RuleSet:
 
     def dumps_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent) + "\n"
-
-
-# --- a small TOML writer (tomllib only reads) -------------------------------
-
-_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
-_TOML_ESCAPES: Final = {
-    '"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r",
-}
-
-
-def _toml_str(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in _TOML_ESCAPES:
-            out.append(_TOML_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_str(key)
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        if not value:
-            return "{}"
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")

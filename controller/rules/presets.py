@@ -29,7 +29,8 @@ from typing import Final
 from ..addresses import Prefix
 from ..dataplane.protect import REFLECTION_PORTS
 from ..errors import InputError
-from .model import Match, Origin, PortRange, Rule, RuleAction
+from .model import Match, Origin, Rule, RuleAction
+from .values import PortRange
 
 __all__ = ["REFLECTION_PRIORITY", "UDP", "reflection_rule"]
 

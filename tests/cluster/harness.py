@@ -50,10 +50,10 @@ from pyroute2.netns import NETNS_RUN_DIR
 from breakwater.v1 import node_pb2, rule_pb2
 from controller.agent.state import Store
 from controller.api.client import ApiClient
+from controller.config import toml_document
 from controller.dataplane import attach as dataplane
 from controller.dataplane import counters
 from controller.lab.netns import Lab
-from tests.netns.agents import toml_document
 from tests.netns.lab import IFNAME, NETNS_SIZES, DaemonProc, Topology, build_topology, detach_quietly
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.agent.state import Store
+from controller.config import toml_value
 from controller.dataplane import attach as dataplane
 from controller.dataplane import counters
 from controller.dataplane.pinned import MapSet
@@ -62,32 +63,6 @@ def wait_for(pred: Callable[[], T], timeout: float, step: float = 0.1) -> T:
             return value
         time.sleep(step)
     return pred()
-
-
-def toml_value(value: object) -> str:
-    """One TOML value: numbers, booleans, strings, lists and inline tables."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def toml_document(doc: Mapping[str, object], table: str = "") -> str:
-    """A TOML document: ``doc``'s plain keys, then each mapping value as a
-    ``[table]`` of its own (nested ones as ``[table.sub]``)."""
-    plain = [f"{k} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, Mapping)]
-    lines = ([f"[{table}]"] if table else []) + plain
-    for k, v in doc.items():
-        if isinstance(v, Mapping):
-            lines += ["", toml_document(v, f"{table}.{k}" if table else k)]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)

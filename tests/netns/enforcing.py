@@ -13,7 +13,8 @@ from controller.dataplane import abi
 from controller.dataplane.pinned import MapSet
 from controller.lab import traffic
 from controller.rules import enforce
-from controller.rules.model import ActionKind, Match, PortRange, Rule, RuleAction, RuleSet
+from controller.rules.model import ActionKind, Match, Rule, RuleAction, RuleSet
+from controller.rules.values import PortRange
 
 UDP = 17
 

@@ -37,8 +37,9 @@ from controller.detection import events as detect
 from controller.detection.events import AttackEvent, SourceRate
 from controller.errors import CapacityError, FieldError, MapError, MapFullError
 from controller.rules import model as rules
-from controller.rules.model import Match, PortRange, Rule, RuleAction, RuleSet, TcpFlags
+from controller.rules.model import Match, Rule, RuleAction, RuleSet
 from controller.rules.scope import RuleScope, ScopedRule
+from controller.rules.values import PortRange, TcpFlags
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 P = parse_prefix

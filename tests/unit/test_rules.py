@@ -13,8 +13,9 @@ import pytest
 from controller.addresses import parse_prefix
 from controller.dataplane.protect import REFLECTION_PORTS
 from controller.errors import FieldError, InputError
-from controller.rules.model import Match, PortRange, Rule, RuleAction, RuleSet, TcpFlags, parse_ttl
+from controller.rules.model import Match, Rule, RuleAction, RuleSet
 from controller.rules.presets import reflection_rule
+from controller.rules.values import PortRange, TcpFlags, parse_ttl
 
 NOW = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "rules.md"

@@ -75,3 +75,17 @@ def test_parse_listen(value: str, out: object) -> None:
 def test_parse_listen_refuses(value: object) -> None:
     with pytest.raises(FieldError, match=r"^metrics: "):
         parse_listen(value, "metrics", "127.0.0.1:9611")
+
+
+def test_toml_writer_round_trips() -> None:
+    import tomllib
+
+    from controller.config import toml_document, toml_value
+
+    doc = {"a": 1, "b": 0.25, "c": 'x"y\n\x01', "d": [1, "two"], "e": {"f": True, "g h": "z"},
+           "t": {"sub": {"k": 1e-3, "empty": {}}}}
+    assert tomllib.loads(toml_document(doc)) == doc
+    assert toml_value({"weird key": [False]}) == '{ "weird key" = [false] }'
+    for bad in (float("nan"), object()):
+        with pytest.raises(TypeError):
+            toml_value(bad)
