@@ -3,10 +3,10 @@
 
 Who renders when. The agent collects on scrape: :class:`MetricsServer`
 calls its ``render`` (``Agent.render_metrics``) on the metrics thread for
-each scrape, one render at a time, and that render reads the data plane's
-counters then. So a scrape does touch the BPF maps, from the metrics thread
-(under the agent's interface lock), and the detection loop pays nothing for
-metrics. The controller renders after each expiry sweep and
+each scrape, one render at a time. The counters it shows come from the
+detection loop's one read of the data plane per interval (the harvest), so a
+scrape reads only the maps' fill, and shows counters up to one interval
+old. The controller renders after each expiry sweep and
 :meth:`MetricsServer.publish` swaps the text a scrape gets.
 
 The text is ``prometheus_client``'s: :class:`Exposition` is a custom

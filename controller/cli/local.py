@@ -81,25 +81,12 @@ def _edit_rules(args: argparse.Namespace, edit: Callable[[RuleSet], RuleSet],
     return rows
 
 
-def _recorded(args: argparse.Namespace, maps: MapSet) -> enforce.Applied | None:
-    """The recorded rule set for naming rules in listings (None if it does not match)."""
-    try:
-        return enforce.load_applied(args.state_dir, maps)
-    except enforce.StateMismatchError as exc:
-        LOGGER.warning("%s", exc)
-        return None
-
-
 def _previous(args: argparse.Namespace, maps: MapSet, replace_all: bool) -> enforce.Applied | None:
     """The recorded rule set; when it does not match the maps, a whole new set
     (`rules apply`) may still replace it, an edit may not."""
-    try:
-        return enforce.load_applied(args.state_dir, maps)
-    except enforce.StateMismatchError as exc:
-        if not replace_all:
-            raise
-        LOGGER.warning("%s; replacing it", exc)
-        return None
+    if replace_all:
+        return enforce.recorded(args.state_dir, maps)
+    return enforce.load_applied(args.state_dir, maps)
 
 
 def _outcome_row(ifname: str, out: enforce.Outcome) -> dict[str, Any]:
@@ -180,7 +167,7 @@ def _rule_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for ifname in interfaces(args):
         with attach.open_maps(ifname, args.pin_root) as maps:
-            prev = _recorded(args, maps)
+            prev = enforce.recorded(args.state_dir, maps)
             if prev is None:
                 continue
             totals = counters.rule_totals(maps)
@@ -286,7 +273,7 @@ def cmd_list_show(args: argparse.Namespace) -> int:
     out: list[dict[str, Any]] = []
     for ifname in interfaces(args):
         with attach.open_maps(ifname, args.pin_root) as maps:
-            prev = _recorded(args, maps)
+            prev = enforce.recorded(args.state_dir, maps)
             names = {s: rid for rid, s in (prev.slots.to_dict().items() if prev else [])}
             for e in policy.entries(maps, args.which):
                 out.append({"interface": ifname, "prefix": str(e.prefix),
@@ -356,7 +343,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             reasons = counters.reason_totals(maps)
             rules = counters.rule_totals(maps)
             monitor = bool(maps.config().flags & abi.CFG_MONITOR)
-            prev = _recorded(args, maps)
+            prev = enforce.recorded(args.state_dir, maps)
         names = {s: rid for rid, s in (prev.slots.to_dict().items() if prev else [])}
         report.append({
             "interface": ifname,
