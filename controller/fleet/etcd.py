@@ -225,7 +225,8 @@ def from_etcd_error(exc: BaseException, what: str) -> StoreError | UnavailableEr
     if isinstance(exc, etcd_exc.Etcd3Exception):
         code, message = _error_doc(exc)
         if code in _UNAVAILABLE_CODES or isinstance(exc, etcd_exc.ConnectionFailedError):
-            return UnavailableError(f"{what}: etcd is unavailable ({message}); is a quorum of members up?",
+            return UnavailableError(f"{what}: etcd is unavailable ({message}); is a quorum of members up? "
+                                    "(a write that timed out may still commit: read before retrying)",
                                     "UNAVAILABLE")
         if code in _DEADLINE_CODES:
             return UnavailableError(f"{what}: etcd timed out ({message})", "DEADLINE_EXCEEDED")
