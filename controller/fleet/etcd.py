@@ -233,7 +233,8 @@ def from_etcd_error(exc: BaseException, what: str) -> StoreError | UnavailableEr
         if "too many operations" in message:
             return CapacityError(f"{what}: {message}; raise etcd's --max-txn-ops (docs/controlplane.md)")
         if "too large" in message:
-            return CapacityError(f"{what}: {message}; raise etcd's --max-request-bytes (docs/controlplane.md)")
+            return CapacityError(f"{what}: {message}; raise etcd's --max-request-bytes "
+                                 "(docs/controlplane.md)")
         if code == _COMPACTED_CODE:
             return CompactedError(f"{what}: {message}", 0)
         return StoreError(f"{what}: etcd refused: {message}")
@@ -260,7 +261,7 @@ class WatchStream:
 
     def __iter__(self) -> Iterator[WatchBatch]:
         try:
-            for line in self._response.iter_lines(chunk_size=None):
+            for line in self._response.iter_lines(chunk_size=1 << 16):
                 if not line.strip():
                     continue
                 doc = json.loads(line)
@@ -453,5 +454,5 @@ class EtcdClient:
                 response.close()
                 raise from_etcd_error(etcd_exc.Etcd3Exception(text, response.reason), what)
             return WatchStream(response, what)
-        raise UnavailableError(f"{what}: cannot reach any etcd endpoint ({', '.join(self.endpoints)}): {last}",
-                               "UNAVAILABLE")
+        raise UnavailableError(f"{what}: cannot reach any etcd endpoint ({', '.join(self.endpoints)}): "
+                               f"{last}", "UNAVAILABLE")

@@ -55,14 +55,43 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from ..errors import (AlreadyExistsError, BreakwaterError, EtagMismatchError, FieldError, NotFoundError,
-                      UnavailableError)
+from ..errors import (
+    AlreadyExistsError,
+    BreakwaterError,
+    EtagMismatchError,
+    FieldError,
+    NotFoundError,
+    UnavailableError,
+)
 from ..rules.model import Rule
 from ..rules.scope import ScopedRule
-from .etcd import (CompactedError, EtcdClient, EtcdTLS, KeyValue, WatchBatch, WatchStream, compare_mod,
-                   delete_op, prefix_end, put_op)
-from .store import (CONTROLLER_ACTOR, RECENT_CHANGES, AuditAction, AuditRow, Change, EventRow, NodeRecord,
-                    _audit_doc, _dt, _etag, _scope_doc, _scope_from, _ts)
+from .etcd import (
+    CompactedError,
+    EtcdClient,
+    EtcdTLS,
+    KeyValue,
+    WatchBatch,
+    WatchStream,
+    compare_mod,
+    delete_op,
+    prefix_end,
+    put_op,
+)
+from .store import (
+    CONTROLLER_ACTOR,
+    RECENT_CHANGES,
+    AuditAction,
+    AuditRow,
+    Change,
+    EventRow,
+    NodeRecord,
+    _audit_doc,
+    _dt,
+    _etag,
+    _scope_doc,
+    _scope_from,
+    _ts,
+)
 
 __all__ = ["AUDIT_SEQ_STRIDE", "DEFAULT_LEASE_TTL", "DEFAULT_PREFIX", "NODE_TXN_OPS", "EtcdStore"]
 
@@ -91,7 +120,8 @@ def _seq_key(n: int) -> str:
 
 
 def _node_doc(node: NodeRecord) -> bytes:
-    return json.dumps({"labels": dict(node.labels), "doc": dict(node.doc), "create_time": _ts(node.create_time),
+    return json.dumps({"labels": dict(node.labels), "doc": dict(node.doc),
+                       "create_time": _ts(node.create_time),
                        "last_heartbeat": _ts(node.last_heartbeat), "target_version": node.target_version,
                        "applied_version": node.applied_version, "applied_time": _ts(node.applied_time),
                        "last_error": None if node.last_error is None else dict(node.last_error)}).encode()
@@ -196,8 +226,8 @@ class EtcdStore:
 
     def _rule_from(self, kv: KeyValue) -> ScopedRule:
         d = json.loads(kv.value)
-        return ScopedRule(Rule.from_dict(d["rule"]), _scope_from(json.dumps(d["scope"])), d["version"], d["etag"],
-                          _dt(d["create_time"]), _dt(d["update_time"]))
+        return ScopedRule(Rule.from_dict(d["rule"]), _scope_from(json.dumps(d["scope"])), d["version"],
+                          d["etag"], _dt(d["create_time"]), _dt(d["update_time"]))
 
     def _relist(self) -> None:
         """Read rules, version, nodes and liveness at one revision; the change feed starts over."""
@@ -227,7 +257,8 @@ class EtcdStore:
             try:
                 with self._lock:
                     start = self._revision + 1
-                stream = self.client.watch(self._p, prefix_end(self._p), start, what=f"{self.location}: watch")
+                stream = self.client.watch(self._p, prefix_end(self._p), start,
+                                           what=f"{self.location}: watch")
                 self._stream = stream
                 if self._closed.is_set():
                     stream.close()
@@ -326,13 +357,16 @@ class EtcdStore:
                 if self.client.keepalive(self._lease, what=f"{self.location}: keep the node lease") > 0:
                     continue
                 # expired (etcd unreachable for longer than the TTL): a new lease, our nodes again
-                self._lease = self.client.grant(self._lease_ttl, what=f"{self.location}: grant the node lease")
+                self._lease = self.client.grant(self._lease_ttl,
+                                                what=f"{self.location}: grant the node lease")
                 with self._lock:
                     mine = sorted(self._mine)
                 for i in range(0, len(mine), NODE_TXN_OPS):
                     self.client.txn((), [put_op(self._alive_p + n.encode(), b"1", self._lease)
-                                         for n in mine[i:i + NODE_TXN_OPS]], what=f"{self.location}: liveness")
-                LOGGER.warning("%s: the node lease had expired; renewed for %d node(s)", self.location, len(mine))
+                                         for n in mine[i:i + NODE_TXN_OPS]],
+                                    what=f"{self.location}: liveness")
+                LOGGER.warning("%s: the node lease had expired; renewed for %d node(s)", self.location,
+                               len(mine))
             except BreakwaterError as exc:
                 if not self._closed.is_set():
                     LOGGER.warning("%s", exc, extra={"event": "store_lease_failed"})
@@ -614,10 +648,11 @@ class EtcdStore:
         for node_id, fields_ in changes.items():
             unknown = set(fields_) - _NODE_FIELDS
             if unknown:
-                raise FieldError(sorted(unknown)[0], f"not a node field; known: {', '.join(sorted(_NODE_FIELDS))}")
+                raise FieldError(sorted(unknown)[0],
+                                 f"not a node field; known: {', '.join(sorted(_NODE_FIELDS))}")
             old = self.node(node_id)
             new = replace(old, **{"last_heartbeat": at, **fields_})
-            records.append((new, fields_["connected"] if "connected" in fields_ else None))
+            records.append((new, fields_.get("connected")))
         if records:
             self._write_nodes(records, "write nodes")
         return [n for n, _ in records]
@@ -649,7 +684,8 @@ class EtcdStore:
     def events(self, *, after_seq: int = 0, before_seq: int | None = None, limit: int = 100,
                newest_first: bool = False) -> list[EventRow]:
         start = self._events_p + _seq_key(after_seq + 1).encode()
-        end = self._events_p + _seq_key(before_seq).encode() if before_seq is not None else prefix_end(self._events_p)
+        end = (self._events_p + _seq_key(before_seq).encode() if before_seq is not None
+               else prefix_end(self._events_p))
         if start >= end:
             return []
         _, kvs, _ = self.client.range(start, end, limit=limit, descend=newest_first,

@@ -83,8 +83,13 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Store: ...
 
-def open_store(spec: str, state_dir: Path, *, tls: EtcdTLS | None = None, prefix: str = "/breakwater/") -> Store:
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def open_store(spec: str, state_dir: Path, *, tls: EtcdTLS | None = None,
+               prefix: str = "/breakwater/") -> Store:
     """The store ``spec`` names: ``"sqlite"`` (the file under ``state_dir``)
     or ``etcd://host:port[,host:port...]`` (with ``tls``, keys under ``prefix``)."""
     if spec == "sqlite":

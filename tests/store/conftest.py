@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from controller.fleet.etcd import parse_endpoints
 from controller.fleet.etcdstore import EtcdStore
-from controller.fleet.storeapi import Store, open_store
 from controller.fleet.store import FleetStore
+from controller.fleet.storeapi import Store, open_store
 
 from .etcdproc import EtcdCluster, etcd_cluster
 
@@ -65,13 +66,13 @@ class Backend:
         self.prefix = f"/bw-test-{secrets.token_hex(4)}/"
         self.opened: list[Store] = []
 
-    def open(self, **kwargs: object) -> Store:
-        store: Store
-        if self.kind == "sqlite":
-            store = FleetStore.open(self.tmp_path)
-        else:
-            from controller.fleet.etcd import parse_endpoints
-            store = EtcdStore.connect(parse_endpoints(self.url), prefix=self.prefix, **kwargs)  # type: ignore[arg-type]
+    def open(self) -> Store:
+        store: Store = FleetStore.open(self.tmp_path) if self.kind == "sqlite" else self.open_etcd()
+        self.opened.append(store)
+        return store
+
+    def open_etcd(self) -> EtcdStore:
+        store = EtcdStore.connect(parse_endpoints(self.url), prefix=self.prefix)
         self.opened.append(store)
         return store
 

@@ -91,7 +91,8 @@ class EtcdCluster:
                 if m.proc is not None and m.proc.poll() is not None:
                     raise RuntimeError(f"etcd {m.name} exited: {m.log.read_text()[-2000:]}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"etcd {m.name} not healthy in {timeout}s: {m.log.read_text()[-2000:]}")
+                    raise RuntimeError(f"etcd {m.name} not healthy in {timeout}s: "
+                                       f"{m.log.read_text()[-2000:]}")
                 time.sleep(0.1)
 
 

@@ -3,8 +3,8 @@ feed (changes_since) and batched node writes (update_nodes)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
