@@ -61,6 +61,7 @@ __all__ = [
     "compare_mod",
     "converted",
     "delete_op",
+    "from_etcd_error",
     "parse_endpoints",
     "prefix_end",
     "put_op",

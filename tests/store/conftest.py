@@ -101,4 +101,14 @@ def reopen(backend: Backend) -> Callable[[], Store]:
     return backend.open
 
 
-__all__ = ["BACKENDS", "Backend", "etcd_missing", "open_store"]
+__all__ = ["BACKENDS", "Backend", "etcd_missing", "open_store", "pytest_collection_modifyitems"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that starts etcd ``etcd`` (``-m "not etcd"`` leaves them out)."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        callspec = getattr(item, "callspec", None)
+        on_etcd = callspec is not None and callspec.params.get("backend") == "etcd"
+        if "etcd" in names or "etcd3" in names or on_etcd:
+            item.add_marker(pytest.mark.etcd)
