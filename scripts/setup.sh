@@ -2,7 +2,9 @@
 # Breakwater development/CI setup for Debian 12 (run as root, idempotent).
 #
 #   - Debian packages: bcc (python3-bpfcc), bpftool, iproute2, nftables,
-#     netsniff-ng (trafgen), make, gcc, python3-venv when needed
+#     netsniff-ng (trafgen), make, gcc, etcd-server and etcd-client (the
+#     store tests start their own etcd; the packaged service is not left
+#     running), python3-venv when needed
 #   - kernel headers for bcc (falls back to Debian's closest headers when the
 #     running kernel has no headers package)
 #   - bpffs mounted at /sys/fs/bpf
@@ -73,7 +75,7 @@ find_venv_python() {
 }
 
 # ------------------------------------------------------------ Debian packages
-PKGS=(python3-bpfcc bpftool iproute2 nftables netsniff-ng make gcc)
+PKGS=(python3-bpfcc bpftool iproute2 nftables netsniff-ng make gcc etcd-server etcd-client)
 if ! find_venv_python >/dev/null; then
     PKGS+=(python3 python3-venv)
 fi
@@ -87,6 +89,13 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 if ((${#MISSING[@]})); then
     apt_install "${MISSING[@]}"
+    # Debian starts etcd.service on install; tests/store starts its own members
+    # on free ports, so a service this run installed is stopped again.
+    if [[ " ${MISSING[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1 \
+        && systemctl is-active --quiet etcd 2>/dev/null; then
+        say "stopping and disabling the packaged etcd.service (tests run their own etcd)"
+        systemctl disable --now etcd >/dev/null 2>&1 || true
+    fi
 else
     say "Debian packages already installed"
 fi

@@ -320,13 +320,20 @@ def _events(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``controller``: the control plane daemon."""
     ct = sub.add_parser("controller", help="run the control plane: the gRPC API and the agents' sync "
-                                           "server, over a SQLite store")
+                                           "server, over a SQLite store or etcd")
     ct.add_argument("--config", metavar="FILE",
                     help="controller configuration, TOML (optional; keys in docs/controlplane.md)")
     ct.add_argument("--listen", metavar="HOST:PORT",
                     help="gRPC listen address (default 127.0.0.1:9610; 0.0.0.0:9610 serves other hosts)")
     ct.add_argument("--state-dir", dest="controller_state_dir", metavar="DIR",
                     help="holds controller.db (default /var/lib/breakwater-controller)")
+    ct.add_argument("--store", metavar="SPEC",
+                    help='"sqlite" (default: controller.db under --state-dir) or '
+                         'etcd://HOST:PORT[,HOST:PORT...] (several controllers; docs/controlplane.md)')
+    for flag, what in (("--etcd-ca", "the CA of the etcd members' certificates (TLS)"),
+                       ("--etcd-cert", "this controller's client certificate for etcd"),
+                       ("--etcd-key", "the key of --etcd-cert")):
+        ct.add_argument(flag, metavar="PEM", help=what)
     ct.add_argument("--metrics", metavar="ADDR:PORT",
                     help='Prometheus metrics address (default 127.0.0.1:9613; "" disables)')
     ct.add_argument("--reconcile-interval", type=float, metavar="SECONDS",

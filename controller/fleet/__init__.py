@@ -1,7 +1,9 @@
 """``breakwater controller``: the control plane of a fleet of agents.
 
 The daemon (:mod:`.daemon`) and its configuration (:mod:`.config`), its
-store of rules, nodes, events and audit records (:mod:`.store`), the event
+store of rules, nodes, events and audit records (the interface
+:mod:`.storeapi`; SQLite :mod:`.store`, the default; etcd :mod:`.etcdstore`
+over :mod:`.etcd`, the one module that talks to etcd), the event
 log that feeds WatchEvents (:mod:`.eventlog`), the API backend over them
 (:mod:`.backend`), the sync hub that streams versioned rule sets to every
 agent, xDS style (:mod:`.synchub`: its configuration :mod:`.syncconfig`,
@@ -18,10 +20,13 @@ __all__ = [
     "config",
     "daemon",
     "detector",
+    "etcd",
+    "etcdstore",
     "eventlog",
     "nodewriter",
     "ruleindex",
     "store",
+    "storeapi",
     "syncconfig",
     "synchub",
     "syncservice",

@@ -21,7 +21,8 @@ from breakwater.v1 import event_pb2, node_pb2
 from ..api.convert import node_name, rule_to_proto
 from ..rules.scope import ScopedRule
 from .eventlog import EventLog
-from .store import Change, FleetStore, NodeRecord
+from .store import Change, NodeRecord
+from .storeapi import Store
 
 __all__ = ["TTL_ACTOR", "ControllerBackend", "HealthPolicy", "node_to_proto", "rule_events"]
 
@@ -146,7 +147,7 @@ class ControllerBackend:
 
     VERSION_TIMES_KEPT: Final = 4096
 
-    def __init__(self, store: FleetStore, events: EventLog, *, health: HealthPolicy | None = None,
+    def __init__(self, store: Store, events: EventLog, *, health: HealthPolicy | None = None,
                  clock: Clock = _now) -> None:
         self.store = store
         self.events = events
@@ -190,7 +191,7 @@ class ControllerBackend:
                 self.events.publish(rule_events(change, actor=TTL_ACTOR, expired=True))
         return change
 
-    def apply(self, change: Callable[[FleetStore], Change], *, updated: bool = False) -> Change:
+    def apply(self, change: Callable[[Store], Change], *, updated: bool = False) -> Change:
         """Run another writer's change of the store (say, cluster-wide
         detection creating a rule) under this backend's lock and publish its
         RuleEvents, so events stay in version order."""

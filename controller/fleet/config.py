@@ -19,11 +19,14 @@ from ..config import checked, parse_listen, read_toml
 from ..errors import ConfigError
 from ..validate import check_int, check_keys, check_number
 from .backend import HealthPolicy
+from .etcd import EtcdTLS, parse_endpoints
+from .etcdstore import DEFAULT_PREFIX
 
 __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_METRICS",
     "DEFAULT_STATE_DIR",
+    "DEFAULT_STORE",
     "KEYS",
     "ControllerConfig",
     "load_config",
@@ -34,6 +37,8 @@ DEFAULT_LISTEN: Final = "127.0.0.1:9610"
 """The gRPC port: loopback by default (the API has no authentication yet);
 ``0.0.0.0:9610`` or ``[::]:9610`` serves agents on other hosts."""
 DEFAULT_STATE_DIR: Final = Path("/var/lib/breakwater-controller")
+DEFAULT_STORE: Final = "sqlite"
+"""The embedded SQLite file under ``state_dir``; ``etcd://host:2379,...`` for several controllers."""
 DEFAULT_METRICS: Final = "127.0.0.1:9613"
 """Prometheus metrics (an agent has its metrics on 9611 and its local API on 9612)."""
 DEFAULT_RECONCILE: Final = 30.0
@@ -55,7 +60,9 @@ _INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
     "events_keep": (1, 1_000_000_000),
     "max_workers": (4, 100_000),
 }
-KEYS: Final = ("listen", "state_dir", "metrics", *_NUMBERS, *_INTEGERS, *SYNC_SECTIONS)
+_ETCD_FILES: Final = ("etcd_ca", "etcd_cert", "etcd_key")
+KEYS: Final = ("listen", "state_dir", "store", "store_prefix", *_ETCD_FILES, "metrics", *_NUMBERS,
+               *_INTEGERS, *SYNC_SECTIONS)
 """Every key of the configuration file (and of ``overrides``)."""
 
 
@@ -65,6 +72,12 @@ class ControllerConfig:
 
     listen: str = DEFAULT_LISTEN
     state_dir: Path = DEFAULT_STATE_DIR
+    store: str = DEFAULT_STORE
+    """``sqlite`` or ``etcd://host:port[,host:port...]`` (``etcds://`` or ``etcd_ca`` for TLS)."""
+    store_prefix: str = DEFAULT_PREFIX
+    """Where the controller's keys live in etcd (controllers sharing a fleet use the same)."""
+    etcd_tls: EtcdTLS | None = None
+    """The CA and client certificate for etcd (from ``etcd_ca``, ``etcd_cert``, ``etcd_key``)."""
     metrics: tuple[str, int] | None = ("127.0.0.1", 9613)
     reconcile_interval: float = DEFAULT_RECONCILE
     """Seconds between the reconciling snapshots every agent gets (SyncService)."""
@@ -89,6 +102,9 @@ class ControllerConfig:
         """The effective configuration, JSON-friendly (``--check-config`` prints it)."""
         return {
             "source": self.source, "listen": self.listen, "state_dir": str(self.state_dir),
+            "store": self.store, "store_prefix": self.store_prefix,
+            **({"etcd_ca": str(self.etcd_tls.ca), "etcd_cert": str(self.etcd_tls.cert or ""),
+                "etcd_key": str(self.etcd_tls.key or "")} if self.etcd_tls else {}),
             "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "",
             "reconcile_interval": self.reconcile_interval, "heartbeat_timeout": self.heartbeat_timeout,
             "max_lag": self.max_lag, "events_keep": self.events_keep, "max_workers": self.max_workers,
@@ -108,6 +124,51 @@ def _listen(value: object, src: str) -> str:
     if ":" in bare and not host.startswith("["):
         raise ConfigError(src, "listen", f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9610")
     return text
+
+
+def _store(doc: Mapping[str, object], src: str) -> dict[str, Any]:
+    """The ``store``, ``store_prefix`` and ``etcd_*`` keys, checked."""
+    out: dict[str, Any] = {}
+    raw = doc.get("store", DEFAULT_STORE)
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(src, "store", f'expected "sqlite" or "etcd://HOST:PORT[,HOST:PORT...]", '
+                                        f"got {raw!r}")
+    spec = raw.strip()
+    if spec != "sqlite":
+        with checked(src):
+            parse_endpoints(spec, "store")
+    out["store"] = spec
+    if "store_prefix" in doc:
+        prefix = doc["store_prefix"]
+        if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.endswith("/"):
+            raise ConfigError(src, "store_prefix",
+                              f"expected a key prefix like \"/breakwater/\", got {prefix!r}")
+        out["store_prefix"] = prefix
+    files: dict[str, Path] = {}
+    for key in _ETCD_FILES:
+        if doc.get(key) is None:
+            continue
+        value = doc[key]
+        if not isinstance(value, str | Path) or not str(value).strip():
+            raise ConfigError(src, key, f"expected the path of a PEM file, got {value!r}")
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ConfigError(src, key, f"{str(path)!r}: no such file")
+        files[key] = path
+    if files:
+        if spec == "sqlite":
+            raise ConfigError(src, next(iter(files)), 'only for store = "etcd://..."')
+        if "etcd_ca" not in files:
+            raise ConfigError(src, "etcd_ca",
+                              "needed with etcd_cert/etcd_key (the CA of etcd's certificates)")
+        if ("etcd_cert" in files) != ("etcd_key" in files):
+            raise ConfigError(src, "etcd_key" if "etcd_cert" in files else "etcd_cert",
+                              "etcd_cert and etcd_key go together")
+        out["etcd_tls"] = EtcdTLS(files["etcd_ca"], files.get("etcd_cert"), files.get("etcd_key"))
+    elif spec.startswith("etcds://"):
+        raise ConfigError(src, "etcd_ca",
+                          "etcds:// needs etcd_ca (and etcd_cert, etcd_key for client certificates)")
+    return out
 
 
 def parse_config(data: Mapping[str, object], source: str = "<config>",
@@ -131,6 +192,7 @@ def parse_config(data: Mapping[str, object], source: str = "<config>",
         if not path.is_absolute():
             raise ConfigError(src, "state_dir", f"{str(raw)!r} is not an absolute path")
         changes["state_dir"] = path
+    changes.update(_store(doc, src))
     with checked(src):
         if "metrics" in doc:
             changes["metrics"] = parse_listen(doc["metrics"], "metrics", "127.0.0.1:9613")

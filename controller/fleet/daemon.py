@@ -9,7 +9,7 @@ health service and server reflection, served on grpc.aio
 (:func:`~controller.api.aiothread.create_threaded_aio_server`: the agents' streams on
 the event loop, the API's sync servicers on its thread pool). State is one
 SQLite file in WAL mode under ``--state-dir``
-(:class:`~controller.fleet.store.FleetStore`): every change is committed
+(:class:`~controller.fleet.storeapi.Store`: SQLite or etcd): every change is committed
 before it is answered, so kill -9 loses nothing that was acknowledged. A
 background thread sweeps expired rules every second (each sweep one rule
 set version, each removed rule a
@@ -71,7 +71,7 @@ from ..rules.model import ORIGINS
 from .backend import ControllerBackend
 from .config import ControllerConfig
 from .eventlog import EventLog
-from .store import FleetStore
+from .storeapi import Store, open_store
 from .wiring import add_sync_services
 
 __all__ = [
@@ -146,7 +146,7 @@ class SyncHandle(Protocol):
 class SyncHook(Protocol):
     """Adds the agents' services (:func:`~controller.fleet.wiring.add_sync_services`)."""
 
-    def __call__(self, registry: ServiceRegistry, store: FleetStore, events: EventLog,
+    def __call__(self, registry: ServiceRegistry, store: Store, events: EventLog,
                  config: ControllerConfig, *, backend: ControllerBackend) -> SyncHandle: ...
 
 
@@ -259,7 +259,7 @@ class Controller:
     """A built controller: ``server`` bound to ``port`` (not started until
     :meth:`start`), over ``store`` and ``events``."""
 
-    def __init__(self, config: ControllerConfig, *, store: FleetStore, events: EventLog,
+    def __init__(self, config: ControllerConfig, *, store: Store, events: EventLog,
                  backend: ControllerBackend, server: AioServerThread, port: int,
                  health_servicer: health.HealthServicer, rpc_metrics: RpcMetrics,
                  stopping: threading.Event, sync: SyncHandle | None) -> None:
@@ -427,7 +427,7 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
     """Open the store under ``config.state_dir`` and build the server
     (bound, not started). ``sync=False`` leaves the sync hub out;
     ``sync_hook`` adds it (see the module docstring)."""
-    store = FleetStore.open(config.state_dir)
+    store = open_store(config.store, config.state_dir, tls=config.etcd_tls, prefix=config.store_prefix)
     try:
         events = EventLog(store)
         backend = ControllerBackend(store, events, health=config.health,

@@ -81,7 +81,8 @@ from ..rules.model import Rule
 from ..rules.scope import RuleScope, ScopedRule
 from ..validate import check_bool, check_int, check_keys, check_number
 from .eventlog import EventLog
-from .store import CONTROLLER_ACTOR, Change, FleetStore
+from .store import CONTROLLER_ACTOR, Change
+from .storeapi import Store
 
 __all__ = [
     "FLEET_PREFIX",
@@ -249,7 +250,7 @@ def _is_fleet(r: ScopedRule) -> bool:
             and r.id.startswith(FLEET_PREFIX + "-"))
 
 
-def _update(store: FleetStore, *, rule: ScopedRule, etag: str, reason: str) -> Change:
+def _update(store: Store, *, rule: ScopedRule, etag: str, reason: str) -> Change:
     return store.update(rule, etag=etag, actor=CONTROLLER_ACTOR, reason=reason)
 
 
@@ -266,7 +267,7 @@ class FleetDetector:
     takes the nodes' events (any thread); :meth:`tick` evaluates (one
     thread at a time)."""
 
-    def __init__(self, config: FleetConfig, telemetry: FleetTelemetry, store: FleetStore,
+    def __init__(self, config: FleetConfig, telemetry: FleetTelemetry, store: Store,
                  events: EventLog | None = None, *, apply: Apply | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -559,7 +560,7 @@ class FleetDetector:
             self._write(lambda s: s.delete(delete, actor=CONTROLLER_ACTOR, reason="fleet attack over",
                                            allow_missing=True), False)
 
-    def _write(self, change: Callable[[FleetStore], Change], updated: bool) -> None:
+    def _write(self, change: Callable[[Store], Change], updated: bool) -> None:
         try:
             if self._apply is not None:
                 self._apply(change, updated=updated)

@@ -19,7 +19,7 @@ from typing import Final
 
 from breakwater.v1 import event_pb2
 
-from .store import FleetStore
+from .storeapi import Store
 
 __all__ = ["EventLog", "event_name"]
 
@@ -41,7 +41,7 @@ def _kind(event: event_pb2.Event) -> str:
 class EventLog:
     """Stored events plus live fan-out. Thread-safe."""
 
-    def __init__(self, store: FleetStore) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
         self._cond = threading.Condition()
         self._last = store.last_event_seq()

@@ -14,7 +14,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from .store import FleetStore, NodeRecord
+from .store import NodeRecord
+from .storeapi import Store
 
 __all__ = ["NodeWriter"]
 
@@ -26,7 +27,7 @@ class NodeWriter:
     asked for; consecutive updates are merged and written many nodes per
     transaction, at most every ``interval`` seconds."""
 
-    def __init__(self, store: FleetStore, interval: float) -> None:
+    def __init__(self, store: Store, interval: float) -> None:
         self._store = store
         self._interval = interval
         self._cv = threading.Condition()

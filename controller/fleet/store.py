@@ -50,6 +50,7 @@ __all__ = [
     "CONTROLLER_ACTOR",
     "DB_NAME",
     "RECENT_CHANGES",
+    "AuditAction",
     "AuditRow",
     "Change",
     "EventRow",

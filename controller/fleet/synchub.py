@@ -97,7 +97,7 @@ from ..rules.scope import check_labels, check_node_id
 from .eventlog import EventLog
 from .nodewriter import NodeWriter
 from .ruleindex import EMPTY, LabelsKey, RuleIndex, RuleMessages, View
-from .store import FleetStore
+from .storeapi import Store
 from .syncconfig import SyncConfig
 from .syncstreams import Memory, Stream
 
@@ -134,7 +134,7 @@ class SyncHub:
     docstring). Stream work runs on the server's event loop; the hub binds
     to it on the first stream."""
 
-    def __init__(self, store: FleetStore, events: EventLog, config: SyncConfig | None = None, *,
+    def __init__(self, store: Store, events: EventLog, config: SyncConfig | None = None, *,
                  telemetry: Any = None, on_events: EventSink | None = None) -> None:
         self.config = config or SyncConfig()
         self._store = store

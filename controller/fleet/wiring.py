@@ -32,7 +32,7 @@ from ..api.telemetry_service import TelemetryServicer, telemetry_service
 from ..metrics import Exposition
 from .detector import FleetDetector
 from .eventlog import EventLog
-from .store import FleetStore
+from .storeapi import Store
 from .syncconfig import sync_configs
 from .synchub import SyncHub
 from .syncservice import SyncServicer, sync_service
@@ -85,7 +85,7 @@ class SyncServices:
             self.fleet.collect_metrics(out)
 
 
-def add_sync_services(registry: Any, store: FleetStore, events: EventLog, config: object = None, *,
+def add_sync_services(registry: Any, store: Store, events: EventLog, config: object = None, *,
                       backend: Any = None) -> SyncServices:
     """Add SyncService and TelemetryService to the controller's server.
 

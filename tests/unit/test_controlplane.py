@@ -35,6 +35,7 @@ from controller.errors import ConfigError
 from controller.fleet.config import ControllerConfig, load_config, parse_config
 from controller.fleet.daemon import Controller, ServiceRegistry, create_controller
 from controller.fleet.store import FleetStore
+from controller.fleet.storeapi import Store
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 10
@@ -212,7 +213,7 @@ class _Hook:
         self.calls: list[Any] = []
         self.hub = _Hub()
 
-    def __call__(self, registry: ServiceRegistry, store: FleetStore, events: Any, config: ControllerConfig, *,
+    def __call__(self, registry: ServiceRegistry, store: Store, events: Any, config: ControllerConfig, *,
                  backend: Any) -> _Hub:
         self.calls.append((registry, store, events, config, backend))
         if self.as_server:  # the generated helper, with the registry in the server's place

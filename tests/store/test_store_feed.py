@@ -1,25 +1,21 @@
-"""controller.fleet.store additions for the sync hub: the in-memory change
+"""The store suite, for the sync hub: the in-memory change
 feed (changes_since) and batched node writes (update_nodes)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from controller.errors import FieldError, NotFoundError
-from controller.fleet.store import RECENT_CHANGES, FleetStore
+from controller.fleet.store import RECENT_CHANGES
+from controller.fleet.storeapi import Store
 
-from .test_fleetstore import T0, _rule
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FleetStore:
-    return FleetStore.open(tmp_path)
+from .test_store import T0, _rule
 
 
-def test_changes_since_lists_every_change_in_order(store: FleetStore) -> None:
+def test_changes_since_lists_every_change_in_order(store: Store) -> None:
     assert store.changes_since(0) == (0, [])
     store.create([_rule("a"), _rule("b")], actor="t", now=T0)
     a = store.get("a")
@@ -36,7 +32,7 @@ def test_changes_since_lists_every_change_in_order(store: FleetStore) -> None:
     assert store.changes_since(4) is None  # not a version of this store
 
 
-def test_changes_since_too_old_and_after_reopen(store: FleetStore, tmp_path: Path) -> None:
+def test_changes_since_too_old_and_after_reopen(store: Store, reopen: Callable[[], Store]) -> None:
     for i in range(RECENT_CHANGES + 2):
         store.create([_rule(f"r{i}")], actor="t", now=T0)
     assert store.changes_since(0) is None
@@ -45,18 +41,18 @@ def test_changes_since_too_old_and_after_reopen(store: FleetStore, tmp_path: Pat
     store.expire(T0)  # nothing expired: no version, nothing in the feed
     assert store.changes_since(store.version) == (store.version, [])
     store.close()
-    again = FleetStore.open(tmp_path)
+    again = reopen()
     assert again.changes_since(again.version - 1) is None  # the feed is memory only
 
 
-def test_expiry_is_in_the_feed(store: FleetStore) -> None:
+def test_expiry_is_in_the_feed(store: Store) -> None:
     store.create([_rule("t", ttl=5)], actor="t", now=T0)
     change = store.expire(T0 + timedelta(seconds=10))
     assert store.changes_since(1) == (2, [change])
     assert change.actor == "breakwater-controller"
 
 
-def test_update_nodes_one_transaction(store: FleetStore) -> None:
+def test_update_nodes_one_transaction(store: Store) -> None:
     store.register_node("n1", {"site": "fra1"}, {}, now=T0)
     store.register_node("n2", {}, {}, now=T0)
     later = T0 + timedelta(seconds=3)
@@ -73,12 +69,12 @@ def test_update_nodes_one_transaction(store: FleetStore) -> None:
     assert store.update_nodes({}) == []
 
 
-def test_update_nodes_is_durable(store: FleetStore, tmp_path: Path) -> None:
+def test_update_nodes_is_durable(store: Store, reopen: Callable[[], Store]) -> None:
     store.register_node("n1", {}, {}, now=T0)
     store.update_nodes({"n1": {"last_error": {"code": "APPLY_ERROR_CODE_CAPACITY", "message": "full"},
                                "target_version": 9}}, now=datetime(2026, 12, 1, 13, tzinfo=UTC))
     store.close()
-    again = FleetStore.open(tmp_path)
+    again = reopen()
     node = again.node("n1")
     assert node.target_version == 9 and node.last_error == {"code": "APPLY_ERROR_CODE_CAPACITY",
                                                             "message": "full"}

@@ -1,5 +1,6 @@
-"""controller.fleet.store: the controller's rules, nodes, events and audit log
-in a real SQLite file; every change one version, all or nothing, durable."""
+"""The store suite (controller.fleet.storeapi.Store), run against each
+backend: SQLite in a real file, etcd on a real member. Every change one
+version, all or nothing, durable."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from controller.errors import AlreadyExistsError, EtagMismatchError, NotFoundError
-from controller.fleet.store import FleetStore
+from controller.fleet.storeapi import Store
 from controller.rules.model import Match, Rule, RuleAction
 from controller.rules.scope import RuleScope, ScopedRule
+
+from .conftest import Backend
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -26,12 +29,7 @@ def _rule(rid: str, src: str = "198.18.5.0/24", *, ttl: float | None = None,
     return ScopedRule(rule, scope or RuleScope())
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FleetStore:
-    return FleetStore.open(tmp_path)
-
-
-def test_versions_grow_one_per_change(store: FleetStore) -> None:
+def test_versions_grow_one_per_change(store: Store) -> None:
     assert store.version == 0
     c1 = store.create([_rule("a"), _rule("b")], actor="alice", reason="ticket 1", now=T0)
     assert c1.version == 1 and {r.id for r in c1.upserted} == {"a", "b"}
@@ -50,7 +48,7 @@ def replace_src(r: ScopedRule, src: str) -> ScopedRule:
     return ScopedRule(rule, r.scope)
 
 
-def test_batch_is_all_or_nothing(store: FleetStore) -> None:
+def test_batch_is_all_or_nothing(store: Store) -> None:
     store.create([_rule("a")], actor="x")
     with pytest.raises(AlreadyExistsError, match="'a' exists already"):
         store.create([_rule("new"), _rule("a")], actor="x")
@@ -63,7 +61,7 @@ def test_batch_is_all_or_nothing(store: FleetStore) -> None:
     assert store.delete(["missing"], actor="x", allow_missing=True).version == 1  # no change, no version
 
 
-def test_etag_mismatch_changes_nothing(store: FleetStore) -> None:
+def test_etag_mismatch_changes_nothing(store: Store) -> None:
     store.create([_rule("a")], actor="x")
     stale = store.get("a").etag
     store.update(replace_src(store.get("a"), "198.18.7.0/24"), actor="x")
@@ -76,7 +74,7 @@ def test_etag_mismatch_changes_nothing(store: FleetStore) -> None:
         store.update(_rule("nope"), actor="x")
 
 
-def test_scopes_select_nodes(store: FleetStore) -> None:
+def test_scopes_select_nodes(store: Store) -> None:
     store.create([_rule("g"), _rule("fra", scope=RuleScope.selecting({"site": "fra1"})),
                   _rule("one", scope=RuleScope.on_node("edge-2"))], actor="x")
     _, rules = store.for_node("edge-1", {"site": "fra1"})
@@ -85,7 +83,7 @@ def test_scopes_select_nodes(store: FleetStore) -> None:
     assert [r.id for r in rules] == ["g", "one"]
 
 
-def test_expiry_sweep_is_one_audited_version(store: FleetStore) -> None:
+def test_expiry_sweep_is_one_audited_version(store: Store) -> None:
     store.create([_rule("short", ttl=10), _rule("long", ttl=3600), _rule("forever")], actor="x", now=T0)
     assert store.expire(T0 + timedelta(seconds=5)).version == 1  # nothing due: no version
     change = store.expire(T0 + timedelta(seconds=11))
@@ -96,7 +94,7 @@ def test_expiry_sweep_is_one_audited_version(store: FleetStore) -> None:
     assert audit[-1].before is not None and audit[-1].after is None
 
 
-def test_audit_records_who_what_why(store: FleetStore) -> None:
+def test_audit_records_who_what_why(store: Store) -> None:
     store.create([_rule("a")], actor="alice", reason="INC-42", now=T0)
     store.delete(["a"], actor="bob", reason="false positive", now=T0)
     rows = [a.to_dict() for a in store.audit()]
@@ -105,18 +103,17 @@ def test_audit_records_who_what_why(store: FleetStore) -> None:
     assert rows[0]["after"]["rule"]["id"] == "a" and rows[1]["before"]["rule"]["id"] == "a"
 
 
-def test_survives_kill_9(tmp_path: Path) -> None:
+def test_survives_kill_9(backend: Backend) -> None:
     """A writer process killed right after its commits: the next open sees every
     committed change, versions included."""
     script = f"""
 import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from pathlib import Path
-from controller.fleet.store import FleetStore
+from controller.fleet.storeapi import Store
 from controller.rules.model import Match, Rule, RuleAction
 from controller.rules.scope import ScopedRule
-s = FleetStore.open(Path({str(tmp_path)!r}))
-for i in range(5):
+{backend.open_code()}for i in range(5):
     s.create([ScopedRule(Rule(f"r{{i}}", Match.from_dict({{}}), RuleAction("drop")))], actor="x")
 s.register_node("edge-1", {{"site": "fra1"}}, {{"agent_version": "0.1"}})
 s.update_node("edge-1", applied_version=5)
@@ -124,14 +121,14 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert proc.returncode == -9, proc.stderr.decode()
-    with FleetStore.open(tmp_path) as again:
+    with backend.open() as again:
         assert again.version == 5 and [r.id for r in again.rules()] == [f"r{i}" for i in range(5)]
         assert again.node("edge-1").applied_version == 5
         assert again.node("edge-1").labels == {"site": "fra1"}
         assert len(again.audit()) == 5
 
 
-def test_nodes(store: FleetStore) -> None:
+def test_nodes(store: Store) -> None:
     with pytest.raises(NotFoundError, match="never registered"):
         store.node("edge-1")
     first = store.register_node("edge-1", {"site": "fra1"}, {"agent_version": "0.1"}, now=T0)
@@ -144,7 +141,7 @@ def test_nodes(store: FleetStore) -> None:
         store.update_node("edge-1", labels={})
 
 
-def test_events_page_by_sequence(store: FleetStore) -> None:
+def test_events_page_by_sequence(store: Store) -> None:
     seqs = store.add_events([(T0, f"edge-{i % 3}", "attack", bytes([i])) for i in range(10)])
     assert seqs == list(range(1, 11)) and store.last_event_seq() == 10
     page = store.events(after_seq=0, limit=4)

@@ -1,0 +1,711 @@
+"""The controller's store on etcd (:class:`EtcdStore`), for several
+controllers over one etcd cluster; same contract as the SQLite
+:class:`~controller.fleet.store.FleetStore` (:class:`~controller.fleet.storeapi.Store`).
+
+Keys, under a prefix (``/breakwater/`` unless configured)::
+
+    version                 the rule set's version (decimal)
+    rules/<id>              a rule: its JSON, scope, version, etag, times
+    audit/<version:020d>    the audit records of one change (actor, reason, rows)
+    nodes/<id>              a node's registration and versions (JSON)
+    alive/<id>              present while the node is connected, on the lease
+                            of the controller it is connected to
+    eventseq                the last event's sequence
+    events/<seq:020d>       one event (JSON, the payload in base64)
+
+**One change, one transaction.** A create, update, delete or expiry sweep
+writes its rules, the version key (+1) and its audit record in one etcd
+transaction that holds only if the version key's ``mod_revision`` is the one
+the change was checked against (and, for an update or delete, each rule's
+``mod_revision`` too): two controllers can never interleave half-changes.
+A controller whose check was stale catches up and checks again, so an
+etag that no longer matches is :class:`~controller.errors.EtagMismatchError`
+whichever controller changed the rule.
+
+**Memory in step with etcd.** Everything but events and audit records is
+read at open and then kept in step by one watch on the prefix, resumed from
+the last revision applied. A write returns once the watch has applied its
+revision, so a controller reads its own writes, and every controller builds
+the same :class:`~controller.fleet.store.Change` feed from the same events.
+If etcd compacted the revision to resume from, the store re-lists
+everything and empties the feed (:meth:`changes_since` answers None, so the
+sync hub sends snapshots): never a silent gap.
+
+**Liveness on leases.** Each store holds one lease (``lease_ttl`` seconds,
+kept alive by a thread); a node it registers gets ``alive/<id>`` on that
+lease. If the controller dies, etcd deletes the key when the lease expires
+and every controller sees the node disconnected. A store only deletes the
+``alive`` keys it wrote itself.
+
+Limits: etcd refuses a transaction of more than ``--max-txn-ops`` (128 by
+default) operations: a change of N rules takes N + 2, so a controller on
+etcd needs ``--max-txn-ops`` above its largest batch (docs/controlplane.md);
+node writes are split into transactions of :data:`NODE_TXN_OPS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from ..errors import (
+    AlreadyExistsError,
+    BreakwaterError,
+    EtagMismatchError,
+    FieldError,
+    NotFoundError,
+    UnavailableError,
+)
+from ..rules.model import Rule
+from ..rules.scope import ScopedRule
+from .etcd import (
+    CompactedError,
+    EtcdClient,
+    EtcdTLS,
+    KeyValue,
+    WatchBatch,
+    WatchStream,
+    compare_mod,
+    delete_op,
+    prefix_end,
+    put_op,
+)
+from .store import (
+    CONTROLLER_ACTOR,
+    RECENT_CHANGES,
+    AuditAction,
+    AuditRow,
+    Change,
+    EventRow,
+    NodeRecord,
+    _audit_doc,
+    _dt,
+    _etag,
+    _scope_doc,
+    _scope_from,
+    _ts,
+)
+
+__all__ = ["AUDIT_SEQ_STRIDE", "DEFAULT_LEASE_TTL", "DEFAULT_PREFIX", "NODE_TXN_OPS", "EtcdStore"]
+
+LOGGER = logging.getLogger("breakwater.controller.etcdstore")
+
+DEFAULT_PREFIX: Final = "/breakwater/"
+DEFAULT_LEASE_TTL: Final = 10
+"""Seconds a dead controller's nodes stay connected (its lease's TTL)."""
+NODE_TXN_OPS: Final = 100
+"""Node writes per transaction (below etcd's default --max-txn-ops of 128)."""
+AUDIT_SEQ_STRIDE: Final = 1 << 20
+"""An audit row's ``seq`` on etcd: version * stride + its place in the change."""
+APPLY_TIMEOUT: Final = 15.0
+"""Seconds a write waits for the watch to apply its own revision."""
+COMMIT_ATTEMPTS: Final = 20
+"""Times a change is checked again after another controller committed first."""
+WATCH_RETRY: Final = 0.5
+"""Seconds between attempts to re-open a failed watch."""
+
+_NODE_FIELDS: Final = frozenset({"connected", "target_version", "applied_version", "applied_time",
+                                 "last_error", "last_heartbeat"})
+
+
+def _seq_key(n: int) -> str:
+    return f"{n:020d}"
+
+
+def _node_doc(node: NodeRecord) -> bytes:
+    return json.dumps({"labels": dict(node.labels), "doc": dict(node.doc),
+                       "create_time": _ts(node.create_time),
+                       "last_heartbeat": _ts(node.last_heartbeat), "target_version": node.target_version,
+                       "applied_version": node.applied_version, "applied_time": _ts(node.applied_time),
+                       "last_error": None if node.last_error is None else dict(node.last_error)}).encode()
+
+
+def _node_from(node_id: str, raw: bytes, connected: bool) -> NodeRecord:
+    d = json.loads(raw)
+    return NodeRecord(node_id, d["labels"], d["doc"], _dt(d["create_time"]), _dt(d["last_heartbeat"]),
+                      connected, d["target_version"], d["applied_version"], _dt(d["applied_time"]),
+                      d["last_error"])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked change, ready to commit: compares and operations."""
+
+    version: int
+    compares: list[dict[str, Any]]
+    ops: list[dict[str, Any]]
+
+
+class EtcdStore:
+    """The controller's state in etcd (see the module docstring). Thread-safe."""
+
+    def __init__(self, client: EtcdClient, *, prefix: str = DEFAULT_PREFIX,
+                 lease_ttl: int = DEFAULT_LEASE_TTL) -> None:
+        if not prefix.startswith("/") or not prefix.endswith("/"):
+            raise FieldError("store_prefix", f"{prefix!r} must start and end with '/'")
+        self.client = client
+        self.prefix = prefix
+        self.location = f"etcd://{','.join(client.endpoints)}{prefix}"
+        p = prefix.encode()
+        self._p = p
+        self._version_key = p + b"version"
+        self._rules_p = p + b"rules/"
+        self._audit_p = p + b"audit/"
+        self._nodes_p = p + b"nodes/"
+        self._alive_p = p + b"alive/"
+        self._eventseq_key = p + b"eventseq"
+        self._events_p = p + b"events/"
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._recent: deque[Change] = deque(maxlen=RECENT_CHANGES)
+        self._version = 0
+        self._version_mod = 0
+        self._revision = 0
+        self._rules: dict[str, ScopedRule] = {}
+        self._rule_mod: dict[str, int] = {}
+        self._node_raw: dict[str, bytes] = {}
+        self._alive: set[str] = set()
+        self._mine: set[str] = set()
+        self._closed = threading.Event()
+        self._watch_error: BreakwaterError | None = None
+        self._stream: WatchStream | None = None
+        self._relists = 0
+        self._lease_ttl = lease_ttl
+        self._relist()
+        self._lease = client.grant(lease_ttl, what=f"{self.location}: grant the node lease")
+        self._watcher = threading.Thread(target=self._watch_loop, name="etcd-store-watch", daemon=True)
+        self._keeper = threading.Thread(target=self._keepalive_loop, name="etcd-store-lease", daemon=True)
+        self._watcher.start()
+        self._keeper.start()
+
+    @classmethod
+    def connect(cls, endpoints: Sequence[str], *, tls: EtcdTLS | None = None, prefix: str = DEFAULT_PREFIX,
+                lease_ttl: int = DEFAULT_LEASE_TTL) -> EtcdStore:
+        client = EtcdClient(endpoints, tls=tls)
+        try:
+            return cls(client, prefix=prefix, lease_ttl=lease_ttl)
+        except BaseException:
+            client.close()
+            raise
+
+    def close(self) -> None:
+        """Stop watching, end the lease (this store's nodes turn disconnected), close."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+        try:
+            self.client.revoke(self._lease, what=f"{self.location}: revoke the node lease")
+        except BreakwaterError as exc:
+            LOGGER.warning("%s", exc)
+        self._watcher.join(5)
+        self._keeper.join(5)
+        self.client.close()
+
+    def __enter__(self) -> EtcdStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def relists(self) -> int:
+        """Times the watch found its revision compacted and re-listed everything."""
+        return self._relists
+
+    # -- keeping memory in step --
+
+    def _rule_from(self, kv: KeyValue) -> ScopedRule:
+        d = json.loads(kv.value)
+        return ScopedRule(Rule.from_dict(d["rule"]), _scope_from(json.dumps(d["scope"])), d["version"],
+                          d["etag"], _dt(d["create_time"]), _dt(d["update_time"]))
+
+    def _relist(self) -> None:
+        """Read rules, version, nodes and liveness at one revision; the change feed starts over."""
+        what = f"{self.location}: list"
+        revision, kvs = self.client.range_all(self._rules_p, what=what)
+        _, version_kvs, _ = self.client.range(self._version_key, revision=revision, what=what)
+        _, nodes = self.client.range_all(self._nodes_p, revision=revision, what=what)
+        _, alive = self.client.range_all(self._alive_p, revision=revision, what=what)
+        rules = {}
+        mods = {}
+        for kv in kvs:
+            rid = kv.key[len(self._rules_p):].decode()
+            rules[rid] = self._rule_from(kv)
+            mods[rid] = kv.mod_revision
+        with self._lock:
+            self._rules, self._rule_mod = rules, mods
+            self._version = int(version_kvs[0].value) if version_kvs else 0
+            self._version_mod = version_kvs[0].mod_revision if version_kvs else 0
+            self._node_raw = {kv.key[len(self._nodes_p):].decode(): kv.value for kv in nodes}
+            self._alive = {kv.key[len(self._alive_p):].decode() for kv in alive}
+            self._revision = revision
+            self._recent.clear()
+            self._changed.notify_all()
+
+    def _watch_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                with self._lock:
+                    start = self._revision + 1
+                stream = self.client.watch(self._p, prefix_end(self._p), start,
+                                           what=f"{self.location}: watch")
+                self._stream = stream
+                if self._closed.is_set():
+                    stream.close()
+                    return
+                for batch in stream:
+                    self._apply(batch)
+                    self._watch_error = None
+            except CompactedError as exc:
+                LOGGER.warning("%s; re-listing everything", exc, extra={"event": "store_relist"})
+                try:
+                    self._relist()
+                    self._relists += 1
+                except BreakwaterError as again:
+                    self._watch_error = again
+                    self._closed.wait(WATCH_RETRY)
+            except BreakwaterError as exc:
+                if self._closed.is_set():
+                    return
+                self._watch_error = exc
+                LOGGER.warning("%s; watching again", exc, extra={"event": "store_watch_failed"})
+                self._closed.wait(WATCH_RETRY)
+            except Exception:
+                if self._closed.is_set():
+                    return
+                LOGGER.exception("%s: watch failed", self.location)
+                self._closed.wait(WATCH_RETRY)
+
+    def _apply(self, batch: WatchBatch) -> None:
+        """Apply one watch response's events, revision by revision."""
+        by_revision: dict[int, list[tuple[str, KeyValue, KeyValue | None]]] = {}
+        for ev in batch.events:
+            by_revision.setdefault(ev[1].mod_revision, []).append(ev)
+        with self._lock:
+            for revision in sorted(by_revision):
+                if revision <= self._revision:
+                    continue
+                self._apply_revision(revision, by_revision[revision])
+                self._revision = revision
+            self._changed.notify_all()
+
+    def _apply_revision(self, revision: int, events: list[tuple[str, KeyValue, KeyValue | None]]) -> None:
+        upserted: list[ScopedRule] = []
+        removed: list[ScopedRule] = []
+        version: int | None = None
+        actor = reason = ""
+        for kind, kv, _prev in events:
+            key = kv.key
+            if key.startswith(self._rules_p):
+                rid = key[len(self._rules_p):].decode()
+                if kind == "DELETE":
+                    old = self._rules.pop(rid, None)
+                    self._rule_mod.pop(rid, None)
+                    if old is not None:
+                        removed.append(old)
+                else:
+                    rule = self._rule_from(kv)
+                    self._rules[rid] = rule
+                    self._rule_mod[rid] = kv.mod_revision
+                    upserted.append(rule)
+            elif key == self._version_key and kind == "PUT":
+                version = int(kv.value)
+                self._version_mod = kv.mod_revision
+            elif key.startswith(self._audit_p) and kind == "PUT":
+                doc = json.loads(kv.value)
+                actor, reason = doc["actor"], doc["reason"]
+            elif key.startswith(self._nodes_p):
+                nid = key[len(self._nodes_p):].decode()
+                if kind == "DELETE":
+                    self._node_raw.pop(nid, None)
+                else:
+                    self._node_raw[nid] = kv.value
+            elif key.startswith(self._alive_p):
+                nid = key[len(self._alive_p):].decode()
+                if kind == "DELETE":
+                    self._alive.discard(nid)
+                else:
+                    self._alive.add(nid)
+        if version is None:
+            return
+        if version != self._version + 1:
+            self._recent.clear()  # not one step: the feed cannot say what happened in between
+        self._version = version
+        self._recent.append(Change(version, tuple(upserted), tuple(removed), actor, reason))
+
+    def _wait_applied(self, revision: int, what: str) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._revision >= revision or self._closed.is_set(),
+                                          timeout=APPLY_TIMEOUT):
+                raise UnavailableError(f"{self.location}: {what}: committed at revision {revision}, but the "
+                                       f"watch has not seen it in {APPLY_TIMEOUT:.0f}s "
+                                       f"({self._watch_error or 'no error'})", "UNAVAILABLE")
+
+    def _keepalive_loop(self) -> None:
+        while not self._closed.wait(max(1.0, self._lease_ttl / 3)):
+            try:
+                if self.client.keepalive(self._lease, what=f"{self.location}: keep the node lease") > 0:
+                    continue
+                # expired (etcd unreachable for longer than the TTL): a new lease, our nodes again
+                self._lease = self.client.grant(self._lease_ttl,
+                                                what=f"{self.location}: grant the node lease")
+                with self._lock:
+                    mine = sorted(self._mine)
+                for i in range(0, len(mine), NODE_TXN_OPS):
+                    self.client.txn((), [put_op(self._alive_p + n.encode(), b"1", self._lease)
+                                         for n in mine[i:i + NODE_TXN_OPS]],
+                                    what=f"{self.location}: liveness")
+                LOGGER.warning("%s: the node lease had expired; renewed for %d node(s)", self.location,
+                               len(mine))
+            except BreakwaterError as exc:
+                if not self._closed.is_set():
+                    LOGGER.warning("%s", exc, extra={"event": "store_lease_failed"})
+
+    # -- rules: reads --
+
+    @property
+    def version(self) -> int:
+        with self._lock:
+            return self._version
+
+    def wait_version(self, after: int, timeout: float) -> int:
+        with self._changed:
+            self._changed.wait_for(lambda: self._version > after, timeout=timeout)
+            return self._version
+
+    def changes_since(self, after: int) -> tuple[int, list[Change]] | None:
+        with self._lock:
+            version = self._version
+            if after == version:
+                return version, []
+            if after > version:
+                return None
+            recent = [c for c in self._recent if c.version > after]
+        if not recent or recent[0].version != after + 1:
+            return None
+        return version, recent
+
+    def get(self, rule_id: str) -> ScopedRule:
+        with self._lock:
+            found = self._rules.get(rule_id)
+        if found is None:
+            raise NotFoundError(f"rule {rule_id!r} does not exist", f"rules/{rule_id}")
+        return found
+
+    def rules(self, *, now: datetime | None = None, include_expired: bool = False) -> list[ScopedRule]:
+        with self._lock:
+            out = sorted(self._rules.values(), key=lambda r: r.id)
+        if include_expired:
+            return out
+        at = now or datetime.now(UTC)
+        return [r for r in out if r.rule.is_active(at)]
+
+    def snapshot(self, *, include_expired: bool = False) -> tuple[int, list[ScopedRule]]:
+        with self._lock:
+            version = self._version
+            rules = sorted(self._rules.values(), key=lambda r: r.id)
+        if include_expired:
+            return version, rules
+        now = datetime.now(UTC)
+        return version, [r for r in rules if r.rule.is_active(now)]
+
+    def for_node(self, node_id: str, labels: Mapping[str, str], *,
+                 now: datetime | None = None) -> tuple[int, list[ScopedRule]]:
+        version, rules = self.snapshot()
+        at = now or datetime.now(UTC)
+        return version, [r for r in rules if r.scope.applies_to(node_id, labels) and r.rule.is_active(at)]
+
+    # -- rules: writes --
+
+    def _rule_op(self, rule: ScopedRule, version: int, now: datetime,
+                 created: datetime | None) -> tuple[dict[str, Any], ScopedRule]:
+        doc = json.dumps(rule.rule.to_dict(), sort_keys=True)
+        scope = _scope_doc(rule.scope)
+        etag = _etag(doc, scope, version)
+        stored = ScopedRule(rule.rule, rule.scope, version, etag, created or now, now)
+        value = (f'{{"rule": {doc}, "scope": {scope}, "version": {version}, "etag": {json.dumps(etag)}, '
+                 f'"create_time": {(created or now).timestamp()}, "update_time": {now.timestamp()}}}')
+        return put_op(self._rules_p + rule.id.encode(), value.encode()), stored
+
+    def _audit_op(self, version: int, at: datetime, actor: str, reason: str,
+                  rows: Sequence[tuple[str, str, str | None, str | None]]) -> dict[str, Any]:
+        body = ", ".join(f'{{"action": {json.dumps(a)}, "rule_id": {json.dumps(r)}, '
+                         f'"before": {b or "null"}, "after": {af or "null"}}}' for a, r, b, af in rows)
+        value = (f'{{"at": {at.timestamp()}, "actor": {json.dumps(actor)}, "reason": {json.dumps(reason)}, '
+                 f'"rows": [{body}]}}')
+        return put_op(self._audit_p + _seq_key(version).encode(), value.encode())
+
+    def _commit(self, plan_change: Callable[[], _Plan | None], what: str) -> Change:
+        """Check a change against memory, commit it if nobody changed the rule
+        set meanwhile, else catch up and check again."""
+        for _ in range(COMMIT_ATTEMPTS):
+            with self._lock:
+                plan = plan_change()
+                if plan is None:
+                    return Change(self._version)
+                version_mod = self._version_mod
+            compares = [compare_mod(self._version_key, version_mod), *plan.compares]
+            ops = [*plan.ops, put_op(self._version_key, str(plan.version).encode())]
+            result = self.client.txn(compares, ops, what=f"{self.location}: {what}")
+            if result.succeeded:
+                self._wait_applied(result.revision, what)
+                with self._lock:
+                    for change in reversed(self._recent):
+                        if change.version == plan.version:
+                            return change
+                    return Change(plan.version)  # re-listed meanwhile: the feed starts after it
+            _, kvs, _ = self.client.range(self._version_key, what=f"{self.location}: {what}")
+            if kvs:
+                self._wait_applied(kvs[0].mod_revision, what)
+        raise UnavailableError(f"{self.location}: {what}: other controllers kept changing the rule set; "
+                               f"gave up after {COMMIT_ATTEMPTS} attempts", "UNAVAILABLE")
+
+    def create(self, rules: Sequence[ScopedRule], *, actor: str, reason: str = "",
+               now: datetime | None = None) -> Change:
+        at = now or datetime.now(UTC)
+
+        def plan() -> _Plan | None:
+            seen: set[str] = set()
+            for i, r in enumerate(rules):
+                if r.id in self._rules or r.id in seen:
+                    raise AlreadyExistsError(
+                        f"rule {r.id!r} exists already" + (f" (request {i})" if len(rules) > 1 else "")
+                        + "; update it, or delete it first", f"rules/{r.id}")
+                seen.add(r.id)
+            if not rules:
+                return None
+            version = self._version + 1
+            ops = []
+            rows: list[tuple[str, str, str | None, str | None]] = []
+            for r in rules:
+                op, stored = self._rule_op(r, version, at, None)
+                ops.append(op)
+                rows.append(("create", r.id, None, _audit_doc(stored)))
+            ops.append(self._audit_op(version, at, actor, reason, rows))
+            return _Plan(version, [], ops)
+
+        return self._commit(plan, "create rules")
+
+    def _check_etag(self, rid: str, etag: str, old: ScopedRule) -> None:
+        if etag and etag != old.etag:
+            raise EtagMismatchError(
+                f"rule {rid!r} changed since it was read (etag {etag}, now {old.etag}); "
+                "get it again and retry", f"rules/{rid}")
+
+    def update(self, rule: ScopedRule, *, etag: str = "", actor: str, reason: str = "",
+               now: datetime | None = None) -> Change:
+        at = now or datetime.now(UTC)
+
+        def plan() -> _Plan:
+            old = self._rules.get(rule.id)
+            if old is None:
+                raise NotFoundError(f"rule {rule.id!r} does not exist", f"rules/{rule.id}")
+            self._check_etag(rule.id, etag, old)
+            version = self._version + 1
+            op, new = self._rule_op(rule, version, at, old.create_time)
+            audit = self._audit_op(version, at, actor, reason,
+                                   [("update", rule.id, _audit_doc(old), _audit_doc(new))])
+            key = self._rules_p + rule.id.encode()
+            return _Plan(version, [compare_mod(key, self._rule_mod[rule.id])], [op, audit])
+
+        return self._commit(plan, "update rule")
+
+    def delete(self, rule_ids: Sequence[str], *, etag: str = "", actor: str, reason: str = "",
+               allow_missing: bool = False, action: AuditAction = "delete",
+               now: datetime | None = None) -> Change:
+        at = now or datetime.now(UTC)
+
+        def plan() -> _Plan | None:
+            gone: list[ScopedRule] = []
+            for rid in dict.fromkeys(rule_ids):
+                old = self._rules.get(rid)
+                if old is None:
+                    if allow_missing:
+                        continue
+                    raise NotFoundError(f"rule {rid!r} does not exist", f"rules/{rid}")
+                self._check_etag(rid, etag, old)
+                gone.append(old)
+            if not gone:
+                return None
+            version = self._version + 1
+            keys = [self._rules_p + r.id.encode() for r in gone]
+            compares = [compare_mod(k, self._rule_mod[r.id]) for k, r in zip(keys, gone, strict=True)]
+            ops = [delete_op(k) for k in keys]
+            ops.append(self._audit_op(version, at, actor, reason,
+                                      [(action, r.id, _audit_doc(r), None) for r in gone]))
+            return _Plan(version, compares, ops)
+
+        return self._commit(plan, "delete rules")
+
+    def expire(self, now: datetime | None = None) -> Change:
+        at = now or datetime.now(UTC)
+        with self._lock:
+            due = [r.id for r in self._rules.values() if not r.rule.is_active(at)]
+        return self.delete(due, actor=CONTROLLER_ACTOR, reason="expired", allow_missing=True,
+                           action="expire", now=at)
+
+    def audit(self, *, rule_id: str | None = None, limit: int = 100) -> list[AuditRow]:
+        """The newest ``limit`` audit rows (of one rule if given), oldest first;
+        read newest change first, a page at a time, until ``limit`` are found."""
+        out: list[AuditRow] = []
+        end = prefix_end(self._audit_p)
+        what = f"{self.location}: read audit"
+        while len(out) < limit:
+            _, kvs, more = self.client.range(self._audit_p, end, limit=100, descend=True, what=what)
+            for kv in kvs:
+                version = int(kv.key[len(self._audit_p):])
+                doc = json.loads(kv.value)
+                at = datetime.fromtimestamp(doc["at"], UTC)
+                for i, row in reversed(list(enumerate(doc["rows"]))):
+                    if rule_id is None or row["rule_id"] == rule_id:
+                        out.append(AuditRow(version * AUDIT_SEQ_STRIDE + i, at, version, doc["actor"],
+                                            row["action"], row["rule_id"], doc["reason"], row["before"],
+                                            row["after"]))
+                        if len(out) == limit:
+                            break
+                if len(out) == limit:
+                    break
+            if not more or not kvs:
+                break
+            end = kvs[-1].key
+        return list(reversed(out))
+
+    def version_time(self, version: int) -> datetime | None:
+        if version <= 0:
+            return None
+        _, kvs, _ = self.client.range(self._audit_p + _seq_key(version).encode(),
+                                      what=f"{self.location}: read audit")
+        return datetime.fromtimestamp(json.loads(kvs[0].value)["at"], UTC) if kvs else None
+
+    # -- nodes --
+
+    def node(self, node_id: str) -> NodeRecord:
+        with self._lock:
+            raw = self._node_raw.get(node_id)
+            connected = node_id in self._alive
+        if raw is None:
+            raise NotFoundError(f"node {node_id!r} has never registered", f"nodes/{node_id}")
+        return _node_from(node_id, raw, connected)
+
+    def nodes(self) -> list[NodeRecord]:
+        with self._lock:
+            items = sorted(self._node_raw.items())
+            alive = set(self._alive)
+        return [_node_from(n, raw, n in alive) for n, raw in items]
+
+    def _node_ops(self, node: NodeRecord, connected: bool | None) -> list[dict[str, Any]]:
+        ops = [put_op(self._nodes_p + node.node_id.encode(), _node_doc(node))]
+        alive_key = self._alive_p + node.node_id.encode()
+        if connected:
+            ops.append(put_op(alive_key, b"1", self._lease))
+        elif connected is False and node.node_id in self._mine:
+            ops.append(delete_op(alive_key))
+        return ops
+
+    def _write_nodes(self, records: Sequence[tuple[NodeRecord, bool | None]], what: str) -> None:
+        ops = [op for node, connected in records for op in self._node_ops(node, connected)]
+        revision = 0
+        for i in range(0, len(ops), NODE_TXN_OPS):
+            revision = self.client.txn((), ops[i:i + NODE_TXN_OPS], what=f"{self.location}: {what}").revision
+        with self._lock:
+            for node, connected in records:
+                if connected:
+                    self._mine.add(node.node_id)
+                elif connected is False:
+                    self._mine.discard(node.node_id)
+        if revision:
+            self._wait_applied(revision, what)
+
+    def register_node(self, node_id: str, labels: Mapping[str, str], doc: Mapping[str, Any], *,
+                      now: datetime | None = None) -> NodeRecord:
+        at = now or datetime.now(UTC)
+        with self._lock:
+            raw = self._node_raw.get(node_id)
+        base = _node_from(node_id, raw, False) if raw is not None else NodeRecord(node_id, create_time=at)
+        node = replace(base, labels=dict(labels), doc=dict(doc), last_heartbeat=at, connected=True)
+        self._write_nodes([(node, True)], "write node")
+        return node
+
+    def update_node(self, node_id: str, *, now: datetime | None = None, **changes: Any) -> NodeRecord:
+        return self.update_nodes({node_id: changes}, now=now)[0]
+
+    def update_nodes(self, changes: Mapping[str, Mapping[str, Any]], *,
+                     now: datetime | None = None) -> list[NodeRecord]:
+        """Checked whole before anything is written (an unknown node or
+        field writes nothing); written in transactions of :data:`NODE_TXN_OPS`."""
+        at = now or datetime.now(UTC)
+        records: list[tuple[NodeRecord, bool | None]] = []
+        for node_id, fields_ in changes.items():
+            unknown = set(fields_) - _NODE_FIELDS
+            if unknown:
+                raise FieldError(sorted(unknown)[0],
+                                 f"not a node field; known: {', '.join(sorted(_NODE_FIELDS))}")
+            old = self.node(node_id)
+            new = replace(old, **{"last_heartbeat": at, **fields_})
+            records.append((new, fields_.get("connected")))
+        if records:
+            self._write_nodes(records, "write nodes")
+        return [n for n, _ in records]
+
+    # -- events --
+
+    def add_events(self, rows: Sequence[tuple[datetime, str, str, bytes]]) -> list[int]:
+        """Store events, numbered by ``eventseq`` (one transaction per
+        :data:`NODE_TXN_OPS` events, each conditioned on the counter)."""
+        seqs: list[int] = []
+        what = f"{self.location}: write events"
+        for i in range(0, len(rows), NODE_TXN_OPS):
+            chunk = rows[i:i + NODE_TXN_OPS]
+            for _ in range(COMMIT_ATTEMPTS):
+                _, kvs, _ = self.client.range(self._eventseq_key, what=what)
+                last, mod = (int(kvs[0].value), kvs[0].mod_revision) if kvs else (0, 0)
+                ops = [put_op(self._eventseq_key, str(last + len(chunk)).encode())]
+                for n, (at, node, kind, payload) in enumerate(chunk, start=last + 1):
+                    doc = {"at": at.timestamp(), "node": node, "kind": kind,
+                           "payload": base64.b64encode(payload).decode()}
+                    ops.append(put_op(self._events_p + _seq_key(n).encode(), json.dumps(doc).encode()))
+                if self.client.txn([compare_mod(self._eventseq_key, mod)], ops, what=what).succeeded:
+                    seqs.extend(range(last + 1, last + 1 + len(chunk)))
+                    break
+            else:
+                raise UnavailableError(f"{what}: the event counter kept changing", "UNAVAILABLE")
+        return seqs
+
+    def events(self, *, after_seq: int = 0, before_seq: int | None = None, limit: int = 100,
+               newest_first: bool = False) -> list[EventRow]:
+        start = self._events_p + _seq_key(after_seq + 1).encode()
+        end = (self._events_p + _seq_key(before_seq).encode() if before_seq is not None
+               else prefix_end(self._events_p))
+        if start >= end:
+            return []
+        _, kvs, _ = self.client.range(start, end, limit=limit, descend=newest_first,
+                                      what=f"{self.location}: read events")
+        out = []
+        for kv in kvs:
+            d = json.loads(kv.value)
+            out.append(EventRow(int(kv.key[len(self._events_p):]), datetime.fromtimestamp(d["at"], UTC),
+                                d["node"], d["kind"], base64.b64decode(d["payload"])))
+        return out
+
+    def last_event_seq(self) -> int:
+        _, kvs, _ = self.client.range(self._eventseq_key, what=f"{self.location}: read events")
+        return int(kvs[0].value) if kvs else 0
+
+    def prune_events(self, keep: int) -> int:
+        cut = self.last_event_seq() - keep
+        if cut <= 0:
+            return 0
+        _, deleted = self.client.delete(self._events_p, self._events_p + _seq_key(cut + 1).encode(),
+                                        what=f"{self.location}: prune events")
+        return deleted
+
