@@ -13,5 +13,5 @@ processes; imports only the layers below for reading what the data plane
 counted.
 """
 
-__all__ = ["agentproc", "demo", "frames", "measure", "netns", "summary", "topology", "traffic", "view",
-           "waves"]
+__all__ = ["agentproc", "demo", "frames", "measure", "netns", "scenario", "summary", "topology",
+           "traffic", "view", "waves"]
