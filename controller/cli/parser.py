@@ -15,7 +15,7 @@ from pathlib import Path
 from ..agent.config import DEFAULT_CONFIG as DEFAULT_AGENT_CONFIG
 from ..dataplane.attach import DEFAULT_PIN_ROOT
 from ..rules.enforce import DEFAULT_STATE_DIR
-from . import daemons, dataplane, local, remote
+from . import daemons, dataplane, lab, local, remote
 from .dispatch import Command
 from .ruleflags import add_rule_flags
 
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or $BREAKWATER_STATE_DIR)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (_dataplane, _lists, _rules, _top, _stats, _nodes, _agent, _events, _controller, _demo):
+    for group in (_dataplane, _lists, _rules, _top, _stats, _nodes, _agent, _events, _controller, _demo,
+                  lab.register):
         group(sub)
     return p
 

@@ -11,7 +11,12 @@ live view (:mod:`.view`) and the summary (:mod:`.summary`). Every address
 comes from 198.18.0.0/15 and nothing is routed out. Runs the daemons as
 processes; imports only the layers below for reading what the data plane
 counted.
+
+``breakwater lab run`` (:mod:`.run`) replays a scenario file
+(:mod:`.scenario`) against a real controller and agents: the fleet lab
+(:mod:`.fleet`), the origins and the legitimate users (:mod:`.audience`),
+the wave senders (:mod:`.attack`) and the report and chart (:mod:`.report`).
 """
 
-__all__ = ["agentproc", "demo", "frames", "measure", "netns", "summary", "topology", "traffic", "view",
-           "waves"]
+__all__ = ["agentproc", "attack", "audience", "demo", "fleet", "frames", "measure", "netns", "report",
+           "run", "scenario", "summary", "topology", "traffic", "view", "waves"]

@@ -86,9 +86,14 @@ class Agent:
     _partial: str = ""
 
     @classmethod
-    def start(cls, config: Path, log: Path) -> Agent:
+    def start(cls, config: Path, log: Path, *, netns: str | None = None, command: str = "agent") -> Agent:
+        """``breakwater COMMAND --config CONFIG`` (``agent`` or ``controller``),
+        inside network namespace ``netns`` if given (``nsenter --net``: the
+        mount namespace, and so bpffs, stays), killed if this process dies."""
         cmd = [sys.executable, "-m", "controller.cli", "--log-level", "info",
-               "agent", "--config", str(config)]
+               command, "--config", str(config)]
+        if netns:
+            cmd = ["setpriv", "--pdeathsig", "KILL", "nsenter", f"--net=/run/netns/{netns}", *cmd]
         with log.open("wb") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=err, start_new_session=True)
@@ -113,16 +118,20 @@ class Agent:
         self.events.extend(out)
         return out
 
-    def wait_ready(self, timeout: float) -> dict[str, Any]:
+    def wait_ready(self, timeout: float, event: str = "agent_ready") -> dict[str, Any]:
+        """Wait for the log line of ``event`` (new lines, or ones already read)."""
+        for doc in self.events:
+            if doc.get("event") == event:
+                return doc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for doc in self.poll():
-                if doc.get("event") == "agent_ready":
+                if doc.get("event") == event:
                     return doc
             if self.proc.poll() is not None:
-                raise DemoError(f"the agent exited ({self.proc.returncode}) before it was ready")
+                raise DemoError(f"the process exited ({self.proc.returncode}) before {event}:\n{self.tail()}")
             time.sleep(0.05)
-        raise DemoError(f"the agent was not ready within {timeout:.0f} s")
+        raise DemoError(f"no {event} within {timeout:.0f} s:\n{self.tail()}")
 
     def tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):

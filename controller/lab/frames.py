@@ -126,15 +126,17 @@ def _with_l4_csum(proto: int, src: int, dst: str, l4: bytes) -> bytes:
 
 
 def _replicate(src_mac: str, dst_mac: str, sources: Addresses, dst: str, proto: int, l4: bytes,
-               *, frag: int = 0) -> list[bytes]:
+               *, frag: int = 0, ident: int = 1) -> list[bytes]:
     """One frame per source: the template with a zero source, each copy with
     its address written in and the IPv4 (and pseudo-header L4) checksum
-    patched by adding the address words."""
+    patched by adding the address words. ``ident``: the IPv4 identification
+    (the lab tells its waves apart by it)."""
     if len(sources) == 0:
         return []
     pseudo_at = PSEUDO_CSUM.get(proto) if frag == 0 else None
     l4 = _with_l4_csum(proto, 0, dst, l4) if frag == 0 else l4
-    frame = _mac(dst_mac) + _mac(src_mac) + struct.pack("!H", ETH_P_IP) + _ipv4(0, dst, proto, l4, frag=frag)
+    frame = (_mac(dst_mac) + _mac(src_mac) + struct.pack("!H", ETH_P_IP)
+             + _ipv4(0, dst, proto, l4, frag=frag, ident=ident))
     base = np.frombuffer(frame, dtype=np.uint8)
     src = sources.astype(np.uint64)
     words = (src >> np.uint64(16)) + (src & np.uint64(0xFFFF))
@@ -172,14 +174,15 @@ def _udp(sport: int, dport: int, payload: bytes) -> bytes:
 
 
 def udp_frames(src_mac: str, dst_mac: str, sources: Addresses, dst: str, dport: int, *,
-               sport: int = SPORT, payload: bytes = PAYLOAD) -> list[bytes]:
+               sport: int = SPORT, payload: bytes = PAYLOAD, ident: int = 1) -> list[bytes]:
     """One UDP datagram ``sport`` → ``dst``:``dport`` from each address of
     ``sources`` (uint32); ``sport`` 53, 123, 1900, ... makes it reflection."""
-    return _replicate(src_mac, dst_mac, sources, dst, PROTO_UDP, _udp(sport, dport, payload))
+    return _replicate(src_mac, dst_mac, sources, dst, PROTO_UDP, _udp(sport, dport, payload), ident=ident)
 
 
 def tcp_frames(src_mac: str, dst_mac: str, sources: Addresses, dst: str, dport: int, *,
-               flags: str = "S", sport: int = SPORT, seq: int = 1) -> list[bytes]:
+               flags: str = "S", sport: int = SPORT, seq: int = 1,
+               ident: int = 1) -> list[bytes]:
     """One bare TCP segment (``flags``: letters of FSRPAU, e.g. "S" or "A")
     ``sport`` → ``dst``:``dport`` from each source."""
     bits = 0
@@ -189,32 +192,34 @@ def tcp_frames(src_mac: str, dst_mac: str, sources: Addresses, dst: str, dport: 
         bits |= TCP_FLAG_BITS[letter]
     ack = seq + 1 if bits & TCP_FLAG_BITS["A"] else 0
     l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, bits, 64240, 0, 0)
-    return _replicate(src_mac, dst_mac, sources, dst, PROTO_TCP, l4)
+    return _replicate(src_mac, dst_mac, sources, dst, PROTO_TCP, l4, ident=ident)
 
 
 def icmp_frames(src_mac: str, dst_mac: str, sources: Addresses, dst: str, *,
-                payload: bytes = PAYLOAD) -> list[bytes]:
+                payload: bytes = PAYLOAD, ident: int = 1) -> list[bytes]:
     """One ICMP echo request from each source (its checksum does not cover the source)."""
     echo = struct.pack("!BBHHH", 8, 0, 0, 1, 1) + payload
-    return _replicate(src_mac, dst_mac, sources, dst, PROTO_ICMP, echo)
+    return _replicate(src_mac, dst_mac, sources, dst, PROTO_ICMP, echo, ident=ident)
 
 
 def gre_frames(src_mac: str, dst_mac: str, sources: Addresses, dst: str, *, inner_dst: str = "198.19.0.1",
-               dport: int = 53) -> list[bytes]:
+               dport: int = 53, ident: int = 1) -> list[bytes]:
     """One GRE packet (RFC 2784, no options) carrying IPv4/UDP from each source."""
     inner = _ipv4(int(ipaddress.IPv4Address("198.19.0.2")), inner_dst, PROTO_UDP,
                   _with_l4_csum(PROTO_UDP, int(ipaddress.IPv4Address("198.19.0.2")), inner_dst,
                                 _udp(SPORT, dport, PAYLOAD)))
-    return _replicate(src_mac, dst_mac, sources, dst, PROTO_GRE, struct.pack("!HH", 0, ETH_P_IP) + inner)
+    return _replicate(src_mac, dst_mac, sources, dst, PROTO_GRE, struct.pack("!HH", 0, ETH_P_IP) + inner,
+                      ident=ident)
 
 
 def fragment_frames(src_mac: str, dst_mac: str, sources: Addresses, dst: str, *, offset_units: int = 185,
-                    payload: bytes = PAYLOAD) -> list[bytes]:
+                    payload: bytes = PAYLOAD, ident: int = 1) -> list[bytes]:
     """A later fragment (offset ``offset_units`` x 8 bytes, more-fragments
     set) of a UDP datagram from each source: no L4 header to parse."""
     if not 0 < offset_units < 0x2000:
         raise ValueError(f"fragment offset {offset_units} is out of range 1..8191")
-    return _replicate(src_mac, dst_mac, sources, dst, PROTO_UDP, payload, frag=MF | offset_units)
+    return _replicate(src_mac, dst_mac, sources, dst, PROTO_UDP, payload, frag=MF | offset_units,
+                      ident=ident)
 
 
 def verify(frame: bytes) -> None:
