@@ -68,7 +68,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from ..fleet.syncconfig import check_config
 
     overrides = {"listen": args.listen, "state_dir": args.controller_state_dir, "metrics": args.metrics,
-                 "reconcile_interval": args.reconcile_interval}
+                 "reconcile_interval": args.reconcile_interval, "insecure": args.insecure or None}
     cfg = load_config(Path(args.config) if args.config else None, overrides)
     if args.check_config:
         with checked(cfg.source):
