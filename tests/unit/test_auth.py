@@ -5,9 +5,12 @@ the audit actor being the authenticated principal."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import queue
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +34,8 @@ from breakwater.v1 import (
     telemetry_service_pb2,
 )
 from controller import pki
+from controller.agent.config import parse as parse_agent
+from controller.agent.sync import ControllerLayer, SyncClient
 from controller.api.auth import ANY, METHOD_ROLES, Principal, TlsFiles, channel_credentials
 from controller.api.callers import printable
 from controller.api.client import ApiClient
@@ -277,3 +282,39 @@ def test_plaintext_beyond_loopback_needs_insecure(tmp_path: Path, certs: Path) -
         assert "breakwater_controller_tls 0" in plain.metrics_text()
         assert "breakwater_controller_insecure 0" in plain.metrics_text()
     assert os.path.exists(tmp_path)
+
+
+def test_an_agent_syncs_over_mtls(ctl: Controller, certs: Path, tmp_path: Path) -> None:
+    with ApiClient(ctl.address, tls=_tls(certs, "operator"), timeout=5) as c:
+        c.create_rule("for-edges", rule_pb2.Rule(action=rule_pb2.Action(kind=rule_pb2.ACTION_KIND_DROP),
+                                                 match=rule_pb2.Match(src=["198.18.9.0/24"])))
+    got: queue.Queue[ControllerLayer] = queue.Queue()
+    client = SyncClient(ctl.address, identity=lambda: sync_service_pb2.Register(node_id="edge-1"),
+                        apply=got.put, state_dir=tmp_path,
+                        credentials=channel_credentials(_tls(certs, "edge-1")))
+    client.start()
+    try:
+        deadline = time.monotonic() + 20
+        layer = ControllerLayer()
+        while "for-edges" not in layer.rules and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                layer = got.get(timeout=1)
+        assert "for-edges" in layer.rules
+    finally:
+        client.stop(timeout=5)
+
+
+def test_agent_tls_config(certs: Path) -> None:
+    node = _tls(certs, "edge-1")
+    tls = {"cert": str(node.cert), "key": str(node.key), "ca": str(node.ca)}
+    cfg = parse_agent({"interfaces": ["eth0"], "controller": "ctl.example:9610", "node_id": "edge-1",
+                       "tls": tls})
+    assert cfg.tls == node and not cfg.insecure
+    with pytest.raises(InputError, match=r"tls\.cert: names node:edge-1, not node:edge-2"):
+        parse_agent({"interfaces": ["eth0"], "controller": "ctl.example:9610", "node_id": "edge-2",
+                     "tls": tls})
+    with pytest.raises(InputError, match=r"controller: ctl\.example:9610 is not a loopback address"):
+        parse_agent({"interfaces": ["eth0"], "controller": "ctl.example:9610", "node_id": "edge-1"})
+    assert parse_agent({"interfaces": ["eth0"], "controller": "ctl.example:9610",
+                        "tls": {"insecure": True}}).insecure
+    assert parse_agent({"interfaces": ["eth0"], "controller": "127.0.0.1:9610"}).tls is None
