@@ -27,6 +27,8 @@ is one line saying what went wrong and what to do next::
     ├── EtagMismatchError          the resource changed since the caller read it
     ├── FailedPreconditionError    the request cannot be served in the current state
     ├── CapacityError              a limit would be exceeded (rules, batch size, streams)
+    ├── UnauthenticatedError       the caller presented no identity Breakwater accepts
+    ├── PermissionDeniedError      the caller's role (or node) may not do this
     └── RemoteError                a gRPC call failed in a way none of the above says
         └── UnavailableError       the peer cannot be reached or did not answer in time
 
@@ -38,7 +40,8 @@ only by :mod:`controller.sqlite`. gRPC
 statuses are converted both ways in :mod:`controller.api.status`: each error above
 has one status code (``INVALID_ARGUMENT`` with the field of a
 ``FieldError``, ``NOT_FOUND``, ``ALREADY_EXISTS``, ``ABORTED``,
-``FAILED_PRECONDITION``, ``RESOURCE_EXHAUSTED``; ``MapFullError`` is
+``FAILED_PRECONDITION``, ``RESOURCE_EXHAUSTED``, ``UNAUTHENTICATED``,
+``PERMISSION_DENIED``; ``MapFullError`` is
 ``RESOURCE_EXHAUSTED`` too), and a client gets the same error back.
 """
 
@@ -68,11 +71,13 @@ __all__ = [
     "NotAttachedError",
     "NotFoundError",
     "NotRootError",
+    "PermissionDeniedError",
     "PinnedMapMismatchError",
     "ProgramLoadError",
     "RemoteError",
     "SetupError",
     "StoreError",
+    "UnauthenticatedError",
     "UnavailableError",
     "from_bcc_error",
     "from_os_error",
@@ -207,6 +212,16 @@ class FailedPreconditionError(BreakwaterError):
 class CapacityError(BreakwaterError):
     """A limit would be exceeded (rules, batch size, open streams): nothing
     was changed."""
+
+
+class UnauthenticatedError(BreakwaterError):
+    """The call carries no identity Breakwater accepts (no verified client
+    certificate naming a node or a role)."""
+
+
+class PermissionDeniedError(BreakwaterError):
+    """The caller is known but its role (or its node id) does not allow this
+    call; nothing was changed."""
 
 
 class RemoteError(BreakwaterError):

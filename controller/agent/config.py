@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 from ..addresses import Prefix, parse_prefix
+from ..api.auth import TlsFiles, check_plaintext
 from ..config import checked, parse_listen, read_toml
 from ..dataplane.attach import DEFAULT_PIN_ROOT, AttachMode
 from ..dataplane.maps import MAX_MAP_ENTRIES, MapSizes
 from ..detection.config import DetectConfig, MitigateConfig
 from ..errors import ConfigError, FieldError, InputError
+from ..pki import identity_of
 from ..rules.enforce import DEFAULT_STATE_DIR
 from ..rules.scope import check_labels, check_node_id
 from ..validate import check_int, check_keys, check_number, join
@@ -50,8 +52,9 @@ AgentMode = Literal["monitor", "enforce"]
 _TOP_KEYS: Final = (
     "interfaces", "protected", "management", "allowlist", "mode", "interval", "detach_on_exit",
     "state_dir", "pin_root", "metrics", "rules_file", "sizes", "detect", "mitigate",
-    "controller", "node_id", "labels", "api",
+    "controller", "node_id", "labels", "api", "tls",
 )
+_TLS_KEYS: Final = ("cert", "key", "ca", "insecure")
 _IFACE_KEYS: Final = ("name", "netns", "mode")
 # Keys of [mitigate] the agent fills in from the top level.
 _OWNED_BY_AGENT: Final = {"allowlist": "allowlist", "management": "management", "monitor": "mode"}
@@ -91,6 +94,11 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     api: tuple[str, int] | None = ("127.0.0.1", 9612)
     """Where the agent serves its local API; None: not at all."""
+    tls: TlsFiles | None = None
+    """[tls]: this node's certificate (``breakwater://node/<node_id>``), its
+    key and the CA the controller's certificate must chain to; None: the
+    sync stream is plaintext (loopback, or ``[tls] insecure = true``)."""
+    insecure: bool = False
 
     @property
     def monitor(self) -> bool:
@@ -117,6 +125,8 @@ class AgentConfig:
             "node_id": self.node_id,
             "labels": dict(self.labels),
             "api": f"{self.api[0]}:{self.api[1]}" if self.api else "",
+            "tls": ({"cert": str(self.tls.cert), "key": str(self.tls.key), "ca": str(self.tls.ca)}
+                    if self.tls else {}) | ({"insecure": True} if self.insecure else {}),
             "sizes": self.sizes.as_dict(),
             "detect": det,
             "mitigate": mit,
@@ -292,9 +302,46 @@ def _parse(doc: Mapping[str, object], src: str) -> AgentConfig:
     node_id = check_node_id(doc["node_id"], "node_id") if "node_id" in doc else default_node_id()
     labels = _labels(doc.get("labels", {}))
     api = parse_listen(doc.get("api", DEFAULT_API), "api", DEFAULT_API)
+    tls, insecure = _tls(doc.get("tls", {}), controller, node_id)
     return AgentConfig(interfaces, protected, management, allowlist, mode, interval,
                        detach, state_dir, pin_root, metrics, rules_file, sizes, detect, mitigate, src,
-                       controller, node_id, labels, api)
+                       controller, node_id, labels, api, tls, insecure)
+
+
+def _tls(value: object, controller: str | None, node_id: str) -> tuple[TlsFiles | None, bool]:
+    """[tls]: cert, key and ca (all or none), insecure. The certificate must
+    name this node; plaintext to a controller beyond loopback needs insecure."""
+    if not isinstance(value, dict):
+        raise FieldError("tls", f"expected a table ([tls]), got {value!r}")
+    check_keys(value, _TLS_KEYS, "tls")
+    insecure = value.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise FieldError("tls.insecure", f"expected true or false, got {insecure!r}")
+    paths: dict[str, Path] = {}
+    for key in ("cert", "key", "ca"):
+        if value.get(key):
+            path = Path(_text(value[key], f"tls.{key}"))
+            if not path.is_file():
+                raise FieldError(f"tls.{key}", f"{str(path)!r}: no such file (breakwater pki issue node)")
+            paths[key] = path
+    if paths and len(paths) < 3:
+        missing = next(k for k in ("cert", "key", "ca") if k not in paths)
+        raise FieldError(f"tls.{missing}", "needed with the other tls keys (cert, key and ca, or none)")
+    tls = TlsFiles(paths["cert"], paths["key"], paths["ca"]) if paths else None
+    if tls is not None:
+        try:
+            ident = identity_of(tls.cert.read_bytes())
+        except (InputError, OSError) as exc:
+            raise FieldError("tls.cert", str(exc)) from None
+        if ident.kind != "node" or ident.name != node_id:
+            raise FieldError("tls.cert", f"names {ident.principal}, not node:{node_id} (node_id); "
+                                         f"issue one with breakwater pki issue node {node_id}")
+    elif controller is not None:
+        try:
+            check_plaintext(controller, insecure, "controller")
+        except InputError as exc:
+            raise FieldError("controller", str(exc).partition(": ")[2]) from None
+    return tls, insecure
 
 
 def load(path: Path, overrides: Mapping[str, object] | None = None) -> AgentConfig:

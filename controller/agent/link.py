@@ -15,6 +15,7 @@ from typing import Final
 
 from breakwater.v1 import node_pb2, sync_service_pb2
 
+from ..api.auth import channel_credentials
 from ..dataplane import abi
 from ..rules.compiler import DEFAULT_MAX_SIGNATURES
 from .config import AgentConfig
@@ -95,8 +96,13 @@ class ControllerLink:
 
             self._call_in_loop(put)
 
+        if cfg.tls is None and cfg.insecure:
+            LOGGER.warning("the sync stream to %s is PLAINTEXT ([tls] insecure = true): anyone on the path "
+                           "can change this edge's rules; configure [tls] cert, key and ca", cfg.controller,
+                           extra={"event": "sync_insecure", "controller": cfg.controller})
+        credentials = channel_credentials(cfg.tls) if cfg.tls is not None else None
         self.client = SyncClient(cfg.controller, identity=self.identity, apply=apply,
-                                 state_dir=cfg.state_dir, held=held)
+                                 state_dir=cfg.state_dir, held=held, credentials=credentials)
         self.client.start()
 
     def identity(self) -> sync_service_pb2.Register:

@@ -6,7 +6,8 @@ over small backends (:mod:`.backends`), with pages and page tokens
 (:mod:`.pages`), the caller's identity (:mod:`.callers`) and list filters
 (:mod:`.filtering`); TelemetryService (:mod:`.telemetry_service`) and the
 telemetry book it reads (:mod:`.telemetry`); the one place errors become
-statuses and back (:mod:`.status`); the servers: thread-pool
+statuses and back (:mod:`.status`); TLS credentials, principals and the
+role of every RPC (:mod:`.auth`); the servers: thread-pool
 (:mod:`.server`), grpc.aio (:mod:`.aio`) and grpc.aio on a thread of its
 own (:mod:`.aiothread`); and the client the CLI uses (:mod:`.client`).
 
@@ -17,6 +18,7 @@ TelemetryService for its own node, the controller for the fleet.
 __all__ = [
     "aio",
     "aiothread",
+    "auth",
     "backends",
     "callers",
     "client",

@@ -32,6 +32,7 @@ from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..errors import InputError, SetupError
+from .auth import AioAuthInterceptor, Authorizer
 from .server import (
     DEFAULT_MAX_WORKERS,
     POOL_THREAD_PREFIX,
@@ -458,6 +459,7 @@ async def create_aio_server(
     interceptors: Sequence[grpc.ServerInterceptor | grpc.aio.ServerInterceptor] = (),
     migration_workers: int = DEFAULT_MAX_WORKERS,
     options: Sequence[tuple[str, Any]] = (),
+    authorizer: Authorizer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """:func:`~controller.api.server.create_server` on grpc.aio, for servers
     of many long streams (the controller: one sync stream per agent). Call
@@ -470,8 +472,10 @@ async def create_aio_server(
     create_server (see :class:`AioErrorInterceptor`), aio ones after it.
     The server pings its clients every :data:`SERVER_KEEPALIVE_SECONDS`, so
     the stream of a client that vanished ends soon (``options`` may
-    override any grpc channel argument)."""
+    override any grpc channel argument). ``authorizer`` checks every call's
+    principal and role before anything else (:mod:`controller.api.auth`)."""
     names = service_names(services)
+    auth = [AioAuthInterceptor(authorizer)] if authorizer is not None else []
     plain = [i for i in interceptors if isinstance(i, grpc.ServerInterceptor)]
     aio_ones = [i for i in interceptors if isinstance(i, grpc.aio.ServerInterceptor)]
     hs = health_servicer or aio_health.HealthServicer()
@@ -479,7 +483,7 @@ async def create_aio_server(
     pool = futures.ThreadPoolExecutor(max_workers=migration_workers, thread_name_prefix=POOL_THREAD_PREFIX)
     server = grpc.aio.server(
         migration_thread_pool=pool,
-        interceptors=[AioErrorInterceptor(bridged, pool, plain), *aio_ones],
+        interceptors=[*auth, AioErrorInterceptor(bridged, pool, plain), *aio_ones],
         # as create_server: refuse a busy port rather than share it; ping idle
         # peers, so a stream whose agent vanished (its link cut) ends within
         # a minute or so instead of at TCP's retransmission timeout

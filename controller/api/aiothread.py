@@ -21,6 +21,7 @@ from grpc_health.v1 import health
 
 from ..errors import SetupError
 from .aio import create_aio_server
+from .auth import Authorizer
 from .server import DEFAULT_MAX_WORKERS, Service
 
 __all__ = ["AioServerThread", "create_threaded_aio_server", "finish_tasks"]
@@ -107,6 +108,7 @@ def create_threaded_aio_server(
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.ServerInterceptor | grpc.aio.ServerInterceptor] = (),
     max_workers: int = DEFAULT_MAX_WORKERS,
+    authorizer: Authorizer | None = None,
 ) -> tuple[AioServerThread, int]:
     """:func:`~controller.api.server.create_server`'s drop-in for a sync program that serves many
     streams: the same arguments, an :class:`AioServerThread` (not started)
@@ -117,7 +119,7 @@ def create_threaded_aio_server(
     try:
         out._server, port = out.run(create_aio_server(
             address, services, health_servicer=health_servicer, credentials=credentials,
-            interceptors=interceptors, migration_workers=max_workers))
+            interceptors=interceptors, migration_workers=max_workers, authorizer=authorizer))
     except BaseException:
         out.stop(None).wait()
         raise

@@ -10,7 +10,12 @@ Which server (first found wins):
 
 A server without a port gets :data:`DEFAULT_PORT` (the controller's). The
 same places give ``timeout`` (seconds per call; ``--timeout``,
-``BREAKWATER_TIMEOUT``, default 10). Nothing found: the commands that have
+``BREAKWATER_TIMEOUT``, default 10) and the client certificate for mutual
+TLS: ``cert``, ``key`` and ``ca`` (``--cert``/``--key``/``--ca``,
+``BREAKWATER_CERT``/``BREAKWATER_KEY``/``BREAKWATER_CA``; all three or none;
+``breakwater pki issue operator NAME --role ROLE`` makes them). Without
+them the channel is plaintext, which only a loopback server accepts unless
+``insecure`` (``--insecure``, ``BREAKWATER_INSECURE=1``) says otherwise. Nothing found: the commands that have
 a local form (``rules list``, ``events``, ``top``, ``stats``) work on the
 local machine as before, the others say how to name a server.
 
@@ -53,6 +58,7 @@ from breakwater.v1 import (
 )
 
 from ..errors import InputError, RemoteError, UnavailableError
+from .auth import TlsFiles, channel_credentials, check_plaintext
 from .callers import ACTOR_METADATA, REASON_METADATA
 from .pages import MAX_PAGE_SIZE
 from .status import rpc_errors
@@ -61,8 +67,10 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_TIMEOUT",
     "ENV_CONFIG",
+    "ENV_INSECURE",
     "ENV_SERVER",
     "ENV_TIMEOUT",
+    "ENV_TLS",
     "ApiClient",
     "ClientSettings",
     "node_name_of",
@@ -76,8 +84,10 @@ DEFAULT_TIMEOUT: Final = 10.0
 ENV_SERVER: Final = "BREAKWATER_SERVER"
 ENV_TIMEOUT: Final = "BREAKWATER_TIMEOUT"
 ENV_CONFIG: Final = "BREAKWATER_CLI_CONFIG"
+ENV_INSECURE: Final = "BREAKWATER_INSECURE"
+ENV_TLS: Final = {"cert": "BREAKWATER_CERT", "key": "BREAKWATER_KEY", "ca": "BREAKWATER_CA"}
 SYSTEM_CONFIG: Final = Path("/etc/breakwater/cli.toml")
-_CONFIG_KEYS: Final = ("server", "timeout")
+_CONFIG_KEYS: Final = ("server", "timeout", "cert", "key", "ca", "insecure")
 
 _R = TypeVar("_R")
 
@@ -90,6 +100,10 @@ class ClientSettings:
     server: str | None
     timeout: float = DEFAULT_TIMEOUT
     source: str = ""
+    tls: TlsFiles | None = None
+    """The client certificate, its key and the CA (None: plaintext)."""
+    insecure: bool = False
+    """Plaintext to a non-loopback server, on purpose."""
 
 
 def target_of(text: str, source: str) -> str:
@@ -159,16 +173,41 @@ def _read_config(env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
     return {}, ""
 
 
+def _tls(flags: Mapping[str, str | None], environ: Mapping[str, str], config: Mapping[str, Any],
+         config_source: str) -> TlsFiles | None:
+    """cert, key and ca, each from its flag, else its variable, else the config: all or none."""
+    paths: dict[str, Path] = {}
+    for name, flag in flags.items():
+        if flag:
+            where, raw = f"--{name}", flag
+        elif environ.get(ENV_TLS[name]):
+            where, raw = f"${ENV_TLS[name]}", environ[ENV_TLS[name]]
+        elif name in config:
+            where, raw = f"{config_source}: {name}", config[name]
+            if not isinstance(raw, str):
+                raise InputError(f"{where}: expected a file path, got {raw!r}")
+        else:
+            continue
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise InputError(f"{where}: {raw}: no such file")
+        paths[name] = path
+    if not paths:
+        return None
+    missing = [n for n in ENV_TLS if n not in paths]
+    if missing:
+        raise InputError(f"--{missing[0]}: needed with --{' --'.join(paths)} (mutual TLS takes "
+                         "--cert, --key and --ca)")
+    return TlsFiles(cert=paths["cert"], key=paths["key"], ca=paths["ca"])
+
+
 def resolve(server: str | None = None, timeout: float | None = None, *,
-            env: Mapping[str, str] | None = None) -> ClientSettings:
+            cert: str | None = None, key: str | None = None, ca: str | None = None,
+            insecure: bool = False, env: Mapping[str, str] | None = None) -> ClientSettings:
     """The settings from the flags (None: not given), the environment and the config file."""
     environ = os.environ if env is None else env
-    config: dict[str, Any] = {}
-    config_source = ""
-    need_server = server is None and not environ.get(ENV_SERVER)
-    need_timeout = timeout is None and not environ.get(ENV_TIMEOUT)
-    if need_server or need_timeout:
-        config, config_source = _read_config(environ)
+    flag_wait = _timeout(timeout, "--timeout") if timeout is not None else None
+    config, config_source = _read_config(environ)
     if server is not None:
         chosen: str | None = target_of(server, "--server")
         source = "--server"
@@ -180,15 +219,18 @@ def resolve(server: str | None = None, timeout: float | None = None, *,
         chosen, source = target_of(config["server"], f"{config_source}: server"), config_source
     else:
         chosen, source = None, ""
-    if timeout is not None:
-        wait = _timeout(timeout, "--timeout")
+    if flag_wait is not None:
+        wait = flag_wait
     elif environ.get(ENV_TIMEOUT):
         wait = _timeout(environ[ENV_TIMEOUT], f"${ENV_TIMEOUT}")
     elif "timeout" in config:
         wait = _timeout(config["timeout"], f"{config_source}: timeout")
     else:
         wait = DEFAULT_TIMEOUT
-    return ClientSettings(chosen, wait, source)
+    tls = _tls({"cert": cert, "key": key, "ca": ca}, environ, config, config_source)
+    plain = (insecure or environ.get(ENV_INSECURE, "") in ("1", "true", "yes")
+             or config.get("insecure") is True)
+    return ClientSettings(chosen, wait, source, tls, plain)
 
 
 def rule_name_of(text: str) -> str:
@@ -222,11 +264,16 @@ class ApiClient:
     """One channel to a Breakwater API server and a method per call."""
 
     def __init__(self, target: str, *, timeout: float = DEFAULT_TIMEOUT, actor: str | None = None,
-                 reason: str = "", source: str = "") -> None:
+                 reason: str = "", source: str = "", tls: TlsFiles | None = None,
+                 insecure: bool = False) -> None:
         self.target = target
         self.timeout = timeout
         self.source = source
-        self.channel = grpc.insecure_channel(target)
+        if tls is not None:
+            self.channel = grpc.secure_channel(target, channel_credentials(tls))
+        else:
+            check_plaintext(target, insecure, source or "--server")
+            self.channel = grpc.insecure_channel(target)
         self._rules = rule_service_pb2_grpc.RuleServiceStub(self.channel)
         self._nodes = node_service_pb2_grpc.NodeServiceStub(self.channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self.channel)
@@ -240,7 +287,8 @@ class ApiClient:
     def from_settings(cls, settings: ClientSettings, *, reason: str = "") -> ApiClient:
         if settings.server is None:
             raise InputError(f"no server: give --server HOST:PORT, or set ${ENV_SERVER}")
-        return cls(settings.server, timeout=settings.timeout, reason=reason, source=settings.source)
+        return cls(settings.server, timeout=settings.timeout, reason=reason, source=settings.source,
+                   tls=settings.tls, insecure=settings.insecure)
 
     def close(self) -> None:
         self.channel.close()

@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..errors import InputError, SetupError
+from .auth import AuthInterceptor, Authorizer
 from .status import is_cancelled, report_failure
 
 __all__ = [
@@ -181,17 +182,20 @@ def create_server(
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     max_workers: int = DEFAULT_MAX_WORKERS,
+    authorizer: Authorizer | None = None,
 ) -> tuple[grpc.Server, int]:
     """A server listening on ``address`` (``host:port``; port 0 picks a free
     one) with ``services``, health and reflection; returns it unstarted and
     the port it got. ``health_servicer`` lets the caller flip statuses later
     (e.g. ``enter_graceful_shutdown()`` before stopping); ``credentials``
     serve TLS instead of plaintext. ``interceptors`` run inside the error
-    mapping, so what they raise is converted too."""
+    mapping, so what they raise is converted too. ``authorizer`` checks
+    every call's principal and role first (:mod:`controller.api.auth`)."""
     names = service_names(services)
+    auth = [AuthInterceptor(authorizer)] if authorizer is not None else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=POOL_THREAD_PREFIX),
-        interceptors=[ErrorInterceptor(names), *interceptors],
+        interceptors=[*auth, ErrorInterceptor(names), *interceptors],
         # grpc sets SO_REUSEPORT by default, so a second server on a busy port
         # would bind without error and share its connections; refuse instead.
         options=[("grpc.so_reuseport", 0)],

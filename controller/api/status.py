@@ -18,6 +18,8 @@ AlreadyExistsError          ALREADY_EXISTS        ResourceInfo (when named)
 EtagMismatchError           ABORTED               ResourceInfo (when named)
 FailedPreconditionError     FAILED_PRECONDITION
 CapacityError, MapFullError RESOURCE_EXHAUSTED
+UnauthenticatedError        UNAUTHENTICATED
+PermissionDeniedError       PERMISSION_DENIED
 RemoteError                 its own code
 NotImplementedError         UNIMPLEMENTED
 other BreakwaterError       INTERNAL              (logged with its traceback)
@@ -55,7 +57,9 @@ from ..errors import (
     InputError,
     MapFullError,
     NotFoundError,
+    PermissionDeniedError,
     RemoteError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -79,6 +83,8 @@ STATUS_CODES: Final[tuple[tuple[type[BaseException], grpc.StatusCode], ...]] = (
     (EtagMismatchError, grpc.StatusCode.ABORTED),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (MapFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
 )
@@ -207,6 +213,10 @@ def from_rpc_error(exc: grpc.RpcError) -> BreakwaterError:
         return FailedPreconditionError(message)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return CapacityError(message)
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return UnauthenticatedError(message)
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDeniedError(message)
     if code in _UNAVAILABLE:
         return UnavailableError(message, code.name)
     return RemoteError(message, code.name)

@@ -9,10 +9,11 @@ XDP program, :mod:`.local` for the rule set, lists, counters and events);
 the remote ones (:mod:`.remote`) talk to a controller or an agent's API,
 reading a rule's fields from flags with :mod:`.ruleflags` and showing
 answers with :mod:`.render`; :mod:`.daemons` starts the agent, the
-controller and the demo; :mod:`.lab` the ``lab`` command group.
+controller and the demo; :mod:`.lab` is the ``lab`` command group and
+:mod:`.pki` makes the CA and certificates.
 
 Top of the stack: it imports every layer and nothing imports it.
 """
 
-__all__ = ["daemons", "dataplane", "dispatch", "lab", "local", "main", "parser", "remote", "render",
+__all__ = ["daemons", "dataplane", "dispatch", "lab", "local", "main", "parser", "pki", "remote", "render",
            "ruleflags"]

@@ -69,7 +69,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
     overrides = {"listen": args.listen, "state_dir": args.controller_state_dir, "metrics": args.metrics,
                  "reconcile_interval": args.reconcile_interval, "store": args.store,
-                 "etcd_ca": args.etcd_ca, "etcd_cert": args.etcd_cert, "etcd_key": args.etcd_key}
+                 "etcd_ca": args.etcd_ca, "etcd_cert": args.etcd_cert, "etcd_key": args.etcd_key,
+                 "insecure": args.insecure or None}
     cfg = load_config(Path(args.config) if args.config else None, overrides)
     if args.check_config:
         with checked(cfg.source):

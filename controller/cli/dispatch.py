@@ -45,7 +45,10 @@ class Command:
 def settings(args: argparse.Namespace, *, required: bool = False) -> ClientSettings:
     """Where this command's server is (None: not named anywhere; an
     InputError instead when the command needs one)."""
-    s = resolve(getattr(args, "server", None), getattr(args, "timeout", None))
+    s = resolve(getattr(args, "server", None), getattr(args, "timeout", None),
+                cert=getattr(args, "cert", None), key=getattr(args, "key", None),
+                ca=getattr(args, "ca", None),
+                insecure=bool(getattr(args, "insecure", False)))
     if required and s.server is None:
         raise InputError(f"no server: give --server HOST:PORT, or set ${ENV_SERVER} "
                          "(this command talks to a controller or an agent's API)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..agent.config import DEFAULT_CONFIG as DEFAULT_AGENT_CONFIG
 from ..dataplane.attach import DEFAULT_PIN_ROOT
 from ..rules.enforce import DEFAULT_STATE_DIR
-from . import daemons, dataplane, lab, local, remote
+from . import daemons, dataplane, lab, local, pki, remote
 from .dispatch import Command
 from .ruleflags import add_rule_flags
 
@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or $BREAKWATER_STATE_DIR)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (_dataplane, _lists, _rules, _top, _stats, _nodes, _agent, _events, _controller, _demo,
-                  lab.register):
+    for group in (_dataplane, _lists, _rules, _top, _stats, _nodes, _agent, _events, _controller, _pki,
+                  _demo, lab.register):
         group(sub)
     return p
 
@@ -59,6 +59,17 @@ def _server_flags(p: argparse.ArgumentParser, *, reason: bool = False) -> None:
                         "CLI config (~/.config/breakwater/cli.toml, /etc/breakwater/cli.toml)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="per-call timeout (default $BREAKWATER_TIMEOUT, the CLI config, or 10)")
+    p.add_argument("--cert", metavar="FILE",
+                   help="client certificate for mutual TLS (default $BREAKWATER_CERT or the CLI config; "
+                        "made by breakwater pki issue operator)")
+    p.add_argument("--key", metavar="FILE",
+                   help="its private key (default $BREAKWATER_KEY or the CLI config)")
+    p.add_argument("--ca", metavar="FILE",
+                   help="the CA the server's certificate must chain to "
+                        "(default $BREAKWATER_CA or the CLI config)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext to a server that is not on loopback (no TLS; never across a network "
+                        "you do not control)")
     if reason:
         p.add_argument("--reason", default="", help="why: recorded in the audit log and rule events")
 
@@ -325,7 +336,11 @@ def _controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ct.add_argument("--config", metavar="FILE",
                     help="controller configuration, TOML (optional; keys in docs/controlplane.md)")
     ct.add_argument("--listen", metavar="HOST:PORT",
-                    help="gRPC listen address (default 127.0.0.1:9610; 0.0.0.0:9610 serves other hosts)")
+                    help="gRPC listen address (default 127.0.0.1:9610; [::]:9610 serves other hosts, "
+                         "with tls_cert, tls_key and tls_ca in --config)")
+    ct.add_argument("--insecure", action="store_true",
+                    help="serve plaintext on a non-loopback --listen (logged as a warning at every start, "
+                         "and breakwater_controller_insecure 1)")
     ct.add_argument("--state-dir", dest="controller_state_dir", metavar="DIR",
                     help="holds controller.db (default /var/lib/breakwater-controller)")
     ct.add_argument("--store", metavar="SPEC",
@@ -342,6 +357,37 @@ def _controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ct.add_argument("--check-config", action="store_true",
                     help="validate the configuration, print the effective one, exit (0 ok, 2 bad)")
     ct.set_defaults(handler=Command(daemons.cmd_controller))
+
+
+def _pki(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``pki init|issue``: the small CA and the certificates of mutual TLS."""
+    pp = sub.add_parser("pki", help="a small CA: certificates for the controller, nodes and operators",
+                        description="Certificates for mutual TLS (docs/security.md). Every file is 0600 "
+                                    "in a 0700 directory; the CA's key never leaves the CA's directory.")
+    psub = pp.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
+    i = psub.add_parser("init", help="create the CA (ca.key, ca.crt) in --dir")
+    i.add_argument("--dir", type=Path, required=True, help="the CA's directory (created 0700)")
+    i.add_argument("--name", default="breakwater-ca", help="the CA's common name (default %(default)s)")
+    i.add_argument("--days", type=int, default=3650, help="lifetime (default %(default)s)")
+    i.add_argument("--force", action="store_true",
+                   help="replace an existing CA (its certificates stop working)")
+    i.set_defaults(handler=Command(pki.cmd_init))
+    s = psub.add_parser("issue", help="issue a controller, node or operator certificate",
+                        description="controller NAME: the controller's server certificate (--host for "
+                                    "every name and address agents dial; localhost and 127.0.0.1 always). "
+                                    "node ID: an agent's certificate; the controller takes the node id "
+                                    "from it. operator NAME --role viewer|operator|admin: a person's or a "
+                                    "tool's. Writes NAME.key, NAME.crt and ca.crt into --out.")
+    s.add_argument("kind", choices=["controller", "node", "operator"])
+    s.add_argument("name", help="the controller's name, the node id, or the operator's name")
+    s.add_argument("--ca", dest="ca_dir", type=Path, required=True,
+                   help="the CA's directory (pki init --dir)")
+    s.add_argument("--out", type=Path, required=True, help="where to write (not the CA's directory)")
+    s.add_argument("--role", choices=["viewer", "operator", "admin"], help="an operator certificate's role")
+    s.add_argument("--host", action="append", default=[], metavar="NAME|ADDR",
+                   help="a DNS name or address the certificate's server answers on (repeatable)")
+    s.add_argument("--days", type=int, default=397, help="lifetime (default %(default)s)")
+    s.set_defaults(handler=Command(pki.cmd_issue))
 
 
 def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,6 +6,11 @@ bad value is a :class:`~controller.errors.ConfigError` naming the file and
 key (the CLI exits 2). The tables ``[sync]``, ``[telemetry]`` and
 ``[fleet]`` are kept as they are, for the sync hub, which validates them
 (:mod:`controller.fleet.syncconfig`).
+
+TLS: ``tls_cert``, ``tls_key`` and ``tls_ca`` (all three or none) serve
+mutual TLS on the one port; without them the port is plaintext, refused on
+a non-loopback ``listen`` unless ``insecure = true``
+(:func:`controller.api.auth.check_plaintext`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from ..api.auth import TlsFiles, check_plaintext
 from ..config import checked, parse_listen, read_toml
-from ..errors import ConfigError
-from ..validate import check_int, check_keys, check_number
+from ..errors import ConfigError, InputError
+from ..validate import check_bool, check_int, check_keys, check_number
 from .backend import HealthPolicy
 from .etcd import EtcdTLS, parse_endpoints
 from .etcdstore import DEFAULT_PREFIX
@@ -34,8 +40,8 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN: Final = "127.0.0.1:9610"
-"""The gRPC port: loopback by default (the API has no authentication yet);
-``0.0.0.0:9610`` or ``[::]:9610`` serves agents on other hosts."""
+"""The gRPC port: loopback by default; ``[::]:9610`` with ``tls_*`` serves
+agents and operators on other hosts (docs/security.md)."""
 DEFAULT_STATE_DIR: Final = Path("/var/lib/breakwater-controller")
 DEFAULT_STORE: Final = "sqlite"
 """The embedded SQLite file under ``state_dir``; ``etcd://host:2379,...`` for several controllers."""
@@ -61,8 +67,9 @@ _INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
     "max_workers": (4, 100_000),
 }
 _ETCD_FILES: Final = ("etcd_ca", "etcd_cert", "etcd_key")
+TLS_KEYS: Final = ("tls_cert", "tls_key", "tls_ca")
 KEYS: Final = ("listen", "state_dir", "store", "store_prefix", *_ETCD_FILES, "metrics", *_NUMBERS,
-               *_INTEGERS, *SYNC_SECTIONS)
+               *_INTEGERS, *TLS_KEYS, "insecure", *SYNC_SECTIONS)
 """Every key of the configuration file (and of ``overrides``)."""
 
 
@@ -92,6 +99,10 @@ class ControllerConfig:
     """Seconds in-flight calls get to finish on SIGTERM."""
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """The [sync], [telemetry] and [fleet] tables, for the sync hub."""
+    tls: TlsFiles | None = None
+    """Mutual TLS on the port (None: plaintext)."""
+    insecure: bool = False
+    """Plaintext on a non-loopback address, on purpose (logged at every start, and a metric)."""
     source: str = "<defaults>"
 
     @property
@@ -108,7 +119,10 @@ class ControllerConfig:
             "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "",
             "reconcile_interval": self.reconcile_interval, "heartbeat_timeout": self.heartbeat_timeout,
             "max_lag": self.max_lag, "events_keep": self.events_keep, "max_workers": self.max_workers,
-            "shutdown_grace": self.shutdown_grace, **{k: dict(v) for k, v in self.sections.items()},
+            "shutdown_grace": self.shutdown_grace, "insecure": self.insecure,
+            **({"tls_cert": str(self.tls.cert), "tls_key": str(self.tls.key), "tls_ca": str(self.tls.ca)}
+               if self.tls else {}),
+            **{k: dict(v) for k, v in self.sections.items()},
         }
 
 
@@ -210,7 +224,35 @@ def parse_config(data: Mapping[str, object], source: str = "<config>",
                 raise ConfigError(src, key, f"expected a table ([{key}]), got {table!r}")
             sections[key] = dict(table)
     changes["sections"] = sections
+    changes["tls"] = _tls(doc, src)
+    with checked(src):
+        changes["insecure"] = check_bool(doc.get("insecure", False), "insecure")
+    if changes["tls"] is None:
+        try:
+            check_plaintext(changes.get("listen", out.listen), changes["insecure"], "listen")
+        except InputError as exc:
+            raise ConfigError(src, "listen", str(exc).partition(": ")[2]) from None
     return replace(out, **changes)
+
+
+def _tls(doc: Mapping[str, object], src: str) -> TlsFiles | None:
+    """The tls_* keys: all three paths (absolute, or relative to the working directory) or none."""
+    given = {k: doc[k] for k in TLS_KEYS if doc.get(k) not in (None, "")}
+    if not given:
+        return None
+    missing = [k for k in TLS_KEYS if k not in given]
+    if missing:
+        raise ConfigError(src, missing[0], f"needed with {', '.join(given)} (give all of "
+                                           f"{', '.join(TLS_KEYS)}, or none for plaintext)")
+    paths: dict[str, Path] = {}
+    for key, raw in given.items():
+        if not isinstance(raw, str | Path):
+            raise ConfigError(src, key, f"expected a file path, got {raw!r}")
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise ConfigError(src, key, f"{str(path)!r}: no such file (breakwater pki issue makes one)")
+        paths[key] = path
+    return TlsFiles(cert=paths["tls_cert"], key=paths["tls_key"], ca=paths["tls_ca"])
 
 
 def load_config(path: Path | None, overrides: Mapping[str, object] | None = None) -> ControllerConfig:

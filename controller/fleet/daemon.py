@@ -59,6 +59,7 @@ from grpc_health.v1 import health
 from breakwater.v1 import node_pb2
 
 from ..api.aiothread import AioServerThread, create_threaded_aio_server
+from ..api.auth import Authorizer, is_loopback, server_credentials
 from ..api.event_service import EventServicer
 from ..api.node_service import NodeServicer
 from ..api.rule_service import RuleServicer
@@ -278,10 +279,16 @@ class Controller:
         self._stopped = threading.Event()
         self._started = False
         self._lock = threading.Lock()
+        self.authorizer = Authorizer(plaintext=config.tls is None)
         self.expired_total = 0
         self.sweep_errors = 0
         self._last_prune = 0.0
         self.started_at = time.time()
+
+    @property
+    def insecure(self) -> bool:
+        """Plaintext on a non-loopback address (``insecure = true``)."""
+        return self.config.tls is None and not is_loopback(self.config.listen)
 
     @property
     def address(self) -> str:
@@ -307,6 +314,11 @@ class Controller:
                                  "is the port in use? (--metrics \"\" disables)") from exc
             self._metrics_server.publish(self.metrics_text())
             self._metrics_server.start()
+        if self.insecure:
+            LOGGER.warning("serving PLAINTEXT on %s (insecure = true): anyone who reaches the port can "
+                           "change every edge's rules; configure tls_cert, tls_key and tls_ca",
+                           self.config.listen, extra={"event": "controller_insecure",
+                                                      "listen": self.config.listen})
         self.server.start()
         self._sweeper.start()
         LOGGER.info("controller serving on %s (rule set version %d)", self.address, self.store.version,
@@ -415,6 +427,14 @@ class Controller:
                 self.sweep_errors)
         out.add("breakwater_controller_start_time_seconds", "gauge", "When this process started (Unix time)",
                 self.started_at)
+        out.add("breakwater_controller_tls", "gauge", "1 when the port serves mutual TLS",
+                int(self.config.tls is not None))
+        out.add("breakwater_controller_insecure", "gauge",
+                "1 when the port serves plaintext beyond loopback (insecure = true)", int(self.insecure))
+        out.add("breakwater_controller_rpc_unauthenticated_total", "counter",
+                "Calls refused for want of an identity", self.authorizer.unauthenticated)
+        out.add("breakwater_controller_rpc_permission_denied_total", "counter",
+                "Calls refused for the caller's role", self.authorizer.denied)
         self.rpc_metrics.collect(out)
         if self.sync is not None:
             self.sync.collect_metrics(out)
@@ -445,13 +465,19 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
             services += registry.services
         health_servicer = health.HealthServicer()
         rpc_metrics = RpcMetrics()
+        authorizer = Authorizer(plaintext=config.tls is None)
+        credentials = server_credentials(config.tls) if config.tls is not None else None
         server, port = create_threaded_aio_server(config.listen, services, health_servicer=health_servicer,
-                                                  interceptors=[rpc_metrics], max_workers=config.max_workers)
+                                                  interceptors=[rpc_metrics], max_workers=config.max_workers,
+                                                  credentials=credentials, authorizer=authorizer)
     except BaseException:
         store.close()
         raise
-    return Controller(config, store=store, events=events, backend=backend, server=server, port=port,
-                      health_servicer=health_servicer, rpc_metrics=rpc_metrics, stopping=stopping, sync=hub)
+    controller = Controller(config, store=store, events=events, backend=backend, server=server, port=port,
+                            health_servicer=health_servicer, rpc_metrics=rpc_metrics, stopping=stopping,
+                            sync=hub)
+    controller.authorizer = authorizer
+    return controller
 
 
 def run(config: ControllerConfig) -> int:

@@ -2,6 +2,12 @@
 the servicer (:class:`SyncServicer`, coroutine methods for grpc.aio) and
 its registration as a :class:`~controller.api.server.Service`
 (:func:`sync_service`), whose serializer passes the hub's bytes through.
+
+On a TLS server the node is the one the peer's certificate names
+(``breakwater://node/<id>``, :func:`controller.api.auth.principal_of`): a
+Register for another node id is ``PERMISSION_DENIED``, so one node can
+neither take another's stream nor report telemetry or events in its name
+(everything a stream carries is recorded for the stream's node).
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ import grpc
 
 from breakwater.v1 import sync_service_pb2
 
+from ..api.auth import principal_of
 from ..api.server import Service
-from ..errors import FieldError
+from ..errors import FieldError, PermissionDeniedError
 from .synchub import SyncHub
 
 __all__ = ["SYNC_SERVICE", "SyncServicer", "sync_service"]
@@ -41,7 +48,12 @@ class SyncServicer:
         if first.WhichOneof("message") != "register":
             raise FieldError("register", "the first message of a stream must be register (got "
                                          f"{first.WhichOneof('message') or 'an empty message'})")
-        st = await hub.open(first.register, context.peer())
+        principal = principal_of(context)
+        if principal is not None and first.register.node_id != principal.node_id:
+            raise PermissionDeniedError(
+                f"register.node_id: {first.register.node_id!r} is not this certificate's node "
+                f"({principal.name}); a node registers only as itself")
+        st = await hub.open(first.register, principal.name if principal else context.peer())
         loop = asyncio.get_running_loop()
         reader = loop.create_task(hub.read(st, context))
         try:

@@ -155,14 +155,16 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_controller_keys(tmp_path: Path) -> None:
     cfg = load(_write(tmp_path, BASE + 'controller = "ctl.example:9610"\nnode_id = "edge-fra1-01"\n'
-                                      'labels = { site = "fra1", role = "edge" }\napi = "127.0.0.1:19612"\n'))
+                                      'labels = { site = "fra1", role = "edge" }\napi = "127.0.0.1:19612"\n'
+                                      "[tls]\ninsecure = true\n"))
+    assert cfg.insecure and cfg.tls is None
     assert cfg.controller == "ctl.example:9610"
     assert (cfg.node_id, cfg.labels) == ("edge-fra1-01", {"role": "edge", "site": "fra1"})
     assert cfg.api == ("127.0.0.1", 19612)
     doc = cfg.to_dict()
     assert (doc["controller"], doc["node_id"], doc["api"]) == (
         "ctl.example:9610", "edge-fra1-01", "127.0.0.1:19612")
-    v6 = load(_write(tmp_path, BASE + 'controller = "[2001:db8::5]:9610"\n'))
+    v6 = load(_write(tmp_path, BASE + 'controller = "[2001:db8::5]:9610"\n[tls]\ninsecure = true\n'))
     assert v6.controller == "[2001:db8::5]:9610"
     standalone = parse({"interfaces": ["eth0"]})
     assert standalone.controller is None and standalone.labels == {}
@@ -180,7 +182,7 @@ def test_default_node_id_is_the_host_name_made_valid() -> None:
 
 
 def test_controller_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    good = _write(tmp_path, BASE + 'labels = { site = "ams1", rack = "r1" }\n')
+    good = _write(tmp_path, BASE + 'labels = { site = "ams1", rack = "r1" }\n[tls]\ninsecure = true\n')
     assert cli.main(["agent", "--config", str(good), "--check-config", "--controller", "10.0.0.5:9610",
                      "--node-id", "edge-9", "--label", "site=fra1", "--label", "role=edge", "--api", ""]) == 0
     out = capsys.readouterr().out

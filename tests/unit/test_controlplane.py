@@ -55,11 +55,12 @@ def test_defaults() -> None:
 def test_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "controller.toml"
     path.write_text('listen = "[::]:9700"\nstate_dir = "/srv/bw"\nmetrics = ""\nreconcile_interval = 5\n'
-                    "heartbeat_timeout = 20\nmax_lag = 2.5\nevents_keep = 5000\n[fleet]\nmin_nodes = 3\n")
+                    "heartbeat_timeout = 20\nmax_lag = 2.5\nevents_keep = 5000\ninsecure = true\n"
+                    "[fleet]\nmin_nodes = 3\n")
     cfg = load_config(path, {"listen": "0.0.0.0:9610", "state_dir": None})
     assert cfg.listen == "0.0.0.0:9610" and cfg.state_dir == Path("/srv/bw") and cfg.metrics is None
     assert (cfg.reconcile_interval, cfg.heartbeat_timeout, cfg.max_lag) == (5.0, 20.0, 2.5)
-    assert cfg.events_keep == 5000
+    assert cfg.events_keep == 5000 and cfg.insecure and cfg.tls is None
     assert cfg.sections == {"fleet": {"min_nodes": 3}} and cfg.source == str(path)
     assert cfg.health.heartbeat_timeout == 20.0
 
@@ -362,9 +363,12 @@ def test_real_process_survives_kill_9(tmp_path: Path) -> None:
 
 
 def test_check_config_and_bad_flags() -> None:
-    ok = _cli("controller", "--check-config", "--listen", "0.0.0.0:9610", "--reconcile-interval", "12")
+    ok = _cli("controller", "--check-config", "--listen", "0.0.0.0:9610", "--reconcile-interval", "12",
+              "--insecure")
     doc = json.loads(ok.stdout)
-    assert doc["listen"] == "0.0.0.0:9610" and doc["reconcile_interval"] == 12.0
+    assert doc["listen"] == "0.0.0.0:9610" and doc["reconcile_interval"] == 12.0 and doc["insecure"]
+    plain = _cli("controller", "--check-config", "--listen", "0.0.0.0:9610", check=False)
+    assert plain.returncode == 2 and "listen: 0.0.0.0:9610 is not a loopback address" in plain.stderr
     bad = _cli("controller", "--check-config", "--reconcile-interval", "0", check=False)
     assert bad.returncode == 2 and "reconcile_interval: 0 is out of range" in bad.stderr
 
