@@ -93,7 +93,8 @@ def challenged(maps: MapSet) -> list[Service]:
     for i in range(n):
         k = abi.ChalLpmV4.from_buffer_copy(keys[i * ksz : (i + 1) * ksz])
         v = abi.ChalService.from_buffer_copy(values[i * vsz : (i + 1) * vsz])
-        out.append(Service(Prefix.from_parts(bytes(k.addr), k.prefixlen - 16), int.from_bytes(bytes(k.port), "big"),
+        prefix = Prefix.from_parts(bytes(k.addr), k.prefixlen - 16)
+        out.append(Service(prefix, int.from_bytes(bytes(k.port), "big"),
                            v.syn_pps, v.ack_pps, v.hold_ns / _NS, v.verified_ttl_ns / _NS))
     return sorted(out)
 

@@ -6,6 +6,7 @@ the per-destination meter that arms and disarms the challenge, the flow table
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import pytest
@@ -82,8 +83,8 @@ def challenge_cookie(dp: DataPlane, **kw: object) -> int:
 
 
 def verified(dp: DataPlane) -> set[str]:
-    import ipaddress
-    return {str(ipaddress.IPv4Address(k)) for k in dp.maps["verified_v4"].keys()}
+    keys = dp.maps["verified_v4"].keys()  # a PinnedMap, not a dict
+    return {str(ipaddress.IPv4Address(k)) for k in keys}
 
 
 # -- the challenge SYN-ACK ---------------------------------------------------
