@@ -613,7 +613,7 @@ def challenge_flow(ctx: TestRunContext, chosen: set[str]) -> None:
         if name not in chosen and name != "challenge_plain_pass":
             continue
         plain_ns[name] = c.median(test_runs(bw.fd, plain, ctx.opts.repeat, ctx.opts.runs, XDP_PASS))
-        extra = dict(meta, plain_pass_ns=round(plain_ns[name], 1))
+        extra: dict[str, Any] = dict(meta, plain_pass_ns=round(plain_ns[name], 1))
         if name != "challenge_plain_pass":
             ns = c.median(test_runs(bw.fd, pkt, ctx.opts.repeat, ctx.opts.runs, expect))
             extra["ratio_to_plain_pass"] = round(ns / plain_ns[name], 2)
