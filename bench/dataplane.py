@@ -495,6 +495,11 @@ SIG_CASES = tuple(f"sig_{n}_{kind}" for n in SIG_COUNTS
                   for kind in ("last", "nomatch", "last_same_bitmaps", "nomatch_same_bitmaps",
                                "monitors_last"))
 RULE_CASES = (*SIG_CASES, "rate_limit_pass", "rate_limit_drop", "reflection_preset_hit")
+# The SYN challenge (bpf/challenge.h), a service always under challenge, beside a
+# plain pass of a TCP packet to a port that is not challenged, in the same program.
+CHALLENGE_CASES = ("challenge_plain_pass", "challenge_verified_pass", "challenge_ack_flow",
+                   "challenge_ack_dropped", "challenge_rst_checked", "challenge_syn_answered")
+CHALLENGE_PORT = 443
 # The hot cases at 1M entries again, with the 19-rule reflection preset in force.
 PRESET_SUFFIX = "_preset"
 PRESET_CASES = tuple(f"{n}{PRESET_SUFFIX}" for n in HOT_CASES)
@@ -513,7 +518,7 @@ class Frames:
 
 
 def part_a(opts: Options, stack: contextlib.ExitStack) -> None:
-    names = [*ISSUE2_CASES, *REF_CASES, *RULE_CASES, *PRESET_CASES]
+    names = [*ISSUE2_CASES, *REF_CASES, *RULE_CASES, *PRESET_CASES, *CHALLENGE_CASES]
     chosen = {n for n in names if opts.wants(n, "testrun")}
     if not chosen:
         return
@@ -548,6 +553,88 @@ def part_a(opts: Options, stack: contextlib.ExitStack) -> None:
     if chosen & {*RULE_CASES, *PRESET_CASES}:
         with contextlib.ExitStack() as flow:
             signature_flow(TestRunContext(opts, refs, load_breakwater(flow)), chosen, frames)
+    if chosen & set(CHALLENGE_CASES):
+        with contextlib.ExitStack() as flow:
+            challenge_flow(TestRunContext(opts, refs, load_breakwater(flow)), chosen)
+
+
+def _single_runs(fd: int, pkt: bytes, runs: int, expect: int) -> float:
+    """Median kernel ns of ``runs`` test runs of one repeat each."""
+    out = []
+    for _ in range(runs):
+        r = lb.prog_test_run(fd, pkt, 1)
+        if r.retval != expect:
+            raise BenchError(f"test run returned XDP action {r.retval}, expected {expect}")
+        out.append(r.duration_ns)
+    return c.median(out)
+
+
+def challenge_flow(ctx: TestRunContext, chosen: set[str]) -> None:
+    """The challenge stage's packets, each beside the plain pass (a TCP
+    packet to a port that is not challenged) measured in the same program.
+
+    A SYN answered rewrites the frame into the SYN-ACK, so BPF_PROG_TEST_RUN's
+    repeats would run on the reply: that case is timed with single runs,
+    against single runs of the plain pass, and reported as the difference
+    (both carry the syscall's own cost, ~600 ns at repeat=1)."""
+    from controller.dataplane.challenge import Service, set_challenged
+
+    bw = ctx.bw
+    dst = Prefix(ipaddress.IPv4Network(f"{ipaddress.IPv4Address(DST4)}/32"))
+    set_challenged(bw.maps, [Service(dst, CHALLENGE_PORT, syn_pps=0, ack_pps=0)])
+    verified_src = ipaddress.IPv4Address("198.19.201.1").packed
+    flow_src = ipaddress.IPv4Address("198.19.201.2").packed
+    stranger = ipaddress.IPv4Address("198.19.201.3").packed
+    # verified now (ktime is CLOCK_MONOTONIC): valid for the service's 300 s TTL
+    bw.maps["verified_v4"].update(verified_src, time.monotonic_ns().to_bytes(8, "little"))
+    flow = abi.FlowV4()
+    flow.saddr[:] = list(flow_src)
+    flow.daddr[:] = list(DST4)
+    flow.sport[:] = list((40000).to_bytes(2, "big"))
+    flow.dport[:] = list(CHALLENGE_PORT.to_bytes(2, "big"))
+    bw.maps["flows_v4"].update(bytes(flow), bytes(8))
+    ack, rst = 0x10, 0x04
+    plain = c.ipv4_tcp(stranger, DST4, dport=CHALLENGE_PORT + 1, flags=ack)
+    meta = {"service": f"{dst} port {CHALLENGE_PORT}, always under challenge"}
+    plain_ns: dict[str, float] = {}
+
+    cases = (
+        ("challenge_plain_pass", plain, XDP_PASS, Reason.PASS_DEFAULT),
+        ("challenge_verified_pass", c.ipv4_tcp(verified_src, DST4, dport=CHALLENGE_PORT, flags=ack),
+         XDP_PASS, Reason.PASS_VERIFIED),
+        ("challenge_ack_flow", c.ipv4_tcp(flow_src, DST4, dport=CHALLENGE_PORT, flags=ack),
+         XDP_PASS, Reason.PASS_FLOW),
+        ("challenge_ack_dropped", c.ipv4_tcp(stranger, DST4, dport=CHALLENGE_PORT, flags=ack),
+         XDP_DROP, Reason.DROP_UNVERIFIED),
+        ("challenge_rst_checked", c.ipv4_tcp(stranger, DST4, dport=CHALLENGE_PORT, flags=rst),
+         XDP_DROP, Reason.DROP_CHALLENGE_FORGED),
+    )
+    for name, pkt, expect, reason in cases:
+        if name not in chosen and name != "challenge_plain_pass":
+            continue
+        plain_ns[name] = c.median(test_runs(bw.fd, plain, ctx.opts.repeat, ctx.opts.runs, XDP_PASS))
+        extra: dict[str, Any] = dict(meta, plain_pass_ns=round(plain_ns[name], 1))
+        if name != "challenge_plain_pass":
+            ns = c.median(test_runs(bw.fd, pkt, ctx.opts.repeat, ctx.opts.runs, expect))
+            extra["ratio_to_plain_pass"] = round(ns / plain_ns[name], 2)
+        if name in chosen:
+            run_bw_case(ctx, name, 0, pkt, expect, reason, None, **extra)
+    if "challenge_syn_answered" in chosen:
+        syn = c.ipv4_tcp(stranger, DST4, dport=CHALLENGE_PORT)
+        runs = max(2000, ctx.opts.runs * 400)
+        base = _single_runs(bw.fd, plain, runs, XDP_PASS)
+        answered = _single_runs(bw.fd, syn, runs, 3)   # XDP_TX
+        base_again = _single_runs(bw.fd, plain, runs, XDP_PASS)
+        base = (base + base_again) / 2
+        loop_ns = plain_ns.get("challenge_plain_pass") or c.median(
+            test_runs(bw.fd, plain, ctx.opts.repeat, ctx.opts.runs, XDP_PASS))
+        added = answered - base
+        c.emit(case="challenge_syn_answered", entries=0, single_runs=runs,
+               single_run_ns=round(answered, 1), plain_pass_single_run_ns=round(base, 1),
+               added_ns=round(added, 1), plain_pass_ns=round(loop_ns, 1),
+               ns_per_pkt=round(loop_ns + added, 1),
+               ratio_to_plain_pass=round((loop_ns + added) / loop_ns, 2), reason="drop_challenge_syn",
+               **meta)
 
 
 def hot_cases(ctx: TestRunContext, chosen: set[str], frames: Frames, n: int, suffix: str,

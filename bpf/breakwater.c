@@ -4,8 +4,10 @@
  * (controller/dataplane/build.py), with map sizes and the pin directory
  * passed as -D flags.
  *
- * The pipeline: parse -> always-pass -> allowlist -> denylist -> signatures
- * (rate limits) -> pass, every verdict leaving through bw_out(). The rule-set
+ * The pipeline: parse -> always-pass -> allowlist -> denylist -> SYN
+ * challenge -> signatures (rate limits) -> pass, every verdict leaving
+ * through bw_out(). Allowlisted sources are never challenged, denied ones are
+ * dropped before they could be. The rule-set
  * generation is read once here, so a packet is judged by one set whole.
  */
 #include "verdict.h"
@@ -33,6 +35,8 @@ int breakwater_xdp(struct xdp_md *ctx)
     if (check_allow(&pkt, &v, &view))
         goto out;
     if (check_deny(&pkt, &v, &view))
+        goto out;
+    if (check_challenge(ctx, &pkt, &v, &view))
         goto out;
     if (check_signatures(&pkt, &v, &view))
         goto out;

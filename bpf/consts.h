@@ -8,7 +8,7 @@
 #define BREAKWATER_CONSTS_H
 
 /* Bumped whenever a map's key or value layout changes. */
-#define BW_ABI_VERSION              2
+#define BW_ABI_VERSION              3
 
 /* struct bw_config.flags */
 #define BW_CFG_MONITOR              (1U << 0) /* count would-drop, drop nothing */
@@ -26,6 +26,8 @@
 /* Protected prefixes are configured: count per destination (dst_v4/dst_v6). */
 #define BW_CFG_TRIE_PROTECT_V4      (1U << 12)
 #define BW_CFG_TRIE_PROTECT_V6      (1U << 13)
+/* Challenged TCP services are configured (chal_v4): run the challenge stage. */
+#define BW_CFG_TRIE_CHALLENGE_V4    (1U << 14)
 
 /* struct bw_rule_ref.flags (allow_v4/allow_v6 values) */
 #define BW_ALLOW_MGMT               (1U << 0) /* management prefix: reason BW_PASS_MGMT */
@@ -58,6 +60,15 @@
 #define BW_SIG_SRC_V6               (1U << 1)
 #define BW_SIG_DST_V4               (1U << 2)
 #define BW_SIG_DST_V6               (1U << 3)
+
+/* SYN challenge (bpf/challenge.h). The meter counts in fixed windows;
+ * a rate of R per second crosses when a window holds more than R / (windows
+ * per second) packets. */
+#define BW_CHAL_WINDOW_NS           100000000ULL   /* 100 ms */
+#define BW_CHAL_WINDOWS_PER_S       10
+#define BW_CHAL_MSS                 1460           /* MSS option of the challenge SYN-ACK */
+#define BW_CHAL_WINDOW              64240          /* its TCP window */
+#define BW_CHAL_TTL                 64             /* its IP TTL */
 
 /* Parser bounds. */
 #define BW_MAX_VLAN_TAGS            2  /* 802.1Q and 802.1ad (QinQ) */

@@ -10,7 +10,7 @@
 #include "structs.h"
 
 struct bw_verdict {
-    __u32 action;    /* XDP_PASS or XDP_DROP */
+    __u32 action;    /* XDP_PASS, XDP_DROP, or XDP_TX (a challenge answered, challenge.h) */
     __u32 reason;    /* BW_REASON_* */
     __u32 rule_id;   /* rule slot that decided, 0 if none */
     __u32 limited;   /* dropped for exceeding a rate */

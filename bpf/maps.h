@@ -72,6 +72,18 @@
 #ifndef BW_MAX_RL_SRC
 #define BW_MAX_RL_SRC       262144
 #endif
+#ifndef BW_MAX_CHALLENGE
+#define BW_MAX_CHALLENGE    1024
+#endif
+#ifndef BW_MAX_CHAL_DST
+#define BW_MAX_CHAL_DST     16384
+#endif
+#ifndef BW_MAX_VERIFIED_V4
+#define BW_MAX_VERIFIED_V4  262144
+#endif
+#ifndef BW_MAX_FLOWS_V4
+#define BW_MAX_FLOWS_V4     524288
+#endif
 
 // Run-time switches (monitor mode, malformed policy), the rule-set generation
 // and the build id of the attached program.
@@ -157,6 +169,20 @@ BW_MAP("lpm_trie", struct bw_lpm_v6, struct bw_bits, sig_dst_v6, BW_MAX_SIG_PREF
 BW_MAP("array", u32, struct bw_rl_state, rl_agg, BW_MAX_RULES, 0);
 // Per-source token buckets of per_source rate-limit rules (LRU: sources come and go).
 BW_MAP("lru_hash", struct bw_rl_key, struct bw_rl_state, rl_src, BW_MAX_RL_SRC, 0);
+// Challenged TCP services (bpf/challenge.h), IPv4: destination port and
+// prefix -> thresholds. Configuration, not policy: not double-buffered;
+// skipped unless BW_CFG_TRIE_CHALLENGE_V4 is set.
+BW_MAP("lpm_trie", struct bw_chal_lpm_v4, struct bw_chal_service, chal_v4, BW_MAX_CHALLENGE, BPF_F_NO_PREALLOC);
+// SYN-rate meter and challenge mode per destination:port of a challenged
+// service (LRU: the destinations that receive SYNs).
+BW_MAP("lru_hash", struct bw_chal_dst_v4, struct bw_chal_meter, chal_meter_v4, BW_MAX_CHAL_DST, 0);
+// Sources that answered a challenge -> time of the answer (ktime ns). LRU: a
+// flood of answers cannot grow it; the TTL is the service's verified_ttl_ns.
+BW_MAP("lru_hash", __be32, u64, verified_v4, BW_MAX_VERIFIED_V4, 0);
+// Connections to challenged services seen open (a SYN or packet passed while
+// not under challenge, or a verified source's SYN) -> last seen (ktime ns).
+// LRU, so a flood of distinct tuples cannot grow it past BW_MAX_FLOWS_V4.
+BW_MAP("lru_hash", struct bw_flow_v4, u64, flows_v4, BW_MAX_FLOWS_V4, 0);
 // Packets and bytes per verdict reason (BW_REASON_*).
 BW_MAP("percpu_array", u32, struct bw_counter, reason_stats, BW_REASON_MAX, 0);
 // Packets and bytes per action taken (BW_ACTION_*).

@@ -25,9 +25,13 @@
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define bw_htons(x) ((__be16)__builtin_bswap16(x))
 #define bw_ntohs(x) ((__u16)__builtin_bswap16(x))
+#define bw_htonl(x) ((__be32)__builtin_bswap32(x))
+#define bw_ntohl(x) ((__u32)__builtin_bswap32(x))
 #else
 #define bw_htons(x) ((__be16)(x))
 #define bw_ntohs(x) ((__u16)(x))
+#define bw_htonl(x) ((__be32)(x))
+#define bw_ntohl(x) ((__u32)(x))
 #endif
 
 #define BW_ETH_P_8021Q   0x8100
@@ -231,6 +235,7 @@ static __always_inline int parse_l4(struct bw_cursor *c, void *end, int proto,
         pkt->sport = bw_ntohs(th->source);
         pkt->dport = bw_ntohs(th->dest);
         pkt->tcp_flags = ((__u8 *)th)[13];
+        pkt->tcp_seq = bw_ntohl(th->seq);
         c->pos = th + 1;
     } else if (proto == IPPROTO_UDP) {
         struct udphdr *uh = c->pos;

@@ -25,12 +25,18 @@
 #define BW_PASS_NON_IP              6  /* not IPv4/IPv6/ARP (LLDP, ...): left to the stack */
 #define BW_PASS_SIGNATURE           7  /* an allow signature matched */
 #define BW_PASS_RATE_LIMIT          8  /* a rate-limit signature matched, within its rate */
+#define BW_PASS_VERIFIED            9  /* under challenge: the source answered a challenge */
+#define BW_PASS_FLOW                10 /* under challenge: a connection seen open (flows_v4) */
 
 /* Drop by policy. */
 #define BW_DROP_DENY_SRC            32 /* exact source address in the denylist */
 #define BW_DROP_DENY_PREFIX         33 /* source inside a denied prefix */
 #define BW_DROP_SIGNATURE           34 /* a drop signature matched */
 #define BW_DROP_RATE_LIMIT          35 /* a rate-limit signature matched, over its rate */
+#define BW_DROP_CHALLENGE_SYN       36 /* SYN answered with a challenge SYN-ACK (XDP_TX), not delivered */
+#define BW_DROP_CHALLENGE_ANSWER    37 /* RST answering a challenge correctly: source verified, RST consumed */
+#define BW_DROP_CHALLENGE_FORGED    38 /* under challenge: RST whose cookie does not check */
+#define BW_DROP_UNVERIFIED          39 /* under challenge: non-SYN packet of an unknown connection from an unverified source */
 
 /* Malformed input: the packet cannot be parsed as far as its headers claim. */
 #define BW_MALFORMED_ETH            64 /* shorter than an Ethernet header */

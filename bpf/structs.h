@@ -146,6 +146,52 @@ struct bw_rl_state {
     __u64 tat_byte;
 };
 
+/* SYN challenge (bpf/challenge.h). Key of chal_v4: a TCP service, the
+ * destination port (network order) first, then the destination prefix, so
+ * one longest-prefix lookup finds the service for an address and port;
+ * prefixlen counts the 16 port bits too. */
+struct bw_chal_lpm_v4 {
+    __u32 prefixlen;  /* 16 + prefix length */
+    __u8 port[2];     /* network byte order */
+    __u8 addr[4];     /* network byte order */
+    __u8 pad[2];
+};
+
+/* A challenged service: the rates above which a destination:port of it is
+ * under challenge, how long that lasts and how long a verification holds. */
+struct bw_chal_service {
+    __u32 syn_pps;          /* SYNs/s to one destination:port that arm it; 0 = always armed */
+    __u32 ack_pps;          /* packets/s of unknown connections that arm it; 0 = always armed */
+    __u64 hold_ns;          /* armed this long after the last window over a threshold */
+    __u64 verified_ttl_ns;  /* a source verified by a challenge stays verified this long */
+};
+
+/* Key of chal_meter_v4: one destination and port. */
+struct bw_chal_dst_v4 {
+    __be32 addr;
+    __be16 port;
+    __u16 pad;
+};
+
+/* Per destination:port SYN-rate meter (fixed windows of BW_CHAL_WINDOW_NS)
+ * and the challenge mode it switches. Updated without locks by every CPU:
+ * a window roll that races with a count loses at most a few packets. */
+struct bw_chal_meter {
+    __u64 window;       /* start of the current window, ns */
+    __u64 syn;          /* SYNs in the current window */
+    __u64 unknown;      /* non-SYN packets of unknown connections in the current window */
+    __u64 armed_until;  /* under challenge until this time, ns (0: never armed) */
+    __u64 armed;        /* windows that (re)armed the challenge: how often it fired */
+};
+
+/* Key of flows_v4: a TCP connection seen open, client side first. */
+struct bw_flow_v4 {
+    __be32 saddr;
+    __be32 daddr;
+    __be16 sport;
+    __be16 dport;
+};
+
 /* What the parser learned; everything later reads only this. */
 struct bw_packet {
     __u32 len;           /* frame length */
@@ -163,6 +209,7 @@ struct bw_packet {
     __u16 ip_len;        /* IP length from the header: IPv4 total length, IPv6 payload + 40 */
     __u16 sport;         /* host order; 0 when no transport header */
     __u16 dport;
+    __u32 tcp_seq;       /* TCP sequence number, host order */
     __be32 src4;
     __be32 dst4;
     struct bw_in6 src6;

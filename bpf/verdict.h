@@ -3,13 +3,15 @@
  * Verdict stages and the single exit. Each check_* stage either decides
  * (fills the verdict, returns 1) or leaves the packet to the next stage
  * (returns 0). bw_out() is the only place an XDP action is returned.
- * The stages here: always-pass, allowlist, denylist; the signature stage is
- * signatures.h, the counting bw_out() does is account.h.
+ * The stages here: always-pass, allowlist, denylist; the SYN challenge is
+ * challenge.h, the signature stage signatures.h, the counting bw_out() does
+ * is account.h.
  */
 #ifndef BREAKWATER_VERDICT_H
 #define BREAKWATER_VERDICT_H
 
 #include "account.h"
+#include "challenge.h"
 #include "decide.h"
 #include "maps.h"
 #include "parsing.h"
@@ -115,11 +117,13 @@ static __always_inline int check_deny(struct bw_packet *pkt, struct bw_verdict *
 }
 
 /* The one exit: apply monitor mode, record the action, its reason, the rule
- * and the source, and return the action. */
+ * and the source, and return the action. XDP_TX (a challenge answered in
+ * place of the packet) counts as a drop: the packet is not delivered. */
 static __always_inline int bw_out(struct bw_packet *pkt, struct bw_verdict *v, struct bw_view *view)
 {
     __u32 action = v->action;
-    __u32 slot = action == XDP_DROP ? BW_ACTION_DROP : BW_ACTION_PASS;
+    int dropped = action != XDP_PASS;
+    __u32 slot = dropped ? BW_ACTION_DROP : BW_ACTION_PASS;
 
     if (action == XDP_DROP && (view->flags & BW_CFG_MONITOR)) {
         action = XDP_PASS;
@@ -129,15 +133,15 @@ static __always_inline int bw_out(struct bw_packet *pkt, struct bw_verdict *v, s
     __u32 reason = v->reason;
     count(reason_stats.lookup(&reason), pkt->len);
     if (v->rule_id)
-        count_rule(v->rule_id, pkt->len, v->action == XDP_DROP, v->limited);
+        count_rule(v->rule_id, pkt->len, dropped, v->limited);
     if (v->entry) {
         __sync_fetch_and_add(&v->entry->packets, 1);
         __sync_fetch_and_add(&v->entry->bytes, pkt->len);
     } else if (pkt->family) {
-        account_source(pkt, v->action == XDP_DROP);
+        account_source(pkt, dropped);
     }
     if (pkt->family)
-        account_destination(pkt, view, v->action == XDP_DROP);
+        account_destination(pkt, view, dropped);
     return action;
 }
 

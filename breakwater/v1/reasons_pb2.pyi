@@ -51,6 +51,14 @@ class _DropReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DropReason
     """Pass: an allow signature matched."""
     DROP_REASON_PASS_RATE_LIMIT: _DropReason.ValueType  # 8
     """Pass: a rate-limit signature matched and the packet was within its rate."""
+    DROP_REASON_PASS_VERIFIED: _DropReason.ValueType  # 9
+    """Pass: the destination is under SYN challenge and the source answered a
+    challenge within its verification TTL.
+    """
+    DROP_REASON_PASS_FLOW: _DropReason.ValueType  # 10
+    """Pass: the destination is under SYN challenge and the packet belongs to a
+    connection the data plane saw open.
+    """
     DROP_REASON_DROP_DENY_SRC: _DropReason.ValueType  # 32
     """Drop: the exact source address is in the denylist."""
     DROP_REASON_DROP_DENY_PREFIX: _DropReason.ValueType  # 33
@@ -59,6 +67,22 @@ class _DropReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DropReason
     """Drop: a drop signature matched."""
     DROP_REASON_DROP_RATE_LIMIT: _DropReason.ValueType  # 35
     """Drop: a rate-limit signature matched and the packet was over its rate."""
+    DROP_REASON_DROP_CHALLENGE_SYN: _DropReason.ValueType  # 36
+    """Not delivered: a SYN to a service under challenge was answered from XDP
+    with a challenge SYN-ACK (XDP_TX); counted as a drop.
+    """
+    DROP_REASON_DROP_CHALLENGE_ANSWER: _DropReason.ValueType  # 37
+    """Not delivered: a RST answering a challenge correctly; its source is now
+    verified and the RST, meant for the challenge, is consumed.
+    """
+    DROP_REASON_DROP_CHALLENGE_FORGED: _DropReason.ValueType  # 38
+    """Drop: under challenge, a RST whose cookie does not check (forged, stale
+    or for another connection).
+    """
+    DROP_REASON_DROP_UNVERIFIED: _DropReason.ValueType  # 39
+    """Drop: under challenge, a non-SYN packet (an ACK flood) of a connection
+    not seen open, from a source that is not verified.
+    """
     DROP_REASON_MALFORMED_ETH: _DropReason.ValueType  # 64
     """Malformed: shorter than an Ethernet header."""
     DROP_REASON_MALFORMED_VLAN: _DropReason.ValueType  # 65
@@ -99,6 +123,14 @@ DROP_REASON_PASS_SIGNATURE: DropReason.ValueType  # 7
 """Pass: an allow signature matched."""
 DROP_REASON_PASS_RATE_LIMIT: DropReason.ValueType  # 8
 """Pass: a rate-limit signature matched and the packet was within its rate."""
+DROP_REASON_PASS_VERIFIED: DropReason.ValueType  # 9
+"""Pass: the destination is under SYN challenge and the source answered a
+challenge within its verification TTL.
+"""
+DROP_REASON_PASS_FLOW: DropReason.ValueType  # 10
+"""Pass: the destination is under SYN challenge and the packet belongs to a
+connection the data plane saw open.
+"""
 DROP_REASON_DROP_DENY_SRC: DropReason.ValueType  # 32
 """Drop: the exact source address is in the denylist."""
 DROP_REASON_DROP_DENY_PREFIX: DropReason.ValueType  # 33
@@ -107,6 +139,22 @@ DROP_REASON_DROP_SIGNATURE: DropReason.ValueType  # 34
 """Drop: a drop signature matched."""
 DROP_REASON_DROP_RATE_LIMIT: DropReason.ValueType  # 35
 """Drop: a rate-limit signature matched and the packet was over its rate."""
+DROP_REASON_DROP_CHALLENGE_SYN: DropReason.ValueType  # 36
+"""Not delivered: a SYN to a service under challenge was answered from XDP
+with a challenge SYN-ACK (XDP_TX); counted as a drop.
+"""
+DROP_REASON_DROP_CHALLENGE_ANSWER: DropReason.ValueType  # 37
+"""Not delivered: a RST answering a challenge correctly; its source is now
+verified and the RST, meant for the challenge, is consumed.
+"""
+DROP_REASON_DROP_CHALLENGE_FORGED: DropReason.ValueType  # 38
+"""Drop: under challenge, a RST whose cookie does not check (forged, stale
+or for another connection).
+"""
+DROP_REASON_DROP_UNVERIFIED: DropReason.ValueType  # 39
+"""Drop: under challenge, a non-SYN packet (an ACK flood) of a connection
+not seen open, from a source that is not verified.
+"""
 DROP_REASON_MALFORMED_ETH: DropReason.ValueType  # 64
 """Malformed: shorter than an Ethernet header."""
 DROP_REASON_MALFORMED_VLAN: DropReason.ValueType  # 65

@@ -18,6 +18,7 @@ from typing import Any, Final, Literal, cast
 from ..addresses import Prefix, parse_prefix
 from ..api.auth import TlsFiles, check_plaintext
 from ..config import checked, parse_listen, read_toml
+from ..dataplane import challenge as chal
 from ..dataplane.attach import DEFAULT_PIN_ROOT, AttachMode
 from ..dataplane.maps import MAX_MAP_ENTRIES, MapSizes
 from ..detection.config import DetectConfig, MitigateConfig
@@ -52,10 +53,12 @@ AgentMode = Literal["monitor", "enforce"]
 _TOP_KEYS: Final = (
     "interfaces", "protected", "management", "allowlist", "mode", "interval", "detach_on_exit",
     "state_dir", "pin_root", "metrics", "rules_file", "sizes", "detect", "mitigate",
-    "controller", "node_id", "labels", "api", "tls",
+    "controller", "node_id", "labels", "api", "tls", "challenge",
 )
 _TLS_KEYS: Final = ("cert", "key", "ca", "insecure")
 _IFACE_KEYS: Final = ("name", "netns", "mode")
+_CHALLENGE_KEYS: Final = ("prefix", "ports", "syn_pps", "ack_pps", "hold", "verified_ttl")
+MAX_RATE: Final = 0xFFFFFFFF
 # Keys of [mitigate] the agent fills in from the top level.
 _OWNED_BY_AGENT: Final = {"allowlist": "allowlist", "management": "management", "monitor": "mode"}
 
@@ -99,6 +102,8 @@ class AgentConfig:
     key and the CA the controller's certificate must chain to; None: the
     sync stream is plaintext (loopback, or ``[tls] insecure = true``)."""
     insecure: bool = False
+    challenge: tuple[chal.Service, ...] = ()
+    """TCP services whose SYNs the data plane challenges under a flood, one per prefix and port."""
 
     @property
     def monitor(self) -> bool:
@@ -127,6 +132,7 @@ class AgentConfig:
             "api": f"{self.api[0]}:{self.api[1]}" if self.api else "",
             "tls": ({"cert": str(self.tls.cert), "key": str(self.tls.key), "ca": str(self.tls.ca)}
                     if self.tls else {}) | ({"insecure": True} if self.insecure else {}),
+            "challenge": [_plain(s) for s in self.challenge],
             "sizes": self.sizes.as_dict(),
             "detect": det,
             "mitigate": mit,
@@ -150,19 +156,19 @@ def _text(value: object, path: str) -> str:
     return value.strip()
 
 
+def _prefix(value: object, path: str) -> Prefix:
+    if not isinstance(value, str):
+        raise FieldError(path, f"expected a prefix string, got {value!r}")
+    try:
+        return parse_prefix(value, field=path)
+    except InputError as exc:
+        raise FieldError(path, str(exc).removeprefix(f"{path}: ")) from None
+
+
 def _prefix_list(value: object, path: str) -> tuple[Prefix, ...]:
     if not isinstance(value, list):
         raise FieldError(path, f"expected a list of prefixes like [\"198.18.0.0/24\"], got {value!r}")
-    out = []
-    for i, item in enumerate(value):
-        at = join(path, f"[{i}]")
-        if not isinstance(item, str):
-            raise FieldError(at, f"expected a prefix string, got {item!r}")
-        try:
-            out.append(parse_prefix(item, field=at))
-        except InputError as exc:
-            raise FieldError(at, str(exc).removeprefix(f"{at}: ")) from None
-    return tuple(dict.fromkeys(out))
+    return tuple(dict.fromkeys(_prefix(item, join(path, f"[{i}]")) for i, item in enumerate(value)))
 
 
 def _interfaces(value: object) -> tuple[InterfaceConfig, ...]:
@@ -193,6 +199,41 @@ def _interfaces(value: object) -> tuple[InterfaceConfig, ...]:
     if len({i.name for i in out}) != len(out):
         raise FieldError("interfaces", "interface names must be unique (their pins share one root)")
     return tuple(out)
+
+
+def _challenge(value: object, path: str = "challenge") -> tuple[chal.Service, ...]:
+    """``[[challenge]]`` tables: a prefix, its ports and the thresholds, one
+    :class:`~controller.dataplane.challenge.Service` per prefix and port."""
+    if not isinstance(value, list):
+        raise FieldError(path, "expected [[challenge]] tables with prefix, ports, syn_pps, ack_pps, "
+                               f"hold, verified_ttl; got {value!r}")
+    out: dict[tuple[Prefix, int], chal.Service] = {}
+    for i, item in enumerate(value):
+        at = join(path, f"[{i}]")
+        if not isinstance(item, dict):
+            raise FieldError(at, f"expected a table {{prefix, ports, ...}}, got {item!r}")
+        check_keys(item, _CHALLENGE_KEYS, at)
+        for key in ("prefix", "ports"):
+            if key not in item:
+                raise FieldError(join(at, key), "missing; e.g. prefix = \"198.18.0.0/24\", ports = [443]")
+        prefix = _prefix(item["prefix"], join(at, "prefix"))
+        if prefix.family != 4:
+            raise FieldError(join(at, "prefix"), f"{prefix} is IPv6: only IPv4 services can be "
+                                                 "challenged so far")
+        ports = item["ports"]
+        if not isinstance(ports, list) or not ports:
+            raise FieldError(join(at, "ports"), f"expected a non-empty list of TCP ports, got {ports!r}")
+        syn_pps = check_int(item.get("syn_pps", chal.DEFAULT_SYN_PPS), join(at, "syn_pps"), 0, MAX_RATE)
+        ack_pps = check_int(item.get("ack_pps", chal.DEFAULT_ACK_PPS), join(at, "ack_pps"), 0, MAX_RATE)
+        hold = check_number(item.get("hold", chal.DEFAULT_HOLD), join(at, "hold"), 0, 86400, above=True)
+        ttl = check_number(item.get("verified_ttl", chal.DEFAULT_VERIFIED_TTL), join(at, "verified_ttl"),
+                           0, 86400, above=True)
+        for j, port in enumerate(ports):
+            port = check_int(port, join(at, f"ports[{j}]"), 1, 65535)
+            if (prefix, port) in out:
+                raise FieldError(join(at, f"ports[{j}]"), f"{prefix} port {port} is challenged twice")
+            out[(prefix, port)] = chal.Service(prefix, port, syn_pps, ack_pps, hold, ttl)
+    return tuple(out.values())
 
 
 def _controller(value: object, path: str) -> str | None:
@@ -303,9 +344,13 @@ def _parse(doc: Mapping[str, object], src: str) -> AgentConfig:
     labels = _labels(doc.get("labels", {}))
     api = parse_listen(doc.get("api", DEFAULT_API), "api", DEFAULT_API)
     tls, insecure = _tls(doc.get("tls", {}), controller, node_id)
+    challenge = _challenge(doc.get("challenge", []))
+    if len(challenge) > sizes.challenge:
+        raise FieldError("challenge", f"{len(challenge)} prefix/port pairs do not fit the chal_v4 map "
+                                      f"({sizes.challenge} entries): raise [sizes] challenge")
     return AgentConfig(interfaces, protected, management, allowlist, mode, interval,
                        detach, state_dir, pin_root, metrics, rules_file, sizes, detect, mitigate, src,
-                       controller, node_id, labels, api, tls, insecure)
+                       controller, node_id, labels, api, tls, insecure, challenge)
 
 
 def _tls(value: object, controller: str | None, node_id: str) -> tuple[TlsFiles | None, bool]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..dataplane import attach as dataplane
-from ..dataplane import protect
+from ..dataplane import challenge, protect
 from ..dataplane.pinned import MapSet
 from ..detection.detector import Detector
 from ..detection.harvest import Harvester
@@ -91,10 +91,11 @@ def restore(icfg: InterfaceConfig, maps: MapSet, config: AgentConfig, store: Sto
 
 
 def configure(iface: Interface, config: AgentConfig) -> None:
-    """Write the protected prefixes and the reflection ports."""
+    """Write the protected prefixes, the reflection ports and the challenged services."""
     with iface.maps.locked():
         protect.set_reflection_ports(iface.maps, config.mitigate.reflection_ports)
     protect.set_protected(iface.maps, config.protected)
+    challenge.set_challenged(iface.maps, config.challenge)
 
 
 def release(iface: Interface, config: AgentConfig) -> None:

@@ -16,6 +16,12 @@ __all__ = [
     "ALLOW_MGMT",
     "CFG_MONITOR",
     "CFG_PASS_MALFORMED",
+    "CFG_TRIE_CHALLENGE_V4",
+    "CHAL_MSS",
+    "CHAL_TTL",
+    "CHAL_WINDOW",
+    "CHAL_WINDOWS_PER_S",
+    "CHAL_WINDOW_NS",
     "COUNTER_DTYPE",
     "DENY_DTYPE",
     "DST_COUNTERS_DTYPE",
@@ -42,10 +48,15 @@ __all__ = [
     "SRC_COUNTER_FIELDS",
     "TRIE_FLAGS",
     "Bits",
+    "ChalDstV4",
+    "ChalLpmV4",
+    "ChalMeter",
+    "ChalService",
     "Config",
     "Counter",
     "DenyEntry",
     "DstCounters",
+    "FlowV4",
     "In6",
     "LpmV4",
     "LpmV6",
@@ -58,7 +69,7 @@ __all__ = [
     "SrcCounters",
 ]
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 CFG_MONITOR = 1 << 0
 CFG_PASS_MALFORMED = 1 << 1
 # "This trie may hold entries" bits (BW_CFG_TRIE_*), by map name.
@@ -85,6 +96,14 @@ SIG_SRC_V4 = 1 << 0
 SIG_SRC_V6 = 1 << 1
 SIG_DST_V4 = 1 << 2
 SIG_DST_V6 = 1 << 3
+# SYN challenge (bpf/challenge.h): "challenged services configured" bit, the
+# meter's window and the challenge SYN-ACK's fixed fields.
+CFG_TRIE_CHALLENGE_V4 = 1 << 14
+CHAL_WINDOW_NS = 100_000_000
+CHAL_WINDOWS_PER_S = 10
+CHAL_MSS = 1460
+CHAL_WINDOW = 64240
+CHAL_TTL = 64
 
 
 class Config(ctypes.Structure):
@@ -244,6 +263,58 @@ class RlState(ctypes.Structure):
     """``struct bw_rl_state``: GCRA schedules, ns."""
 
     _fields_ = [("tat_pkt", ctypes.c_uint64), ("tat_byte", ctypes.c_uint64)]
+
+
+class ChalLpmV4(ctypes.Structure):
+    """``struct bw_chal_lpm_v4``: key of ``chal_v4``, port (network order) then
+    prefix; prefixlen counts the 16 port bits."""
+
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("port", ctypes.c_uint8 * 2),
+        ("addr", ctypes.c_uint8 * 4),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class ChalService(ctypes.Structure):
+    """``struct bw_chal_service``: a challenged service's thresholds."""
+
+    _fields_ = [
+        ("syn_pps", ctypes.c_uint32),
+        ("ack_pps", ctypes.c_uint32),
+        ("hold_ns", ctypes.c_uint64),
+        ("verified_ttl_ns", ctypes.c_uint64),
+    ]
+
+
+class ChalDstV4(ctypes.Structure):
+    """``struct bw_chal_dst_v4``: key of ``chal_meter_v4`` (network order)."""
+
+    _fields_ = [("addr", ctypes.c_uint8 * 4), ("port", ctypes.c_uint8 * 2), ("pad", ctypes.c_uint16)]
+
+
+class ChalMeter(ctypes.Structure):
+    """``struct bw_chal_meter``: one destination:port's meter and challenge mode."""
+
+    _fields_ = [
+        ("window", ctypes.c_uint64),
+        ("syn", ctypes.c_uint64),
+        ("unknown", ctypes.c_uint64),
+        ("armed_until", ctypes.c_uint64),
+        ("armed", ctypes.c_uint64),
+    ]
+
+
+class FlowV4(ctypes.Structure):
+    """``struct bw_flow_v4``: key of ``flows_v4``, client side first (network order)."""
+
+    _fields_ = [
+        ("saddr", ctypes.c_uint8 * 4),
+        ("daddr", ctypes.c_uint8 * 4),
+        ("sport", ctypes.c_uint8 * 2),
+        ("dport", ctypes.c_uint8 * 2),
+    ]
 
 
 SRC_COUNTERS_DTYPE = np.dtype([*((name, "<u8") for name in SRC_COUNTER_FIELDS), ("last_dst", "V16")])

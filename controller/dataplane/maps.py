@@ -66,6 +66,10 @@ class MapSizes:
     dst_v4: int = 1 << 16
     dst_v6: int = 1 << 14
     protect: int = 1 << 12
+    challenge: int = 1 << 10
+    chal_dst: int = 1 << 14
+    verified_v4: int = 1 << 18
+    flows_v4: int = 1 << 19
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -94,7 +98,7 @@ class MapSizes:
         return cls(**data)  # type: ignore[arg-type]
 
 
-CType = type[ctypes.Structure] | type[ctypes.c_uint32]
+CType = type[ctypes.Structure] | type[ctypes.c_uint32] | type[ctypes.c_uint64]
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,15 @@ MAP_SPECS: tuple[MapSpec, ...] = (
             "aggregate token buckets, one per rule slot", "rules"),
     MapSpec("rl_src", 9, "lru_hash", abi.RlKey, abi.RlState, "counters",
             "per-source token buckets", "rl_src"),
+    MapSpec("chal_v4", 11, "lpm_trie", abi.ChalLpmV4, abi.ChalService, "config",
+            "challenged TCP services (port + destination prefix), IPv4", "challenge",
+            flags=BPF_F_NO_PREALLOC),
+    MapSpec("chal_meter_v4", 9, "lru_hash", abi.ChalDstV4, abi.ChalMeter, "counters",
+            "SYN-rate meter and challenge mode per destination:port", "chal_dst"),
+    MapSpec("verified_v4", 9, "lru_hash", ctypes.c_uint32, ctypes.c_uint64, "counters",
+            "sources verified by a challenge -> time of the answer", "verified_v4"),
+    MapSpec("flows_v4", 9, "lru_hash", abi.FlowV4, ctypes.c_uint64, "counters",
+            "connections to challenged services seen open -> last seen", "flows_v4"),
 )
 
 

@@ -54,9 +54,11 @@ TEST_SIZES = MapSizes(
 
 ARRAY_TYPES = ("array", "percpu_array")
 # Maps emptied between tests: everything that holds entries (hashes, LRUs,
-# tries: allow/deny, sources, per-source buckets, signature prefixes).
+# tries: allow/deny, sources, per-source buckets, signature prefixes, the
+# challenge's services, meters, verified sources and flows).
 ENTRY_MAPS = tuple(s.name for s in MAP_SPECS
-                   if s.role in ("policy", "counters") and s.type_name not in ARRAY_TYPES)
+                   if (s.role in ("policy", "counters") or s.name == "chal_v4")
+                   and s.type_name not in ARRAY_TYPES)
 # Arrays zeroed between tests (their elements cannot be deleted): per-CPU
 # counters, aggregate buckets, the signature table of both slots.
 ZEROED_ARRAYS = tuple(s.name for s in MAP_SPECS if s.name != "config" and s.type_name in ARRAY_TYPES)

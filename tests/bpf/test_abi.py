@@ -71,6 +71,11 @@ def test_struct_layouts_match_bcc(bpf_program: DataPlane, s: MapSpec) -> None:
         (abi.SigMeta, "bw_sig_meta"),
         (abi.RlKey, "bw_rl_key"),
         (abi.RlState, "bw_rl_state"),
+        (abi.ChalLpmV4, "bw_chal_lpm_v4"),
+        (abi.ChalService, "bw_chal_service"),
+        (abi.ChalDstV4, "bw_chal_dst_v4"),
+        (abi.ChalMeter, "bw_chal_meter"),
+        (abi.FlowV4, "bw_flow_v4"),
     ],
     ids=lambda v: v if isinstance(v, str) else v.__name__,
 )

@@ -110,10 +110,10 @@ def policy_state(dp: DataPlane) -> dict[str, object]:
 
 
 def trie_slots(dp: DataPlane) -> dict[str, set[int]]:
-    """Which slots each LPM trie holds entries for."""
+    """Which slots each slotted LPM trie holds entries for (chal_v4 has no slot byte)."""
     out = {}
     for s in MAP_SPECS:
-        if s.type_name == "lpm_trie":
+        if s.type_name == "lpm_trie" and s.key in (abi.LpmV4, abi.LpmV6):
             keys = dp.maps[s.name].keys()  # a PinnedMap, not a dict
             out[s.name] = {k[4] for k in keys}
     return out

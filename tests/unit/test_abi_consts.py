@@ -48,6 +48,12 @@ MIRRORED = {
     "BW_SIG_SRC_V6": abi.SIG_SRC_V6,
     "BW_SIG_DST_V4": abi.SIG_DST_V4,
     "BW_SIG_DST_V6": abi.SIG_DST_V6,
+    "BW_CFG_TRIE_CHALLENGE_V4": abi.CFG_TRIE_CHALLENGE_V4,
+    "BW_CHAL_WINDOW_NS": abi.CHAL_WINDOW_NS,
+    "BW_CHAL_WINDOWS_PER_S": abi.CHAL_WINDOWS_PER_S,
+    "BW_CHAL_MSS": abi.CHAL_MSS,
+    "BW_CHAL_WINDOW": abi.CHAL_WINDOW,
+    "BW_CHAL_TTL": abi.CHAL_TTL,
 }
 # consts.h names mirrored elsewhere (BW_ACTION_*: tests/unit/test_reasons.py)
 # or used only by the program.
@@ -83,7 +89,7 @@ def test_every_const_is_mirrored() -> None:
 def test_trie_flags_name_the_policy_tries() -> None:
     tries = {s.name for s in MAP_SPECS if s.type_name == "lpm_trie"}
     assert set(abi.TRIE_FLAGS) == set(POLICY_TRIES) == set(swap.POLICY_TRIES)
-    assert tries == set(POLICY_TRIES) | set(SIG_TRIE_FLAGS) | set(abi.PROTECT_FLAGS)
+    assert tries == set(POLICY_TRIES) | set(SIG_TRIE_FLAGS) | set(abi.PROTECT_FLAGS) | {"chal_v4"}
     assert len(set(abi.TRIE_FLAGS.values())) == len(abi.TRIE_FLAGS)
     # Disjoint from the run-time switches that share struct bw_config.flags.
     for bit in abi.TRIE_FLAGS.values():

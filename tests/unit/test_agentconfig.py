@@ -110,6 +110,24 @@ rule_ttl = 30.0
     (BASE + 'labels = { Site = "fra1" }', "labels", "not a valid label key"),
     (BASE + 'labels = { site = "fra 1" }', "labels[site]", "not a valid label value"),
     (BASE + 'api = "localhost"', "api", "ADDR:PORT"),
+    (BASE + 'challenge = "443"', "challenge", "[[challenge]] tables"),
+    (BASE + "[[challenge]]\nports = [443]", "challenge[0].prefix", "missing"),
+    (BASE + '[[challenge]]\nprefix = "198.18.0.0/24"', "challenge[0].ports", "missing"),
+    (BASE + '[[challenge]]\nprefix = "198.18.0.0/33"\nports = [443]', "challenge[0].prefix", "198.18.0.0/33"),
+    (BASE + '[[challenge]]\nprefix = "2001:db8::/64"\nports = [443]', "challenge[0].prefix", "only IPv4"),
+    (BASE + '[[challenge]]\nprefix = "198.18.0.0/24"\nports = []', "challenge[0].ports", "non-empty"),
+    (BASE + '[[challenge]]\nprefix = "198.18.0.0/24"\nports = [443, 0]', "challenge[0].ports[1]",
+     "out of range 1..65535"),
+    (BASE + '[[challenge]]\nprefix = "198.18.0.0/24"\nports = [443, 443]', "challenge[0].ports[1]",
+     "challenged twice"),
+    (BASE + '[[challenge]]\nprefix = "198.18.0.0/24"\nports = [443]\nsyn_pps = -1', "challenge[0].syn_pps",
+     "out of range"),
+    (BASE + '[[challenge]]\nprefix = "198.18.0.0/24"\nports = [443]\nhold = 0', "challenge[0].hold",
+     "out of range"),
+    (BASE + '[[challenge]]\nprefix = "198.18.0.0/24"\nports = [443]\nverified_tll = 5',
+     "challenge[0].verified_tll", "did you mean 'verified_ttl'"),
+    (BASE + '[sizes]\nchallenge = 1\n[[challenge]]\nprefix = "198.18.0.0/24"\nports = [80, 443]',
+     "challenge", "raise [sizes] challenge"),
 ])
 def test_invalid_key(tmp_path: Path, text: str, path: str, what: str) -> None:
     file = _write(tmp_path, text)
@@ -192,6 +210,27 @@ def test_controller_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "--label 'site': expected KEY=VALUE" in capsys.readouterr().err
     assert cli.main(["agent", "--config", str(good), "--check-config", "--node-id", "Bad!"]) == 2
     assert "node_id" in capsys.readouterr().err
+
+
+def test_challenge_tables(tmp_path: Path) -> None:
+    cfg = load(_write(tmp_path, BASE + """
+[[challenge]]
+prefix = "198.18.0.0/24"
+ports = [80, 443]
+syn_pps = 500
+[[challenge]]
+prefix = "198.18.1.7"
+ports = [22]
+ack_pps = 0
+hold = 2.5
+verified_ttl = 60
+"""))
+    got = [(str(s.prefix), s.port, s.syn_pps, s.ack_pps, s.hold, s.verified_ttl) for s in cfg.challenge]
+    assert got == [("198.18.0.0/24", 80, 500, 5000, 10.0, 300.0),
+                   ("198.18.0.0/24", 443, 500, 5000, 10.0, 300.0),
+                   ("198.18.1.7", 22, 1000, 0, 2.5, 60.0)]
+    assert cfg.to_dict()["challenge"][2] == {"prefix": "198.18.1.7", "port": 22, "syn_pps": 1000,
+                                             "ack_pps": 0, "hold": 2.5, "verified_ttl": 60.0}
 
 
 def test_example_config_is_valid() -> None:
