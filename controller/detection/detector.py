@@ -33,9 +33,17 @@ broader mitigation (from ``concentrated``) must hold for N intervals at
 strength, none of them falling.
 
 Baselines are a time-weighted EWMA per destination and vector class,
-learned only in intervals where nothing is over a threshold and no attack
-is active on that destination, so an attack cannot teach the detector that
-it is normal.
+starting at 0 (they learn upwards at the pace of ``baseline_tau`` only),
+learned only from intervals where nothing is over a threshold and no attack
+is active on that destination, one interval late (the interval a flood
+starts in is partly under the threshold and is never learned); thresholds
+never exceed their vector's ``ceiling``. So an attack cannot teach the
+detector that it is normal.
+
+A pulsing attack (back over its threshold after an off period) is one
+attack counting ``pulses``, held for ``pulse_hold`` x its longest off
+period after its last interval over; :attr:`Detector.early` asks the caller
+to sample again soon when a vector rises towards its threshold.
 
 Speed: an interval costs a sort of the sources' keys and a handful of
 vectorised passes over them and over the table of recently seen sources;
@@ -55,7 +63,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -304,7 +312,8 @@ class Detector:
         if learn.any():
             # no bias correction: a baseline starts at 0 and rises at the pace of baseline_tau
             alpha = -math.expm1(-dt / cfg.baseline_tau)
-            self._ewma[:n_dest][learn] += alpha * (self._prev_rate[:n_dest][learn] - self._ewma[:n_dest][learn])
+            ewma = self._ewma[:n_dest]
+            ewma[learn] += alpha * (self._prev_rate[:n_dest][learn] - ewma[learn])
             self._weight[:n_dest][learn] = 1.0
         self._prev_rate[:n_dest] = rate
         self._prev_quiet[:n_dest] = quiet
@@ -386,7 +395,8 @@ class Detector:
 
     def _baselines(self) -> F64:
         n = len(self._dests)
-        return cast(F64, self._ewma[:n].copy())
+        out: F64 = self._ewma[:n].copy()
+        return out
 
     def _next_id(self, *parts: str) -> str:
         self._seq += 1
