@@ -161,7 +161,7 @@ class Detector:
     def early(self) -> bool:
         """The last sample saw a destination vector rise towards its threshold
         (to ``early_fraction`` of it, from under) or over it without an attack
-        starting yet: sampling again soon, rather than a whole interval later,
+        starting yet, or a source rise likewise towards ``source_pps``: sampling again soon, rather than a whole interval later,
         starts a flood that began inside that interval within a fraction of an
         interval."""
         return self._early
@@ -370,7 +370,7 @@ class Detector:
                 self._active[d, v] = False
                 self._under[d, v] = 0
         self._early = bool((warm & ~self._warm[:n_dest] & ~self._active[:n_dest]).any()
-                           or (over & ~self._active[:n_dest]).any())
+                           or (over & ~self._active[:n_dest]).any() or src.early)
         self._warm[:n_dest] = warm
         self._heavy, heavy = src.heavy(self._heavy, self._next_id)
         if heavy is not None:

@@ -177,3 +177,22 @@ def test_one_clients_large_download_starts_nothing() -> None:
     _, events, history = run(record(60.0, 1.0, [background(VICTIM), acks]))
     assert events == []
     assert all(rules == () for _, rules in history)
+
+
+def test_a_single_heavy_source_rising_asks_for_an_early_look() -> None:
+    # one source at 38k pps (over source_pps 20k) from 10.6: [10, 11) sees 15.2k
+    heavy = Traffic(v4_block("100.90.0.1", 1), VICTIM, 38_000, {"udp": 1}, size=512, start=10.6)
+    traffic = [background(VICTIM), heavy]
+    det = Detector()
+    events = [e for s in record(11.0, 1.0, traffic) for e in det.observe(s)]
+    assert not events and det.early
+    events = det.observe(record(0.25, 0.25, traffic, t0=11.0)[0])
+    assert [(e.kind, e.vector, e.t) for e in events] == [("started", "source_rate", 11.25)]
+    # a steady client at a tenth of source_pps asks once, not every interval
+    steady = Traffic(v4_block("100.91.0.1", 1), VICTIM, 3000, {"ack": 1}, size=52)
+    det = Detector()
+    looks = []
+    for s in record(10.0, 1.0, [background(VICTIM), steady]):
+        det.observe(s)
+        looks.append(det.early)
+    assert looks[0] and not any(looks[1:])
