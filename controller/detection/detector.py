@@ -161,8 +161,9 @@ class Detector:
     def early(self) -> bool:
         """The last sample saw a destination vector rise towards its threshold
         (to ``early_fraction`` of it, from under) or over it without an attack
-        starting yet, or a source rise likewise towards ``source_pps``: sampling again soon, rather than a whole interval later,
-        starts a flood that began inside that interval within a fraction of an
+        starting yet, or a source rise likewise towards ``source_pps``:
+        sampling again soon, rather than a whole interval later, starts a
+        flood that began inside that interval within a fraction of an
         interval."""
         return self._early
 
