@@ -511,7 +511,7 @@ def free_port() -> int:
 
 def agent_toml(t: TtmLab, interval: float, state_dir: Path) -> str:
     # Everything not set here is the agent's default: [detect] and [mitigate]
-    # thresholds (start_intervals 3, source_pps 20000, ...), map sizes, mode auto.
+    # thresholds (start_intervals, source_pps, ...: DEFAULTS), map sizes, mode auto.
     return (
         "# bench/agent.py: time to mitigate; detection and mitigation at their defaults\n"
         f'interfaces = [{{ name = "{TTM_IF}", netns = "{t.edge}" }}]\n'

@@ -264,6 +264,7 @@ class AttackEvent(_message.Message):
     TOP_SOURCES_FIELD_NUMBER: _builtins.int
     OFFENDERS_FIELD_NUMBER: _builtins.int
     APPLIED_RULE_IDS_FIELD_NUMBER: _builtins.int
+    PULSES_FIELD_NUMBER: _builtins.int
     attack_id: _builtins.str
     """The attack's id, stable from start to end, e.g.
     "syn-198-18-0-10-4".
@@ -301,6 +302,11 @@ class AttackEvent(_message.Message):
     sources: _builtins.int
     """Active sources towards the victim (ATTACK_VECTOR_SOURCE_RATE: the
     offenders).
+    """
+    pulses: _builtins.int
+    """Times the attack came over its threshold: 1, plus one per return after
+    an off period. A pulse wave is one attack whose pulses count up, its
+    rules held across the off periods; 0 from a sender that predates it.
     """
     @_builtins.property
     def sample_time(self) -> _timestamp_pb2.Timestamp:
@@ -361,10 +367,11 @@ class AttackEvent(_message.Message):
         top_sources: _abc.Iterable[Global___AttackSource] | None = ...,
         offenders: _abc.Iterable[_builtins.str] | None = ...,
         applied_rule_ids: _abc.Iterable[_builtins.str] | None = ...,
+        pulses: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "onset_time", b"onset_time", "sample_time", b"sample_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_rule_ids", b"applied_rule_ids", "attack_id", b"attack_id", "baseline_pps", b"baseline_pps", "bps", b"bps", "dropped_pps", b"dropped_pps", "end_time", b"end_time", "interface", b"interface", "offenders", b"offenders", "onset_time", b"onset_time", "over_threshold", b"over_threshold", "peak_bps", b"peak_bps", "peak_pps", b"peak_pps", "phase", b"phase", "pps", b"pps", "profile", b"profile", "sample_time", b"sample_time", "sources", b"sources", "start_time", b"start_time", "threshold_pps", b"threshold_pps", "top_sources", b"top_sources", "vector", b"vector", "victim", b"victim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_rule_ids", b"applied_rule_ids", "attack_id", b"attack_id", "baseline_pps", b"baseline_pps", "bps", b"bps", "dropped_pps", b"dropped_pps", "end_time", b"end_time", "interface", b"interface", "offenders", b"offenders", "onset_time", b"onset_time", "over_threshold", b"over_threshold", "peak_bps", b"peak_bps", "peak_pps", b"peak_pps", "phase", b"phase", "pps", b"pps", "profile", b"profile", "pulses", b"pulses", "sample_time", b"sample_time", "sources", b"sources", "start_time", b"start_time", "threshold_pps", b"threshold_pps", "top_sources", b"top_sources", "vector", b"vector", "victim", b"victim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

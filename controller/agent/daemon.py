@@ -56,7 +56,7 @@ from ..errors import BreakwaterError, FailedPreconditionError, UnavailableError
 from ..metrics import MetricsServer
 from ..rules.model import Rule, RuleSet
 from . import interface, metrics, reload
-from .config import AgentConfig, InterfaceConfig
+from .config import MIN_INTERVAL, AgentConfig, InterfaceConfig
 from .interface import Interface
 from .interval import run_interval
 from .layers import RuleLayers, RuleView, manual_at_start
@@ -77,6 +77,12 @@ KEEP_EVENTS: Final = 100_000
 PRUNE_SECONDS: Final = 3600.0
 # How long another thread waits for the loop between checks that it still runs.
 CALL_POLL_SECONDS: Final = 0.5
+EARLY_LOOK: Final = 0.25
+"""When the detector asks for an early look (a vector rising towards its
+threshold: :attr:`controller.detection.detector.Detector.early`), the next
+interval is this share of ``interval`` (at least MIN_INTERVAL): a flood that
+began inside an interval starts its attack a quarter interval later, not a
+whole one, while a quiet agent keeps its cadence (and its cost)."""
 _T = TypeVar("_T")
 
 
@@ -214,6 +220,8 @@ class Agent:
                    telemetry=self._telemetry)
             next_at += self.config.interval
             now = time.monotonic()
+            if any(iface.detector.early for iface in self._ifaces):
+                next_at = min(next_at, now + max(MIN_INTERVAL, EARLY_LOOK * self.config.interval))
             if next_at < now:  # overran: start the next interval now, do not catch up
                 next_at = now
             self._idle_until(next_at)

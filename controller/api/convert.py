@@ -466,7 +466,7 @@ def attack_to_proto(
         pps=event.pps, bps=event.bps, peak_pps=event.peak_pps, peak_bps=event.peak_bps,
         dropped_pps=event.dropped_pps, threshold_pps=event.threshold_pps,
         baseline_pps=event.baseline_pps, over_threshold=event.over_threshold,
-        sources=event.sources,
+        sources=event.sources, pulses=event.pulses,
         top_sources=[event_pb2.AttackSource(address=str(s.address), pps=s.pps, bps=s.bps)
                      for s in event.top_sources],
         offenders=[str(p) for p in event.offenders],
@@ -514,7 +514,7 @@ def attack_from_proto(
         ended_at=_time_or_zero(msg, "end_time", wall_offset) if msg.HasField("end_time") else None,
         pps=msg.pps, bps=msg.bps, peak_pps=msg.peak_pps, peak_bps=msg.peak_bps,
         dropped_pps=msg.dropped_pps, threshold_pps=msg.threshold_pps, baseline_pps=msg.baseline_pps,
-        over_threshold=msg.over_threshold, sources=msg.sources,
+        over_threshold=msg.over_threshold, sources=msg.sources, pulses=max(1, msg.pulses),
         top_sources=top, offenders=offenders, applied=tuple(msg.applied_rule_ids),
     )
 

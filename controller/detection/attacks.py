@@ -89,6 +89,13 @@ class Offenders:
             setattr(self, name, getattr(self, name)[mask])
         self.version += 1
 
+    def release(self, min_pps: float, intervals: int) -> None:
+        """Forget offenders under ``min_pps`` (dropped packets count) for
+        ``intervals`` intervals in a row; call it only in intervals the flood
+        is at its threshold, so a pulse's off period releases nobody."""
+        self.under = np.where(self.pps >= min_pps, 0, self.under + 1).astype(np.int32)
+        self.keep(self.under < intervals)
+
     def cap(self, n: int) -> None:
         """Keep the ``n`` heaviest by peak rate."""
         if len(self) > n:
@@ -156,6 +163,28 @@ class AttackState:
     """The vector's rate in the previous N intervals (newest last)."""
     pending: int = 0
     """Intervals in a row, at strength, judged a broader profile than ``profile``."""
+    pulses: int = 1
+    """Times the attack came over its threshold: 1, plus one per return after an off period."""
+    last_over_at: float | None = None
+    """End of its last interval over the threshold."""
+    longest_off: float = 0.0
+    """Its longest off period between two pulses, seconds."""
+
+    def pulse(self, over: bool, t: float, dt: float) -> None:
+        """Count a return over the threshold after an off period (a pulse)."""
+        if not over:
+            return
+        if self.last_over_at is not None and t - dt > self.last_over_at + 1e-9:
+            self.pulses += 1
+            self.longest_off = max(self.longest_off, t - dt - self.last_over_at)
+        self.last_over_at = t
+
+    def held(self, t: float, factor: float, cap: float) -> bool:
+        """A pulsing attack is held for ``factor`` x its longest off period
+        (at most ``cap`` seconds) after its last interval over the threshold."""
+        if self.last_over_at is None:
+            return False
+        return t - self.last_over_at < min(cap, factor * self.longest_off)
 
     def measure(self, pps: float, bps: float, dropped: float) -> None:
         self.pps, self.bps, self.dropped_pps = pps, bps, dropped
@@ -208,6 +237,7 @@ class AttackState:
             baseline_pps=self.baseline_pps,
             over_threshold=self.over,
             sources=self.sources,
+            pulses=self.pulses,
             top_sources=self.offenders.top(report),
             offenders=self.offenders.prefixes(),
         )

@@ -52,8 +52,9 @@ class VectorThreshold:
     """Start threshold of one destination vector.
 
     An interval is over the threshold when the vector's rate is at least
-    ``max(pps, factor x baseline)`` and at least ``min_share`` of all
-    packets to the destination.
+    ``min(max(pps, factor x baseline), ceiling)`` and at least ``min_share``
+    of all packets to the destination: no baseline, however high it was
+    learned, lifts the threshold above ``ceiling``.
     """
 
     pps: float
@@ -62,18 +63,28 @@ class VectorThreshold:
     """k: how many times its learned baseline the destination may receive."""
     min_share: float = 0.0
     """The vector's minimum share of the destination's packets (0: no test)."""
+    ceiling: float = 0.0
+    """Absolute ceiling, packets per second: the threshold is never above it,
+    whatever the baseline (the service's or the link's capacity). 0: ten
+    times ``pps``."""
 
     def __post_init__(self) -> None:
         check_number(self.pps, "pps", 0, MAX_DETECT_RATE, above=True)
         check_number(self.factor, "factor", 1, 1000)
         check_number(self.min_share, "min_share", 0, 1)
+        check_number(self.ceiling, "ceiling", 0, MAX_DETECT_RATE)
+        if not self.ceiling:
+            object.__setattr__(self, "ceiling", min(MAX_DETECT_RATE, 10.0 * self.pps))
+        elif self.ceiling < self.pps:
+            raise FieldError("ceiling", f"{self.ceiling:g} is below pps {self.pps:g}; "
+                                        "the ceiling caps what the baseline adds to the floor")
 
     @classmethod
     def from_dict(cls, data: object, path: str = "") -> VectorThreshold:
         """Read a vector's table (``[detect.syn]``); ``path`` names it in errors."""
         if not isinstance(data, Mapping):
-            raise FieldError(path, f"expected a table with pps, factor, min_share, got {data!r}")
-        check_keys(data, ("pps", "factor", "min_share"), path)
+            raise FieldError(path, f"expected a table with pps, factor, min_share, ceiling, got {data!r}")
+        check_keys(data, ("pps", "factor", "min_share", "ceiling"), path)
         if "pps" not in data:
             raise FieldError(join(path, "pps"), "missing")
         with at(path):
@@ -91,14 +102,32 @@ class DetectConfig:
     :meth:`~controller.detection.detector.Detector.load_baselines`).
     """
 
-    start_intervals: int = 3
-    """N: intervals in a row over the threshold before an attack starts."""
-    end_intervals: int = 15
-    """M: intervals in a row under the end threshold before it ends."""
+    start_intervals: int = 1
+    """N: intervals in a row over the threshold before an attack starts
+    (floors sit above any legitimate rate, and nothing suspicious is learned
+    into a baseline, so one interval over is already a flood)."""
+    end_intervals: int = 5
+    """M: intervals in a row under the end threshold before it ends (and
+    before a named offender that stopped sending while the flood goes on is
+    released); a pulsing attack is also held for its learned hold-down."""
     end_fraction: float = 0.5
     """End threshold = this fraction of the start threshold (dropped packets count)."""
     baseline_tau: float = 600.0
-    """Time constant of the baseline EWMA, seconds."""
+    """Time constant of the baseline EWMA, seconds. A baseline starts at 0
+    and learns at this pace (no bias correction: a few seconds just under a
+    floor teach it next to nothing), only from intervals where nothing of
+    the destination was over a threshold or under attack, and neither was
+    the next interval (the one a flood starts in is never learned)."""
+    early_fraction: float = 0.1
+    """A destination vector rising to this share of its threshold (from
+    under it) asks for an early look: :attr:`Detector.early` is True and the
+    agent samples again after a quarter interval instead of a whole one."""
+    pulse_hold: float = 2.0
+    """A pulsing attack (back over its threshold after an off period) is
+    held at least this many times its longest off period after its last
+    interval over the threshold ..."""
+    max_pulse_hold: float = 300.0
+    """... at most this many seconds."""
     window: float = 5.0
     """Seconds a source stays "active" after its last packet (source counts, churn)."""
 
@@ -156,6 +185,9 @@ class DetectConfig:
         check_int(self.end_intervals, "end_intervals", 1, 100_000)
         check_number(self.end_fraction, "end_fraction", 0, 1, above=True)
         check_number(self.baseline_tau, "baseline_tau", 1, 30 * 86400)
+        check_number(self.early_fraction, "early_fraction", 0, 1, above=True)
+        check_number(self.pulse_hold, "pulse_hold", 0, 100)
+        check_number(self.max_pulse_hold, "max_pulse_hold", 0, 86400)
         check_number(self.window, "window", 0.1, 3600)
         check_number(self.source_pps, "source_pps", 0, MAX_DETECT_RATE, above=True)
         check_number(self.source_bps, "source_bps", 0, MAX_DETECT_RATE, above=True)
@@ -241,8 +273,9 @@ class MitigateConfig:
     """Plan, but mark the result not to be enforced: the caller reports "would do"."""
     rule_ttl: float = 300.0
     """TTL of an automatic rule, extended while its attack lasts."""
-    grace_ttl: float = 60.0
-    """How long a rule stays after no active attack wants it any more."""
+    grace_ttl: float = 5.0
+    """How long a rule stays after no active attack wants it any more (a
+    pulsing attack is held by the detector itself, for its learned hold-down)."""
     aggregate_min_sources: int = 8
     """K: this many offenders in one /24 (v4) or /48 (v6) are dropped as the prefix."""
     aggregate_v4: int = 24

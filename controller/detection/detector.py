@@ -33,9 +33,17 @@ broader mitigation (from ``concentrated``) must hold for N intervals at
 strength, none of them falling.
 
 Baselines are a time-weighted EWMA per destination and vector class,
-learned only in intervals where nothing is over a threshold and no attack
-is active on that destination, so an attack cannot teach the detector that
-it is normal.
+starting at 0 (they learn upwards at the pace of ``baseline_tau`` only),
+learned only from intervals where nothing is over a threshold and no attack
+is active on that destination, one interval late (the interval a flood
+starts in is partly under the threshold and is never learned); thresholds
+never exceed their vector's ``ceiling``. So an attack cannot teach the
+detector that it is normal.
+
+A pulsing attack (back over its threshold after an off period) is one
+attack counting ``pulses``, held for ``pulse_hold`` x its longest off
+period after its last interval over; :attr:`Detector.early` asks the caller
+to sample again soon when a vector rises towards its threshold.
 
 Speed: an interval costs a sort of the sources' keys and a handful of
 vectorised passes over them and over the table of recently seen sources;
@@ -55,7 +63,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -119,6 +127,7 @@ class Detector:
         self._table = SourceTable()
         self._floor = np.array([cfg.threshold(v).pps for v in DEST_VECTORS])
         self._factor = np.array([cfg.threshold(v).factor for v in DEST_VECTORS])
+        self._ceiling = np.array([cfg.threshold(v).ceiling for v in DEST_VECTORS])
         self._share = np.array([cfg.threshold(v).min_share for v in DEST_VECTORS[:_FLAG_VECTORS]])
         n_vec, n_cls = len(DEST_VECTORS), len(_CLASSES)
         self._ewma = np.zeros((0, n_cls))
@@ -127,6 +136,12 @@ class Detector:
         self._under = np.zeros((0, n_vec), np.int32)
         self._onset = np.zeros((0, n_vec))
         self._active = np.zeros((0, n_vec), bool)
+        self._prev_rate = np.zeros((0, n_cls))
+        """The previous interval's rates: learned once the interval after it is quiet too."""
+        self._prev_quiet = np.zeros(0, bool)
+        self._warm = np.zeros((0, n_vec), bool)
+        """Vectors at ``early_fraction`` of their threshold or more in the previous interval."""
+        self._early = False
         self._attacks: dict[tuple[int, int], AttackState] = {}
         self._heavy: AttackState | None = None
         self._seq = 0
@@ -141,6 +156,16 @@ class Detector:
     def active(self) -> tuple[AttackEvent, ...]:
         """The latest event of every attack active after the last sample."""
         return tuple(e for e in self._events if e.kind != "ended")
+
+    @property
+    def early(self) -> bool:
+        """The last sample saw a destination vector rise towards its threshold
+        (to ``early_fraction`` of it, from under) or over it without an attack
+        starting yet, or a source rise likewise towards ``source_pps``:
+        sampling again soon, rather than a whole interval later, starts a
+        flood that began inside that interval within a fraction of an
+        interval."""
+        return self._early
 
     @property
     def tracked_sources(self) -> int:
@@ -162,7 +187,7 @@ class Detector:
         col = DEST_VECTORS.index(vector)
         slot = self._dests.slot(victim)
         base = 0.0 if slot < 0 else float(self._baselines()[slot, col])
-        return max(float(self._floor[col]), float(self._factor[col]) * base)
+        return min(max(float(self._floor[col]), float(self._factor[col]) * base), float(self._ceiling[col]))
 
     @property
     def id_counter(self) -> int:
@@ -238,7 +263,7 @@ class Detector:
         rate[:, _SOURCES] = src.n_active
 
         base = self._baselines()
-        thr = np.maximum(self._floor, self._factor * base[:, : len(DEST_VECTORS)])
+        thr = np.minimum(np.maximum(self._floor, self._factor * base[:, : len(DEST_VECTORS)]), self._ceiling)
         over = rate[:, : len(DEST_VECTORS)] >= thr
         over[:, :_FLAG_VECTORS] &= rate[:, :_FLAG_VECTORS] >= self._share * rate[:, [_MANY]]
         active = self._active[:n_dest]
@@ -280,11 +305,20 @@ class Detector:
         starts = ~active & (self._over[:n_dest] >= cfg.start_intervals)
         ends = active & (self._under[:n_dest] >= cfg.end_intervals)
 
-        learn = ~active.any(axis=1) & ~over.any(axis=1)
+        # Baselines learn from quiet intervals only (nothing active or over a
+        # threshold), one interval late, once the next is quiet too: the interval a
+        # flood starts in is partly under its threshold and must not be learned.
+        quiet = ~active.any(axis=1) & ~over.any(axis=1)
+        learn = quiet & self._prev_quiet[:n_dest]
         if learn.any():
+            # no bias correction: a baseline starts at 0 and rises at the pace of baseline_tau
             alpha = -math.expm1(-dt / cfg.baseline_tau)
-            self._ewma[:n_dest][learn] += alpha * (rate[learn] - self._ewma[:n_dest][learn])
-            self._weight[:n_dest][learn] += alpha * (1.0 - self._weight[:n_dest][learn])
+            ewma = self._ewma[:n_dest]
+            ewma[learn] += alpha * (self._prev_rate[:n_dest][learn] - ewma[learn])
+            self._weight[:n_dest][learn] = 1.0
+        self._prev_rate[:n_dest] = rate
+        self._prev_quiet[:n_dest] = quiet
+        warm = rate[:, : len(DEST_VECTORS)] >= cfg.early_fraction * thr
 
         events: list[AttackEvent] = []
         for d, v in zip(*np.nonzero(starts), strict=True):
@@ -292,7 +326,10 @@ class Detector:
             self._active[d, v] = True
             self._attacks[(d, v)] = self._start(d, DEST_VECTORS[v], t)
         for (d, v), attack in sorted(self._attacks.items()):
-            kind: EventKind = "started" if starts[d, v] else "ended" if ends[d, v] else "updated"
+            attack.pulse(bool(over[d, v]), t, dt)
+            # a pulsing attack is held across its off periods (hold-down learned from them)
+            ending = bool(ends[d, v]) and not attack.held(t, cfg.pulse_hold, cfg.max_pulse_hold)
+            kind: EventKind = "started" if starts[d, v] else "ended" if ending else "updated"
             attack.measure(float(rate[d, v]), float(bps[d]), float(dropped[d]))
             attack.over = bool(over[d, v])
             attack.sources = int(src.n_active[d])
@@ -304,6 +341,9 @@ class Detector:
             else:
                 flood = floods[(d, v)]
                 covered = flood.name_offenders(attack.offenders)
+                if attack.over:
+                    # an offender quiet while the flood goes on is not one of it (any more)
+                    attack.offenders.release(cfg.offender_pps, cfg.end_intervals)
                 if strong[(d, v)] and flood.typical > 0:
                     attack.typical_pps = flood.typical
                 # the profile is judged while the attack is at strength, not on its tail
@@ -330,6 +370,9 @@ class Detector:
                 del self._attacks[(d, v)]
                 self._active[d, v] = False
                 self._under[d, v] = 0
+        self._early = bool((warm & ~self._warm[:n_dest] & ~self._active[:n_dest]).any()
+                           or (over & ~self._active[:n_dest]).any() or src.early)
+        self._warm[:n_dest] = warm
         self._heavy, heavy = src.heavy(self._heavy, self._next_id)
         if heavy is not None:
             events.append(heavy)
@@ -347,11 +390,14 @@ class Detector:
         self._under = _grow(self._under, n)
         self._onset = _grow(self._onset, n)
         self._active = _grow(self._active, n)
+        self._prev_rate = _grow(self._prev_rate, n)
+        self._prev_quiet = _grow(self._prev_quiet, n)
+        self._warm = _grow(self._warm, n)
 
     def _baselines(self) -> F64:
         n = len(self._dests)
-        w = self._weight[:n, None]
-        return cast(F64, np.divide(self._ewma[:n], w, out=np.zeros_like(self._ewma[:n]), where=w > 0))
+        out: F64 = self._ewma[:n].copy()
+        return out
 
     def _next_id(self, *parts: str) -> str:
         self._seq += 1

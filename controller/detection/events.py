@@ -89,6 +89,9 @@ class AttackEvent:
     """This interval was still over the start threshold (escalation counts these)."""
     sources: int
     """Active sources towards the victim (``source_rate``: offenders)."""
+    pulses: int = 1
+    """Times the attack came over its threshold: a pulse wave is one attack
+    whose pulses count up (its rules held across the off periods)."""
     top_sources: tuple[SourceRate, ...] = ()
     offenders: tuple[Prefix, ...] = ()
     applied: tuple[str, ...] = ()
@@ -114,6 +117,7 @@ class AttackEvent:
             "baseline_pps": self.baseline_pps,
             "over_threshold": self.over_threshold,
             "sources": self.sources,
+            "pulses": self.pulses,
             "top_sources": [
                 {"address": str(s.address), "pps": s.pps, "bps": s.bps} for s in self.top_sources
             ],

@@ -155,6 +155,11 @@ class SourceStep:
         mixed = np.nonzero((s["udp"] < s["packets"])[order] & ~self.opaque[order])[0]
         table.mixed_at[pos[mixed]] = t
         decay = np.exp(-(t - table.last[pos]) / cfg.window)
+        # a source rising to early_fraction of source_pps: its rate until its
+        # last interval (the EWMA corrected for its age) was under that
+        warm = cfg.early_fraction * cfg.source_pps
+        known = -np.expm1(-np.maximum(table.last[pos] - table.born[pos], 1e-9) / cfg.window)
+        rising = (packets / dt >= warm) & (table.rate[pos] / known < warm)
         table.rate[pos] = table.rate[pos] * decay - math.expm1(-dt / cfg.window) * packets / dt
         table.last[pos] = t
         table.dst[pos] = dst_sorted
@@ -186,6 +191,8 @@ class SourceStep:
         table.streak[:] = 0
         table.streak[pos[kept]] = streak[kept]
         self.entering = over & (streak >= cfg.start_intervals)
+        self.early = bool(rising.any() or (over & ~self.entering).any())
+        """A source rose towards the per-source threshold, or is over it without starting yet."""
 
     # -- destination floods --
 

@@ -88,6 +88,6 @@ def test_docs_name_every_setting_and_the_vector_defaults() -> None:
     for vector in DEST_VECTORS:
         th = cfg.threshold(vector)
         share = "—" if vector == "many_source" else f"{th.min_share:g}"
-        row = f"| {th.pps:,.0f} | {th.factor:g} | {share} |".replace(",", " ")
-        rows = [x for x in text.splitlines() if x.startswith(f"| `{vector}` |") and x.count("|") == 6]
+        row = f"| {th.pps:,.0f} | {th.factor:g} | {share} | {th.ceiling:,.0f} |".replace(",", " ")
+        rows = [x for x in text.splitlines() if x.startswith(f"| `{vector}` |") and x.count("|") == 7]
         assert len(rows) == 1 and rows[0].endswith(row), (vector, rows, row)

@@ -157,10 +157,10 @@ def test_baselines_learn_and_raise_the_threshold_of_a_busy_destination() -> None
 
 def test_baselines_survive_a_restart() -> None:
     samples = wave(1.0, 30.0, Traffic(v4_block("172.20.0.1", 400), VICTIM, 100, {"udp": 1}))
-    det, _ = run(samples, DetectConfig(baseline_tau=10.0))
+    det, _ = run(samples, DetectConfig(baseline_tau=5.0))
     saved = det.baselines()
     assert saved[VICTIM]["udp"] == pytest.approx(40_000, rel=0.05)
-    fresh = Detector(DetectConfig(baseline_tau=10.0))
+    fresh = Detector(DetectConfig(baseline_tau=5.0))
     fresh.load_baselines(saved)
     assert fresh.threshold(VICTIM, "udp") == pytest.approx(det.threshold(VICTIM, "udp"))
     with pytest.raises(InputError, match=r"unknown class 'udpp'"):
@@ -190,7 +190,7 @@ def test_attack_being_dropped_does_not_end() -> None:
 
 
 def test_end_takes_m_quiet_intervals() -> None:
-    cfg = DetectConfig(end_intervals=4)
+    cfg = DetectConfig(end_intervals=4, pulse_hold=0.0)
     # a gap of 3 quiet intervals inside the flood does not end it
     samples = wave(1.0, 40.0, mirai_syn(stop=12), mirai_syn(start=15, stop=25), )
     _, events = run(samples, cfg)
@@ -237,7 +237,7 @@ def test_mixed_interval_lengths() -> None:
     _, events = run([*fine, *coarse])
     started = of_kind(events, "started")
     assert [e.vector for e in started] == ["syn"]
-    assert started[0].t == pytest.approx(5.3)
+    assert started[0].t == pytest.approx(5.1)  # its first interval over (start_intervals 1)
     assert not of_kind(events, "ended")
 
 
@@ -250,7 +250,8 @@ def test_random_spoofed_flood_is_detected_as_churn() -> None:
     assert [(e.vector, e.profile) for e in started] == [("syn", "spoofed")]
     attack = started[0]
     assert attack.offenders == ()  # no source sends enough to be named
-    assert attack.sources > 100_000  # the window's worth of one-packet sources
+    later = [e for e in events if e.id == attack.id and e.t >= attack.t + 4]
+    assert later[0].sources > 100_000  # the window's worth of one-packet sources
     assert attack.pps == pytest.approx(60_000, rel=0.01)
 
 
@@ -528,7 +529,7 @@ def test_json_recording() -> None:
     _, events = run(samples, DetectConfig(end_intervals=5))
     started = of_kind(events, "started")
     assert [(e.vector, str(e.victim), e.t, len(e.offenders)) for e in started] == [
-        ("syn", VICTIM, 6.0, 12)]
+        ("syn", VICTIM, 4.0, 12)]
     assert [e.t for e in of_kind(events, "ended")] == [15.0]
 
 

@@ -17,12 +17,15 @@ from breakwater.v1 import event_pb2, telemetry_pb2
 from controller.addresses import parse_prefix
 from controller.api.convert import event_to_proto
 from controller.api.telemetry import FleetTelemetry
+from controller.detection.config import MitigateConfig
 from controller.detection.events import AttackEvent
 from controller.errors import FieldError
 from controller.fleet.detector import FleetConfig, FleetDetector, fleet_rule_id
 from controller.fleet.eventlog import EventLog
 from controller.fleet.store import CONTROLLER_ACTOR, FleetStore
 from controller.rules.scope import ScopedRule
+
+GRACE = MitigateConfig().grace_ttl
 
 T = 1_800_000_000.0
 RECORDINGS = Path(__file__).parent / "recordings"
@@ -102,6 +105,7 @@ def test_a_third_of_a_flood_on_three_nodes_is_one_fleet_rule(fleet: Fleet) -> No
     assert {n for _t, n, _s in records} == {"edge-1", "edge-2", "edge-3"}
     started_at: float | None = None
     rules: list[ScopedRule] = []
+    at_end: list[ScopedRule] = []
     for t in sorted({t for t, _n, _s in records}):
         for rt, node, s in records:
             if rt == t:
@@ -109,6 +113,8 @@ def test_a_third_of_a_flood_on_three_nodes_is_one_fleet_rule(fleet: Fleet) -> No
         fleet.tick(t)
         if started_at is None and fleet.rules():
             started_at, rules = t, fleet.rules()
+        if not at_end and any(e.kind == "ended" for e in fleet.log):
+            at_end = fleet.rules()
     assert started_at == 10  # two evaluations over the line (5 s and 10 s)
     assert [str(p) for r in rules for p in r.rule.match.src] == [FLOOD]
     (fr,) = rules
@@ -121,8 +127,8 @@ def test_a_third_of_a_flood_on_three_nodes_is_one_fleet_rule(fleet: Fleet) -> No
     assert ended.t == T + 100  # under half the line for six evaluations after the flood stopped
     # after the flood: released with the grace TTL, then removed
     assert fr.rule.expires_at.timestamp() == T + 10 + 300
-    (released,) = fleet.rules()
-    assert released.rule.expires_at is not None and released.rule.expires_at.timestamp() == T + 100 + 60
+    (released,) = at_end
+    assert released.rule.expires_at is not None and released.rule.expires_at.timestamp() == T + 100 + GRACE
     for t in range(125, 175, 5):
         fleet.tick(t)
     assert fleet.rules() == []
@@ -207,7 +213,7 @@ def test_k_node_promotion(fleet: Fleet) -> None:
         fleet.tick(t)
     assert [e.kind for e in fleet.log if e.kind != "updated"] == ["started", "ended"]
     (released,) = fleet.rules()
-    assert released.rule.expires_at is not None and released.rule.expires_at.timestamp() == T + 9 + 60
+    assert released.rule.expires_at is not None and released.rule.expires_at.timestamp() == T + 9 + GRACE
 
 
 def test_offender_on_k_nodes_is_dropped_everywhere(fleet: Fleet) -> None:
@@ -277,7 +283,7 @@ def test_a_restarted_detector_takes_over_its_rules(tmp_path: Path) -> None:
     again.tick(now=T + 20)  # no telemetry: nothing active, its rule is released, not duplicated
     (after,) = fleet.rules()
     assert after.id == before.id and after.rule.expires_at is not None
-    assert after.rule.expires_at.timestamp() == T + 20 + 60
+    assert after.rule.expires_at.timestamp() == T + 20 + GRACE
     fleet.store.close()
 
 

@@ -386,8 +386,12 @@ def test_detector_to_planner_to_compiler() -> None:
     assert sorted(map(str, src)) == ["198.18.0.0/24", "198.18.1.0/24"]
     assert "auto-refl-203-0-113-20-ntp" in ids
     assert "auto-many-203-0-113-30" in ids
-    # all three ended at 35; their rules are gone after the grace TTL
-    assert seen["35"].released and not seen["45"].removed
+    # all three ended M intervals after their last packet (20); their rules are gone
+    # after the grace TTL
+    end = 20 + M
+    assert seen[f"{end:g}"].released and not seen[f"{end:g}"].removed
+    gone = seen[f"{end + GRACE.total_seconds():g}"]
+    assert {r.id for r in gone.rules}.isdisjoint(ids) and gone.removed
     final = planner.plan(NOW + timedelta(seconds=45) + GRACE, [], rules)
     assert final.rules == ()
 
