@@ -14,4 +14,4 @@ counted.
 """
 
 __all__ = ["agentproc", "demo", "frames", "measure", "netns", "summary", "topology", "traffic", "view",
-           "waves"]
+           "vm", "waves"]
