@@ -52,8 +52,10 @@ check-vagrant:
 	cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate --ignore-provider
 	shellcheck vagrant/*.sh scripts/setup.sh .ci/run
 
+# The box, then the accelerator a guest really boots on here, for the Vagrantfile.
 vagrant-box: setup
 	bash vagrant/build-box.sh
+	$(PY) -c 'from controller.lab import vm; vm.write_driver()'
 
 # Needs the dev tools in .venv (make setup); does not need root.
 proto:

@@ -43,7 +43,7 @@ from typing import Final, Literal
 from ..errors import SetupError
 from .netns import Lab
 
-__all__ = ["Accel", "Box", "Vm", "VmError", "accelerator", "find_box", "vagrant_key"]
+__all__ = ["Accel", "Box", "Vm", "VmError", "accelerator", "find_box", "vagrant_key", "write_driver"]
 
 LOGGER = logging.getLogger("breakwater.lab.vm")
 
@@ -128,6 +128,17 @@ def accelerator(kernel: Path) -> Accel:
     tail = [line for line in text.splitlines() if line.strip()][-3:]
     LOGGER.warning("a guest does not boot on KVM here (%s): TCG", " / ".join(tail))
     return "tcg"
+
+
+def write_driver(cache: Path = BOX_CACHE) -> str:
+    """Record libvirt's driver for the Vagrantfile (``<cache>/driver``): ``kvm``
+    when a guest really boots on KVM here, else ``qemu`` (TCG)."""
+    box = find_box(cache)
+    if box is None:
+        raise VmError(f"no box under {cache} (make vagrant-box)")
+    driver = "kvm" if accelerator(box.kernel) == "kvm" else "qemu"
+    (cache / "driver").write_text(driver + "\n")
+    return driver
 
 
 def _share_image(files: Iterable[tuple[Path, str]], dest: Path) -> None:

@@ -15,13 +15,19 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyroute2
 import pytest
 
 from controller.lab import vm
 
 REPO = Path(__file__).resolve().parents[2]
+# The guest runs Debian's python3 with Debian's bcc and numpy, but the
+# project's own pyroute2 (site/, first on the guest's path): Debian's 0.7.2
+# encodes IFLA_XDP_FLAGS with a length the kernel refuses ("netlink:
+# 'python3': attribute type 3 has an invalid length", ERANGE on attach).
 SHARE = ((REPO / "controller", "controller"), (REPO / "bpf", "bpf"),
-         (REPO / "tests" / "vm" / "guest.py", "guest.py"))
+         (REPO / "tests" / "vm" / "guest.py", "guest.py"),
+         (Path(pyroute2.__file__).parent, "site/pyroute2"))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from controller.lab import frames, traffic, vm
 
 pytestmark = pytest.mark.vm
 
-GUEST = "sudo env PYTHONPATH=/breakwater PYTHONDONTWRITEBYTECODE=1 python3 /breakwater/guest.py"
+GUEST = ("sudo env PYTHONPATH=/breakwater/site:/breakwater PYTHONDONTWRITEBYTECODE=1 "
+         "python3 /breakwater/guest.py")
 PORT = 8080
 FLOOD_NET = "198.19.0.0/16"
 SOURCES = 1000
