@@ -49,7 +49,7 @@ check: setup
 
 # The Vagrant lab: the Vagrantfile parses, the shell scripts pass shellcheck.
 check-vagrant:
-	cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate --ignore-provider
+	cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate
 	shellcheck vagrant/*.sh scripts/setup.sh .ci/run
 
 # The box, then the accelerator a guest really boots on here, for the Vagrantfile.

@@ -10,8 +10,9 @@
 #   - buf (npm package @bufbuild/buf, pinned in tools/package-lock.json) in
 #     tools/node_modules for `make check`'s buf lint; npm from Debian if missing
 #   - the VM lab's host tools: debootstrap, qemu-system-x86, qemu-utils,
-#     openssh-client (make vagrant-box, tests/vm), vagrant and shellcheck
-#     (make check's vagrant validate and shell check)
+#     openssh-client (make vagrant-box, tests/vm), vagrant, vagrant-libvirt
+#     and shellcheck (make check's vagrant validate and shell check); not
+#     libvirt-daemon-system, whose default network is a bridge on the host
 #   - a final check that bcc compiles and loads an XDP program
 #
 # Overrides (mostly for testing this script):
@@ -81,7 +82,7 @@ find_venv_python() {
 PKGS=(python3-bpfcc bpftool iproute2 nftables netsniff-ng make gcc)
 SKIP_TOOLS="${BREAKWATER_SKIP_TOOLS:-0}"
 if [[ $SKIP_TOOLS != 1 ]]; then
-    PKGS+=(debootstrap qemu-system-x86 qemu-utils openssh-client e2fsprogs vagrant shellcheck)
+    PKGS+=(debootstrap qemu-system-x86 qemu-utils openssh-client e2fsprogs vagrant vagrant-libvirt shellcheck)
 fi
 if ! find_venv_python >/dev/null; then
     PKGS+=(python3 python3-venv)
