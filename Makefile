@@ -5,24 +5,26 @@ PYTEST_ARGS ?=
 BUF         := tools/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo bench bench-agent bench-controlplane check proto clean
+.PHONY: help setup test demo bench bench-agent bench-controlplane check check-vagrant vagrant-box proto clean
 
 help:
 	@echo "Breakwater make targets:"
 	@echo "  setup  install Debian packages, kernel headers, bpffs, .venv (scripts/setup.sh)"
-	@echo "  test   run the test suite: pytest -ra tests \$$PYTEST_ARGS"
+	@echo "  test   run the test suite: pytest -ra tests \$$PYTEST_ARGS (the VM tier boots the lab box)"
 	@echo "  demo   run 'breakwater demo'"
 	@echo "  bench  run the benchmarks: bench/dataplane.py, then bench/agent.py"
 	@echo "  bench-agent  run the agent benchmark only (bench/agent.py)"
 	@echo "  bench-controlplane  run the control-plane benchmark (bench/controlplane.py; no root needed)"
-	@echo "  check  lint and type-check: ruff check, mypy, generated code current, buf lint"
+	@echo "  check  lint and type-check: ruff check, mypy, generated code current, buf lint,"
+	@echo "         vagrant validate and shellcheck (check-vagrant)"
+	@echo "  vagrant-box  build (or reuse the cached) lab box from Debian packages (vagrant/build-box.sh)"
 	@echo "  proto  regenerate breakwater/v1/ from proto/breakwater/v1/*.proto"
 	@echo "  clean  remove .venv and caches"
 
 setup:
 	bash scripts/setup.sh
 
-test: setup
+test: setup vagrant-box
 	$(PY) -m pytest -ra tests $(PYTEST_ARGS)
 
 demo: setup
@@ -43,6 +45,17 @@ check: setup
 	$(VENV)/bin/mypy
 	$(PY) scripts/gen_proto.py --check
 	$(BUF) lint
+	$(MAKE) check-vagrant
+
+# The Vagrant lab: the Vagrantfile parses, the shell scripts pass shellcheck.
+check-vagrant:
+	cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate
+	shellcheck vagrant/*.sh scripts/setup.sh .ci/run
+
+# The box, then the accelerator a guest really boots on here, for the Vagrantfile.
+vagrant-box: setup
+	bash vagrant/build-box.sh
+	$(PY) -c 'from controller.lab import vm; vm.write_driver()'
 
 # Needs the dev tools in .venv (make setup); does not need root.
 proto:

@@ -11,12 +11,18 @@
 #   - .venv with Debian's bcc linked in, and the project installed '.[dev]'
 #   - buf (npm package @bufbuild/buf, pinned in tools/package-lock.json) in
 #     tools/node_modules for `make check`'s buf lint; npm from Debian if missing
+#   - the VM lab's host tools: debootstrap, qemu-system-x86, qemu-utils,
+#     openssh-client (make vagrant-box, tests/vm), vagrant, vagrant-libvirt
+#     and shellcheck (make check's vagrant validate and shell check); not
+#     libvirt-daemon-system, whose default network is a bridge on the host
 #   - a final check that bcc compiles and loads an XDP program
 #
 # Overrides (mostly for testing this script):
 #   BREAKWATER_MODULES_DIR     where kernel module trees live (default /lib/modules)
 #   BREAKWATER_KERNEL_RELEASE  kernel release to set up headers for (default uname -r)
 #   BREAKWATER_SKIP_BPF_CHECK  =1 skips the final compile-and-load check
+#   BREAKWATER_SKIP_TOOLS      =1 skips the developer tools (buf, the VM lab's
+#                              host tools): what a lab VM's offline provisioning sets
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -75,7 +81,12 @@ find_venv_python() {
 }
 
 # ------------------------------------------------------------ Debian packages
-PKGS=(python3-bpfcc bpftool iproute2 nftables netsniff-ng make gcc etcd-server etcd-client)
+PKGS=(python3-bpfcc bpftool iproute2 nftables netsniff-ng make gcc)
+SKIP_TOOLS="${BREAKWATER_SKIP_TOOLS:-0}"
+if [[ $SKIP_TOOLS != 1 ]]; then
+    PKGS+=(debootstrap qemu-system-x86 qemu-utils openssh-client e2fsprogs vagrant vagrant-libvirt shellcheck
+           etcd-server etcd-client)
+fi
 if ! find_venv_python >/dev/null; then
     PKGS+=(python3 python3-venv)
 fi
@@ -84,7 +95,7 @@ for p in "${PKGS[@]}"; do
     is_installed "$p" || MISSING+=("$p")
 done
 # npm for buf (tools/); a machine with its own Node.js and npm keeps them.
-if ! command -v npm >/dev/null 2>&1; then
+if [[ $SKIP_TOOLS != 1 ]] && ! command -v npm >/dev/null 2>&1; then
     MISSING+=(npm)
 fi
 if ((${#MISSING[@]})); then
@@ -216,7 +227,9 @@ fi
 # optional dependency, so no install script has to run.
 TOOLS_HASH="$(sha256sum tools/package-lock.json | cut -c1-16)"
 TOOLS_STAMP="tools/node_modules/.installed-$TOOLS_HASH"
-if [[ -e $TOOLS_STAMP && -x tools/node_modules/.bin/buf ]]; then
+if [[ $SKIP_TOOLS == 1 ]]; then
+    say "skipping buf (BREAKWATER_SKIP_TOOLS=1)"
+elif [[ -e $TOOLS_STAMP && -x tools/node_modules/.bin/buf ]]; then
     say "buf already installed in tools/node_modules (package-lock.json unchanged)"
 else
     say "npm ci in tools/ (buf)"

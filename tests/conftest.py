@@ -1,6 +1,6 @@
 """Suite-wide test configuration: the privilege gate for data-plane tests.
 
-Tests marked ``bpf``, ``netns`` or ``cluster`` need root, a mounted BPF
+Tests marked ``bpf``, ``netns``, ``cluster`` or ``vm`` need root, a mounted BPF
 filesystem and an importable bcc. Where any of that is missing they are
 skipped with the reason; with ``BREAKWATER_REQUIRE_BPF=1`` (CI sets it) they
 fail instead, so a runner that silently lost its privileges cannot report
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 BPFFS = Path("/sys/fs/bpf")
-PRIVILEGED_MARKERS = ("bpf", "netns", "cluster")
+PRIVILEGED_MARKERS = ("bpf", "netns", "cluster", "vm")
 REQUIRE_ENV = "BREAKWATER_REQUIRE_BPF"
 
 

@@ -16,7 +16,9 @@ counted.
 (:mod:`.scenario`) against a real controller and agents: the fleet lab
 (:mod:`.fleet`), the origins and the legitimate users (:mod:`.audience`),
 the wave senders (:mod:`.attack`) and the report and chart (:mod:`.report`).
+:mod:`.vm` boots the lab box (``make vagrant-box``) with qemu in a namespace
+of its own, for the VM tier and ``bench/vm.py``.
 """
 
 __all__ = ["agentproc", "attack", "audience", "demo", "fleet", "frames", "measure", "netns", "report",
-           "run", "scenario", "summary", "topology", "traffic", "view", "waves"]
+           "run", "scenario", "summary", "topology", "traffic", "view", "vm", "waves"]
