@@ -36,6 +36,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .. import pki
 from ..config import toml_document
 from ..dataplane import attach as dataplane
 from ..errors import from_os_error
@@ -206,15 +207,23 @@ class Fleet:
         """The controller, then every agent (started together), each connected."""
         s = self.scenario
         ctl_dir = self.workdir / "controller"
+        links = list(CONTROL.subnets(new_prefix=30))[: s.topology.edges]
+        # The lab runs secure, as production should: a CA of its own, a controller
+        # certificate for the addresses the agents dial, a node certificate per edge.
+        ca, tls = self.workdir / "pki" / "ca", self.workdir / "pki" / "tls"
+        pki.init_ca(ca, name=f"{self.lab.prefix}-ca")
+        ctl = pki.issue(ca, tls, "controller", "controller",
+                        hosts=[str(link.network_address + 1) for link in links])
         config = self.workdir / "controller.toml"
         config.write_text(toml_document({"listen": f"0.0.0.0:{CONTROLLER_PORT}", "state_dir": str(ctl_dir),
-                                         "metrics": "", "heartbeat_timeout": 4}))
+                                         "metrics": "", "heartbeat_timeout": 4, "tls_cert": str(ctl.cert),
+                                         "tls_key": str(ctl.key), "tls_ca": str(ctl.ca)}))
         self.controller = Agent.start(config, self.workdir / "controller.log", netns=self.ns["ctl"],
                                       command="controller")
         self._save()
         self.controller.wait_ready(30, "controller_ready")
-        for i in range(s.topology.edges):
-            link = list(CONTROL.subnets(new_prefix=30))[i]
+        for i, link in enumerate(links):
+            node = pki.issue(ca, tls, "node", f"edge-{i}")
             doc: dict[str, object] = {
                 "interfaces": [{"name": EDGE_IN, "mode": "auto"}],
                 "protected": [str(s.topology.protected)],
@@ -231,6 +240,7 @@ class Fleet:
                 "sizes": SIZES,
                 "detect": s.agent["detect"],
                 "mitigate": s.agent["mitigate"],
+                "tls": {"cert": str(node.cert), "key": str(node.key), "ca": str(node.ca)},
             }
             path = self.workdir / f"agent{i}.toml"
             path.write_text(toml_document(doc))

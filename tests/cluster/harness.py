@@ -202,6 +202,7 @@ class Node:
             "metrics": "",
             "api": "",
             "controller": f"{self.controller_address}:{PORT}",
+            "tls": {"insecure": True},  # plaintext in the lab's own namespaces (the lab run is secure)
             "node_id": self.node_id,
             "labels": dict(self.spec.labels),
             "sizes": {**NETNS_SIZES.as_dict(), **s.sizes},
@@ -331,6 +332,7 @@ class Cluster:
     def write_controller_config(self) -> Path:
         doc: dict[str, object] = {
             "listen": f"0.0.0.0:{PORT}",
+            "insecure": True,  # plaintext in the lab's own namespaces (the lab run is secure)
             "state_dir": str(self.state_dir),
             "metrics": "",
             "heartbeat_timeout": 4,
