@@ -9,7 +9,8 @@ telemetry book it reads (:mod:`.telemetry`); the one place errors become
 statuses and back (:mod:`.status`); TLS credentials, principals and the
 role of every RPC (:mod:`.auth`); the servers: thread-pool
 (:mod:`.server`), grpc.aio (:mod:`.aio`) and grpc.aio on a thread of its
-own (:mod:`.aiothread`); and the client the CLI uses (:mod:`.client`).
+own (:mod:`.aiothread`), with the handler shapes their interceptors rewrap
+(:mod:`.handlers`); and the client the CLI uses (:mod:`.client`).
 
 Shared by both daemons: the agent serves RuleService, EventService and
 TelemetryService for its own node, the controller for the fleet.
@@ -25,6 +26,7 @@ __all__ = [
     "convert",
     "event_service",
     "filtering",
+    "handlers",
     "node_service",
     "pages",
     "rule_service",

@@ -22,7 +22,7 @@ import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
@@ -33,6 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..errors import InputError, SetupError
 from .auth import AioAuthInterceptor, Authorizer
+from .handlers import HANDLER_KINDS, MAKE_HANDLER
 from .server import (
     DEFAULT_MAX_WORKERS,
     POOL_THREAD_PREFIX,
@@ -196,13 +197,6 @@ async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
 # --- one call's behaviour, bridged -----------------------------------------------------------
 
 
-_KINDS: Final = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-_MAKE: Final[Mapping[str, Callable[..., grpc.RpcMethodHandler[Any, Any]]]] = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
 
 
 class _Replay:
@@ -238,7 +232,7 @@ class _Replay:
 
 
 def _behaviour(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[str, Callable[..., Any]]:
-    for kind in _KINDS:
+    for kind in HANDLER_KINDS:
         fn = getattr(handler, kind)
         if fn is not None:
             return kind, fn
@@ -271,7 +265,7 @@ class _Bridge:
 
     def _wrapped(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` as the sync interceptors wrap it (each may also refuse the call)."""
-        handler = _MAKE[self.kind](fn, **self.codec)
+        handler = MAKE_HANDLER[self.kind](fn, **self.codec)
         for interceptor in reversed(self.interceptors):
             def continuation(_d: grpc.HandlerCallDetails, h: grpc.RpcMethodHandler[Any, Any] = handler
                              ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -288,7 +282,7 @@ class _Bridge:
             behaviour = self._stream_async() if is_async else self._stream_sync()
         else:
             behaviour = self._unary_async() if is_async else self._unary_sync()
-        return _MAKE[self.kind](behaviour, **self.codec)
+        return MAKE_HANDLER[self.kind](behaviour, **self.codec)
 
     # -- coroutine behaviours: on the loop; interceptors see a replay --
 

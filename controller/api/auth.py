@@ -45,6 +45,7 @@ import grpc
 
 from ..errors import InputError, PermissionDeniedError, SetupError, UnauthenticatedError
 from ..pki import ROLES, identity_of
+from .handlers import HANDLER_KINDS, MAKE_HANDLER
 
 __all__ = [
     "ANY",
@@ -239,21 +240,14 @@ def _code(exc: Exception) -> grpc.StatusCode:
             else grpc.StatusCode.PERMISSION_DENIED)
 
 
-_KINDS: Final = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-_MAKE: Final[Mapping[str, Callable[..., grpc.RpcMethodHandler[Any, Any]]]] = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
 
 
 def _rewrap(handler: grpc.RpcMethodHandler[Any, Any], wrap: Callable[[str, Callable[..., Any]], Any]
             ) -> grpc.RpcMethodHandler[Any, Any]:
-    for kind in _KINDS:
+    for kind in HANDLER_KINDS:
         fn = getattr(handler, kind)
         if fn is not None:
-            return _MAKE[kind](wrap(kind, fn), request_deserializer=handler.request_deserializer,
+            return MAKE_HANDLER[kind](wrap(kind, fn), request_deserializer=handler.request_deserializer,
                                response_serializer=handler.response_serializer)
     return handler
 

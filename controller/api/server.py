@@ -42,6 +42,7 @@ __all__ = [
     "service_names",
 ]
 
+
 DEFAULT_MAX_WORKERS: Final = 32
 """Threads serving calls. A streaming call holds one for as long as it is
 open, so a server of many long streams needs more (or grpc.aio)."""

@@ -78,13 +78,13 @@ from .etcd import (
     put_op,
 )
 from .store import (
-    CONTROLLER_ACTOR,
     RECENT_CHANGES,
     AuditAction,
     AuditRow,
     Change,
     EventRow,
     NodeRecord,
+    StoreMemory,
     _audit_doc,
     _dt,
     _etag,
@@ -143,7 +143,7 @@ class _Plan:
     ops: list[dict[str, Any]]
 
 
-class EtcdStore:
+class EtcdStore(StoreMemory):
     """The controller's state in etcd (see the module docstring). Thread-safe."""
 
     def __init__(self, client: EtcdClient, *, prefix: str = DEFAULT_PREFIX,
@@ -210,12 +210,6 @@ class EtcdStore:
         self._watcher.join(5)
         self._keeper.join(5)
         self.client.close()
-
-    def __enter__(self) -> EtcdStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def relists(self) -> int:
@@ -373,58 +367,6 @@ class EtcdStore:
 
     # -- rules: reads --
 
-    @property
-    def version(self) -> int:
-        with self._lock:
-            return self._version
-
-    def wait_version(self, after: int, timeout: float) -> int:
-        with self._changed:
-            self._changed.wait_for(lambda: self._version > after, timeout=timeout)
-            return self._version
-
-    def changes_since(self, after: int) -> tuple[int, list[Change]] | None:
-        with self._lock:
-            version = self._version
-            if after == version:
-                return version, []
-            if after > version:
-                return None
-            recent = [c for c in self._recent if c.version > after]
-        if not recent or recent[0].version != after + 1:
-            return None
-        return version, recent
-
-    def get(self, rule_id: str) -> ScopedRule:
-        with self._lock:
-            found = self._rules.get(rule_id)
-        if found is None:
-            raise NotFoundError(f"rule {rule_id!r} does not exist", f"rules/{rule_id}")
-        return found
-
-    def rules(self, *, now: datetime | None = None, include_expired: bool = False) -> list[ScopedRule]:
-        with self._lock:
-            out = sorted(self._rules.values(), key=lambda r: r.id)
-        if include_expired:
-            return out
-        at = now or datetime.now(UTC)
-        return [r for r in out if r.rule.is_active(at)]
-
-    def snapshot(self, *, include_expired: bool = False) -> tuple[int, list[ScopedRule]]:
-        with self._lock:
-            version = self._version
-            rules = sorted(self._rules.values(), key=lambda r: r.id)
-        if include_expired:
-            return version, rules
-        now = datetime.now(UTC)
-        return version, [r for r in rules if r.rule.is_active(now)]
-
-    def for_node(self, node_id: str, labels: Mapping[str, str], *,
-                 now: datetime | None = None) -> tuple[int, list[ScopedRule]]:
-        version, rules = self.snapshot()
-        at = now or datetime.now(UTC)
-        return version, [r for r in rules if r.scope.applies_to(node_id, labels) and r.rule.is_active(at)]
-
     # -- rules: writes --
 
     def _rule_op(self, rule: ScopedRule, version: int, now: datetime,
@@ -546,13 +488,6 @@ class EtcdStore:
             return _Plan(version, compares, ops)
 
         return self._commit(plan, "delete rules")
-
-    def expire(self, now: datetime | None = None) -> Change:
-        at = now or datetime.now(UTC)
-        with self._lock:
-            due = [r.id for r in self._rules.values() if not r.rule.is_active(at)]
-        return self.delete(due, actor=CONTROLLER_ACTOR, reason="expired", allow_missing=True,
-                           action="expire", now=at)
 
     def audit(self, *, rule_id: str | None = None, limit: int = 100) -> list[AuditRow]:
         """The newest ``limit`` audit rows (of one rule if given), oldest first;

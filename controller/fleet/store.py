@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 
 from ..errors import AlreadyExistsError, EtagMismatchError, FieldError, NotFoundError
 from ..rules.model import Rule
@@ -56,6 +56,7 @@ __all__ = [
     "EventRow",
     "FleetStore",
     "NodeRecord",
+    "StoreMemory",
 ]
 
 DB_NAME: Final = "controller.db"
@@ -205,54 +206,34 @@ def _audit_doc(rule: ScopedRule | None) -> str | None:
                        "version": rule.version})
 
 
-class FleetStore:
-    """The controller's SQLite database. Thread-safe (one lock)."""
+class StoreMemory:
+    """What both controller stores keep in memory and serve reads from: the
+    rules by id, the rule-set version, the recent changes (the sync hub's
+    delta feed) and the nodes, under one lock. :class:`FleetStore` (SQLite)
+    and :class:`~controller.fleet.etcdstore.EtcdStore` set these attributes in
+    their ``__init__``, keep them current with their writes, and implement
+    ``close`` and ``delete``."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._recent: deque[Change] = deque(maxlen=RECENT_CHANGES)
-        self._db = connect(path, shared=True)
-        with converted(f"{path}: open"):
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-            self._version = int(row[0])
-            self._rules: dict[str, ScopedRule] = {}
-            for rid, scope, doc, version, etag, created, updated, _exp in self._db.execute(
-                    "SELECT id, scope, doc, version, etag, create_time, update_time, expire_time FROM rules"):
-                self._rules[rid] = ScopedRule(Rule.from_dict(json.loads(doc)), _scope_from(scope), version,
-                                              etag, _dt(created), _dt(updated))
-            self._nodes: dict[str, NodeRecord] = {}
-            for r in self._db.execute(
-                    "SELECT id, labels, doc, create_time, last_heartbeat, connected, target_version, "
-                    "applied_version, applied_time, last_error FROM nodes"):
-                self._nodes[r[0]] = NodeRecord(r[0], json.loads(r[1]), json.loads(r[2]), _dt(r[3]), _dt(r[4]),
-                                               bool(r[5]), r[6], r[7], _dt(r[8]),
-                                               None if r[9] is None else json.loads(r[9]))
-
-    @classmethod
-    def open(cls, state_dir: Path) -> FleetStore:
-        return cls(state_dir / DB_NAME)
+    _lock: threading.RLock
+    _changed: threading.Condition
+    _version: int
+    _recent: deque[Change]
+    _rules: dict[str, ScopedRule]
+    _nodes: dict[str, NodeRecord]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        raise NotImplementedError
 
-    def __enter__(self) -> FleetStore:
+    def delete(self, rule_ids: Sequence[str], *, etag: str = "", actor: str, reason: str = "",
+               allow_missing: bool = False, action: AuditAction = "delete",
+               now: datetime | None = None) -> Change:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @contextlib.contextmanager
-    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
-        with converted(f"{self.path}: {what}"), write_transaction(self._db) as db:
-            yield db
-
-    # -- rules: reads --
 
     @property
     def version(self) -> int:
@@ -316,6 +297,59 @@ class FleetStore:
         version, rules = self.snapshot()
         at = now or datetime.now(UTC)
         return version, [r for r in rules if r.scope.applies_to(node_id, labels) and r.rule.is_active(at)]
+
+    def expire(self, now: datetime | None = None) -> Change:
+        """Remove every rule whose expiry has passed, as one version (audited
+        as ``expire`` by the controller). No expired rule: no new version."""
+        at = now or datetime.now(UTC)
+        with self._lock:
+            due = [r.id for r in self._rules.values() if not r.rule.is_active(at)]
+        return self.delete(due, actor=CONTROLLER_ACTOR, reason="expired", allow_missing=True,
+                           action="expire", now=at)
+
+
+class FleetStore(StoreMemory):
+    """The controller's SQLite database. Thread-safe (one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._recent: deque[Change] = deque(maxlen=RECENT_CHANGES)
+        self._db = connect(path, shared=True)
+        with converted(f"{path}: open"):
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+            self._version = int(row[0])
+            self._rules: dict[str, ScopedRule] = {}
+            for rid, scope, doc, version, etag, created, updated, _exp in self._db.execute(
+                    "SELECT id, scope, doc, version, etag, create_time, update_time, expire_time FROM rules"):
+                self._rules[rid] = ScopedRule(Rule.from_dict(json.loads(doc)), _scope_from(scope), version,
+                                              etag, _dt(created), _dt(updated))
+            self._nodes: dict[str, NodeRecord] = {}
+            for r in self._db.execute(
+                    "SELECT id, labels, doc, create_time, last_heartbeat, connected, target_version, "
+                    "applied_version, applied_time, last_error FROM nodes"):
+                self._nodes[r[0]] = NodeRecord(r[0], json.loads(r[1]), json.loads(r[2]), _dt(r[3]), _dt(r[4]),
+                                               bool(r[5]), r[6], r[7], _dt(r[8]),
+                                               None if r[9] is None else json.loads(r[9]))
+
+    @classmethod
+    def open(cls, state_dir: Path) -> FleetStore:
+        return cls(state_dir / DB_NAME)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
+        with converted(f"{self.path}: {what}"), write_transaction(self._db) as db:
+            yield db
+
+    # -- rules: reads --
 
     # -- rules: writes --
 
@@ -430,15 +464,6 @@ class FleetStore:
             self._changed.notify_all()
             self._recent.append(change)
             return change
-
-    def expire(self, now: datetime | None = None) -> Change:
-        """Remove every rule whose expiry has passed, as one version (audited
-        as ``expire`` by the controller). No expired rule: no new version."""
-        at = now or datetime.now(UTC)
-        with self._lock:
-            due = [r.id for r in self._rules.values() if not r.rule.is_active(at)]
-        return self.delete(due, actor=CONTROLLER_ACTOR, reason="expired", allow_missing=True,
-                           action="expire", now=at)
 
     def audit(self, *, rule_id: str | None = None, limit: int = 100) -> list[AuditRow]:
         """The newest ``limit`` audit rows (of one rule if given), oldest first."""

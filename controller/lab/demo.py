@@ -20,13 +20,10 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 import numpy as np
@@ -40,7 +37,7 @@ from ..output import emit_json, human_rate
 from . import topology, traffic
 from .agentproc import AGENT_CONFIG, AGENT_INTERVAL, AGENT_READY_SECONDS, Agent
 from .measure import SAMPLE_SECONDS, RuleBook, Series, flood_figures, pct, pct_text
-from .netns import Lab
+from .netns import Lab, sigterm_as_interrupt
 from .summary import print_summary, summarize
 from .topology import CLIENT, EDGE_IN, NAMESPACES, ORIGIN_NET, SERVICE, SERVICE_PORT, TOPOLOGY, DemoError
 from .view import VIEW_SECONDS, View, agent_line, short_rules, status_lines
@@ -242,25 +239,6 @@ class _Demo:
         return left
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM runs the same cleanup as Ctrl-C, in this process only: a
-    forked helper (pyroute2 forks to create namespaces and stops its child
-    with SIGTERM) must die of it, not unwind into the demo's cleanup."""
-    owner = os.getpid()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != owner:
-            os._exit(128 + signum)
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def run(json_out: bool = False, agent_log: Path | None = None) -> int:
     """``breakwater demo``: 0 when every wave was mitigated, 1 otherwise.
     ``json_out``: the summary as JSON on stdout, everything else on stderr.
@@ -269,7 +247,7 @@ def run(json_out: bool = False, agent_log: Path | None = None) -> int:
     out = sys.stderr if json_out else sys.stdout
     view = View(out, tty=out.isatty())
     summary: dict[str, Any] | None = None
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         demo = _Demo(view, agent_log)
         try:
             view.say(TOPOLOGY)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -26,7 +28,12 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 
 from ..errors import BreakwaterError, from_os_error
 
-__all__ = ["Lab", "Veth", "in_netns"]
+__all__ = [
+    "Lab",
+    "Veth",
+    "in_netns",
+    "sigterm_as_interrupt",
+]
 
 LOGGER = logging.getLogger("breakwater.netns")
 
@@ -215,3 +222,21 @@ def in_netns(name: str | None) -> Iterator[None]:
     finally:
         netns.popns()
 
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM runs the same cleanup as Ctrl-C, in this process only: a
+    forked helper (pyroute2 forks to create namespaces and stops its child
+    with SIGTERM) must die of it, not unwind into the lab's cleanup."""
+    owner = os.getpid()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

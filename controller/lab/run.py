@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 import numpy as np
@@ -33,6 +30,7 @@ from ..dataplane.reasons import Action
 from ..output import emit_json
 from . import attack, audience, report, traffic
 from .fleet import EDGE_IN, HOST_IF, Fleet
+from .netns import sigterm_as_interrupt
 from .scenario import Scenario, load
 from .topology import DemoError
 from .view import View
@@ -216,22 +214,6 @@ class Run:
         return self.fleet.close()
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    owner = os.getpid()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != owner:
-            os._exit(128 + signum)
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def run(path: Path, *, json_out: bool = False, chart: Path | None = None) -> tuple[int, dict[str, Any]]:
     """``breakwater lab run``: (exit code, report). 0 when every wave was
     detected and mitigated and the lab was removed."""
@@ -240,7 +222,7 @@ def run(path: Path, *, json_out: bool = False, chart: Path | None = None) -> tup
     out = sys.stderr if json_out else sys.stdout
     view = View(out, tty=out.isatty())
     result: dict[str, Any] = {}
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         r = Run(s, view)
         try:
             r.setup()
