@@ -45,10 +45,11 @@ broader than ``broadest_v4`` / ``broadest_v6`` (/24, /48); at most
 ``max_rules_total`` fleet rules (50 here), ``max_rules_per_attack`` per
 attack and ``max_prefixes_per_rule`` prefixes per rule. Every rule has a
 TTL (``rule_ttl``, 300 s) pushed forward while its attack lasts; once it
-ended the rule goes after ``grace_ttl`` (60 s). Fleet rules apply to every
-node, have origin ``controller``, are created by ``breakwater-controller``
-and are named ``fleet-...`` (the planner's ``auto-...`` names with
-``fleet`` in front instead). They are written through the API backend's
+ended the rule goes after ``grace_ttl`` (60 s, :data:`FLEET_GRACE_TTL`,
+longer than an agent's 5 s). Fleet rules apply to every node, have origin
+``controller``, are created by ``breakwater-controller`` and are named
+``fleet-...`` (the planner's ``auto-...`` names with ``fleet`` in front
+instead). They are written through the API backend's
 ``apply`` when the controller passes one, so their rule events are
 published like any other change. Fleet attacks are published as attack
 events of the controller itself (no node).
@@ -85,6 +86,7 @@ from .store import CONTROLLER_ACTOR, Change
 from .storeapi import Store
 
 __all__ = [
+    "FLEET_GRACE_TTL",
     "FLEET_PREFIX",
     "SIGNATURE_FIELDS",
     "FleetConfig",
@@ -116,8 +118,15 @@ def fleet_rule_id(planner_id: str) -> str:
     return f"{rid[: _MAX_ID - 9].rstrip('-.')}-{digest}"
 
 
+FLEET_GRACE_TTL: Final = 60.0
+"""Seconds a fleet rule outlives its ended attack: longer than an agent's
+(5 s), because the fleet judges on telemetry windows (15 s) that lag the
+data plane, so a short grace would drop and re-create rules mid-attack."""
+
+
 def _fleet_mitigation() -> MitigateConfig:
-    return MitigateConfig(created_by=CONTROLLER_ACTOR, max_rules_total=50, priority=400)
+    return MitigateConfig(created_by=CONTROLLER_ACTOR, max_rules_total=50, priority=400,
+                          grace_ttl=FLEET_GRACE_TTL)
 
 
 @dataclass(frozen=True)

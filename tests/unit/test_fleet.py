@@ -17,7 +17,6 @@ from breakwater.v1 import event_pb2, telemetry_pb2
 from controller.addresses import parse_prefix
 from controller.api.convert import event_to_proto
 from controller.api.telemetry import FleetTelemetry
-from controller.detection.config import MitigateConfig
 from controller.detection.events import AttackEvent
 from controller.errors import FieldError
 from controller.fleet.detector import FleetConfig, FleetDetector, fleet_rule_id
@@ -25,7 +24,7 @@ from controller.fleet.eventlog import EventLog
 from controller.fleet.store import CONTROLLER_ACTOR, FleetStore
 from controller.rules.scope import ScopedRule
 
-GRACE = MitigateConfig().grace_ttl
+GRACE = FleetConfig().mitigate.grace_ttl
 
 T = 1_800_000_000.0
 RECORDINGS = Path(__file__).parent / "recordings"
