@@ -56,7 +56,6 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from ..errors import (
-    AlreadyExistsError,
     BreakwaterError,
     EtagMismatchError,
     FieldError,
@@ -417,13 +416,7 @@ class EtcdStore(StoreMemory):
         at = now or datetime.now(UTC)
 
         def plan() -> _Plan | None:
-            seen: set[str] = set()
-            for i, r in enumerate(rules):
-                if r.id in self._rules or r.id in seen:
-                    raise AlreadyExistsError(
-                        f"rule {r.id!r} exists already" + (f" (request {i})" if len(rules) > 1 else "")
-                        + "; update it, or delete it first", f"rules/{r.id}")
-                seen.add(r.id)
+            self._check_new(rules)
             if not rules:
                 return None
             version = self._version + 1

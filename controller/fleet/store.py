@@ -224,6 +224,17 @@ class StoreMemory:
     def close(self) -> None:
         raise NotImplementedError
 
+    def _check_new(self, rules: Sequence[ScopedRule]) -> None:
+        """AlreadyExistsError for the first rule id that is stored already or
+        repeats in ``rules`` (the caller holds the lock)."""
+        seen: set[str] = set()
+        for i, r in enumerate(rules):
+            if r.id in self._rules or r.id in seen:
+                raise AlreadyExistsError(
+                    f"rule {r.id!r} exists already" + (f" (request {i})" if len(rules) > 1 else "")
+                    + "; update it, or delete it first", f"rules/{r.id}")
+            seen.add(r.id)
+
     def delete(self, rule_ids: Sequence[str], *, etag: str = "", actor: str, reason: str = "",
                allow_missing: bool = False, action: AuditAction = "delete",
                now: datetime | None = None) -> Change:
@@ -378,13 +389,7 @@ class FleetStore(StoreMemory):
         exists (or repeats in ``rules``) is :class:`AlreadyExistsError`."""
         at = now or datetime.now(UTC)
         with self._lock:
-            seen: set[str] = set()
-            for i, r in enumerate(rules):
-                if r.id in self._rules or r.id in seen:
-                    raise AlreadyExistsError(
-                        f"rule {r.id!r} exists already" + (f" (request {i})" if len(rules) > 1 else "")
-                        + "; update it, or delete it first", f"rules/{r.id}")
-                seen.add(r.id)
+            self._check_new(rules)
             if not rules:
                 return Change(self._version)
             with self._tx("create rules") as db:
