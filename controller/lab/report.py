@@ -3,7 +3,7 @@ the table (:func:`print_table`) and the chart (:func:`chart`).
 
 Per wave: its offered rate (what its sender sent over its sending time),
 whether an agent detected it (an attack of a matching vector on an address
-of its target, started before the wave ended), its time to mitigate (from
+of its target, started during the wave or still open from an earlier one), its time to mitigate (from
 its first packet to the first ``BIN_SECONDS`` bin, while it sends, in which
 at most ``LEAK_SHARE`` of what it offered reached the origin), the share
 of its packets the edges dropped (what its sender sent minus what reached
@@ -64,6 +64,10 @@ def attacks(events_by_edge: Sequence[Sequence[Mapping[str, Any]]], t0: float) ->
 
 
 def _detected(wave: Wave, attacks: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The attack that answers ``wave``: one of a matching vector on its target that started during
+    the wave or, failing that, one already open when it began (a many-source attack of an earlier
+    wave goes on absorbing the next flood at the same victim; ``ongoing`` says so)."""
+    ongoing = None
     for a in attacks:
         if a["vector"] not in DETECTED_BY[wave.vector] or not a.get("victim"):
             continue
@@ -72,8 +76,13 @@ def _detected(wave: Wave, attacks: Sequence[Mapping[str, Any]]) -> dict[str, Any
             continue
         started = float(a["started_s"])
         if wave.start - 1.0 <= started <= wave.end + 1.0:
-            return {"vector": a["vector"], "at_s": started, "edge": a["edge"], "id": a["id"]}
-    return None
+            return {"vector": a["vector"], "at_s": started, "edge": a["edge"], "id": a["id"],
+                    "ongoing": False}
+        ended = a.get("ended_s")
+        if ongoing is None and started < wave.start and (ended is None or float(ended) > wave.start + 1.0):
+            ongoing = {"vector": a["vector"], "at_s": wave.start, "edge": a["edge"], "id": a["id"],
+                       "ongoing": True}
+    return ongoing
 
 
 def wave_figures(s: Scenario, t0: float, sent: Mapping[int, tuple[int, float, float]],
@@ -143,6 +152,9 @@ def print_table(report: Mapping[str, Any], out: IO[str]) -> None:
             "legit_udp_pct")
     heads = ("wave", "vector", "offered pps", "detected", "TTM s", "dropped", "legit TCP", "legit UDP")
     table = [[_fmt(w[c], "%" if c.endswith("pct") else "") for c in cols] for w in report["waves"]]
+    for w, row in zip(report["waves"], table, strict=True):
+        if (w.get("detection") or {}).get("ongoing"):
+            row[cols.index("detected")] = "open"  # absorbed by an attack still open from an earlier wave
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(heads)]
     print("  ".join(h.ljust(widths[i]) for i, h in enumerate(heads)), file=out)
     for r in table:
