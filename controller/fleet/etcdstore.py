@@ -33,6 +33,11 @@ If etcd compacted the revision to resume from, the store re-lists
 everything and empties the feed (:meth:`changes_since` answers None, so the
 sync hub sends snapshots): never a silent gap.
 
+**Fenced writes.** The leader's singleton jobs (expiry, pruning, fleet
+detection) write inside :meth:`fenced`: their transactions also compare
+the leader key's ``create_revision`` with the election's token, so a
+controller that lost the leadership cannot write as if it still held it.
+
 **Liveness on leases.** Each store holds one lease (``lease_ttl`` seconds,
 kept alive by a thread); a node it registers gets ``alive/<id>/<lease>`` on
 that lease, and a node is connected while it has any such key. If the
@@ -54,11 +59,12 @@ node writes are split into transactions of :data:`NODE_TXN_OPS`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -66,6 +72,7 @@ from typing import Any, Final
 from ..errors import (
     BreakwaterError,
     EtagMismatchError,
+    FailedPreconditionError,
     FieldError,
     NotFoundError,
     UnavailableError,
@@ -79,6 +86,7 @@ from .etcd import (
     KeyValue,
     WatchBatch,
     WatchStream,
+    compare_create,
     compare_mod,
     delete_op,
     prefix_end,
@@ -169,6 +177,8 @@ class EtcdStore(StoreMemory):
         self._alive_p = p + b"alive/"
         self._eventseq_key = p + b"eventseq"
         self._events_p = p + b"events/"
+        self.leader_key = p + b"leader"
+        self._fence = threading.local()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._recent: deque[Change] = deque(maxlen=RECENT_CHANGES)
@@ -218,6 +228,38 @@ class EtcdStore(StoreMemory):
         self._watcher.join(5)
         self._keeper.join(5)
         self.client.close()
+
+    # -- fencing (the leader's singleton jobs) --
+
+    @contextlib.contextmanager
+    def fenced(self, token: int) -> Iterator[None]:
+        """Writes this thread makes inside the block commit only while the
+        leader key is the one created at revision ``token`` (the election's
+        fencing token, :mod:`controller.fleet.leader`); else they raise
+        :class:`~controller.errors.FailedPreconditionError` and change nothing."""
+        before = getattr(self._fence, "token", None)
+        self._fence.token = token
+        try:
+            yield
+        finally:
+            self._fence.token = before
+
+    def _fence_compares(self) -> list[dict[str, Any]]:
+        token = getattr(self._fence, "token", None)
+        return [] if token is None else [compare_create(self.leader_key, token)]
+
+    def _check_fence(self, what: str) -> None:
+        """After a failed fenced transaction: FailedPreconditionError if the fence is why."""
+        token = getattr(self._fence, "token", None)
+        if token is None:
+            return
+        _, kvs, _ = self.client.range(self.leader_key, what=f"{self.location}: {what}")
+        now = kvs[0].create_revision if kvs else 0
+        if now != token or token == 0:
+            raise FailedPreconditionError(
+                f"{self.location}: {what}: refused, this controller is no longer the leader "
+                f"(fencing token {token}, the leader key is now "
+                f"{'at revision ' + str(now) if now else 'gone'})")
 
     @property
     def relists(self) -> int:
@@ -419,9 +461,11 @@ class EtcdStore(StoreMemory):
                 if plan is None:
                     return Change(self._version)
                 version_mod = self._version_mod
-            compares = [compare_mod(self._version_key, version_mod), *plan.compares]
+            compares = [compare_mod(self._version_key, version_mod), *self._fence_compares(), *plan.compares]
             ops = [*plan.ops, put_op(self._version_key, str(plan.version).encode())]
             result = self.client.txn(compares, ops, what=f"{self.location}: {what}")
+            if not result.succeeded:
+                self._check_fence(what)
             if result.succeeded:
                 self._wait_applied(result.revision, what)
                 with self._lock:
@@ -670,7 +714,12 @@ class EtcdStore(StoreMemory):
         cut = self.last_event_seq() - keep
         if cut <= 0:
             return 0
-        _, deleted = self.client.delete(self._events_p, self._events_p + _seq_key(cut + 1).encode(),
-                                        what=f"{self.location}: prune events")
-        return deleted
+        what = "prune events"
+        result = self.client.txn(self._fence_compares(),
+                                 [delete_op(self._events_p, self._events_p + _seq_key(cut + 1).encode())],
+                                 what=f"{self.location}: {what}")
+        if not result.succeeded:
+            self._check_fence(what)
+            return 0
+        return int(result.responses[0].get("response_delete_range", {}).get("deleted", 0))
 

@@ -571,6 +571,11 @@ class FleetStore(StoreMemory):
                 self._nodes[n.node_id] = n
         return new
 
+    @contextlib.contextmanager
+    def fenced(self, token: int) -> Iterator[None]:
+        """The leader's writes: nothing to fence, one controller serves the file."""
+        yield
+
     def reset_connections(self) -> int:
         """Mark every node disconnected (heartbeats kept): one controller
         serves an SQLite file, so at its start no stream is open. Returns how

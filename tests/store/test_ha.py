@@ -6,21 +6,29 @@ controllers (``create_controller``) and real gRPC sync streams."""
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 
 from breakwater.v1 import node_pb2, sync_service_pb2, sync_service_pb2_grpc
+from controller.errors import FailedPreconditionError
 from controller.fleet.config import ControllerConfig
 from controller.fleet.daemon import Controller, create_controller
 from controller.fleet.etcdstore import EtcdStore
+from controller.fleet.leader import EtcdElection
 
 from .conftest import Backend
 from .etcdproc import EtcdCluster
+from .test_store import _rule
+
+REPO = Path(__file__).resolve().parents[2]
 
 S = sync_service_pb2
 
@@ -141,3 +149,105 @@ def test_an_agent_that_moved_stays_connected_when_its_old_stream_ends(
         if new is not None:
             new.close()
     _wait(lambda: not _connected(a, "edge-2"))
+
+
+# --- leader election and fencing ---
+
+
+@pytest.fixture
+def two_stores(etcd: EtcdCluster, tmp_path: Path) -> Iterator[tuple[EtcdStore, EtcdStore]]:
+    b = Backend("etcd", tmp_path, etcd)
+    yield b.open_etcd(), b.open_etcd()
+    for s in b.opened:
+        s.close()
+
+
+def _election(store: EtcdStore, name: str) -> EtcdElection:
+    return EtcdElection(store.client, store.leader_key, name, ttl=2, check_every=0.1)
+
+
+def test_one_leader_and_a_deposed_leaders_writes_are_refused(two_stores: tuple[EtcdStore, EtcdStore]) -> None:
+    sa, sb = two_stores
+    a, b = _election(sa, "a"), _election(sb, "b")
+    try:
+        a.start()
+        _wait(lambda: a.is_leader)
+        b.start()
+        _wait(lambda: b.leader() == "a")
+        time.sleep(0.5)
+        assert a.is_leader and not b.is_leader and b.token == 0
+        stale = a.token
+        assert stale == b.observe()[1] > 0
+        sa.create([_rule("x", ttl=1)], actor="t")
+        sa.add_events([(datetime.now(UTC), "", "attack", b"x")] * 3)
+        # a pauses (its thread stops, it resigns nothing) past its lease (revoked here): b takes over
+        a._stop.set()
+        a._thread.join()
+        sa.client.revoke(a._lease)
+        _wait(lambda: b.is_leader, timeout=5)
+        assert b.token > stale
+        version = sb.version
+        with sa.fenced(stale), pytest.raises(FailedPreconditionError, match="no longer the leader"):
+            sa.expire()
+        with sa.fenced(stale), pytest.raises(FailedPreconditionError):
+            sa.create([_rule("y")], actor="t")
+        with sa.fenced(stale), pytest.raises(FailedPreconditionError):
+            sa.prune_events(1)
+        assert sb.version == version and [r.id for r in sb.rules(include_expired=True)] == ["x"]
+        assert len(sb.events()) == 3
+        _wait(lambda: not a.is_leader, timeout=5)  # a stops calling itself leader once its lease may be over
+        with sb.fenced(b.token):  # the new leader's token writes
+            assert [r.id for r in sb.expire().removed] == ["x"]
+            assert sb.prune_events(1) == 2
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_killed_leader_is_replaced_within_its_lease(two_stores: tuple[EtcdStore, EtcdStore]) -> None:
+    sa, sb = two_stores
+    script = (f"import sys, time\nsys.path.insert(0, {str(REPO)!r})\n"
+              f"from controller.fleet.etcd import EtcdClient\n"
+              f"from controller.fleet.leader import EtcdElection\n"
+              f"e = EtcdElection(EtcdClient({list(sa.client.endpoints)!r}), {sa.leader_key!r}, 'doomed', "
+              f"ttl=2, check_every=0.1)\n"
+              f"e.start()\nwhile not e.is_leader: time.sleep(0.02)\nprint('leader', flush=True)\n"
+              f"time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    b = _election(sb, "b")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"leader\n"
+        b.start()
+        _wait(lambda: b.leader() == "doomed")
+        proc.kill()
+        proc.wait()
+        killed = time.monotonic()
+        _wait(lambda: b.is_leader, timeout=10)
+        assert time.monotonic() - killed < 2 + 1.5  # its lease's TTL and a check or so
+    finally:
+        proc.kill()
+        proc.wait()
+        b.close()
+
+
+def test_only_the_leader_controller_sweeps_and_a_stop_hands_over(
+        controllers: Callable[[], Controller]) -> None:
+    a = controllers()
+    _wait(lambda: a.leadership.is_leader)
+    b = controllers()
+    time.sleep(1.5)
+    assert a.leadership.is_leader and not b.leadership.is_leader
+    assert "breakwater_controller_leader 1" in a.metrics_text()
+    assert "breakwater_controller_leader 0" in b.metrics_text()
+    b.store.create([_rule("soon", ttl=1)], actor="t")
+    _wait(lambda: a.expired_total == 1)  # swept by a, the leader
+    time.sleep(1.5)
+    assert b.expired_total == 0 and b.store.version == a.store.version == 2
+    assert [x.action for x in b.store.audit()] == ["create", "expire"]
+    a.stop(0)  # resigns
+    stopped = time.monotonic()
+    _wait(lambda: b.leadership.is_leader, timeout=5)
+    assert time.monotonic() - stopped < 3
+    b.store.create([_rule("later", ttl=1)], actor="t")
+    _wait(lambda: b.expired_total == 1)
+    assert b.store.version == 4 and b.leadership.leader() == b.leadership.name
