@@ -1,10 +1,16 @@
 """Several controllers over one etcd (issue 13): each owns the liveness of
 the streams it serves and no other; one elected leader runs the fleet's
-singleton jobs, fenced by its leader key's revision. Real etcd, real
-controllers (``create_controller``) and real gRPC sync streams."""
+singleton jobs, fenced by its leader key's revision; kill -9 of the leader
+(a real ``breakwater controller`` process) hands its jobs to the other and
+its agents fail over to it, enforcing their rules all along. Real etcd,
+real controllers (``create_controller`` or processes), real gRPC sync
+streams; the agents are the real sync client over a simulated data plane
+(no namespaces needed: tests/cluster runs real agents on veth)."""
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import subprocess
 import sys
@@ -13,16 +19,26 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TextIO
 
 import grpc
 import pytest
 
-from breakwater.v1 import node_pb2, sync_service_pb2, sync_service_pb2_grpc
+from breakwater.v1 import (
+    node_pb2,
+    rule_pb2,
+    rule_service_pb2,
+    rule_service_pb2_grpc,
+    sync_service_pb2,
+    sync_service_pb2_grpc,
+)
+from controller.agent.sync import ControllerLayer, RetryPolicy, SyncClient
+from controller.config import toml_document
 from controller.errors import FailedPreconditionError
 from controller.fleet.config import ControllerConfig
 from controller.fleet.daemon import Controller, create_controller
 from controller.fleet.etcdstore import EtcdStore
-from controller.fleet.leader import EtcdElection
+from controller.fleet.leader import LEADER_TTL, EtcdElection
 
 from .conftest import Backend
 from .etcdproc import EtcdCluster
@@ -31,6 +47,7 @@ from .test_store import _rule
 REPO = Path(__file__).resolve().parents[2]
 
 S = sync_service_pb2
+FAST = RetryPolicy("test-fast", initial=0.05, maximum=0.5, jitter=0.01)
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -251,3 +268,125 @@ def test_only_the_leader_controller_sweeps_and_a_stop_hands_over(
     b.store.create([_rule("later", ttl=1)], actor="t")
     _wait(lambda: b.expired_total == 1)
     assert b.store.version == 4 and b.leadership.leader() == b.leadership.name
+
+
+# --- kill -9 of the leader: two controller processes, three agents ---
+
+
+class ControllerProc:
+    """``breakwater controller`` over etcd as a child process; its JSON log lines are collected."""
+
+    def __init__(self, workdir: Path, url: str, prefix: str) -> None:
+        workdir.mkdir()
+        config = workdir / "controller.toml"
+        config.write_text(toml_document({"listen": "127.0.0.1:0", "state_dir": str(workdir), "metrics": "",
+                                         "store": url, "store_prefix": prefix}))
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "controller", "--config",
+                                      str(config)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+        self.lines: list[dict[str, Any]] = []
+        assert self.proc.stderr is not None
+        threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
+        ready = self.wait_event("controller_ready", 30)
+        self.address: str = ready["address"]
+        self.name: str = ready["controller"]
+
+    def _read(self, stream: TextIO) -> None:
+        for raw in stream:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = {"raw": raw.rstrip()}
+            self.lines.append(doc)
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        return next((line for line in self.lines if line.get("event") == name), None)
+
+    def wait_event(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+        _wait(lambda: self.event(name) is not None or self.proc.poll() is not None, timeout)
+        found = self.event(name)
+        assert found is not None, f"no {name}: {self.lines[-20:]}"
+        return found
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+class Dataplane:
+    """An agent's data plane, simulated: the layer in force, and every rule set it ever held."""
+
+    def __init__(self) -> None:
+        self.layer = ControllerLayer()
+        self.held: list[set[str]] = []
+
+    def __call__(self, layer: ControllerLayer) -> None:
+        self.layer = layer
+        self.held.append({r.id for r in layer.ruleset})
+
+
+def _identity(node_id: str) -> Callable[[], S.Register]:
+    return lambda: S.Register(node_id=node_id, agent_version="0.1.0", mode=node_pb2.AGENT_MODE_ENFORCE,
+                              capabilities=node_pb2.NodeCapabilities(deltas=True, max_rules=1000))
+
+
+def _create(address: str, rid: str, src: str, ttl: int = 0) -> None:
+    rule = rule_pb2.Rule(match=rule_pb2.Match(src=[src]),
+                         action=rule_pb2.Action(kind=rule_pb2.ACTION_KIND_DROP))
+    if ttl:
+        rule.ttl.FromSeconds(ttl)
+    with grpc.insecure_channel(address) as channel:
+        rule_service_pb2_grpc.RuleServiceStub(channel).CreateRule(
+            rule_service_pb2.CreateRuleRequest(rule_id=rid, rule=rule), timeout=20)
+
+
+def test_kill9_of_the_leader_hands_over_jobs_and_agents(etcd: EtcdCluster, tmp_path: Path) -> None:
+    b = Backend("etcd", tmp_path, etcd)
+    procs: list[ControllerProc] = []
+    clients: list[SyncClient] = []
+    watcher = b.open_etcd()
+    try:
+        leader = ControllerProc(tmp_path / "a", b.url, b.prefix)
+        procs.append(leader)
+        leader.wait_event("leader_elected")
+        other = ControllerProc(tmp_path / "b", b.url, b.prefix)
+        procs.append(other)
+        _create(other.address, "keep", "198.18.0.3")  # on the follower: reaches the leader's agents too
+        planes = {f"edge-{i}": Dataplane() for i in range(3)}
+        for i, (node, plane) in enumerate(planes.items()):
+            order = [leader.address, other.address] if i < 2 else [other.address, leader.address]
+            client = SyncClient(order, identity=_identity(node), apply=plane, state_dir=tmp_path / node,
+                                policy=FAST, healthy_seconds=0.5)
+            clients.append(client)
+            client.start()
+        _wait(lambda: all(c.stats().connected and c.held.version == watcher.version for c in clients))
+        assert all(p.layer.version == 1 and {r.id for r in p.layer.ruleset} == {"keep"}
+                   for p in planes.values())
+        _create(other.address, "brief", "198.18.0.4", ttl=8)  # expires after the leader is gone
+        _wait(lambda: all({r.id for r in p.layer.ruleset} == {"keep", "brief"} for p in planes.values()))
+
+        leader.kill()  # kill -9: no resignation, its leases run out
+        killed, killed_at = time.monotonic(), datetime.now(UTC)
+        _wait(lambda: all(c.stats().connected and c.target == other.address for c in clients), 15)
+        failover = time.monotonic() - killed
+        elected = other.wait_event("leader_elected", 15)
+        handover = (datetime.fromisoformat(elected["ts"].replace("Z", "+00:00")) - killed_at).total_seconds()
+        _wait(lambda: all({r.id for r in p.layer.ruleset} == {"keep"} for p in planes.values()), 20)
+        assert [a.action for a in watcher.audit()] == ["create", "create", "expire"]  # expired once, by b
+        _create(other.address, "after", "198.18.0.5")
+        _wait(lambda: all(c.held.version == watcher.version for c in clients))
+        assert all({r.id for r in p.layer.ruleset} == {"keep", "after"} for p in planes.values())
+        # never a moment without the rule every node was given first
+        assert all("keep" in held for p in planes.values() for held in p.held)
+        assert [c.stats().failovers for c in clients] == [1, 1, 0]
+        _wait(lambda: {n.node_id for n in watcher.nodes() if n.connected} == set(planes), 15)
+        print(f"\nHA figures: leader handover {handover:.2f} s, agents failed over {failover:.2f} s "
+              f"after kill -9 (leader lease TTL {LEADER_TTL} s)")
+    finally:
+        for c in clients:
+            c.stop()
+        for p in procs:
+            p.kill()
+        watcher.close()
