@@ -437,6 +437,7 @@ class SyncClient:
             raise ValueError("SyncClient needs at least one controller")
         self.target = self.targets[0]
         """The controller this client streams with (or tries next)."""
+        self._last_target = self.target
         self._identity = identity
         self._apply = apply
         self._state_dir = state_dir
@@ -529,14 +530,17 @@ class SyncClient:
         wait = state.next_action.sleep if state.next_action is not None else 0.0
         if exc is not None and not isinstance(exc, BreakwaterError):
             LOGGER.error("controller stream failed", exc_info=exc)
-        LOGGER.warning("controller %s: %s; retrying in %.1f s (%s, attempt %d)", self.target, exc, wait,
+        failed = self._last_target
+        LOGGER.warning("controller %s: %s; retrying%s in %.1f s (%s, attempt %d)", failed, exc,
+                       f" with {self.target}" if self.target != failed else "", wait,
                        self._policy.name, state.attempt_number,
-                       extra={"event": "controller_retry", "controller": self.target, "error": str(exc),
-                              "retry_in": round(wait, 3), "attempt": state.attempt_number})
+                       extra={"event": "controller_retry", "controller": failed, "next": self.target,
+                              "error": str(exc), "retry_in": round(wait, 3), "attempt": state.attempt_number})
 
     def _stream(self, store: Store) -> None:
         """One stream, from connect to its end. Returns when the stream was
         healthy (or the client stops), raises when it failed early."""
+        self._last_target = self.target
         with self._lock:
             self._session += 1
             sid = self._session
