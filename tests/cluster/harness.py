@@ -372,7 +372,10 @@ class Cluster:
         ports: the namespace is the test's own), data under the workdir."""
         etcd = shutil.which("etcd")
         if etcd is None:
-            pytest.skip("needs the etcd binary (Debian etcd-server; `make setup`)")
+            reason = "needs the etcd binary (Debian etcd-server; `make setup`)"
+            if os.environ.get("BREAKWATER_REQUIRE_BPF") == "1":  # CI: a missing tool fails, as in tests/store
+                pytest.fail(f"BREAKWATER_REQUIRE_BPF=1 but this test {reason}", pytrace=False)
+            pytest.skip(reason)
         err = self.workdir / "etcd.err"
         with err.open("wb") as ferr:
             proc = subprocess.Popen(
