@@ -246,7 +246,11 @@ class EtcdStore(StoreMemory):
 
     def _fence_compares(self) -> list[dict[str, Any]]:
         token = getattr(self._fence, "token", None)
-        return [] if token is None else [compare_create(self.leader_key, token)]
+        if token is None:
+            return []
+        if token <= 0:  # no leadership (it lapsed between the check and the token): no write
+            raise FailedPreconditionError(f"{self.location}: refused, this controller is not the leader")
+        return [compare_create(self.leader_key, token)]
 
     def _check_fence(self, what: str) -> None:
         """After a failed fenced transaction: FailedPreconditionError if the fence is why."""
@@ -255,7 +259,7 @@ class EtcdStore(StoreMemory):
             return
         _, kvs, _ = self.client.range(self.leader_key, what=f"{self.location}: {what}")
         now = kvs[0].create_revision if kvs else 0
-        if now != token or token == 0:
+        if now != token:
             raise FailedPreconditionError(
                 f"{self.location}: {what}: refused, this controller is no longer the leader "
                 f"(fencing token {token}, the leader key is now "

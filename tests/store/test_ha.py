@@ -210,6 +210,8 @@ def test_one_leader_and_a_deposed_leaders_writes_are_refused(two_stores: tuple[E
             sa.create([_rule("y")], actor="t")
         with sa.fenced(stale), pytest.raises(FailedPreconditionError):
             sa.prune_events(1)
+        with sa.fenced(0), pytest.raises(FailedPreconditionError, match="not the leader"):
+            sa.expire()  # a token read once the leadership lapsed
         assert sb.version == version and [r.id for r in sb.rules(include_expired=True)] == ["x"]
         assert len(sb.events()) == 3
         _wait(lambda: not a.is_leader, timeout=5)  # a stops calling itself leader once its lease may be over
