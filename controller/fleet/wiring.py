@@ -8,7 +8,8 @@ It builds the :class:`~controller.fleet.synchub.SyncHub`, the
 ``SyncService`` and ``TelemetryService`` to the controller's one server and
 returns a :class:`SyncServices` (``close()`` on stop,
 ``collect_metrics(exposition)`` for Prometheus), whose thread folds the
-telemetry and ticks the detector.
+telemetry and ticks the detector: on the elected leader only
+(:mod:`controller.fleet.leader`), its writes fenced by the leader's token.
 
 The server must be grpc.aio: the controller builds it with
 :func:`controller.api.aiothread.create_threaded_aio_server` (the same arguments as
