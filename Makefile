@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 BUF         := tools/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo bench bench-agent bench-controlplane check check-vagrant vagrant-box proto clean
+.PHONY: help setup test demo bench bench-agent bench-controlplane bench-ha check check-vagrant vagrant-box proto clean
 
 help:
 	@echo "Breakwater make targets:"
@@ -15,6 +15,7 @@ help:
 	@echo "  bench  run the benchmarks: bench/dataplane.py, then bench/agent.py"
 	@echo "  bench-agent  run the agent benchmark only (bench/agent.py)"
 	@echo "  bench-controlplane  run the control-plane benchmark (bench/controlplane.py; no root needed)"
+	@echo "  bench-ha  run the high-availability benchmark (bench/ha.py: two controllers over etcd; no root needed)"
 	@echo "  check  lint and type-check: ruff check, mypy, generated code current, buf lint,"
 	@echo "         vagrant validate and shellcheck (check-vagrant)"
 	@echo "  vagrant-box  build (or reuse the cached) lab box from Debian packages (vagrant/build-box.sh)"
@@ -39,6 +40,9 @@ bench-agent: setup
 
 bench-controlplane: setup
 	$(PY) bench/controlplane.py
+
+bench-ha: setup
+	$(PY) bench/ha.py
 
 check: setup
 	$(VENV)/bin/ruff check controller tests bench scripts

@@ -98,13 +98,16 @@ def _as_bytes(message: bytes) -> bytes:
 class Controller:
     """``breakwater controller`` as a child process on a free loopback port."""
 
-    def __init__(self, state: Path, reconcile: float, cpus: set[int] | None = None) -> None:
+    def __init__(self, state: Path, reconcile: float, cpus: set[int] | None = None, *,
+                 extra_toml: str = "") -> None:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         state.mkdir(parents=True, exist_ok=True)
+        self.log_path = state / "controller.log"
         config = state / "controller.toml"
-        config.write_text(f"reconcile_interval = {reconcile}\n" + os.environ.get("BENCH_CONTROLLER_TOML", ""))
-        self.log = (state / "controller.log").open("w")
+        config.write_text(f"reconcile_interval = {reconcile}\n" + extra_toml
+                          + os.environ.get("BENCH_CONTROLLER_TOML", ""))
+        self.log = self.log_path.open("w")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "controller", "--listen", self.address,
@@ -304,12 +307,13 @@ def _agents_process(conn: multiprocessing.connection.Connection, address: str, f
 class AgentFleet:
     """``procs`` client processes holding ``n`` agents between them."""
 
-    def __init__(self, address: str, n: int, procs: int, cpus: set[int] | None = None) -> None:
+    def __init__(self, address: str, n: int, procs: int, cpus: set[int] | None = None, *,
+                 first: int = 0) -> None:
+        """Agents ``bench-<first>`` onwards."""
         ctx = multiprocessing.get_context("spawn")  # no grpc state inherited by fork
         self.conns: list[multiprocessing.connection.Connection] = []
         self.procs: list[Any] = []
         share = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-        first = 0
         for count in share:
             if not count:
                 continue

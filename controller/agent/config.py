@@ -91,8 +91,10 @@ class AgentConfig:
     detect: DetectConfig = field(default_factory=DetectConfig)
     mitigate: MitigateConfig = field(default_factory=MitigateConfig)
     source: str = "<defaults>"
-    controller: str | None = None
-    """The controller's SyncService, ``host:port``; None: standalone."""
+    controllers: tuple[str, ...] = ()
+    """The controllers' SyncService, ``host:port`` each (several controllers
+    over one etcd: the agent sticks to one and fails over to the next when
+    its stream ends); empty: standalone."""
     node_id: str = "localhost"
     labels: dict[str, str] = field(default_factory=dict)
     api: tuple[str, int] | None = ("127.0.0.1", 9612)
@@ -108,6 +110,11 @@ class AgentConfig:
     @property
     def monitor(self) -> bool:
         return self.mode == "monitor"
+
+    @property
+    def controller(self) -> str | None:
+        """The first controller (None: standalone)."""
+        return self.controllers[0] if self.controllers else None
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration, JSON-friendly (``--check-config`` prints it)."""
@@ -126,7 +133,8 @@ class AgentConfig:
             "pin_root": str(self.pin_root),
             "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "",
             "rules_file": str(self.rules_file) if self.rules_file else "",
-            "controller": self.controller or "",
+            "controller": (self.controllers[0] if len(self.controllers) == 1
+                           else list(self.controllers)) if self.controllers else "",
             "node_id": self.node_id,
             "labels": dict(self.labels),
             "api": f"{self.api[0]}:{self.api[1]}" if self.api else "",
@@ -236,25 +244,42 @@ def _challenge(value: object, path: str = "challenge") -> tuple[chal.Service, ..
     return tuple(out.values())
 
 
-def _controller(value: object, path: str) -> str | None:
-    if not isinstance(value, str):
-        raise FieldError(path, f"expected \"HOST:PORT\" or \"\" (standalone), got {value!r}")
-    if not value:
-        return None
+def _address(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise FieldError(path, f"expected \"HOST:PORT\", got {value!r}")
     host, sep, port = value.strip().rpartition(":")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if (not sep or not bare or not port.isdigit() or not 1 <= int(port) <= 65535
-            or any(c.isspace() or c in "/[]" for c in bare) or (":" in bare and bare == host)):
+            or any(c.isspace() or c in "/[]," for c in bare) or (":" in bare and bare == host)):
         raise FieldError(path, f"{value!r} is not HOST:PORT (e.g. controller.example:9610, "
                                "10.0.0.5:9610, [2001:db8::5]:9610; port 1..65535)")
     return f"[{bare}]:{int(port)}" if ":" in bare else f"{bare}:{int(port)}"
 
 
-def parse_controller(value: object, src: str = "--controller", path: str = "controller") -> str | None:
-    """``"HOST:PORT"`` (``[::1]:9610`` for IPv6, a host name is fine) as a
-    gRPC target, or ``""`` for none."""
+def _controllers(value: object, path: str) -> tuple[str, ...]:
+    """``"HOST:PORT"``, ``"HOST:PORT,HOST:PORT"`` or a list of them; ``""`` or ``[]``: none."""
+    if isinstance(value, str):
+        items: list[object] = list(value.split(",")) if value.strip() else []
+        paths = [path] * len(items)
+    elif isinstance(value, list):
+        items = list(value)
+        paths = [f"{path}[{i}]" for i in range(len(items))]
+    else:
+        raise FieldError(path, f"expected \"HOST:PORT\", a list of them, or \"\" (standalone), got {value!r}")
+    out: list[str] = []
+    for item, where in zip(items, paths, strict=True):
+        address = _address(item, where)
+        if address in out:
+            raise FieldError(where, f"{address} is listed twice")
+        out.append(address)
+    return tuple(out)
+
+
+def parse_controller(value: object, src: str = "--controller", path: str = "controller") -> tuple[str, ...]:
+    """``"HOST:PORT"`` (``[::1]:9610`` for IPv6, a host name is fine), several
+    separated by commas, or a list of them, as gRPC targets; ``""`` for none."""
     with checked(src):
-        return _controller(value, path)
+        return _controllers(value, path)
 
 
 _NOT_NODE_ID = re.compile(r"[^a-z0-9._-]")
@@ -339,21 +364,21 @@ def _parse(doc: Mapping[str, object], src: str) -> AgentConfig:
             raise FieldError(f"mitigate.{key}", f"set by the top-level key {owner!r}; remove it here")
     mitigate = _section({"mitigate": mit_doc}, "mitigate", MitigateConfig.from_dict, src)
     mitigate = replace(mitigate, allowlist=allowlist, management=management, monitor=mode == "monitor")
-    controller = _controller(doc.get("controller", ""), "controller")
+    controllers = _controllers(doc.get("controller", ""), "controller")
     node_id = check_node_id(doc["node_id"], "node_id") if "node_id" in doc else default_node_id()
     labels = _labels(doc.get("labels", {}))
     api = parse_listen(doc.get("api", DEFAULT_API), "api", DEFAULT_API)
-    tls, insecure = _tls(doc.get("tls", {}), controller, node_id)
+    tls, insecure = _tls(doc.get("tls", {}), controllers, node_id)
     challenge = _challenge(doc.get("challenge", []))
     if len(challenge) > sizes.challenge:
         raise FieldError("challenge", f"{len(challenge)} prefix/port pairs do not fit the chal_v4 map "
                                       f"({sizes.challenge} entries): raise [sizes] challenge")
     return AgentConfig(interfaces, protected, management, allowlist, mode, interval,
                        detach, state_dir, pin_root, metrics, rules_file, sizes, detect, mitigate, src,
-                       controller, node_id, labels, api, tls, insecure, challenge)
+                       controllers, node_id, labels, api, tls, insecure, challenge)
 
 
-def _tls(value: object, controller: str | None, node_id: str) -> tuple[TlsFiles | None, bool]:
+def _tls(value: object, controllers: tuple[str, ...], node_id: str) -> tuple[TlsFiles | None, bool]:
     """[tls]: cert, key and ca (all or none), insecure. The certificate must
     name this node; plaintext to a controller beyond loopback needs insecure."""
     if not isinstance(value, dict):
@@ -381,11 +406,12 @@ def _tls(value: object, controller: str | None, node_id: str) -> tuple[TlsFiles 
         if ident.kind != "node" or ident.name != node_id:
             raise FieldError("tls.cert", f"names {ident.principal}, not node:{node_id} (node_id); "
                                          f"issue one with breakwater pki issue node {node_id}")
-    elif controller is not None:
-        try:
-            check_plaintext(controller, insecure, "controller")
-        except InputError as exc:
-            raise FieldError("controller", str(exc).partition(": ")[2]) from None
+    else:
+        for controller in controllers:
+            try:
+                check_plaintext(controller, insecure, "controller")
+            except InputError as exc:
+                raise FieldError("controller", str(exc).partition(": ")[2]) from None
     return tls, insecure
 
 

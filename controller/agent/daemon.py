@@ -140,7 +140,7 @@ class Agent:
             "interval": cfg.interval,
             "metrics": f"{self._metrics.address[0]}:{self._metrics.address[1]}" if self._metrics else "",
             "auto_rules": {i.name: [r.id for r in i.auto] for i in self._ifaces},
-            "controller": cfg.controller or "", "node_id": cfg.node_id,
+            "controller": ", ".join(cfg.controllers), "node_id": cfg.node_id,
             "controller_version": controller.version,
             "controller_rules": sorted(controller.rules),
             "api": f"{self._api.address[0]}:{self._api.address[1]}" if self._api else "",

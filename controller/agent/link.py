@@ -52,7 +52,7 @@ def identity(config: AgentConfig, interfaces: Sequence[Interface]) -> sync_servi
 
 def _wanted(config: AgentConfig) -> tuple[object, ...]:
     """What a registration depends on: a change re-registers."""
-    return (config.controller, config.node_id, tuple(sorted(config.labels.items())), config.mode,
+    return (config.controllers, config.node_id, tuple(sorted(config.labels.items())), config.mode,
             tuple((i.name, i.netns) for i in config.interfaces))
 
 
@@ -83,7 +83,7 @@ class ControllerLink:
         layer in force now."""
         cfg = self._config()
         self._key = _wanted(cfg)
-        if cfg.controller is None:
+        if not cfg.controllers:
             return
         self._generation += 1
         generation = self._generation
@@ -98,10 +98,11 @@ class ControllerLink:
 
         if cfg.tls is None and cfg.insecure:
             LOGGER.warning("the sync stream to %s is PLAINTEXT ([tls] insecure = true): anyone on the path "
-                           "can change this edge's rules; configure [tls] cert, key and ca", cfg.controller,
-                           extra={"event": "sync_insecure", "controller": cfg.controller})
+                           "can change this edge's rules; configure [tls] cert, key and ca",
+                           ", ".join(cfg.controllers),
+                           extra={"event": "sync_insecure", "controller": ", ".join(cfg.controllers)})
         credentials = channel_credentials(cfg.tls) if cfg.tls is not None else None
-        self.client = SyncClient(cfg.controller, identity=self.identity, apply=apply,
+        self.client = SyncClient(cfg.controllers, identity=self.identity, apply=apply,
                                  state_dir=cfg.state_dir, held=held, credentials=credentials)
         self.client.start()
 
@@ -121,6 +122,7 @@ class ControllerLink:
         if _wanted(self._config()) == self._key:
             return
         LOGGER.info("controller settings changed: re-registering",
-                    extra={"event": "controller_reconfigured", "controller": self._config().controller or ""})
+                    extra={"event": "controller_reconfigured",
+                           "controller": ", ".join(self._config().controllers)})
         self.stop()
         self.start(held)

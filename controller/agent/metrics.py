@@ -124,6 +124,8 @@ def _render_sync(ex: Exposition, sync: SyncClient | None, controller: Controller
                n, {**lab, "result": "nacked", "code": code})
     ex.add("breakwater_sync_reconnects_total", "counter", "Sync streams opened after the first.",
            st.reconnects, lab)
+    ex.add("breakwater_sync_failovers_total", "counter",
+           "Times the agent moved on to the next of its controllers.", st.failovers, lab)
     ex.add("breakwater_sync_telemetry_total", "counter", "Telemetry summaries, by fate.",
            st.telemetry_sent, {**lab, "result": "queued"})
     ex.add("breakwater_sync_telemetry_total", "counter", "Telemetry summaries, by fate.",

@@ -31,7 +31,10 @@ stream lasts:
 
 A stream that fails is reopened with tenacity under :data:`RECONNECT`
 (exponential backoff with jitter, capped); one that lasted
-:data:`HEALTHY_STREAM_SECONDS` starts the backoff over. Meanwhile the node
+:data:`HEALTHY_STREAM_SECONDS` starts the backoff over. With several
+controllers (several over one etcd) a stream that ends moves the client
+to the next one in the list, at once within a round of the list, with the
+backoff after each whole round. Meanwhile the node
 keeps enforcing the layer it holds: nothing here removes rules because the
 controller is away.
 
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections import deque
@@ -133,12 +137,23 @@ class RetryPolicy:
     maximum: float
     jitter: float
 
+    def wait(self, attempt: int, round_size: int = 1) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (from 1),
+        when a round tries ``round_size`` controllers: the next controller of
+        a round at once (0..:data:`FAILOVER_JITTER` s), and after each whole
+        round ``initial`` doubling up to ``maximum``, plus jitter."""
+        if attempt % round_size:
+            return random.uniform(0, FAILOVER_JITTER)
+        rounds = attempt // round_size
+        return min(self.maximum, self.initial * float(2 ** (rounds - 1))) + random.uniform(0, self.jitter)
+
     def retrying(self, stopped: threading.Event,
-                 before_sleep: Callable[[tenacity.RetryCallState], None]) -> tenacity.Retrying:
-        """Retry any failure until ``stopped`` is set; sleeps wake up on it."""
+                 before_sleep: Callable[[tenacity.RetryCallState], None],
+                 round_size: int = 1) -> tenacity.Retrying:
+        """Retry any failure until ``stopped`` is set; sleeps wake up on it.
+        ``round_size``: how many controllers one round tries (see :meth:`wait`)."""
         return tenacity.Retrying(
-            wait=(tenacity.wait_exponential(multiplier=self.initial, max=self.maximum)
-                  + tenacity.wait_random(0, self.jitter)),
+            wait=lambda state: self.wait(state.attempt_number, round_size),
             retry=tenacity.retry_if_exception_type(Exception),
             stop=tenacity.stop_when_event_set(stopped),
             sleep=lambda seconds: _wait(stopped, seconds),
@@ -152,7 +167,10 @@ def _wait(event: threading.Event, seconds: float) -> None:
 
 
 RECONNECT: Final = RetryPolicy("reconnect", initial=0.5, maximum=30.0, jitter=1.0)
-"""The agent's policy for its controller stream: 0.5, 1, 2, 4 ... 30 s."""
+"""The agent's policy for its controller stream: 0.5, 1, 2, 4 ... 30 s
+(per round of its controllers)."""
+FAILOVER_JITTER: Final = 0.2
+"""Most seconds waited before trying the next controller of a round."""
 
 
 # --- the controller layer ---------------------------------------------------------------
@@ -376,6 +394,8 @@ class SyncStats:
     nacked: dict[str, int] = field(default_factory=dict)
     """By ApplyErrorCode name."""
     reconnects: int = 0
+    failovers: int = 0
+    """Times the client moved on to the next of its controllers."""
     telemetry_sent: int = 0
     telemetry_dropped: int = 0
     events_sent: int = 0
@@ -385,7 +405,13 @@ class SyncStats:
 
 
 class SyncClient:
-    """The agent's stream to its controller at ``target`` (``host:port``).
+    """The agent's stream to its controller: one of ``targets`` (``host:port``
+    each, or one as a string), the first to begin with. The client sticks to
+    its controller while the stream lasts; when the stream ends or cannot
+    be opened it moves on to the next (:attr:`target` is the current one),
+    at once within a round of the list and with :data:`RECONNECT`'s backoff
+    after each whole round, and resumes from the version it holds (the
+    versions mean the same on every controller over one store).
 
     ``identity`` returns the ``Register`` to send (``resume_version`` is set
     here); ``apply`` puts a layer in force or raises (a
@@ -396,7 +422,7 @@ class SyncClient:
 
     def __init__(
         self,
-        target: str,
+        targets: str | Sequence[str],
         *,
         identity: Callable[[], sync_service_pb2.Register],
         apply: Callable[[ControllerLayer], None],
@@ -406,7 +432,12 @@ class SyncClient:
         credentials: grpc.ChannelCredentials | None = None,
         healthy_seconds: float = HEALTHY_STREAM_SECONDS,
     ) -> None:
-        self.target = target
+        self.targets = (targets,) if isinstance(targets, str) else tuple(targets)
+        if not self.targets:
+            raise ValueError("SyncClient needs at least one controller")
+        self.target = self.targets[0]
+        """The controller this client streams with (or tries next)."""
+        self._last_target = self.target
         self._identity = identity
         self._apply = apply
         self._state_dir = state_dir
@@ -485,7 +516,8 @@ class SyncClient:
             self._cursor = cursor
             while not self._stopping.is_set():
                 try:
-                    self._policy.retrying(self._stopping, self._before_sleep)(self._stream, store)
+                    self._policy.retrying(self._stopping, self._before_sleep,
+                                          len(self.targets))(self._stream, store)
                 except tenacity.RetryError:
                     break
         except Exception:
@@ -498,14 +530,17 @@ class SyncClient:
         wait = state.next_action.sleep if state.next_action is not None else 0.0
         if exc is not None and not isinstance(exc, BreakwaterError):
             LOGGER.error("controller stream failed", exc_info=exc)
-        LOGGER.warning("controller %s: %s; retrying in %.1f s (%s, attempt %d)", self.target, exc, wait,
+        failed = self._last_target
+        LOGGER.warning("controller %s: %s; retrying%s in %.1f s (%s, attempt %d)", failed, exc,
+                       f" with {self.target}" if self.target != failed else "", wait,
                        self._policy.name, state.attempt_number,
-                       extra={"event": "controller_retry", "controller": self.target, "error": str(exc),
-                              "retry_in": round(wait, 3), "attempt": state.attempt_number})
+                       extra={"event": "controller_retry", "controller": failed, "next": self.target,
+                              "error": str(exc), "retry_in": round(wait, 3), "attempt": state.attempt_number})
 
     def _stream(self, store: Store) -> None:
         """One stream, from connect to its end. Returns when the stream was
         healthy (or the client stops), raises when it failed early."""
+        self._last_target = self.target
         with self._lock:
             self._session += 1
             sid = self._session
@@ -547,10 +582,24 @@ class SyncClient:
                                                           "version": self._held.version})
         if self._stopping.is_set():
             return
+        self._fail_over()
         if registered_at is not None and time.monotonic() - registered_at >= self._healthy_seconds:
             return  # a healthy stream ended: reconnect at once, backoff from the start
         raise _StreamEnded(f"stream ended {'after' if registered_at else 'before'} registering",
                            "UNAVAILABLE")
+
+    def _fail_over(self) -> None:
+        """The stream ended: the next attempt goes to the next controller."""
+        if len(self.targets) < 2:
+            return
+        old = self.target
+        with self._lock:
+            self.target = self.targets[(self.targets.index(old) + 1) % len(self.targets)]
+            self._stats.failovers += 1
+        LOGGER.warning("controller %s: stream lost; failing over to %s (keeping rule version %d)", old,
+                       self.target, self._held.version,
+                       extra={"event": "controller_failover", "controller": old, "next": self.target,
+                              "version": self._held.version})
 
     def _drain_sent(self, store: Store) -> None:
         """Record the batches handed over that the stream's end left

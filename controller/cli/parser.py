@@ -295,8 +295,9 @@ def _agent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="state directory, holds agent.db (default: the config's state_dir)")
     ag.add_argument("--metrics", metavar="ADDR:PORT",
                     help='metrics listen address (default 127.0.0.1:9611; "" disables)')
-    ag.add_argument("--controller", dest="agent_controller", metavar="HOST:PORT",
-                    help='the controller to sync rules with ("" runs standalone; default: the config\'s)')
+    ag.add_argument("--controller", dest="agent_controller", metavar="HOST:PORT[,HOST:PORT...]",
+                    help="the controller to sync rules with, or several (over one etcd: the agent fails over "
+                         'in order); "" runs standalone; default: the config\'s')
     ag.add_argument("--node-id", dest="agent_node_id", metavar="ID",
                     help="this node's id at the controller (default: the config's, else the host name)")
     ag.add_argument("--label", dest="agent_label", action="append", metavar="KEY=VALUE",

@@ -11,7 +11,8 @@ its rule index and messages :mod:`.ruleindex`, its node state writer
 :mod:`.nodewriter`, its per-agent streams :mod:`.syncstreams`, the
 servicer :mod:`.syncservice`, and :mod:`.wiring`, the hook the daemon
 calls), and cluster-wide detection from every node's telemetry
-(:mod:`.detector`). Beside :mod:`controller.agent`, not above it: the two
+(:mod:`.detector`), which with expiry and pruning runs on one elected
+leader (:mod:`.leader`). Beside :mod:`controller.agent`, not above it: the two
 daemons share only the layers below and the protocol.
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "etcd",
     "etcdstore",
     "eventlog",
+    "leader",
     "nodewriter",
     "ruleindex",
     "store",

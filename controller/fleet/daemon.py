@@ -11,10 +11,10 @@ the event loop, the API's sync servicers on its thread pool). State is one
 SQLite file in WAL mode under ``--state-dir``
 (:class:`~controller.fleet.storeapi.Store`: SQLite or etcd): every change is committed
 before it is answered, so kill -9 loses nothing that was acknowledged. A
-background thread sweeps expired rules every second (each sweep one rule
-set version, each removed rule a
-RULE_EVENT_KIND_EXPIRED event), prunes the event log to ``events_keep``
-and renders the Prometheus metrics. Logs are JSON lines on stderr.
+background thread renders the Prometheus metrics every second and, on the
+leader, sweeps expired rules (each sweep one rule set version, each removed
+rule a RULE_EVENT_KIND_EXPIRED event) and prunes the event log to
+``events_keep``. Logs are JSON lines on stderr.
 SIGTERM or SIGINT stops it: health turns NOT_SERVING, WatchEvents streams
 end, in-flight calls get ``shutdown_grace`` seconds, the store is closed.
 
@@ -27,10 +27,15 @@ but not started; ``listen = "127.0.0.1:0"`` picks a free port) and then
 :meth:`Controller.start` / :meth:`Controller.stop`; :func:`run` is the
 daemon around it.
 
+**The leader.** The expiry sweep and the event log's pruning run only on
+the elected leader, fenced by its token (:mod:`controller.fleet.leader`:
+on SQLite the controller is always the leader; on etcd one of the
+controllers over the same keys is).
+
 **The sync hook.** Unless ``sync=False``, :func:`create_controller` calls
 its ``sync_hook`` (:func:`~controller.fleet.wiring.add_sync_services`
 unless another is passed in) as ``hook(registry, store, events, config,
-backend=backend)`` before the server is built: ``registry`` is a
+backend=backend, leadership=leadership)`` before the server is built: ``registry`` is a
 :class:`ServiceRegistry` (call ``registry.add(Service)``, or pass it as the
 server to a generated ``add_*Servicer_to_server``); ``config`` is the
 :class:`~controller.fleet.config.ControllerConfig`; ``backend`` the
@@ -45,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -66,12 +72,13 @@ from ..api.rule_service import RuleServicer
 from ..api.server import Service
 from ..api.services import api_services
 from ..api.status import code_of
-from ..errors import BreakwaterError, ConfigError, FieldError, SetupError
+from ..errors import BreakwaterError, ConfigError, FailedPreconditionError, FieldError, SetupError
 from ..metrics import Exposition, MetricsServer
 from ..rules.model import ORIGINS
 from .backend import ControllerBackend
 from .config import ControllerConfig
 from .eventlog import EventLog
+from .leader import Leadership, SoleLeader, open_leadership
 from .storeapi import Store, open_store
 from .wiring import add_sync_services
 
@@ -148,7 +155,8 @@ class SyncHook(Protocol):
     """Adds the agents' services (:func:`~controller.fleet.wiring.add_sync_services`)."""
 
     def __call__(self, registry: ServiceRegistry, store: Store, events: EventLog,
-                 config: ControllerConfig, *, backend: ControllerBackend) -> SyncHandle: ...
+                 config: ControllerConfig, *, backend: ControllerBackend,
+                 leadership: Leadership) -> SyncHandle: ...
 
 
 # --- RPC metrics ------------------------------------------------------------------------
@@ -263,8 +271,10 @@ class Controller:
     def __init__(self, config: ControllerConfig, *, store: Store, events: EventLog,
                  backend: ControllerBackend, server: AioServerThread, port: int,
                  health_servicer: health.HealthServicer, rpc_metrics: RpcMetrics,
-                 stopping: threading.Event, sync: SyncHandle | None) -> None:
+                 stopping: threading.Event, sync: SyncHandle | None,
+                 leadership: Leadership | None = None) -> None:
         self.config = config
+        self.leadership: Leadership = leadership or SoleLeader(f"controller:{port}")
         self.store = store
         self.events = events
         self.backend = backend
@@ -282,6 +292,7 @@ class Controller:
         self.authorizer = Authorizer(plaintext=config.tls is None)
         self.expired_total = 0
         self.sweep_errors = 0
+        self.fenced_refusals = 0
         self._last_prune = 0.0
         self.started_at = time.time()
 
@@ -320,11 +331,14 @@ class Controller:
                            self.config.listen, extra={"event": "controller_insecure",
                                                       "listen": self.config.listen})
         self.server.start()
+        self.leadership.start()
         self._sweeper.start()
-        LOGGER.info("controller serving on %s (rule set version %d)", self.address, self.store.version,
+        LOGGER.info("controller %s serving on %s (rule set version %d, store %s)", self.leadership.name,
+                    self.address, self.store.version, self.config.store,
                     extra={"event": "controller_ready", "address": self.address, "port": self.port,
                            "state_dir": str(self.config.state_dir), "version": self.store.version,
-                           "sync": self.sync is not None})
+                           "sync": self.sync is not None, "controller": self.leadership.name,
+                           "store": self.config.store})
 
     def stop(self, grace: float | None = None) -> None:
         """Stop serving (health NOT_SERVING first, streams ended, calls given
@@ -344,6 +358,7 @@ class Controller:
                 self.sync.close()
             except Exception:
                 LOGGER.exception("closing the sync hub failed")
+        self.leadership.close()  # after the jobs stopped: another controller takes them over
         if self._metrics_server is not None:
             self._metrics_server.close()
         version = self.store.version
@@ -374,16 +389,27 @@ class Controller:
                                "rules": [r.id for r in change.removed]})
         return len(change.removed)
 
+    def _singleton_jobs(self) -> None:
+        """Expiry and pruning, on the leader only, fenced by its token."""
+        leadership = self.leadership
+        if not leadership.is_leader:
+            return
+        with self.store.fenced(leadership.token):
+            self.sweep_once()
+            if time.monotonic() - self._last_prune >= PRUNE_SECONDS:
+                self._last_prune = time.monotonic()
+                pruned = self.store.prune_events(self.config.events_keep)
+                if pruned:
+                    LOGGER.info("pruned %d old events", pruned, extra={"event": "events_pruned",
+                                                                       "count": pruned})
+
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(SWEEP_SECONDS):
             try:
-                self.sweep_once()
-                if time.monotonic() - self._last_prune >= PRUNE_SECONDS:
-                    self._last_prune = time.monotonic()
-                    pruned = self.store.prune_events(self.config.events_keep)
-                    if pruned:
-                        LOGGER.info("pruned %d old events", pruned, extra={"event": "events_pruned",
-                                                                           "count": pruned})
+                self._singleton_jobs()
+            except FailedPreconditionError as exc:  # deposed meanwhile: the fence held
+                self.fenced_refusals += 1
+                LOGGER.warning("expiry sweep refused: %s", exc, extra={"event": "sweep_fenced"})
             except BreakwaterError as exc:
                 self.sweep_errors += 1
                 LOGGER.error("expiry sweep failed: %s", exc, extra={"event": "sweep_failed"})
@@ -425,6 +451,10 @@ class Controller:
                 "Rules removed at their expire_time by this process", self.expired_total)
         out.add("breakwater_controller_sweep_errors_total", "counter", "Expiry sweeps that failed",
                 self.sweep_errors)
+        out.add("breakwater_controller_fenced_refusals_total", "counter",
+                "Singleton job writes refused because this controller was no longer the leader",
+                self.fenced_refusals)
+        self.leadership.collect_metrics(out)
         out.add("breakwater_controller_start_time_seconds", "gauge", "When this process started (Unix time)",
                 self.started_at)
         out.add("breakwater_controller_tls", "gauge", "1 when the port serves mutual TLS",
@@ -455,11 +485,12 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
         stopping = threading.Event()
         services = api_services(RuleServicer(backend, **({"clock": clock} if clock else {})),
                                 NodeServicer(backend), EventServicer(events, stopping=stopping))
+        leadership = open_leadership(store, socket.gethostname())
         hub: SyncHandle | None = None
         if sync:
             registry = ServiceRegistry(backend)
             try:
-                hub = sync_hook(registry, store, events, config, backend=backend)
+                hub = sync_hook(registry, store, events, config, backend=backend, leadership=leadership)
             except FieldError as exc:  # a bad [sync]/[telemetry]/[fleet] key: name the file too
                 raise ConfigError(config.source, exc.path, exc.what) from None
             services += registry.services
@@ -473,9 +504,10 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
     except BaseException:
         store.close()
         raise
+    leadership.name = f"{socket.gethostname()}:{port}"  # before it starts: the name the leader key holds
     controller = Controller(config, store=store, events=events, backend=backend, server=server, port=port,
                             health_servicer=health_servicer, rpc_metrics=rpc_metrics, stopping=stopping,
-                            sync=hub)
+                            sync=hub, leadership=leadership)
     controller.authorizer = authorizer
     return controller
 

@@ -58,6 +58,7 @@ __all__ = [
     "TxnResult",
     "WatchBatch",
     "WatchStream",
+    "compare_create",
     "compare_mod",
     "converted",
     "delete_op",
@@ -189,6 +190,12 @@ def compare_mod(key: bytes, mod_revision: int) -> dict[str, Any]:
     """A compare that holds while ``key`` was last changed at ``mod_revision``
     (0: the key does not exist)."""
     return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
+
+
+def compare_create(key: bytes, create_revision: int) -> dict[str, Any]:
+    """A compare that holds while ``key`` is the one created at
+    ``create_revision`` (0: the key does not exist): an election's fence."""
+    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(create_revision)}
 
 
 def _kv(doc: Mapping[str, Any]) -> KeyValue:

@@ -8,8 +8,10 @@ Keys, under a prefix (``/breakwater/`` unless configured)::
     rules/<id>              a rule: its JSON, scope, version, etag, times
     audit/<version:020d>    the audit records of one change (actor, reason, rows)
     nodes/<id>              a node's registration and versions (JSON)
-    alive/<id>              present while the node is connected, on the lease
-                            of the controller it is connected to
+    alive/<id>/<lease>      present while the node has a stream to the
+                            controller holding that lease (hex), on that lease
+    leader                  the elected controller's name, on its lease
+                            (:mod:`controller.fleet.leader`)
     eventseq                the last event's sequence
     events/<seq:020d>       one event (JSON, the payload in base64)
 
@@ -31,11 +33,22 @@ If etcd compacted the revision to resume from, the store re-lists
 everything and empties the feed (:meth:`changes_since` answers None, so the
 sync hub sends snapshots): never a silent gap.
 
+**Fenced writes.** The leader's singleton jobs (expiry, pruning, fleet
+detection) write inside :meth:`fenced`: their transactions also compare
+the leader key's ``create_revision`` with the election's token, so a
+controller that lost the leadership cannot write as if it still held it.
+
 **Liveness on leases.** Each store holds one lease (``lease_ttl`` seconds,
-kept alive by a thread); a node it registers gets ``alive/<id>`` on that
-lease. If the controller dies, etcd deletes the key when the lease expires
-and every controller sees the node disconnected. A store only deletes the
-``alive`` keys it wrote itself.
+kept alive by a thread); a node it registers gets ``alive/<id>/<lease>`` on
+that lease, and a node is connected while it has any such key. If the
+controller dies, etcd deletes its keys when the lease expires and every
+controller sees its nodes disconnected. A controller only writes and
+deletes the keys of its own lease: a node that moved to another controller
+stays connected when the first one notices its old stream ended, and that
+controller does not rewrite the node's record either (the new one owns
+it). A controller that starts has nothing to reset
+(:meth:`EtcdStore.reset_connections` does nothing): the streams of a
+controller that died end with its lease.
 
 Limits: etcd refuses a transaction of more than ``--max-txn-ops`` (128 by
 default) operations: a change of N rules takes N + 2, so a controller on
@@ -46,11 +59,12 @@ node writes are split into transactions of :data:`NODE_TXN_OPS`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -58,6 +72,7 @@ from typing import Any, Final
 from ..errors import (
     BreakwaterError,
     EtagMismatchError,
+    FailedPreconditionError,
     FieldError,
     NotFoundError,
     UnavailableError,
@@ -71,6 +86,7 @@ from .etcd import (
     KeyValue,
     WatchBatch,
     WatchStream,
+    compare_create,
     compare_mod,
     delete_op,
     prefix_end,
@@ -161,6 +177,8 @@ class EtcdStore(StoreMemory):
         self._alive_p = p + b"alive/"
         self._eventseq_key = p + b"eventseq"
         self._events_p = p + b"events/"
+        self.leader_key = p + b"leader"
+        self._fence = threading.local()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._recent: deque[Change] = deque(maxlen=RECENT_CHANGES)
@@ -170,7 +188,7 @@ class EtcdStore(StoreMemory):
         self._rules: dict[str, ScopedRule] = {}
         self._rule_mod: dict[str, int] = {}
         self._node_raw: dict[str, bytes] = {}
-        self._alive: set[str] = set()
+        self._alive: dict[str, set[str]] = {}  # node -> the leases (hex) of the controllers serving it
         self._mine: set[str] = set()
         self._closed = threading.Event()
         self._watch_error: BreakwaterError | None = None
@@ -179,6 +197,7 @@ class EtcdStore(StoreMemory):
         self._lease_ttl = lease_ttl
         self._relist()
         self._lease = client.grant(lease_ttl, what=f"{self.location}: grant the node lease")
+        self._lease_hex = f"{self._lease:x}"
         self._watcher = threading.Thread(target=self._watch_loop, name="etcd-store-watch", daemon=True)
         self._keeper = threading.Thread(target=self._keepalive_loop, name="etcd-store-lease", daemon=True)
         self._watcher.start()
@@ -210,6 +229,42 @@ class EtcdStore(StoreMemory):
         self._keeper.join(5)
         self.client.close()
 
+    # -- fencing (the leader's singleton jobs) --
+
+    @contextlib.contextmanager
+    def fenced(self, token: int) -> Iterator[None]:
+        """Writes this thread makes inside the block commit only while the
+        leader key is the one created at revision ``token`` (the election's
+        fencing token, :mod:`controller.fleet.leader`); else they raise
+        :class:`~controller.errors.FailedPreconditionError` and change nothing."""
+        before = getattr(self._fence, "token", None)
+        self._fence.token = token
+        try:
+            yield
+        finally:
+            self._fence.token = before
+
+    def _fence_compares(self) -> list[dict[str, Any]]:
+        token = getattr(self._fence, "token", None)
+        if token is None:
+            return []
+        if token <= 0:  # no leadership (it lapsed between the check and the token): no write
+            raise FailedPreconditionError(f"{self.location}: refused, this controller is not the leader")
+        return [compare_create(self.leader_key, token)]
+
+    def _check_fence(self, what: str) -> None:
+        """After a failed fenced transaction: FailedPreconditionError if the fence is why."""
+        token = getattr(self._fence, "token", None)
+        if token is None:
+            return
+        _, kvs, _ = self.client.range(self.leader_key, what=f"{self.location}: {what}")
+        now = kvs[0].create_revision if kvs else 0
+        if now != token:
+            raise FailedPreconditionError(
+                f"{self.location}: {what}: refused, this controller is no longer the leader "
+                f"(fencing token {token}, the leader key is now "
+                f"{'at revision ' + str(now) if now else 'gone'})")
+
     @property
     def relists(self) -> int:
         """Times the watch found its revision compacted and re-listed everything."""
@@ -240,7 +295,9 @@ class EtcdStore(StoreMemory):
             self._version = int(version_kvs[0].value) if version_kvs else 0
             self._version_mod = version_kvs[0].mod_revision if version_kvs else 0
             self._node_raw = {kv.key[len(self._nodes_p):].decode(): kv.value for kv in nodes}
-            self._alive = {kv.key[len(self._alive_p):].decode() for kv in alive}
+            self._alive = {}
+            for kv in alive:
+                self._alive_event(kv.key, True)
             self._revision = revision
             self._recent.clear()
             self._changed.notify_all()
@@ -324,17 +381,30 @@ class EtcdStore(StoreMemory):
                 else:
                     self._node_raw[nid] = kv.value
             elif key.startswith(self._alive_p):
-                nid = key[len(self._alive_p):].decode()
-                if kind == "DELETE":
-                    self._alive.discard(nid)
-                else:
-                    self._alive.add(nid)
+                self._alive_event(key, kind != "DELETE")
         if version is None:
             return
         if version != self._version + 1:
             self._recent.clear()  # not one step: the feed cannot say what happened in between
         self._version = version
         self._recent.append(Change(version, tuple(upserted), tuple(removed), actor, reason))
+
+    def _alive_event(self, key: bytes, present: bool) -> None:
+        """Apply a put (``present``) or delete of ``alive/<node>/<lease>`` (the lock held)."""
+        nid, _, owner = key[len(self._alive_p):].decode().rpartition("/")
+        if not nid:
+            return  # not a key of this layout
+        if present:
+            self._alive.setdefault(nid, set()).add(owner)
+            return
+        owners = self._alive.get(nid)
+        if owners is not None:
+            owners.discard(owner)
+            if not owners:
+                del self._alive[nid]
+
+    def _alive_key(self, node_id: str) -> bytes:
+        return self._alive_p + f"{node_id}/{self._lease_hex}".encode()
 
     def _wait_applied(self, revision: int, what: str) -> None:
         with self._changed:
@@ -350,12 +420,12 @@ class EtcdStore(StoreMemory):
                 if self.client.keepalive(self._lease, what=f"{self.location}: keep the node lease") > 0:
                     continue
                 # expired (etcd unreachable for longer than the TTL): a new lease, our nodes again
-                self._lease = self.client.grant(self._lease_ttl,
-                                                what=f"{self.location}: grant the node lease")
+                lease = self.client.grant(self._lease_ttl, what=f"{self.location}: grant the node lease")
                 with self._lock:
+                    self._lease, self._lease_hex = lease, f"{lease:x}"
                     mine = sorted(self._mine)
                 for i in range(0, len(mine), NODE_TXN_OPS):
-                    self.client.txn((), [put_op(self._alive_p + n.encode(), b"1", self._lease)
+                    self.client.txn((), [put_op(self._alive_key(n), b"1", lease)
                                          for n in mine[i:i + NODE_TXN_OPS]],
                                     what=f"{self.location}: liveness")
                 LOGGER.warning("%s: the node lease had expired; renewed for %d node(s)", self.location,
@@ -395,9 +465,11 @@ class EtcdStore(StoreMemory):
                 if plan is None:
                     return Change(self._version)
                 version_mod = self._version_mod
-            compares = [compare_mod(self._version_key, version_mod), *plan.compares]
+            compares = [compare_mod(self._version_key, version_mod), *self._fence_compares(), *plan.compares]
             ops = [*plan.ops, put_op(self._version_key, str(plan.version).encode())]
             result = self.client.txn(compares, ops, what=f"{self.location}: {what}")
+            if not result.succeeded:
+                self._check_fence(what)
             if result.succeeded:
                 self._wait_applied(result.revision, what)
                 with self._lock:
@@ -532,16 +604,23 @@ class EtcdStore(StoreMemory):
         return [_node_from(n, raw, n in alive) for n, raw in items]
 
     def _node_ops(self, node: NodeRecord, connected: bool | None) -> list[dict[str, Any]]:
-        ops = [put_op(self._nodes_p + node.node_id.encode(), _node_doc(node))]
-        alive_key = self._alive_p + node.node_id.encode()
+        """A node's writes (the lock held): its record, and its liveness key
+        of this store's lease. The end of a stream of a node that another
+        controller serves now deletes only this store's key."""
+        nid = node.node_id
+        alive_key = self._alive_key(nid)
+        if connected is False:
+            others = self._alive.get(nid, set()) - {self._lease_hex}
+            ops = [] if others else [put_op(self._nodes_p + nid.encode(), _node_doc(node))]
+            return [*ops, delete_op(alive_key)] if nid in self._mine else ops
+        ops = [put_op(self._nodes_p + nid.encode(), _node_doc(node))]
         if connected:
             ops.append(put_op(alive_key, b"1", self._lease))
-        elif connected is False and node.node_id in self._mine:
-            ops.append(delete_op(alive_key))
         return ops
 
     def _write_nodes(self, records: Sequence[tuple[NodeRecord, bool | None]], what: str) -> None:
-        ops = [op for node, connected in records for op in self._node_ops(node, connected)]
+        with self._lock:
+            ops = [op for node, connected in records for op in self._node_ops(node, connected)]
         revision = 0
         for i in range(0, len(ops), NODE_TXN_OPS):
             revision = self.client.txn((), ops[i:i + NODE_TXN_OPS], what=f"{self.location}: {what}").revision
@@ -553,6 +632,12 @@ class EtcdStore(StoreMemory):
                     self._mine.discard(node.node_id)
         if revision:
             self._wait_applied(revision, what)
+
+    def reset_connections(self) -> int:
+        """Nothing to reset on etcd: a node is connected while a live
+        controller's lease holds its liveness key, and the keys of a
+        controller that died go with its lease. Returns 0."""
+        return 0
 
     def register_node(self, node_id: str, labels: Mapping[str, str], doc: Mapping[str, Any], *,
                       now: datetime | None = None) -> NodeRecord:
@@ -633,7 +718,12 @@ class EtcdStore(StoreMemory):
         cut = self.last_event_seq() - keep
         if cut <= 0:
             return 0
-        _, deleted = self.client.delete(self._events_p, self._events_p + _seq_key(cut + 1).encode(),
-                                        what=f"{self.location}: prune events")
-        return deleted
+        what = "prune events"
+        result = self.client.txn(self._fence_compares(),
+                                 [delete_op(self._events_p, self._events_p + _seq_key(cut + 1).encode())],
+                                 what=f"{self.location}: {what}")
+        if not result.succeeded:
+            self._check_fence(what)
+            return 0
+        return int(result.responses[0].get("response_delete_range", {}).get("deleted", 0))
 

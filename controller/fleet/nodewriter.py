@@ -1,7 +1,9 @@
 """The sync hub's node state writer: registrations, ACKs, NACKs, heartbeats
 and disconnects written to the :class:`~controller.fleet.store.FleetStore`
 by one thread, in the order they were asked for, many nodes per
-transaction (:class:`NodeWriter`).
+transaction (:class:`NodeWriter`). A registration is written at once (its
+stream waits for it), also while updates are gathering: agents failing
+over to this controller together are not held back by each other's ACKs.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -74,7 +75,9 @@ class NodeWriter:
                     return
                 urgent = any(isinstance(op, tuple) for op in self._ops)
             if not urgent and not self._stop and self._interval:
-                time.sleep(self._interval)  # let updates of many nodes gather
+                with self._cv:  # let updates of many nodes gather; a registration does not wait
+                    self._cv.wait_for(lambda: self._stop or any(isinstance(op, tuple) for op in self._ops),
+                                      self._interval)
             with self._cv:
                 ops = list(self._ops)
                 self._ops.clear()

@@ -571,6 +571,21 @@ class FleetStore(StoreMemory):
                 self._nodes[n.node_id] = n
         return new
 
+    @contextlib.contextmanager
+    def fenced(self, token: int) -> Iterator[None]:
+        """The leader's writes: nothing to fence, one controller serves the file."""
+        yield
+
+    def reset_connections(self) -> int:
+        """Mark every node disconnected (heartbeats kept): one controller
+        serves an SQLite file, so at its start no stream is open. Returns how
+        many nodes were marked."""
+        with self._lock:
+            stale = {n.node_id: {"connected": False, "last_heartbeat": n.last_heartbeat}
+                     for n in self._nodes.values() if n.connected}
+            self.update_nodes(stale)
+        return len(stale)
+
     # -- events --
 
     def add_events(self, rows: Sequence[tuple[datetime, str, str, bytes]]) -> list[int]:

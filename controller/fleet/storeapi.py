@@ -11,6 +11,7 @@ SQLite file, the default) and :class:`~controller.fleet.etcdstore.EtcdStore`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,6 +72,10 @@ class Store(Protocol):
 
     def update_nodes(self, changes: Mapping[str, Mapping[str, Any]], *,
                      now: datetime | None = None) -> list[NodeRecord]: ...
+
+    def reset_connections(self) -> int: ...
+
+    def fenced(self, token: int) -> AbstractContextManager[None]: ...
 
     def add_events(self, rows: Sequence[tuple[datetime, str, str, bytes]]) -> list[int]: ...
 

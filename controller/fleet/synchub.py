@@ -35,7 +35,13 @@ it ACKs). Then, for as long as the stream lasts:
   node's name) and, for attacks, to cluster-wide detection.
 
 When the stream ends the node is recorded as disconnected (unless a newer
-stream replaced it).
+stream replaced it). A controller owns the liveness of the streams it
+serves, no other: at start it resets only what its store says a previous
+run of it left (:meth:`~controller.fleet.storeapi.Store.reset_connections`:
+every node on SQLite, which one controller serves; nothing on etcd, where
+each controller's liveness keys live on its own lease), so a second
+controller starting over the same etcd leaves the first one's agents
+connected.
 
 **Versions.** A node's rule set at version N is every rule in force at N
 whose scope selects it. A change that does not touch a node's rules leaves
@@ -163,9 +169,7 @@ class SyncHub:
         self.round_trip = Histogram(ROUND_TRIP_BUCKETS)
         version, rules = store.snapshot(include_expired=True)
         self._index.reload(version, rules)
-        for node in store.nodes():  # streams of a previous run are gone
-            if node.connected:
-                self._writer.update(node.node_id, connected=False, last_heartbeat=node.last_heartbeat)
+        store.reset_connections()  # this controller's streams of a previous run are gone
 
     def _registered_template(self) -> sync_service_pb2.Registered:
         cfg = self.config

@@ -8,7 +8,8 @@ It builds the :class:`~controller.fleet.synchub.SyncHub`, the
 ``SyncService`` and ``TelemetryService`` to the controller's one server and
 returns a :class:`SyncServices` (``close()`` on stop,
 ``collect_metrics(exposition)`` for Prometheus), whose thread folds the
-telemetry and ticks the detector.
+telemetry and ticks the detector: on the elected leader only
+(:mod:`controller.fleet.leader`), its writes fenced by the leader's token.
 
 The server must be grpc.aio: the controller builds it with
 :func:`controller.api.aiothread.create_threaded_aio_server` (the same arguments as
@@ -29,9 +30,11 @@ import grpc
 
 from ..api.telemetry import FleetTelemetry
 from ..api.telemetry_service import TelemetryServicer, telemetry_service
+from ..errors import FailedPreconditionError
 from ..metrics import Exposition
 from .detector import FleetDetector
 from .eventlog import EventLog
+from .leader import Leadership, SoleLeader
 from .storeapi import Store
 from .syncconfig import sync_configs
 from .synchub import SyncHub
@@ -48,8 +51,12 @@ class SyncServices:
     server stopped; ``collect_metrics(exposition)`` for Prometheus."""
 
     def __init__(self, hub: SyncHub, telemetry: FleetTelemetry, fleet: FleetDetector | None, *,
-                 fold_every: float, tick_every: float | None) -> None:
+                 fold_every: float, tick_every: float | None, store: Store | None = None,
+                 leadership: Leadership | None = None) -> None:
         self.hub = hub
+        self.store = store
+        self.leadership: Leadership = leadership or SoleLeader("controller")
+        self.fenced_refusals = 0
         self.telemetry = telemetry
         self.fleet = fleet
         self._fold_every = fold_every
@@ -66,9 +73,23 @@ class SyncServices:
                 self.telemetry.fold()
                 if self.fleet is not None and self._tick_every is not None and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self._tick_every
-                    self.fleet.tick()
+                    self._tick(self.fleet)
+            except FailedPreconditionError as exc:  # deposed meanwhile: the fence held
+                self.fenced_refusals += 1
+                LOGGER.warning("fleet detection's write refused: %s", exc, extra={"event": "fleet_fenced"})
             except Exception:
                 LOGGER.exception("fleet housekeeping failed")
+
+    def _tick(self, fleet: FleetDetector) -> None:
+        """Fleet detection runs on the leader only, its writes fenced by the leader's token."""
+        leadership = self.leadership
+        if not leadership.is_leader:
+            return
+        if self.store is None:
+            fleet.tick()
+            return
+        with self.store.fenced(leadership.token):
+            fleet.tick()
 
     def close(self) -> None:
         self._stop.set()
@@ -83,10 +104,13 @@ class SyncServices:
                 "Telemetry summaries dropped because folding fell behind", self.telemetry.dropped)
         if self.fleet is not None:
             self.fleet.collect_metrics(out)
+            out.add("breakwater_controller_fleet_fenced_refusals_total", "counter",
+                    "Fleet detection writes refused because this controller was no longer the leader",
+                    self.fenced_refusals)
 
 
 def add_sync_services(registry: Any, store: Store, events: EventLog, config: object = None, *,
-                      backend: Any = None) -> SyncServices:
+                      backend: Any = None, leadership: Leadership | None = None) -> SyncServices:
     """Add SyncService and TelemetryService to the controller's server.
 
     ``registry``: anything with ``add(Service)`` (the controller's
@@ -96,7 +120,10 @@ def add_sync_services(registry: Any, store: Store, events: EventLog, config: obj
     ``telemetry`` and ``fleet`` tables), or a mapping of those tables, or
     None for the defaults. ``backend``: the API backend; the fleet
     detector's rule changes go through its ``apply`` so their rule events
-    are published (without it, straight to the store). Errors in the tables
+    are published (without it, straight to the store). ``leadership``: the
+    controller's election (:mod:`controller.fleet.leader`): fleet detection
+    ticks only on the leader, its writes fenced; None: always the leader.
+    Errors in the tables
     are :class:`~controller.errors.FieldError` s with the table's name in
     front (``sync.top_sources``)."""
     sync_cfg, tel_cfg, fleet_cfg = sync_configs(config)
@@ -116,4 +143,5 @@ def add_sync_services(registry: Any, store: Store, events: EventLog, config: obj
         for service in services:
             service.add(registry)
     return SyncServices(hub, telemetry, fleet, fold_every=tel_cfg.bucket_seconds,
-                        tick_every=fleet_cfg.interval if fleet is not None else None)
+                        tick_every=fleet_cfg.interval if fleet is not None else None, store=store,
+                        leadership=leadership)

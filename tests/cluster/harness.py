@@ -24,6 +24,10 @@ controller runs inside its namespace; the test reaches its API through the
 relay's Unix socket (a path, which no network namespace hides), and runs
 the CLI inside the namespace. No namespace has a route beyond its links.
 
+With ``ClusterSettings(ha=True)`` the controller namespace holds one etcd
+member (127.0.0.1:2379 there) and two controllers over it, on 9610 and
+9611; every agent lists both, 9610 first, and the relay reaches 9611.
+
 Every process is started under ``setpriv --pdeathsig KILL`` (it dies with
 the test process at worst) and SIGKILLed by the fixture; see ``conftest.py``
 for the rest of the cleanup.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -66,6 +71,8 @@ CONTROL_IFNAME = "ctl0"
 READY_SECONDS = 90.0  # an agent's first start compiles the program
 SYNC_SECONDS = 20.0
 CLI_SECONDS = 30.0
+ETCD_PORT = 2379
+"""etcd's client port inside the controller namespace (``ha`` settings)."""
 RELAY_SECONDS = 900.0
 """The relay exits by itself after this long."""
 API_ACTOR = "cluster-test"
@@ -97,6 +104,10 @@ class ClusterSettings:
     """No automatic rules unless a test wants them."""
     sizes: Mapping[str, int] = field(default_factory=dict)
     interval: float = 0.5
+    ha: bool = False
+    """etcd and two controllers (ports :data:`PORT` and :data:`PORT` + 1) in
+    the controller namespace instead of one over SQLite; the agents list
+    both, the first first; the relay reaches the second."""
 
 
 def drop_rule(src: str, *, selector: Mapping[str, str] | None = None, node: str = "") -> rule_pb2.Rule:
@@ -201,7 +212,8 @@ class Node:
             "pin_root": str(self.pin_root),
             "metrics": "",
             "api": "",
-            "controller": f"{self.controller_address}:{PORT}",
+            "controller": ([f"{self.controller_address}:{PORT}", f"{self.controller_address}:{PORT + 1}"]
+                           if s.ha else f"{self.controller_address}:{PORT}"),
             "tls": {"insecure": True},  # plaintext in the lab's own namespaces (the lab run is secure)
             "node_id": self.node_id,
             "labels": dict(self.spec.labels),
@@ -293,6 +305,9 @@ class Cluster:
     controller: DaemonProc | None = None
     relay: DaemonProc | None = None
     started: list[DaemonProc] = field(default_factory=list)
+    controllers: list[DaemonProc] = field(default_factory=list)
+    """Every controller started, in order (``ha``: the first is the leader at start)."""
+    etcd: DaemonProc | None = None
 
     @classmethod
     def build(cls, lab: Lab, workdir: Path, api_socket: Path, pin_roots: Sequence[Path]) -> Cluster:
@@ -329,40 +344,82 @@ class Cluster:
         self.started.append(p)
         return p
 
-    def write_controller_config(self) -> Path:
+    def write_controller_config(self, index: int = 0) -> Path:
         doc: dict[str, object] = {
-            "listen": f"0.0.0.0:{PORT}",
+            "listen": f"0.0.0.0:{PORT + index}",
             "insecure": True,  # plaintext in the lab's own namespaces (the lab run is secure)
-            "state_dir": str(self.state_dir),
+            "state_dir": str(self.state_dir if index == 0 else self.workdir / f"controller{index}"),
             "metrics": "",
             "heartbeat_timeout": 4,
+            **({"store": f"etcd://127.0.0.1:{ETCD_PORT}"} if self.settings.ha else {}),
             **self.settings.controller,
         }
-        path = self.workdir / "controller.toml"
+        path = self.workdir / f"controller{index or ''}.toml"
         path.write_text(toml_document(doc))
         return path
 
-    def start_controller(self) -> DaemonProc:
-        config = self.write_controller_config()
-        self.controller = self._spawn("controller", ["-m", "controller.cli", "controller", "--config",
-                                                     str(config)])
-        self.controller.wait_event("controller_ready", 30)
-        return self.controller
+    def start_controller(self, index: int = 0) -> DaemonProc:
+        config = self.write_controller_config(index)
+        proc = self._spawn("controller", ["-m", "controller.cli", "controller", "--config", str(config)])
+        proc.wait_event("controller_ready", 30)
+        self.controllers.append(proc)
+        if index == 0:
+            self.controller = proc
+        return proc
 
-    def start_relay(self) -> None:
+    def start_etcd(self) -> None:
+        """One etcd member in the controller namespace (its loopback, fixed
+        ports: the namespace is the test's own), data under the workdir."""
+        etcd = shutil.which("etcd")
+        if etcd is None:
+            reason = "needs the etcd binary (Debian etcd-server; `make setup`)"
+            if os.environ.get("BREAKWATER_REQUIRE_BPF") == "1":  # CI: a missing tool fails, as in tests/store
+                pytest.fail(f"BREAKWATER_REQUIRE_BPF=1 but this test {reason}", pytrace=False)
+            pytest.skip(reason)
+        err = self.workdir / "etcd.err"
+        with err.open("wb") as ferr:
+            proc = subprocess.Popen(
+                ["setpriv", "--pdeathsig", "KILL", "nsenter", f"--net={NETNS_RUN_DIR}/{self.ctl}", etcd,
+                 "--name", "m0", "--data-dir", str(self.workdir / "etcd"),
+                 "--listen-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{ETCD_PORT + 1}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{ETCD_PORT + 1}",
+                 "--initial-cluster", f"m0=http://127.0.0.1:{ETCD_PORT + 1}"],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=ferr, stdin=subprocess.DEVNULL)
+        self.etcd = DaemonProc(proc, err)
+        self.started.append(self.etcd)
+        probe = ("import urllib.request; urllib.request.urlopen("
+                 f"'http://127.0.0.1:{ETCD_PORT}/health', timeout=1).read()")
+
+        def healthy() -> bool:
+            assert proc.poll() is None, f"etcd exited: {err.read_text()[-3000:]}"
+            return subprocess.run(in_namespace(self.ctl, ["-c", probe]), capture_output=True,
+                                  timeout=CLI_SECONDS, check=False).returncode == 0
+
+        wait_for(healthy, "etcd healthy in the controller namespace", 30)
+
+    def start_relay(self, port: int = PORT) -> None:
         self.relay = self._spawn("relay", ["-m", "tests.cluster.relay", str(self.api_socket), "127.0.0.1",
-                                           str(PORT), str(RELAY_SECONDS)])
+                                           str(port), str(RELAY_SECONDS)])
         self.relay.wait_event("relay_ready", 30)
 
     def start(self, settings: ClusterSettings | None = None) -> None:
-        """Controller, relay, then the three agents (started together), each
-        ready and registered."""
+        """Controller (``ha``: etcd, then two controllers, the first leading),
+        relay, then the three agents (started together), each ready and
+        registered."""
         if settings is not None:
             self.settings = settings
         for n in self.nodes:
             n.settings = self.settings
-        self.start_controller()
-        self.start_relay()
+        if self.settings.ha:
+            self.start_etcd()
+            self.start_controller(0).wait_event("leader_elected", 30)
+            self.start_controller(1)
+            self.start_relay(PORT + 1)
+        else:
+            self.start_controller()
+            self.start_relay()
         for n in self.nodes:
             n.spawn()
         for n in self.nodes:
@@ -404,10 +461,10 @@ class Cluster:
         finally:
             client.close()
 
-    def cli(self, *args: str) -> Any:
+    def cli(self, *args: str, port: int = PORT) -> Any:
         """``breakwater ARGS --server ... --json`` inside the controller's namespace; its JSON."""
         out = subprocess.run(in_namespace(self.ctl, ["-m", "controller.cli", *args, "--server",
-                                                     f"127.0.0.1:{PORT}", "--json"]),
+                                                     f"127.0.0.1:{port}", "--json"]),
                              cwd=REPO, env=_env(), capture_output=True, timeout=CLI_SECONDS, check=False)
         assert out.returncode == 0, \
             f"breakwater {' '.join(args)}: exit {out.returncode}: {out.stderr.decode()}"

@@ -12,6 +12,7 @@ from controller.errors import FieldError, NotFoundError
 from controller.fleet.store import RECENT_CHANGES
 from controller.fleet.storeapi import Store
 
+from .conftest import Backend
 from .test_store import T0, _rule
 
 
@@ -78,3 +79,21 @@ def test_update_nodes_is_durable(store: Store, reopen: Callable[[], Store]) -> N
     node = again.node("n1")
     assert node.target_version == 9 and node.last_error == {"code": "APPLY_ERROR_CODE_CAPACITY",
                                                             "message": "full"}
+
+
+def test_reset_connections_owns_only_what_a_restart_ended(backend: Backend, store: Store) -> None:
+    """SQLite (one controller per file): every node is marked disconnected,
+    heartbeats kept. etcd: nothing to reset, a live controller's nodes stay
+    connected (a dead one's go with its lease)."""
+    store.register_node("n1", {}, {}, now=T0)
+    store.register_node("n2", {}, {}, now=T0)
+    store.update_nodes({"n2": {"connected": False}}, now=T0)
+    other = backend.open()
+    reset = other.reset_connections()
+    if backend.kind == "sqlite":
+        assert reset == 1
+        assert [(n.node_id, n.connected, n.last_heartbeat) for n in other.nodes()] == [
+            ("n1", False, T0), ("n2", False, T0)]
+    else:
+        assert reset == 0
+        assert [(n.node_id, n.connected) for n in other.nodes()] == [("n1", True), ("n2", False)]

@@ -104,6 +104,11 @@ rule_ttl = 30.0
     (BASE + 'controller = "ctl.example:0"', "controller", "port 1..65535"),
     (BASE + 'controller = "2001:db8::5:9610"', "controller", "[2001:db8::5]:9610"),
     (BASE + "controller = 9610", "controller", "expected"),
+    (BASE + 'controller = ["a.example:9610", "b.example"]', "controller[1]", "not HOST:PORT"),
+    (BASE + 'controller = ["a.example:9610", 9610]', "controller[1]", "expected"),
+    (BASE + 'controller = ["a.example:9610", "a.example:9610"]', "controller[1]", "listed twice"),
+    (BASE + 'controller = "a.example:9610,"', "controller", "expected"),
+    (BASE + 'controller = ["127.0.0.1:9610", "10.0.0.5:9610"]', "controller", "insecure"),
     (BASE + 'node_id = "Edge_01"', "node_id", "not a valid node id"),
     (BASE + 'node_id = ""', "node_id", "not a valid node id"),
     (BASE + 'labels = ["fra1"]', "labels", "table"),
@@ -189,6 +194,19 @@ def test_controller_keys(tmp_path: Path) -> None:
     assert standalone.api == ("127.0.0.1", 9612)
     assert standalone.node_id == agentconfig.default_node_id()
     assert parse({"interfaces": ["eth0"], "api": ""}).api is None
+
+
+def test_several_controllers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load(_write(tmp_path, BASE + 'controller = ["a.example:9610", "[2001:db8::5]:9610"]\n'
+                                      "[tls]\ninsecure = true\n"))
+    assert cfg.controllers == ("a.example:9610", "[2001:db8::5]:9610")
+    assert cfg.controller == "a.example:9610"  # the first
+    assert cfg.to_dict()["controller"] == ["a.example:9610", "[2001:db8::5]:9610"]
+    assert load(_write(tmp_path, BASE + 'controller = []\n')).controllers == ()
+    good = _write(tmp_path, BASE + "[tls]\ninsecure = true\n")
+    assert cli.main(["agent", "--config", str(good), "--check-config", "--controller",
+                     "10.0.0.5:9610,10.0.0.6:9610"]) == 0
+    assert '"controller": [\n    "10.0.0.5:9610",\n    "10.0.0.6:9610"\n  ]' in capsys.readouterr().out
 
 
 def test_default_node_id_is_the_host_name_made_valid() -> None:

@@ -215,8 +215,9 @@ class _Hook:
         self.hub = _Hub()
 
     def __call__(self, registry: ServiceRegistry, store: Store, events: Any, config: ControllerConfig, *,
-                 backend: Any) -> _Hub:
+                 backend: Any, leadership: Any) -> _Hub:
         self.calls.append((registry, store, events, config, backend))
+        self.leadership = leadership
         if self.as_server:  # the generated helper, with the registry in the server's place
             sync_service_pb2_grpc.add_SyncServiceServicer_to_server(_Sync(), registry)  # type: ignore[arg-type]
         else:
@@ -234,7 +235,7 @@ def test_sync_hook_adds_services(tmp_path: Path, as_server: bool) -> None:
     try:
         (_, store, events, config, backend), = hook.calls
         assert store is c.store and events is c.events and config is cfg and backend is c.backend
-        assert c.sync is hook.hub
+        assert c.sync is hook.hub and hook.leadership is c.leadership and c.leadership.is_leader  # SQLite
         with grpc.insecure_channel(c.address) as channel:
             stream = sync_service_pb2_grpc.SyncServiceStub(channel).Sync(iter([sync_service_pb2.SyncRequest(
                 register=sync_service_pb2.Register(node_id="edge-1"))]), timeout=TIMEOUT)

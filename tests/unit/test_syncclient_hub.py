@@ -236,3 +236,45 @@ def test_events_and_telemetry_reach_the_controller(controller: Controller, agent
     assert controller.hooks is not None
     telemetry = controller.hooks.telemetry
     assert _wait(lambda: telemetry.stats(NODE, 60).actions.passed.packets == 1234)
+
+
+def test_a_lost_stream_fails_over_to_the_next_controller(tmp_path: Path, agent: Agent) -> None:
+    """Two controllers over one store (SQLite file here; etcd in tests/store/test_ha.py):
+    the agent sticks to the first, moves to the second when it goes, resumes
+    from the version it holds, and enforces its rules all along."""
+    first, second = Controller(tmp_path / "ctl"), Controller(tmp_path / "ctl")
+    first.start()
+    v1 = first.create(_rule("a"))
+    second.start()  # reads the same file: the same version 1
+    applied: list[list[str]] = []
+    dataplane = agent.dataplane
+
+    def apply(layer: ControllerLayer) -> None:
+        dataplane(layer)
+        applied.append(dataplane.ids())
+
+    client = SyncClient([f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"], identity=_identity,
+                        apply=apply, state_dir=agent.state_dir, policy=FAST, healthy_seconds=0.5)
+    agent.clients.append(client)
+    try:
+        client.start()
+        assert _wait(lambda: client.stats().connected and client.held.version == v1)
+        assert client.target == f"127.0.0.1:{first.port}"
+        first.stop()
+        assert _wait(lambda: client.stats().connected and client.target == f"127.0.0.1:{second.port}")
+        assert client.stats().failovers == 1 and client.held.version == v1
+        assert _wait(lambda: second.applied() == v1)  # resumed: no new set needed
+        assert applied == [["a"]] * len(applied) and dataplane.ids() == ["a"]
+    finally:
+        first.stop()
+        second.stop()
+
+
+@pytest.mark.parametrize(("round_size", "expected"), [
+    (1, [0.05, 0.1, 0.2, 0.4, 0.5]),                          # one controller: the backoff as before
+    (2, [0.0, 0.05, 0.0, 0.1, 0.0, 0.2, 0.0, 0.4]),           # the next controller at once, backoff per round
+])
+def test_backoff_is_per_round_of_controllers(round_size: int, expected: list[float]) -> None:
+    got = [FAST.wait(n, round_size) for n in range(1, len(expected) + 1)]
+    jitter = max(FAST.jitter, 0.2)
+    assert all(e <= g <= e + jitter for g, e in zip(got, expected, strict=True)), got
