@@ -343,15 +343,11 @@ def agent_site(lab: Lab, pin_root: Path, tmp_path: Path) -> Iterator[tuple[Site,
             LOGGER.exception("detach from %s in %s failed", IFNAME, s.edge)
 
 
-def test_agent_with_a_challenge_keeps_real_clients_through_a_spoofed_syn_flood(
-        agent_site: tuple[Site, Agents]) -> None:
-    """The agent detects the flood and plans its rules; its victim-wide SYN
-    ceiling leaves the challenged port to the challenge, so real clients
-    (handshake + GET, each from a fresh source: each pays the challenge)
-    keep connecting."""
-    site, agents = agent_site
-    agents.start()
-    seen: dict[str, Rule] = {}   # every automatic rule the agent put in force during the flood
+def agent_phase(site: Site, agents: Agents, flags: int, sources: list[str]) -> tuple[
+        dict[str, object], list[Rule]]:
+    """Real clients under a spoofed flood of ``flags`` packets while the
+    agent runs: their figures and every automatic rule it put in force."""
+    seen: dict[str, Rule] = {}
     stop = threading.Event()
 
     def watch() -> None:
@@ -360,26 +356,42 @@ def test_agent_with_a_challenge_keeps_real_clients_through_a_spoofed_syn_flood(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    before = site.reasons()
     try:
-        times, sent = under_flood(site, TCP_SYN, client_sources(0))
+        times, sent = under_flood(site, flags, sources)
     finally:
         stop.set()
         watcher.join()
-    phase: dict[str, object] = dict(shares(times))
     reasons = site.reasons()
+    moved = {r.name.lower(): n - before.get(r, 0) for r, n in reasons.items() if n != before.get(r, 0)}
     rules = list(seen.values())
-    phase |= {"flood_sent": sent, "flood_syn_at_origin": site.origin_counts()["syn"],
-              "challenged": reasons.get(Reason.DROP_CHALLENGE_SYN, 0),
-              "rate_limited": reasons.get(Reason.DROP_RATE_LIMIT, 0),
-              "rules": {r.id: r.match.to_dict() for r in rules}}
-    print(json.dumps({"phase": "agent_syn_flood", **phase}))
-    assert cast("float", phase["within_3s"]) >= 0.99, phase
-    assert cast("int", phase["challenged"]) >= 0.9 * sent, phase
-    # the agent saw the attack and planned for it ...
-    ceilings = [r for r in rules if r.id.startswith("auto-syn-")]
-    assert ceilings, phase
-    # ... with no ceiling on the challenged port, and no real client named anywhere
-    for rule in ceilings:
-        assert rule.match.dport is not None and PORT not in rule.match.dport, rule
+    phase: dict[str, object] = {**shares(times), "flood_sent": sent, "origin": site.origin_counts(),
+                                "reasons": moved, "rules": {r.id: r.match.to_dict() for r in rules}}
+    return phase, rules
+
+
+def test_agent_with_a_challenge_keeps_real_clients_through_spoofed_syn_and_ack_floods(
+        agent_site: tuple[Site, Agents]) -> None:
+    """The agent detects each flood and plans its rules; its victim-wide SYN
+    and ACK ceilings leave the challenged port to the challenge, so real
+    clients (handshake + GET, each from a fresh source: each pays the
+    challenge) keep connecting, and none of them is named in a rule."""
+    site, agents = agent_site
+    agents.start()
     clients = ipaddress.IPv4Network(CLIENTS)
-    assert not [r for r in rules for src in r.match.src if src.network.overlaps(clients)], phase
+    for name, flags, offset, reason in (
+            ("syn", TCP_SYN, 0, "drop_challenge_syn"),
+            ("ack", TCP_ACK, 1000 - int(RATE * CLIENT_SECONDS), "drop_unverified")):
+        phase, rules = agent_phase(site, agents, flags, client_sources(offset))
+        print(json.dumps({"phase": f"agent_{name}_flood", **phase}))
+        assert cast("float", phase["within_3s"]) >= 0.99, phase
+        moved = cast("dict[str, int]", phase["reasons"])
+        assert moved.get(reason, 0) >= 0.9 * cast("int", phase["flood_sent"]), phase
+        # the agent saw the attack and planned for it, with no ceiling on the
+        # challenged port, and no real client named anywhere
+        ceilings = [r for r in rules if r.id.startswith(f"auto-{name}-")]
+        assert ceilings, phase
+        for rule in ceilings:
+            assert rule.match.dport is not None and PORT not in rule.match.dport, rule
+        assert not [r.id for r in rules for src in r.match.src if src.network.overlaps(clients)], phase
+        time.sleep(6.0)   # the challenge's hold runs out between the floods
