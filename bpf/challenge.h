@@ -20,7 +20,15 @@
  *     the SYN-ACK, so they never answer;
  *   - under challenge, packets from verified sources and of connections in
  *     flows_v4 pass (past the signatures: victim-wide ceilings do not hit
- *     them); every other non-SYN packet is dropped (the ACK-flood defence).
+ *     them); every other non-SYN packet is dropped (the ACK-flood defence);
+ *   - a FIN or RST marks its connection closing in flows_v4: it still passes
+ *     while packets keep coming, and is forgotten once idle
+ *     BW_FLOW_CLOSING_NS, so a closed connection's tuple is unknown again. A
+ *     blind RST (the tuple guessed, sequence numbers are not tracked) thus
+ *     costs a live connection nothing unless it then idles that long;
+ *   - a SYN is answered only when its TCP checksum holds (full, or the
+ *     pseudo-header sum a local sender leaves for offload on veth) and it
+ *     carries no data: garbage is not answered.
  *
  * Only the SYN-ACK writer touches packet memory outside parsing.h, after its
  * own bounds checks.
@@ -98,6 +106,45 @@ static __always_inline int chal_answer_ok(struct bw_packet *pkt)
     th.seq = bw_htonl(1);
     th.ack_seq = bw_htonl(pkt->tcp_seq + 1);
     return bpf_tcp_raw_check_syncookie_ipv4(&ih, &th) == 0;
+}
+
+/* Is the SYN worth answering? Its TCP segment must be the header and
+ * options only (no data: a TCP Fast Open SYN falls back to a plain SYN on
+ * retransmission) and its checksum must hold: either complete, or the
+ * pseudo-header sum that a sender with checksum offload leaves in place
+ * (CHECKSUM_PARTIAL: a namespace or container behind a veth). */
+static __always_inline int chal_syn_ok(struct xdp_md *ctx, struct bw_packet *pkt)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    __u32 l3 = pkt->l3_off;
+    if (l3 > ETH_HLEN + 4 * BW_MAX_VLAN_TAGS)
+        return 0;
+    struct iphdr *iph = data + l3;
+    if ((void *)(iph + 1) > end)
+        return 0;
+    __u32 ihl = iph->ihl * 4;
+    if (ihl < sizeof(*iph) || ihl > 60)
+        return 0;
+    struct tcphdr *th = (void *)iph + ihl;
+    if ((void *)(th + 1) > end)
+        return 0;
+    __u32 seglen = th->doff * 4;
+    if (seglen < sizeof(*th) || pkt->ip_len != ihl + seglen)
+        return 0;
+
+    seglen &= 0x3c;   /* 20..60, said again for the verifier */
+    __u32 words[15] = {};
+    if (bpf_xdp_load_bytes(ctx, l3 + ihl, words, seglen))
+        return 0;
+    __u64 pseudo = (__u64)pkt->src4 + pkt->dst4 + bw_htons(IPPROTO_TCP) + bw_htons(seglen);
+    __u64 sum = pseudo;
+#pragma unroll
+    for (int i = 0; i < 15; i++)
+        sum += words[i];   /* past seglen: zeros */
+    if (csum_fold(sum) == 0)
+        return 1;
+    return th->check == (__u16)~csum_fold(pseudo);
 }
 
 /* Turn the SYN in the frame into the challenge SYN-ACK: MACs, addresses and
@@ -213,6 +260,26 @@ static __always_inline void chal_note_flow(struct bw_flow_v4 *flow, __u64 now)
     flows_v4.update(flow, &now);
 }
 
+/* The flow's entry, refreshed, or NULL when there is none or it was closing
+ * and idle past BW_FLOW_CLOSING_NS (then it is removed). A FIN or RST marks
+ * it closing. */
+static __always_inline __u64 *chal_flow(struct bw_flow_v4 *flow, __u64 now, __u8 f)
+{
+    __u64 *seen = flows_v4.lookup(flow);
+    if (!seen)
+        return NULL;
+    __u64 last = *seen;
+    __u64 closing = last & BW_FLOW_CLOSING;
+    if (closing && now - (last & ~BW_FLOW_CLOSING) > BW_FLOW_CLOSING_NS) {
+        flows_v4.delete(flow);
+        return NULL;
+    }
+    if (f & (BW_TCP_FIN | BW_TCP_RST))
+        closing = BW_FLOW_CLOSING;
+    *seen = now | closing;
+    return seen;
+}
+
 static __always_inline int check_challenge(struct xdp_md *ctx, struct bw_packet *pkt,
                                            struct bw_verdict *v, struct bw_view *view)
 {
@@ -243,6 +310,8 @@ static __always_inline int check_challenge(struct xdp_md *ctx, struct bw_packet 
             chal_note_flow(&flow, now);
             return armed ? decide(v, XDP_PASS, BW_PASS_VERIFIED, 0) : 0;
         }
+        if (!chal_syn_ok(ctx, pkt))
+            return decide(v, XDP_DROP, BW_DROP_CHALLENGE_BAD_SYN, 0);
         if (view->flags & BW_CFG_MONITOR)   /* count it, rewrite nothing: bw_out passes it */
             return decide(v, XDP_DROP, BW_DROP_CHALLENGE_SYN, 0);
         long cookie = chal_cookie(pkt);
@@ -251,13 +320,13 @@ static __always_inline int check_challenge(struct xdp_md *ctx, struct bw_packet 
         return decide(v, XDP_TX, BW_DROP_CHALLENGE_SYN, 0);
     }
 
-    if (verified)
+    if (verified) {
+        if (f & (BW_TCP_FIN | BW_TCP_RST))
+            chal_flow(&flow, now, f);   /* a verified source's connection closing */
         return chal_armed(pkt, svc, now) ? decide(v, XDP_PASS, BW_PASS_VERIFIED, 0) : 0;
-    __u64 *seen = flows_v4.lookup(&flow);
-    if (seen) {
-        *seen = now;
-        return chal_armed(pkt, svc, now) ? decide(v, XDP_PASS, BW_PASS_FLOW, 0) : 0;
     }
+    if (chal_flow(&flow, now, f))
+        return chal_armed(pkt, svc, now) ? decide(v, XDP_PASS, BW_PASS_FLOW, 0) : 0;
     if (f == BW_TCP_RST) {
         /* Perhaps the answer to a challenge, armed or not (the challenge may
          * have ended since): checking costs one hash, no map. */
@@ -270,7 +339,8 @@ static __always_inline int check_challenge(struct xdp_md *ctx, struct bw_packet 
         return decide(v, XDP_DROP, BW_DROP_CHALLENGE_FORGED, 0);
     }
     if (!chal_meter(pkt, svc, now, 0)) {
-        chal_note_flow(&flow, now);   /* a connection seen open while all was calm */
+        /* a connection seen open while all was calm (closing, if this ends it) */
+        chal_note_flow(&flow, now | ((f & (BW_TCP_FIN | BW_TCP_RST)) ? BW_FLOW_CLOSING : 0));
         return 0;
     }
     return decide(v, XDP_DROP, BW_DROP_UNVERIFIED, 0);

@@ -69,6 +69,10 @@
 #define BW_CHAL_MSS                 1460           /* MSS option of the challenge SYN-ACK */
 #define BW_CHAL_WINDOW              64240          /* its TCP window */
 #define BW_CHAL_TTL                 64             /* its IP TTL */
+/* flows_v4 values: last seen (ktime ns); this bit marks a connection that
+ * sent a FIN or RST. A closing flow is forgotten once idle this long. */
+#define BW_FLOW_CLOSING             (1ULL << 63)
+#define BW_FLOW_CLOSING_NS          5000000000ULL  /* 5 s */
 
 /* Parser bounds. */
 #define BW_MAX_VLAN_TAGS            2  /* 802.1Q and 802.1ad (QinQ) */

@@ -37,6 +37,7 @@
 #define BW_DROP_CHALLENGE_ANSWER    37 /* RST answering a challenge correctly: source verified, RST consumed */
 #define BW_DROP_CHALLENGE_FORGED    38 /* under challenge: RST whose cookie does not check */
 #define BW_DROP_UNVERIFIED          39 /* under challenge: non-SYN packet of an unknown connection from an unverified source */
+#define BW_DROP_CHALLENGE_BAD_SYN   40 /* under challenge: SYN not answered: bad TCP checksum, or it carries data */
 
 /* Malformed input: the packet cannot be parsed as far as its headers claim. */
 #define BW_MALFORMED_ETH            64 /* shorter than an Ethernet header */

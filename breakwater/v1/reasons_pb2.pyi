@@ -83,6 +83,10 @@ class _DropReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DropReason
     """Drop: under challenge, a non-SYN packet (an ACK flood) of a connection
     not seen open, from a source that is not verified.
     """
+    DROP_REASON_DROP_CHALLENGE_BAD_SYN: _DropReason.ValueType  # 40
+    """Drop: under challenge, a SYN not answered because its TCP checksum does
+    not hold or it carries data.
+    """
     DROP_REASON_MALFORMED_ETH: _DropReason.ValueType  # 64
     """Malformed: shorter than an Ethernet header."""
     DROP_REASON_MALFORMED_VLAN: _DropReason.ValueType  # 65
@@ -154,6 +158,10 @@ or for another connection).
 DROP_REASON_DROP_UNVERIFIED: DropReason.ValueType  # 39
 """Drop: under challenge, a non-SYN packet (an ACK flood) of a connection
 not seen open, from a source that is not verified.
+"""
+DROP_REASON_DROP_CHALLENGE_BAD_SYN: DropReason.ValueType  # 40
+"""Drop: under challenge, a SYN not answered because its TCP checksum does
+not hold or it carries data.
 """
 DROP_REASON_MALFORMED_ETH: DropReason.ValueType  # 64
 """Malformed: shorter than an Ethernet header."""

@@ -18,7 +18,7 @@ from ..dataplane import challenge, protect
 from ..dataplane.pinned import MapSet
 from ..detection.detector import Detector
 from ..detection.harvest import Harvester
-from ..detection.planner import Planner
+from ..detection.planner import ChallengedService, Planner
 from ..detection.samples import Sample
 from ..errors import BreakwaterError, InputError
 from ..metrics import Histogram
@@ -26,7 +26,7 @@ from ..rules.model import Rule, RuleSet
 from .config import AgentConfig, InterfaceConfig
 from .state import Store
 
-__all__ = ["Interface", "attach", "configure", "release", "restore"]
+__all__ = ["Interface", "attach", "configure", "planner", "release", "restore"]
 
 LOGGER = logging.getLogger("breakwater.agent")
 
@@ -87,7 +87,13 @@ def restore(icfg: InterfaceConfig, maps: MapSet, config: AgentConfig, store: Sto
     detector.restore_id_counter(ids)  # attack ids never repeat across restarts
     now = datetime.now(UTC)
     auto = tuple(r for r in store.auto_rules(icfg.name) if r.is_active(now))
-    return Interface(icfg, maps, detector, Planner(config.mitigate), manual, auto, ids_saved=ids)
+    return Interface(icfg, maps, detector, planner(config), manual, auto, ids_saved=ids)
+
+
+def planner(config: AgentConfig) -> Planner:
+    """The planner for ``config``: its ``[mitigate]`` settings, and the
+    challenged services, whose ports it leaves to the SYN challenge."""
+    return Planner(config.mitigate, [ChallengedService(s.prefix, s.port) for s in config.challenge])
 
 
 def configure(iface: Interface, config: AgentConfig) -> None:

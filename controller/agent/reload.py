@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Final
 
 from ..detection.detector import Detector
-from ..detection.planner import Planner
 from ..errors import BreakwaterError, InputError
 from ..rules import enforce
 from . import config as agentconfig
 from .config import AgentConfig, InterfaceConfig
-from .interface import Interface, configure
+from .interface import Interface, configure, planner
 from .layers import RuleLayers, manual_only
 from .state import Store
 
@@ -102,8 +101,8 @@ def refresh(iface: Interface, old: AgentConfig, new: AgentConfig, store: Store, 
             iface.detector = Detector(new.detect)
             iface.detector.load_baselines(baselines)
             iface.detector.restore_id_counter(ids)
-        if new.mitigate != old.mitigate:
-            iface.planner = Planner(new.mitigate)
+        if new.mitigate != old.mitigate or new.challenge != old.challenge:
+            iface.planner = planner(new)
         if new.rules_file is not None:
             iface.manual = enforce.load_file(new.rules_file)
         else:

@@ -26,6 +26,8 @@ __all__ = [
     "DENY_DTYPE",
     "DST_COUNTERS_DTYPE",
     "DST_COUNTER_FIELDS",
+    "FLOW_CLOSING",
+    "FLOW_CLOSING_NS",
     "GEN_INF",
     "MAX_IPV6_EXT",
     "MAX_SIGS",
@@ -104,6 +106,10 @@ CHAL_WINDOWS_PER_S = 10
 CHAL_MSS = 1460
 CHAL_WINDOW = 64240
 CHAL_TTL = 64
+# flows_v4 values: last seen (ktime ns), with this bit once a FIN or RST was
+# seen; a closing flow is forgotten once idle FLOW_CLOSING_NS.
+FLOW_CLOSING = 1 << 63
+FLOW_CLOSING_NS = 5_000_000_000
 
 
 class Config(ctypes.Structure):

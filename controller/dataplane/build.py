@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BreakwaterError, HeadersMissingError, NotRootError, from_bcc_error
+from . import netlink
 from .maps import MapSizes
 
-__all__ = ["BPF_DIR", "ENTRY", "Build", "LoadedProgram", "bundle", "check_headers", "load"]
+__all__ = ["BPF_DIR", "ENTRY", "Build", "LoadedProgram", "attach_pass", "bundle", "check_headers", "load"]
 
 LOGGER = logging.getLogger("breakwater.program")
 
@@ -117,8 +118,8 @@ class LoadedProgram:
             self.bpf.cleanup()
 
 
-def load(build: Build) -> LoadedProgram:
-    """Compile ``build`` with bcc and load it as an XDP program."""
+def _bcc() -> Any:
+    """bcc's BPF class, once root and the kernel headers are checked."""
     if os.geteuid() != 0:
         raise NotRootError("loading an XDP program needs root: run as root (sudo)")
     check_headers()
@@ -129,6 +130,12 @@ def load(build: Build) -> LoadedProgram:
             "bcc is not importable: install Debian's python3-bpfcc and link it into the venv "
             "(`make setup` does both)"
         ) from exc
+    return BPF
+
+
+def load(build: Build) -> LoadedProgram:
+    """Compile ``build`` with bcc and load it as an XDP program."""
+    BPF = _bcc()
     with tempfile.NamedTemporaryFile("w", suffix=".c", prefix="breakwater-") as src:
         src.write(build.source)
         src.flush()
@@ -144,6 +151,32 @@ def load(build: Build) -> LoadedProgram:
             err = from_bcc_error(Exception(f"{exc}\n{detail}"), "build XDP program")
             raise err from exc
     return LoadedProgram(bpf, int(fn.fd), build)
+
+
+PASS_SOURCE = "xdp_pass.c"
+
+
+def attach_pass(ifname: str, netns: str | None = None) -> None:
+    """Attach ``bpf/xdp_pass.c`` (every packet passed) natively to ``ifname``.
+
+    For veth labs: veth delivers the frames its peer sends back with XDP_TX
+    (challenge SYN-ACKs) only to a receiver running NAPI, which an XDP
+    program switches on. The attachment outlives this call; deleting the
+    interface or its namespace removes it."""
+    BPF = _bcc()
+    captured = io.StringIO()
+    try:
+        with _capture_stderr(captured):
+            bpf = BPF(src_file=str(BPF_DIR / PASS_SOURCE).encode())
+            fn = bpf.load_func(b"xdp_pass", BPF.XDP)
+    except Exception as exc:
+        raise from_bcc_error(Exception(f"{exc}\n{captured.getvalue().strip()}"),
+                             "build the pass program") from exc
+    try:
+        netlink.attach_xdp(ifname, int(fn.fd), "native", netns)
+    finally:
+        with contextlib.suppress(Exception):
+            bpf.cleanup()
 
 
 @contextlib.contextmanager

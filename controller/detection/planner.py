@@ -21,6 +21,13 @@ flood, spoofed         the aggregate rate limit only: blocking sources cannot wo
                        many-source attacks last, across restarts)
 =====================  ========================================================
 
+SYN and ACK floods on a victim with challenged TCP services
+(``[[challenge]]``, :class:`ChallengedService`) leave those ports to the
+data plane's challenge: the aggregate limit covers the victim's other ports
+only (one rule per range between them), since a ceiling shared by spoofed
+and legitimate packets would hit the sources the challenge verified while
+it is not armed. Source drop rules stay.
+
 Source drop rules are named after what they protect, not after the attack
 (attack ids change across agent restarts): one list per victim and vector
 (``auto-src-syn-<victim>``, ``auto-src-many-<victim>``), one for heavy
@@ -60,13 +67,14 @@ from ..addresses import Prefix
 from ..errors import InputError
 from ..rules.model import MAX_COMMENT, MAX_RATE, Match, Rule, RuleAction, RuleSet
 from ..rules.presets import reflection_rule
-from ..rules.values import TcpFlags
+from ..rules.values import PortRange, TcpFlags
 from .config import PER_SOURCE_PRIORITY_OFFSET, MitigateConfig
 from .events import VECTOR_CODES, AttackEvent, Vector
 
 __all__ = [
     "AUTO_ORIGIN",
     "EXTEND_BELOW",
+    "ChallengedService",
     "PlanResult",
     "Planner",
     "Refusal",
@@ -93,6 +101,18 @@ _TITLES: Final[Mapping[Vector, str]] = {
     "many_source": "many-source (HTTP proxy style) flood",
     "source_rate": "sources over the per-source rate",
 }
+
+
+_CHALLENGED_VECTORS: Final = frozenset({"syn", "ack"})
+"""Vectors the data plane's SYN challenge answers for its services."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengedService:
+    """A TCP service the data plane challenges (an ``[[challenge]]`` prefix and port)."""
+
+    prefix: Prefix
+    port: int
 
 
 # --- results ------------------------------------------------------------------
@@ -245,8 +265,10 @@ class Planner:
     active attack has one) and the automatic rules in force.
     """
 
-    def __init__(self, config: MitigateConfig | None = None) -> None:
+    def __init__(self, config: MitigateConfig | None = None,
+                 challenged: Iterable[ChallengedService] = ()) -> None:
         self.config = config or MitigateConfig()
+        self.challenged = tuple(challenged)
         self._guards = _PrefixIndex()
         for p in self.config.allowlist:
             self._guards.add(p, "allowlist")
@@ -445,9 +467,9 @@ class Planner:
                                    limit=cfg.proxy_drop_sources,
                                    carried=self._in_force_sources(base, cur, now))
             return [(limit, cfg.escalate_aggregate), *drops]
-        signature = (self._signature(event, victim), cfg.escalate_aggregate)
+        signatures = [(rule, cfg.escalate_aggregate) for rule in self._signatures(event, victim)]
         if event.profile == "spoofed":
-            return [signature]
+            return signatures
         # One drop list per victim and vector, kept while floods of it last: a
         # restarted detector cannot name the sources exact deny entries already
         # drop, so what is in force is carried over, not planned afresh.
@@ -455,7 +477,7 @@ class Planner:
         drops, covered = self._drops(event, claims, refused, "drop the offending sources", base=base,
                                      carried=self._in_force_sources(base, cur, now))
         if event.profile == "diffuse" or not covered:
-            return [signature, *drops]
+            return [*signatures, *drops]
         return drops
 
     def _ceiling(self, floor: int, baseline: float) -> int:
@@ -464,6 +486,36 @@ class Planner:
     def _comment(self, event: AttackEvent, what: str) -> str:
         where = f" on {event.victim}" if event.victim is not None else ""
         return f"attack {event.id}: {_TITLES[event.vector]}{where} ({event.profile}); {what}"[:MAX_COMMENT]
+
+    def _challenged_ports(self, victim: Prefix) -> list[int]:
+        """The victim's challenged ports, sorted."""
+        ports = {s.port for s in self.challenged
+                 if s.prefix.family == victim.family
+                 and victim.network.network_address in s.prefix.network}
+        return sorted(ports)
+
+    def _signatures(self, event: AttackEvent, victim: Prefix) -> list[Rule]:
+        """The aggregate limit of the attack's vector towards the victim; for
+        SYN and ACK floods, on the ports its challenged services leave (one
+        rule per range between them, ids ``-2``, ``-3`` ...)."""
+        rule = self._signature(event, victim)
+        ports = self._challenged_ports(victim) if event.vector in _CHALLENGED_VECTORS else []
+        if not ports:
+            return [rule]
+        ranges: list[PortRange] = []
+        lo = 0
+        for port in ports:
+            if port > lo:
+                ranges.append(PortRange(lo, port - 1))
+            lo = port + 1
+        if lo <= 65535:
+            ranges.append(PortRange(lo, 65535))
+        left = ", ".join(str(port) for port in ports)
+        what = f"aggregate limit {rule.action.pps} pps; port {left} left to the SYN challenge"
+        return [replace(rule, id=rule.id if i == 0 else _rule_id(rule.id, str(i + 1)),
+                        match=replace(rule.match, dport=dport),
+                        comment=self._comment(event, f"{what} (ports {dport})"))
+                for i, dport in enumerate(ranges)]
 
     def _signature(self, event: AttackEvent, victim: Prefix) -> Rule:
         """An aggregate rate limit of the attack's vector towards the victim."""

@@ -39,6 +39,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .. import pki
 from ..config import toml_document
 from ..dataplane import attach as dataplane
+from ..dataplane import build as program
 from ..errors import from_os_error
 from .agentproc import Agent
 from .netns import Lab
@@ -131,6 +132,8 @@ class Fleet:
         self.lab.bridge(ix, "ix0", ports)
         for i in range(topo.edges):
             self.lab.add_fdb(ix, f"ix-e{i}", self.macs[f"edge{i}"])
+            # the challenge's SYN-ACKs leave bw0 with XDP_TX: received by ix-e<i> only with NAPI on
+            program.attach_pass(f"ix-e{i}", ix)
         for a in self.scenario.legit.addresses():
             self.lab.add_address(self.ns["clients"], HOST_IF, f"{a}/32")
         for n in range(topo.proxies.count):
@@ -240,6 +243,7 @@ class Fleet:
                 "sizes": SIZES,
                 "detect": s.agent["detect"],
                 "mitigate": s.agent["mitigate"],
+                "challenge": s.agent["challenge"],
                 "tls": {"cert": str(node.cert), "key": str(node.key), "ca": str(node.ca)},
             }
             path = self.workdir / f"agent{i}.toml"

@@ -12,7 +12,10 @@ A scenario says::
     [legit]      clients, http_rate (fresh TCP connections/s), udp_rate
                  (exchanges/s), timeout (seconds: a success answers within it)
     [agent]      interval, detect, mitigate: the agents' tables (lab-sized
-                 thresholds), checked as the agent checks them
+                 thresholds), checked as the agent checks them; challenge =
+                 { enabled, syn_pps, ack_pps, hold, verified_ttl }: the SYN
+                 challenge of the origins' HTTP port on the protected prefix
+                 (on unless enabled = false; the agent's defaults otherwise)
     [[waves]]    name, vector, botnet, rate, sources, spoof, target, port,
                  start, duration, pulse = { on, off }, reflect
 
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..config import checked, read_toml
+from ..dataplane import challenge as chal
 from ..detection.config import DetectConfig, MitigateConfig
 from ..errors import ConfigError, FieldError
 from ..validate import at, check_choice, check_int, check_keys, check_number, check_str, check_table
@@ -211,7 +215,9 @@ class Scenario:
     topology: Topology
     legit: Legit
     waves: tuple[Wave, ...]
-    agent: Mapping[str, Any]  # interval, detect, mitigate: written into each agent's configuration
+    agent: Mapping[str, Any]
+    """interval, detect, mitigate and challenge (its ``[[challenge]]``
+    tables, [] when off): written into each agent's configuration."""
     source: str
 
 
@@ -282,7 +288,7 @@ def _parse(doc: Mapping[str, object], source: str) -> Scenario:
     with at("legit"):
         legit = _legit(check_table(doc["legit"]))
     with at("agent"):
-        agent = _agent(check_table(doc.get("agent", {})))
+        agent = _agent(check_table(doc.get("agent", {})), topo)
     raw = doc["waves"]
     if not isinstance(raw, list) or not raw:
         raise FieldError("waves", "expected a non-empty array of tables ([[waves]])")
@@ -370,8 +376,8 @@ def _legit(t: Mapping[str, object]) -> Legit:
     return Legit(clients, http_rate, udp_rate, timeout)
 
 
-def _agent(t: Mapping[str, object]) -> dict[str, Any]:
-    check_keys(t, ("interval", "detect", "mitigate"))
+def _agent(t: Mapping[str, object], topo: Topology) -> dict[str, Any]:
+    check_keys(t, ("interval", "detect", "mitigate", "challenge"))
     out: dict[str, Any] = {"interval": check_number(t.get("interval", 0.25), "interval", 0.05, 10)}
     for key, build in (("detect", DetectConfig.from_dict), ("mitigate", MitigateConfig.from_dict)):
         table = dict(check_table(t.get(key, {}), key))
@@ -381,7 +387,28 @@ def _agent(t: Mapping[str, object]) -> dict[str, Any]:
             except TypeError as exc:  # a wrongly typed sub-table reaching a dataclass
                 raise FieldError("", str(exc)) from None
         out[key] = table
+    with at("challenge"):
+        out["challenge"] = _challenge(check_table(t.get("challenge", {})), topo)
     return out
+
+
+_CHALLENGE_KEYS: Final = ("enabled", "syn_pps", "ack_pps", "hold", "verified_ttl")
+
+
+def _challenge(t: Mapping[str, object], topo: Topology) -> list[dict[str, Any]]:
+    """The agents' ``[[challenge]]`` tables: the origins' HTTP port on the
+    protected prefix, the thresholds given (the agent's defaults otherwise);
+    [] when ``enabled = false``."""
+    check_keys(t, _CHALLENGE_KEYS)
+    enabled = t.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise FieldError("enabled", f"expected true or false, got {enabled!r}")
+    table: dict[str, Any] = {"prefix": str(topo.protected), "ports": [topo.http_port]}
+    for key, default in (("syn_pps", chal.DEFAULT_SYN_PPS), ("ack_pps", chal.DEFAULT_ACK_PPS)):
+        table[key] = check_int(t.get(key, default), key, 0, 0xFFFFFFFF)
+    for key, default_s in (("hold", chal.DEFAULT_HOLD), ("verified_ttl", chal.DEFAULT_VERIFIED_TTL)):
+        table[key] = check_number(t.get(key, default_s), key, 0, 86400, above=True)
+    return [table] if enabled else []
 
 
 _WAVE_KEYS: Final = ("name", "vector", "botnet", "rate", "sources", "spoof", "target", "port", "start",

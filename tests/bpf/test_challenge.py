@@ -302,3 +302,111 @@ def test_flow_table_stays_bounded_under_distinct_tuples(tiny: DataPlane) -> None
     for i in range(600):
         assert tiny.run(syn(src=f"198.18.{i // 200}.{i % 200 + 1}", sport=1024 + i)) == XDP_PASS
     assert 0 < state_counts(tiny.maps)["flows_v4"] <= tiny.sizes.flows_v4
+
+
+def flow_key(src: str = CLIENT, sport: int = CPORT) -> bytes:
+    """The flows_v4 key of a client's connection to SERVER:PORT."""
+    key = abi.FlowV4()
+    key.saddr[:] = list(ipaddress.IPv4Address(src).packed)
+    key.daddr[:] = list(ipaddress.IPv4Address(SERVER).packed)
+    key.sport[:] = list(sport.to_bytes(2, "big"))
+    key.dport[:] = list(PORT.to_bytes(2, "big"))
+    return bytes(key)
+
+
+def flow_value(dp: DataPlane) -> int | None:
+    raw = dp.maps["flows_v4"].lookup(flow_key())
+    return None if raw is None else int.from_bytes(raw, "little")
+
+
+def key_flow(dp: DataPlane, value: int) -> None:
+    dp.maps["flows_v4"].update(flow_key(), value.to_bytes(8, "little"))
+
+
+@pytest.mark.parametrize("closer", ["FA", "R", "RA"])
+def test_fin_or_rst_marks_the_flow_closing_and_it_is_forgotten_when_idle(
+        dp: DataPlane, closer: str) -> None:
+    set_challenged(dp.maps, [CALM])
+    assert run(dp, syn())[:2] == (XDP_PASS, R.PASS_DEFAULT)
+    live = flow_value(dp)
+    assert live is not None and not live & abi.FLOW_CLOSING
+    set_challenged(dp.maps, [ALWAYS])
+    assert run(dp, tcp(closer, seq=ISN + 1))[:2] == (XDP_PASS, R.PASS_FLOW)
+    closing = flow_value(dp)
+    assert closing is not None and closing & abi.FLOW_CLOSING
+    # the last ACK of the close still passes, and keeps the flow closing
+    assert run(dp, tcp("A", seq=ISN + 2))[:2] == (XDP_PASS, R.PASS_FLOW)
+    again = flow_value(dp)
+    assert again is not None and again & abi.FLOW_CLOSING
+    # idle past the grace: forgotten, the tuple is unknown again
+    stale = (time.monotonic_ns() - abi.FLOW_CLOSING_NS - 10**9) | abi.FLOW_CLOSING
+    key_flow(dp, stale)
+    assert run(dp, tcp("A", seq=ISN + 2))[:2] == (XDP_DROP, R.DROP_UNVERIFIED)
+    assert flow_value(dp) is None
+
+
+def test_a_live_flow_never_ages_and_a_new_syn_reopens_a_closing_one(dp: DataPlane) -> None:
+    set_challenged(dp.maps, [ALWAYS])
+    old = time.monotonic_ns() - 3600 * 10**9
+    key_flow(dp, old)                                     # live, idle an hour
+    assert run(dp, tcp("A"))[:2] == (XDP_PASS, R.PASS_FLOW)
+    key_flow(dp, old | abi.FLOW_CLOSING)                  # closing, idle an hour
+    set_challenged(dp.maps, [CALM])
+    assert run(dp, syn())[:2] == (XDP_PASS, R.PASS_DEFAULT)  # port reused while calm
+    value = flow_value(dp)
+    assert value is not None and not value & abi.FLOW_CLOSING
+
+
+def test_a_fin_first_seen_while_calm_is_noted_closing(dp: DataPlane) -> None:
+    set_challenged(dp.maps, [CALM])
+    assert run(dp, tcp("FA"))[:2] == (XDP_PASS, R.PASS_DEFAULT)
+    value = flow_value(dp)
+    assert value is not None and value & abi.FLOW_CLOSING
+
+
+def test_a_verified_sources_fin_closes_its_flow(dp: DataPlane) -> None:
+    set_challenged(dp.maps, [CALM])
+    assert run(dp, syn())[:2] == (XDP_PASS, R.PASS_DEFAULT)
+    set_challenged(dp.maps, [ALWAYS])
+    key = bytes(int(b) for b in CLIENT.split("."))
+    dp.maps["verified_v4"].update(key, time.monotonic_ns().to_bytes(8, "little"))
+    assert run(dp, tcp("FA"))[:2] == (XDP_PASS, R.PASS_VERIFIED)
+    value = flow_value(dp)
+    assert value is not None and value & abi.FLOW_CLOSING
+
+
+# -- SYNs not worth answering -----------------------------------------------------
+
+def partial_checksum_syn() -> bytes:
+    """A SYN as a sender with checksum offload hands it to a veth: the TCP
+    checksum field holds the pseudo-header sum only (CHECKSUM_PARTIAL)."""
+    pkt = Ether(syn())
+    seglen = len(pkt[TCP])
+    words = (sum(int.from_bytes(bytes(int(b) for b in a.split(".")), "big") >> s & 0xFFFF
+                 for a in (CLIENT, SERVER) for s in (16, 0)) + 6 + seglen)
+    while words > 0xFFFF:
+        words = (words & 0xFFFF) + (words >> 16)
+    pkt[TCP].chksum = words
+    return bytes(pkt)
+
+
+@pytest.mark.parametrize(
+    ("name", "packet", "answered"),
+    [
+        ("valid", lambda: syn(), True),
+        ("offload-partial", partial_checksum_syn, True),
+        ("bad-checksum", lambda: bytes(Ether(src=MAC_SRC, dst=MAC_DST) / IP(src=CLIENT, dst=SERVER)
+                                       / TCP(sport=CPORT, dport=PORT, flags="S", chksum=0x1234)), False),
+        ("corrupted-option", lambda: syn()[:-3] + bytes([syn()[-3] ^ 0x40]) + syn()[-2:], False),
+        ("with-data", lambda: bytes(Ether(src=MAC_SRC, dst=MAC_DST) / IP(src=CLIENT, dst=SERVER)
+                                    / TCP(sport=CPORT, dport=PORT, flags="S") / b"GET / HTTP/1.0\r\n"),
+         False),
+        ("ethernet-padding", lambda: syn(options=[]) + bytes(6), True),
+    ],
+)
+def test_only_sound_syns_are_answered(dp: DataPlane, name: str, packet: object,
+                                      answered: bool) -> None:
+    set_challenged(dp.maps, [ALWAYS])
+    action, reason, _ = run(dp, packet())  # type: ignore[operator]
+    want = (XDP_TX, R.DROP_CHALLENGE_SYN) if answered else (XDP_DROP, R.DROP_CHALLENGE_BAD_SYN)
+    assert (action, reason) == want, name

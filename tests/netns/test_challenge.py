@@ -30,11 +30,13 @@ import random
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -45,8 +47,10 @@ from controller.dataplane.challenge import Service, set_challenged
 from controller.dataplane.reasons import Reason
 from controller.lab import traffic
 from controller.lab.netns import Lab
+from controller.rules.model import Rule
 
-from .lab import IFNAME, NETNS_SIZES
+from .agents import Agents, AgentSettings
+from .lab import IFNAME, NETNS_SIZES, Topology
 
 LOGGER = logging.getLogger("breakwater.tests.netns.challenge")
 
@@ -163,8 +167,9 @@ class Site:
             return {r: t.packets for r, t in counters.reason_totals(maps).items() if t.packets}
 
 
-@pytest.fixture
-def site(lab: Lab, pin_root: Path) -> Iterator[Site]:
+def build_site(lab: Lab, pin_root: Path) -> Site:
+    """The three namespaces, routes, the client's pass program and the
+    origin's counters; nothing on the edge's bw0 yet."""
     client, edge, origin = lab.namespace("client"), lab.namespace("edge"), lab.namespace("origin")
     lab.veth((edge, IFNAME, "198.18.0.1/24"), (client, "cl0", "198.18.0.2/24"))
     lab.veth((edge, "eo0", "198.18.3.1/24"), (origin, "or0", f"{ORIGIN}/24"))
@@ -187,6 +192,14 @@ def site(lab: Lab, pin_root: Path) -> Iterator[Site]:
         'comment "legit_syn"\n'
     )
     subprocess.run(["ip", "netns", "exec", origin, "nft", "-f", "-"], input=rules, text=True, check=True)
+    return s
+
+
+@pytest.fixture
+def site(lab: Lab, pin_root: Path) -> Iterator[Site]:
+    """The site with the program attached and the service challenged directly."""
+    s = build_site(lab, pin_root)
+    edge = s.edge
     try:
         dataplane.attach(IFNAME, "native", NETNS_SIZES, pin_root=pin_root, netns=edge)
         with dataplane.open_maps(IFNAME, pin_root) as maps:
@@ -300,3 +313,85 @@ def test_real_clients_connect_through_spoofed_syn_and_ack_floods(site: Site) -> 
     assert ack_phase["within_3s"] >= 0.99, ack_phase
     assert origin["ack"] <= 2 * ACK_PPS // 10, ack_phase
     assert ack_phase["unverified_dropped"] >= 0.9 * sent, ack_phase
+
+
+# -- the agent as a process: [[challenge]] in its configuration, detection on ----------
+
+AGENT_SETTINGS = AgentSettings(
+    interval=0.5,
+    protected=("198.18.3.0/24",),
+    detect={"start_intervals": 2, "syn": {"pps": 1000.0}, "ack": {"pps": 1000.0},
+            "source_pps": 50_000.0},
+    extra={"challenge": [{"prefix": "198.18.3.0/24", "ports": [PORT], "syn_pps": SYN_PPS,
+                          "ack_pps": ACK_PPS, "hold": 5.0}]},
+)
+
+
+@pytest.fixture
+def agent_site(lab: Lab, pin_root: Path, tmp_path: Path) -> Iterator[tuple[Site, Agents]]:
+    """The site with an agent process managing bw0 (the lab's agent tests'
+    :class:`Agents`); every process killed, bw0 detached, pins purged at teardown."""
+    s = build_site(lab, pin_root)
+    started = Agents(Topology(lab, s.edge, s.client), pin_root, tmp_path, AGENT_SETTINGS)
+    try:
+        yield s, started
+    finally:
+        started.kill_all()
+        try:
+            dataplane.detach(IFNAME, pin_root=pin_root, netns=s.edge, purge=True, force=True)
+        except Exception:
+            LOGGER.exception("detach from %s in %s failed", IFNAME, s.edge)
+
+
+def agent_phase(site: Site, agents: Agents, flags: int, sources: list[str]) -> tuple[
+        dict[str, object], list[Rule]]:
+    """Real clients under a spoofed flood of ``flags`` packets while the
+    agent runs: their figures and every automatic rule it put in force."""
+    seen: dict[str, Rule] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.25):
+            seen.update((r.id, r) for r in agents.auto_rules())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    before = site.reasons()
+    try:
+        times, sent = under_flood(site, flags, sources)
+    finally:
+        stop.set()
+        watcher.join()
+    reasons = site.reasons()
+    moved = {r.name.lower(): n - before.get(r, 0) for r, n in reasons.items() if n != before.get(r, 0)}
+    rules = list(seen.values())
+    phase: dict[str, object] = {**shares(times), "flood_sent": sent, "origin": site.origin_counts(),
+                                "reasons": moved, "rules": {r.id: r.match.to_dict() for r in rules}}
+    return phase, rules
+
+
+def test_agent_with_a_challenge_keeps_real_clients_through_spoofed_syn_and_ack_floods(
+        agent_site: tuple[Site, Agents]) -> None:
+    """The agent detects each flood and plans its rules; its victim-wide SYN
+    and ACK ceilings leave the challenged port to the challenge, so real
+    clients (handshake + GET, each from a fresh source: each pays the
+    challenge) keep connecting, and none of them is named in a rule."""
+    site, agents = agent_site
+    agents.start()
+    clients = ipaddress.IPv4Network(CLIENTS)
+    for name, flags, offset, reason in (
+            ("syn", TCP_SYN, 0, "drop_challenge_syn"),
+            ("ack", TCP_ACK, 1000 - int(RATE * CLIENT_SECONDS), "drop_unverified")):
+        phase, rules = agent_phase(site, agents, flags, client_sources(offset))
+        print(json.dumps({"phase": f"agent_{name}_flood", **phase}))
+        assert cast("float", phase["within_3s"]) >= 0.99, phase
+        moved = cast("dict[str, int]", phase["reasons"])
+        assert moved.get(reason, 0) >= 0.9 * cast("int", phase["flood_sent"]), phase
+        # the agent saw the attack and planned for it, with no ceiling on the
+        # challenged port, and no real client named anywhere
+        ceilings = [r for r in rules if r.id.startswith(f"auto-{name}-")]
+        assert ceilings, phase
+        for rule in ceilings:
+            assert rule.match.dport is not None and PORT not in rule.match.dport, rule
+        assert not [r.id for r in rules for src in r.match.src if src.network.overlaps(clients)], phase
+        time.sleep(6.0)   # the challenge's hold runs out between the floods

@@ -54,6 +54,8 @@ MIRRORED = {
     "BW_CHAL_MSS": abi.CHAL_MSS,
     "BW_CHAL_WINDOW": abi.CHAL_WINDOW,
     "BW_CHAL_TTL": abi.CHAL_TTL,
+    "BW_FLOW_CLOSING": abi.FLOW_CLOSING,
+    "BW_FLOW_CLOSING_NS": abi.FLOW_CLOSING_NS,
 }
 # consts.h names mirrored elsewhere (BW_ACTION_*: tests/unit/test_reasons.py)
 # or used only by the program.

@@ -14,7 +14,7 @@ from controller.dataplane.protect import REFLECTION_PORTS
 from controller.detection.config import DetectConfig, MitigateConfig, VectorThreshold
 from controller.detection.detector import Detector
 from controller.detection.events import VECTOR_CODES, AttackEvent, Profile, Vector
-from controller.detection.planner import Planner, PlanResult
+from controller.detection.planner import ChallengedService, Planner, PlanResult
 from controller.errors import InputError
 from controller.rules.compiler import compile_ruleset
 from controller.rules.model import Match, Rule, RuleAction, RuleSet
@@ -124,6 +124,53 @@ def test_spoofed_flood_gets_an_aggregate_limit_on_the_victim(
     assert rule.id == f"auto-{code}-{slug}"
     assert rule.match.to_dict() == {"dst": [victim], **expected}
     assert (rule.action.kind, rule.action.scope, rule.action.pps) == ("rate_limit", "aggregate", 1000)
+
+
+# --- challenged services: the ports the SYN challenge answers for -----------------------
+
+
+def challenged(*ports: int, prefix: str = "203.0.113.0/24") -> Planner:
+    return Planner(challenged=[ChallengedService(p(prefix), port) for port in ports])
+
+
+@pytest.mark.parametrize("vector", ["syn", "ack"])
+def test_a_challenged_port_is_left_out_of_the_victim_wide_ceiling(vector: Vector) -> None:
+    result = plan(challenged(443, 80), [event(vector, profile="spoofed")])
+    rules = by_id(result)
+    base = f"auto-{vector}-203-0-113-10"
+    assert sorted(rules) == [base, f"{base}-2", f"{base}-3"]
+    assert [str(rules[rid].match.dport) for rid in (base, f"{base}-2", f"{base}-3")] == [
+        "0-79", "81-442", "444-65535"]
+    for rule in rules.values():
+        assert rule.match.dst == (p(VICTIM),) and rule.action.kind == "rate_limit"
+        assert "left to the SYN challenge" in rule.comment
+    # what the compiled rule set does with a packet to each port
+    assert all(80 not in r.match.dport and 443 not in r.match.dport  # type: ignore[operator]
+               for r in rules.values())
+
+
+def test_the_edge_ports_leave_no_empty_range() -> None:
+    rules = by_id(plan(challenged(0, 65535), [event("syn", profile="spoofed")]))
+    assert [str(r.match.dport) for r in rules.values()] == ["1-65534"]
+
+
+def test_source_rules_stay_and_other_vectors_and_victims_keep_their_ceiling() -> None:
+    planner = challenged(443)
+    result = plan(planner, [event("syn", profile="diffuse", offenders=hosts("198.18.0.1", 2, 256))])
+    rules = by_id(result)
+    assert "auto-src-syn-203-0-113-10" in rules                     # the offenders still dropped
+    assert str(rules["auto-syn-203-0-113-10"].match.dport) == "0-442"
+    (udp,) = plan(challenged(443), [event("udp", profile="spoofed")]).rules
+    assert udp.match.dport is None                                  # UDP: not the challenge's
+    (other,) = plan(challenged(443, prefix="203.0.113.128/25"), [event("syn", profile="spoofed")]).rules
+    assert other.match.dport is None                                # the victim is not covered
+    (v6,) = plan(challenged(443, prefix="0.0.0.0/0"), [event("syn", VICTIM6, "spoofed")]).rules
+    assert v6.match.dport is None                                   # another family
+
+
+def test_challenged_ceilings_compile() -> None:
+    result = plan(challenged(443), [event("syn", profile="spoofed")])
+    compile_ruleset(result.rule_set(), NOW)
 
 
 def test_aggregate_limit_follows_the_baseline() -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from controller.agent import config as agentconfig
+from controller.dataplane import challenge as chal
 from controller.errors import ConfigError
 from controller.lab import scenario
 
@@ -97,6 +99,10 @@ CASES = [
     ("agent.detect.udp.pps", "lots", "agent.detect.udp.pps: expected a number"),
     ("agent.mitigate.ceiling", 5, "agent.mitigate.ceiling: unknown key"),
     ("scenario.duration", _DELETE, "scenario.duration: missing"),
+    ("agent.challenge.syn_pps", -1, "agent.challenge.syn_pps: -1 is out of range"),
+    ("agent.challenge.hold", 0, "agent.challenge.hold: 0 is out of range"),
+    ("agent.challenge.enabled", "yes", "agent.challenge.enabled: expected true or false"),
+    ("agent.challenge.ports", [443], "agent.challenge.ports: unknown key"),
 ]
 
 
@@ -136,3 +142,25 @@ def test_duplicate_wave_names() -> None:
     doc["waves"].append(dict(doc["waves"][0]))
     with pytest.raises(ConfigError, match=r"waves\[1\]\.name: 'syn' is already the name of another wave"):
         scenario.parse(doc, "d.toml")
+
+
+def test_the_agents_challenge_the_origins_http_port() -> None:
+    """Every shipped scenario challenges the origins' HTTP port on the
+    protected prefix, and the tables are what the agent reads."""
+    for path in sorted(SCENARIOS.glob("*.toml")):
+        s = scenario.load(path)
+        (table,) = s.agent["challenge"]
+        assert (table["prefix"], table["ports"]) == (str(s.topology.protected), [s.topology.http_port])
+        assert table["syn_pps"] <= s.agent["detect"]["syn"]["pps"], path   # armed before detected
+        assert table["ack_pps"] <= s.agent["detect"]["ack"]["pps"], path
+        cfg = agentconfig.parse({"interfaces": [{"name": "bw0"}], "challenge": s.agent["challenge"]})
+        assert [(str(c.prefix), c.port) for c in cfg.challenge] == [(table["prefix"], s.topology.http_port)]
+
+
+def test_the_challenge_can_be_switched_off_and_defaults_to_the_agents() -> None:
+    doc = _base()
+    doc["agent"]["challenge"] = {"enabled": False}
+    assert scenario.parse(doc).agent["challenge"] == []
+    del doc["agent"]["challenge"]
+    (table,) = scenario.parse(doc).agent["challenge"]
+    assert (table["syn_pps"], table["ack_pps"]) == (chal.DEFAULT_SYN_PPS, chal.DEFAULT_ACK_PPS)
