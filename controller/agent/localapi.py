@@ -56,6 +56,7 @@ from ..api.services import api_services
 from ..api.telemetry import FleetTelemetry
 from ..api.telemetry_service import TelemetryServicer, telemetry_service
 from ..errors import AlreadyExistsError, EtagMismatchError, FailedPreconditionError, FieldError, NotFoundError
+from ..rules.admission import AdmissionPolicy
 from ..rules.model import Rule, RuleSet
 from ..rules.scope import RuleScope, ScopedRule
 from .config import AgentConfig
@@ -292,7 +293,10 @@ class LocalApi:
 
         host, port = address
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        services = [*api_services(rules=RuleServicer(AgentRules(agent)),
+        def admission() -> AdmissionPolicy:
+            return AdmissionPolicy(allowlist=agent.config.allowlist, management=agent.config.management)
+
+        services = [*api_services(rules=RuleServicer(AgentRules(agent), admission=admission),
                                   events=EventServicer(AgentEvents(agent.config.state_dir,
                                                                    lambda: agent.config.node_id),
                                                        stopping=self._stopping)),

@@ -86,7 +86,7 @@ def rules_create(args: argparse.Namespace, s: ClientSettings) -> int:
         if not requests:
             raise InputError(f"{args.file}: no rules in it")
         with _client(args, s) as c:
-            made = c.create_rules(requests, validate_only=args.dry_run)
+            made = c.create_rules(requests, validate_only=args.dry_run, overrides=args.override or ())
     else:
         if not args.id:
             raise InputError("rules create needs a rule ID (or --file FILE)")
@@ -94,7 +94,7 @@ def rules_create(args: argparse.Namespace, s: ClientSettings) -> int:
             raise InputError("say which packets: --src, --dst, --protocol, --sport, --dport, --length, "
                              "--tcp-flags, --fragment, or --match-all for every packet")
         with _client(args, s) as c:
-            made = [c.create_rule(args.id, patch, validate_only=args.dry_run)]
+            made = [c.create_rule(args.id, patch, validate_only=args.dry_run, overrides=args.override or ())]
     if args.json:
         emit_json([as_dict(r) for r in made] if args.file else as_dict(made[0]))
         return 0
@@ -115,7 +115,7 @@ def rules_update(args: argparse.Namespace, s: ClientSettings) -> int:
     if args.etag:
         patch.etag = args.etag
     with _client(args, s) as c:
-        rule = c.update_rule(patch, paths, validate_only=args.dry_run)
+        rule = c.update_rule(patch, paths, validate_only=args.dry_run, overrides=args.override or ())
     if args.json:
         emit_json(as_dict(rule))
         return 0
@@ -131,7 +131,8 @@ def rules_delete(args: argparse.Namespace, s: ClientSettings) -> int:
     with _client(args, s) as c:
         for rule_id in args.ids:  # one DeleteRule each: an error stops there
             try:
-                c.delete_rule(rule_id, etag=args.etag or "", allow_missing=args.allow_missing)
+                c.delete_rule(rule_id, etag=args.etag or "", allow_missing=args.allow_missing,
+                              overrides=args.override or ())
             except BaseException:
                 if names:
                     print(f"deleted {', '.join(names)} before the error", file=sys.stderr)

@@ -7,6 +7,12 @@ key (the CLI exits 2). The tables ``[sync]``, ``[telemetry]`` and
 ``[fleet]`` are kept as they are, for the sync hub, which validates them
 (:mod:`controller.fleet.syncconfig`).
 
+``[admission]`` holds the guards and caps of rule writes through the API
+(:class:`~controller.rules.admission.AdmissionPolicy`: ``min_prefix_v4``,
+``min_prefix_v6``, ``max_rules``, ``max_batch``, ``max_prefixes``,
+``allowlist``, ``management``); the ``allowlist`` and ``management`` of
+``[fleet.mitigate]`` are protected too.
+
 TLS: ``tls_cert``, ``tls_key`` and ``tls_ca`` (all three or none) serve
 mutual TLS on the one port; without them the port is plaintext, refused on
 a non-loopback ``listen`` unless ``insecure = true``
@@ -22,7 +28,8 @@ from typing import Any, Final
 
 from ..api.auth import TlsFiles, check_plaintext
 from ..config import checked, parse_listen, read_toml
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, FieldError, InputError
+from ..rules.admission import AdmissionPolicy
 from ..validate import check_bool, check_int, check_keys, check_number
 from .backend import HealthPolicy
 from .etcd import EtcdTLS, parse_endpoints
@@ -69,7 +76,7 @@ _INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
 _ETCD_FILES: Final = ("etcd_ca", "etcd_cert", "etcd_key")
 TLS_KEYS: Final = ("tls_cert", "tls_key", "tls_ca")
 KEYS: Final = ("listen", "state_dir", "store", "store_prefix", *_ETCD_FILES, "metrics", *_NUMBERS,
-               *_INTEGERS, *TLS_KEYS, "insecure", *SYNC_SECTIONS)
+               *_INTEGERS, *TLS_KEYS, "insecure", "admission", *SYNC_SECTIONS)
 """Every key of the configuration file (and of ``overrides``)."""
 
 
@@ -103,6 +110,8 @@ class ControllerConfig:
     """Mutual TLS on the port (None: plaintext)."""
     insecure: bool = False
     """Plaintext on a non-loopback address, on purpose (logged at every start, and a metric)."""
+    admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
+    """The guards and caps of rule writes (the ``[admission]`` table)."""
     source: str = "<defaults>"
 
     @property
@@ -122,6 +131,7 @@ class ControllerConfig:
             "shutdown_grace": self.shutdown_grace, "insecure": self.insecure,
             **({"tls_cert": str(self.tls.cert), "tls_key": str(self.tls.key), "tls_ca": str(self.tls.ca)}
                if self.tls else {}),
+            "admission": self.admission.to_dict(),
             **{k: dict(v) for k, v in self.sections.items()},
         }
 
@@ -224,6 +234,7 @@ def parse_config(data: Mapping[str, object], source: str = "<config>",
                 raise ConfigError(src, key, f"expected a table ([{key}]), got {table!r}")
             sections[key] = dict(table)
     changes["sections"] = sections
+    changes["admission"] = _admission(doc, sections, src)
     changes["tls"] = _tls(doc, src)
     with checked(src):
         changes["insecure"] = check_bool(doc.get("insecure", False), "insecure")
@@ -233,6 +244,25 @@ def parse_config(data: Mapping[str, object], source: str = "<config>",
         except InputError as exc:
             raise ConfigError(src, "listen", str(exc).partition(": ")[2]) from None
     return replace(out, **changes)
+
+
+def _admission(doc: Mapping[str, object], sections: Mapping[str, Mapping[str, Any]],
+               src: str) -> AdmissionPolicy:
+    """The ``[admission]`` table, with ``[fleet.mitigate]``'s allowlist and management prefixes added."""
+    mitigate = sections.get("fleet", {}).get("mitigate", {})
+    extra: dict[str, list[object]] = {"allowlist": [], "management": []}
+    if isinstance(mitigate, Mapping):
+        for key in extra:
+            value = mitigate.get(key, [])
+            extra[key] = list(value) if isinstance(value, list | tuple) else [value]
+    table = doc.get("admission", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(src, "admission", f"expected a table ([admission]), got {table!r}")
+    merged = {**table, **{k: [*table.get(k, []), *v] for k, v in extra.items() if v}}
+    try:
+        return AdmissionPolicy.from_dict(merged)
+    except FieldError as exc:
+        raise ConfigError(src, exc.path, exc.what) from None
 
 
 def _tls(doc: Mapping[str, object], src: str) -> TlsFiles | None:

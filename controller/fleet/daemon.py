@@ -453,7 +453,8 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
         backend = ControllerBackend(store, events, health=config.health,
                                     **({"clock": clock} if clock else {}))
         stopping = threading.Event()
-        services = api_services(RuleServicer(backend, **({"clock": clock} if clock else {})),
+        services = api_services(RuleServicer(backend, admission=config.admission,
+                                             **({"clock": clock} if clock else {})),
                                 NodeServicer(backend), EventServicer(events, stopping=stopping))
         hub: SyncHandle | None = None
         if sync:
