@@ -383,6 +383,9 @@ class ApiClient:
     def get_node(self, name: str) -> node_pb2.Node:
         return self._call(self._nodes.GetNode, node_service_pb2.GetNodeRequest(name=node_name_of(name)))
 
+    def delete_node(self, name: str) -> None:
+        self._call(self._nodes.DeleteNode, node_service_pb2.DeleteNodeRequest(name=node_name_of(name)))
+
     # -- events --
 
     def list_events(self, *, filter: str = "", limit: int = 50) -> list[event_pb2.Event]:

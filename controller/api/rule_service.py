@@ -49,12 +49,14 @@ from .convert import merge_update, parse_rule_name, rule_from_proto, rule_to_pro
 from .filtering import RULE_FILTER, compile_filter
 from .pages import decode_page_token, encode_page_token, page_size, take_page
 
-__all__ = ["DEFAULT_RULE_PAGE", "MAX_BATCH", "RuleServicer"]
+__all__ = ["DEFAULT_RULE_PAGE", "MAX_BATCH", "MAX_ETAG", "RuleServicer"]
 
 DEFAULT_RULE_PAGE: Final = 100
 """Rules per ListRules page when the request says 0."""
 MAX_BATCH: Final = DEFAULT_MAX_BATCH
 """Most requests in one BatchCreateRules (by default; ``AdmissionPolicy.max_batch``)."""
+MAX_ETAG: Final = 64
+"""Longest etag accepted (the server's are ``W/"<16 hex>"``)."""
 _OUTPUT_ONLY: Final = ("name", "created_by", "create_time", "update_time", "version", "etag")
 
 Clock = Callable[[], datetime]
@@ -62,6 +64,12 @@ Clock = Callable[[], datetime]
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _check_etag(etag: str, path: str) -> str:
+    if len(etag) > MAX_ETAG:
+        raise FieldError(path, f"{len(etag)} characters; an etag is at most {MAX_ETAG} (get the rule again)")
+    return etag
 
 
 def _check_expiry(rule: ScopedRule, now: datetime, path: str) -> None:
@@ -213,10 +221,10 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
         if not request.HasField("rule"):
             raise FieldError("rule", "required; rule.name names the rule, the mask its fields to change")
         rule_id = parse_rule_name(request.rule.name, "rule.name")
+        etag = _check_etag(request.rule.etag, "rule.etag")
         overrides = self._overrides(request.override_guards, context, "override_guards")
         self.admission.admit_id(rule_id, "rule.name", overrides)
         current = self._backend.get_rule(rule_id)
-        etag = request.rule.etag
         if etag and etag != current.etag:
             raise EtagMismatchError(f"rule {rule_id!r} changed since it was read (etag {etag}, now "
                                     f"{current.etag}); get it again and retry", f"rules/{rule_id}")
@@ -238,6 +246,7 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
                    context: grpc.ServicerContext) -> empty_pb2.Empty:
         actor, reason = caller(context)
         rule_id = parse_rule_name(request.name, "name")
+        _check_etag(request.etag, "etag")
         self.admission.admit_id(rule_id, "name", self._overrides(request.override_guards, context,
                                                                   "override_guards"))
         self._backend.delete_rule(rule_id, etag=request.etag, allow_missing=request.allow_missing,

@@ -268,7 +268,7 @@ def _stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``nodes list|get``: a controller's agents (needs a server)."""
+    """``nodes list|get|remove``: a controller's agents (needs a server)."""
     np_ = sub.add_parser("nodes", help="the agents registered with a controller (needs --server)")
     nsub = np_.add_subparsers(dest="nodes_command", required=True, metavar="ACTION")
     nl = nsub.add_parser("list", help="every node: health, applied and target version, lag")
@@ -283,6 +283,10 @@ def _nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ng.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _server_flags(ng)
     ng.set_defaults(handler=Command(remote=remote.nodes_get))
+    nr = nsub.add_parser("remove", help="remove a node (admin): end its stream, revoke its certificate")
+    nr.add_argument("id", metavar="NODE_ID", help="the node id (or nodes/ID)")
+    _server_flags(nr, reason=True)
+    nr.set_defaults(handler=Command(remote=remote.nodes_remove))
 
 
 def _agent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -370,7 +374,7 @@ def _controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _pki(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``pki init|issue``: the small CA and the certificates of mutual TLS."""
+    """``pki init|issue|revoke``: the small CA and the certificates of mutual TLS."""
     pp = sub.add_parser("pki", help="a small CA: certificates for the controller, nodes and operators",
                         description="Certificates for mutual TLS (docs/security.md). Every file is 0600 "
                                     "in a 0700 directory; the CA's key never leaves the CA's directory.")
@@ -398,6 +402,15 @@ def _pki(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="a DNS name or address the certificate's server answers on (repeatable)")
     s.add_argument("--days", type=int, default=397, help="lifetime (default %(default)s)")
     s.set_defaults(handler=Command(pki.cmd_issue))
+    r = psub.add_parser("revoke", help="add a certificate's serial to a revocation list",
+                        description="Appends the serial to the list a controller checks every call "
+                                    "against (its tls_revoked, default STATE_DIR/revoked.txt; re-read "
+                                    "when it changes). A revoked certificate's calls are UNAUTHENTICATED.")
+    r.add_argument("serial", metavar="SERIAL|CERT",
+                   help="the serial in hex (openssl x509 -noout -serial), or the certificate file")
+    r.add_argument("--list", type=Path, required=True, help="the revocation list file (created 0600)")
+    r.add_argument("--note", help="why, kept as a comment on the line")
+    r.set_defaults(handler=Command(pki.cmd_revoke))
 
 
 def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..api.client import ApiClient, ClientSettings, rule_name_of
+from ..api.client import ApiClient, ClientSettings, node_name_of, rule_name_of
 from ..api.convert import rule_to_proto
 from ..errors import InputError
 from ..output import emit_json
@@ -33,6 +33,7 @@ __all__ = [
     "events",
     "nodes_get",
     "nodes_list",
+    "nodes_remove",
     "rules_create",
     "rules_delete",
     "rules_get",
@@ -165,6 +166,14 @@ def nodes_get(args: argparse.Namespace, s: ClientSettings) -> int:
         emit_json(as_dict(n))
         return 0
     render.show_node(n)
+    return 0
+
+
+def nodes_remove(args: argparse.Namespace, s: ClientSettings) -> int:
+    with _client(args, s) as c:
+        c.delete_node(args.id)
+    print(f"removed {node_name_of(args.id)}: its stream ended and its certificate is revoked "
+          "(it can come back only with a new one)")
     return 0
 
 

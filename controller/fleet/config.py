@@ -14,8 +14,11 @@ key (the CLI exits 2). The tables ``[sync]``, ``[telemetry]`` and
 ``[fleet.mitigate]`` are protected too.
 
 TLS: ``tls_cert``, ``tls_key`` and ``tls_ca`` (all three or none) serve
-mutual TLS on the one port; without them the port is plaintext, refused on
-a non-loopback ``listen`` unless ``insecure = true``
+mutual TLS on the one port, refusing every certificate whose serial is in
+the revocation list ``tls_revoked`` (default ``<state_dir>/revoked.txt``;
+``breakwater pki revoke`` and ``breakwater nodes remove`` add to it);
+without them the port is plaintext, refused on a non-loopback ``listen``
+unless ``insecure = true``
 (:func:`controller.api.auth.check_plaintext`).
 """
 
@@ -41,6 +44,7 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "DEFAULT_STORE",
     "KEYS",
+    "REVOKED_FILE",
     "ControllerConfig",
     "load_config",
     "parse_config",
@@ -61,6 +65,8 @@ DEFAULT_MAX_WORKERS: Final = 1024
 WatchEvents) holds one for as long as it is open."""
 DEFAULT_GRACE: Final = 5.0
 SYNC_SECTIONS: Final = ("sync", "telemetry", "fleet")
+REVOKED_FILE: Final = "revoked.txt"
+"""The revocation list's name under ``state_dir`` when ``tls_revoked`` is not given."""
 
 # Numeric keys -> their allowed range.
 _NUMBERS: Final[Mapping[str, tuple[float, float]]] = {
@@ -76,7 +82,7 @@ _INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
 _ETCD_FILES: Final = ("etcd_ca", "etcd_cert", "etcd_key")
 TLS_KEYS: Final = ("tls_cert", "tls_key", "tls_ca")
 KEYS: Final = ("listen", "state_dir", "store", "store_prefix", *_ETCD_FILES, "metrics", *_NUMBERS,
-               *_INTEGERS, *TLS_KEYS, "insecure", "admission", *SYNC_SECTIONS)
+               *_INTEGERS, *TLS_KEYS, "tls_revoked", "insecure", "admission", *SYNC_SECTIONS)
 """Every key of the configuration file (and of ``overrides``)."""
 
 
@@ -108,11 +114,18 @@ class ControllerConfig:
     """The [sync], [telemetry] and [fleet] tables, for the sync hub."""
     tls: TlsFiles | None = None
     """Mutual TLS on the port (None: plaintext)."""
+    tls_revoked: Path | None = None
+    """The revocation list (None: ``revoked.txt`` under ``state_dir``)."""
     insecure: bool = False
     """Plaintext on a non-loopback address, on purpose (logged at every start, and a metric)."""
     admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
     """The guards and caps of rule writes (the ``[admission]`` table)."""
     source: str = "<defaults>"
+
+    @property
+    def revocation_path(self) -> Path:
+        """Where the revocation list is (checked only with TLS)."""
+        return self.tls_revoked or self.state_dir / REVOKED_FILE
 
     @property
     def health(self) -> HealthPolicy:
@@ -129,6 +142,7 @@ class ControllerConfig:
             "reconcile_interval": self.reconcile_interval, "heartbeat_timeout": self.heartbeat_timeout,
             "max_lag": self.max_lag, "events_keep": self.events_keep, "max_workers": self.max_workers,
             "shutdown_grace": self.shutdown_grace, "insecure": self.insecure,
+            "tls_revoked": str(self.revocation_path),
             **({"tls_cert": str(self.tls.cert), "tls_key": str(self.tls.key), "tls_ca": str(self.tls.ca)}
                if self.tls else {}),
             "admission": self.admission.to_dict(),
@@ -236,6 +250,12 @@ def parse_config(data: Mapping[str, object], source: str = "<config>",
     changes["sections"] = sections
     changes["admission"] = _admission(doc, sections, src)
     changes["tls"] = _tls(doc, src)
+    if doc.get("tls_revoked") not in (None, ""):
+        raw = doc["tls_revoked"]
+        if not isinstance(raw, str | Path) or not Path(raw).expanduser().parent.is_dir():
+            raise ConfigError(src, "tls_revoked",
+                              f"expected a file path in an existing directory, got {raw!r}")
+        changes["tls_revoked"] = Path(raw).expanduser()
     with checked(src):
         changes["insecure"] = check_bool(doc.get("insecure", False), "insecure")
     if changes["tls"] is None:

@@ -61,6 +61,7 @@ from breakwater.v1 import node_pb2
 from ..api.aiothread import AioServerThread, create_threaded_aio_server
 from ..api.auth import Authorizer, is_loopback, server_credentials
 from ..api.event_service import EventServicer
+from ..api.limits import DEFAULT_STREAMS_PER_CALLER, StreamLimits
 from ..api.node_service import NodeServicer
 from ..api.rule_service import RuleServicer
 from ..api.server import Service
@@ -68,6 +69,7 @@ from ..api.services import api_services
 from ..api.status import code_of
 from ..errors import BreakwaterError, ConfigError, FieldError, SetupError
 from ..metrics import Exposition, MetricsServer
+from ..pki import RevocationList
 from ..rules.model import ORIGINS
 from .backend import ControllerBackend
 from .config import ControllerConfig
@@ -280,6 +282,7 @@ class Controller:
         self._started = False
         self._lock = threading.Lock()
         self.authorizer = Authorizer(plaintext=config.tls is None)
+        self.watch_limits = StreamLimits(what="WatchEvents streams")
         self.expired_total = 0
         self.sweep_errors = 0
         self._last_prune = 0.0
@@ -435,6 +438,10 @@ class Controller:
                 "Calls refused for want of an identity", self.authorizer.unauthenticated)
         out.add("breakwater_controller_rpc_permission_denied_total", "counter",
                 "Calls refused for the caller's role", self.authorizer.denied)
+        out.add("breakwater_controller_watch_streams", "gauge", "WatchEvents streams open",
+                self.watch_limits.open)
+        out.add("breakwater_controller_watch_streams_refused_total", "counter",
+                "WatchEvents refused past the per-caller or total bound", self.watch_limits.refused)
         self.rpc_metrics.collect(out)
         if self.sync is not None:
             self.sync.collect_metrics(out)
@@ -450,12 +457,16 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
     store = open_store(config.store, config.state_dir, tls=config.etcd_tls, prefix=config.store_prefix)
     try:
         events = EventLog(store)
-        backend = ControllerBackend(store, events, health=config.health,
+        revoked = RevocationList(config.revocation_path) if config.tls is not None else None
+        backend = ControllerBackend(store, events, health=config.health, revoked=revoked,
                                     **({"clock": clock} if clock else {}))
         stopping = threading.Event()
+        watch_limits = StreamLimits(per_caller=DEFAULT_STREAMS_PER_CALLER,
+                                    total=max(1, config.max_workers // 2), what="WatchEvents streams")
         services = api_services(RuleServicer(backend, admission=config.admission,
                                              **({"clock": clock} if clock else {})),
-                                NodeServicer(backend), EventServicer(events, stopping=stopping))
+                                NodeServicer(backend),
+                                EventServicer(events, stopping=stopping, limits=watch_limits))
         hub: SyncHandle | None = None
         if sync:
             registry = ServiceRegistry(backend)
@@ -466,7 +477,7 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
             services += registry.services
         health_servicer = health.HealthServicer()
         rpc_metrics = RpcMetrics()
-        authorizer = Authorizer(plaintext=config.tls is None)
+        authorizer = Authorizer(plaintext=config.tls is None, revoked=revoked)
         credentials = server_credentials(config.tls) if config.tls is not None else None
         server, port = create_threaded_aio_server(config.listen, services, health_servicer=health_servicer,
                                                   interceptors=[rpc_metrics], max_workers=config.max_workers,
@@ -478,6 +489,7 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
                             health_servicer=health_servicer, rpc_metrics=rpc_metrics, stopping=stopping,
                             sync=hub)
     controller.authorizer = authorizer
+    controller.watch_limits = watch_limits
     return controller
 
 

@@ -91,8 +91,10 @@ from google.protobuf import json_format
 from breakwater.v1 import event_pb2, rule_pb2, sync_service_pb2
 
 from ..api.convert import node_name
+from ..api.handlers import decoded
 from ..errors import BreakwaterError, FieldError, RemoteError
 from ..metrics import Exposition, Histogram
+from ..pki import serial_text
 from ..rules.scope import check_labels, check_node_id
 from .eventlog import EventLog
 from .nodewriter import NodeWriter
@@ -330,9 +332,10 @@ class SyncHub:
 
     # -- a stream's life --
 
-    async def open(self, reg: sync_service_pb2.Register, peer: str = "") -> Stream:
+    async def open(self, reg: sync_service_pb2.Register, peer: str = "", serial: int = 0) -> Stream:
         """Check and record a Register; the new stream with Registered and
-        its first update queued."""
+        its first update queued. ``serial``: the node certificate's, kept in
+        the node's record (``certSerial``) so removing the node revokes it."""
         node_id = check_node_id(reg.node_id, "register.node_id")
         labels = check_labels(dict(reg.labels), "register.labels")
         self.bind()
@@ -345,7 +348,10 @@ class SyncHub:
             LOGGER.info("node %s: a new stream (%s) replaces the open one (%s)", node_id, peer, old.peer,
                         extra={"event": "sync_stream_replaced", "node": node_id})
             old.end(RemoteError(f"{st.name}: replaced by a newer stream of the same node", "ABORTED"))
-        await asyncio.wrap_future(self._writer.register(node_id, labels, _register_doc(reg)))
+        doc = _register_doc(reg)
+        if serial:
+            doc["certSerial"] = serial_text(serial)
+        await asyncio.wrap_future(self._writer.register(node_id, labels, doc))
         if st.ended:
             return st
         registered = sync_service_pb2.Registered()
@@ -370,6 +376,19 @@ class SyncHub:
                            "version": st.target.version})
         return st
 
+    def end_node(self, node_id: str, why: str) -> None:
+        """End ``node_id``'s open stream, if any (from any thread): the node was removed."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def end() -> None:
+            st = self._streams.get(node_id)
+            if st is not None:
+                st.end(RemoteError(why, "UNAUTHENTICATED"))
+
+        loop.call_soon_threadsafe(end)
+
     def close_stream(self, st: Stream) -> None:
         st.end()
         if self._streams.get(st.node_id) is st:
@@ -386,7 +405,7 @@ class SyncHub:
                 req = await context.read()
                 if req is grpc.aio.EOF:
                     break
-                self.handle(st, req)
+                self.handle(st, decoded(req))
         except asyncio.CancelledError:
             raise
         except BreakwaterError as exc:
