@@ -19,6 +19,7 @@ from controller.agent.config import AgentConfig
 from controller.agent.config import parse as parse_agent
 from controller.agent.layers import RuleView
 from controller.agent.localapi import LocalApi
+from controller.api.client import ApiClient
 from controller.api.telemetry import FleetTelemetry
 from controller.errors import InputError, SetupError
 from controller.rules.model import Rule, RuleSet
@@ -79,6 +80,8 @@ def test_local_api_on_a_private_socket(tmp_path: Path, tcp: bool) -> None:
             assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert "management prefix (guard protected)" in (info.value.details() or "")
         assert [r.id for r in agent.manual] == ["m1"]
+        with ApiClient(f"unix:{sock}", timeout=10) as c:  # what `--server unix:PATH` uses
+            assert [r.name for r in c.list_rules()[0]] == ["rules/m1"]
     finally:
         api.stop()
     again = LocalApi(agent, None, FleetTelemetry(), sock)  # a stale socket is replaced
