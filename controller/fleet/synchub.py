@@ -117,6 +117,12 @@ EventSink = Callable[[str, Sequence[event_pb2.Event]], None]
 """Gets each node's events as stored (the fleet detector's promotions)."""
 
 
+TELEMETRY_ALLOWANCE: Final = 4.0
+"""A node may send up to this many TelemetrySummary per telemetry_interval on average ..."""
+TELEMETRY_BURST: Final = 20.0
+"""... and this many at once; more are dropped (counted): one node cannot push the others'
+summaries out of the telemetry queue."""
+
 def _register_doc(reg: sync_service_pb2.Register) -> dict[str, Any]:
     """What NodeRecord.doc keeps of a Register (its Node fields, JSON form)."""
     doc = sync_service_pb2.Register()
@@ -161,7 +167,9 @@ class SyncHub:
         self._registered = self._registered_template()
         self.counts: dict[str, int] = {k: 0 for k in (
             "snapshots", "deltas", "reconciles", "acks", "nacks", "stale_answers", "telemetry", "events",
-            "streams_opened", "streams_replaced", "refreshes", "reloads")}
+            "streams_opened", "streams_replaced", "refreshes", "reloads", "events_dropped",
+            "telemetry_dropped")}
+        self._budgets: dict[tuple[str, str], tuple[float, float]] = {}  # (node, kind) -> (tokens, at)
         self.round_trip = Histogram(ROUND_TRIP_BUCKETS)
         version, rules = store.snapshot(include_expired=True)
         self._index.reload(version, rules)
@@ -424,12 +432,20 @@ class SyncHub:
             self._on_nack(st, req.nack, now)
         elif which == "telemetry":
             self.counts["telemetry"] += 1
-            if self._telemetry is not None:
+            per_second = TELEMETRY_ALLOWANCE / self.config.telemetry_interval
+            if not self._take(st.node_id, "telemetry", 1, per_second, TELEMETRY_BURST, now):
+                self.counts["telemetry_dropped"] += 1
+            elif self._telemetry is not None:
                 self._telemetry.offer(st.node_id, req.telemetry)
         elif which == "events":
-            self.counts["events"] += len(req.events.events)
-            if req.events.events:
-                self._event_pool.submit(self._publish, st.node_id, list(req.events.events))
+            events = list(req.events.events)
+            self.counts["events"] += len(events)
+            allowed = self._allowance(st.node_id, len(events), now)
+            if allowed < len(events):
+                self.counts["events_dropped"] += len(events) - allowed
+                events = events[:allowed]
+            if events:
+                self._event_pool.submit(self._publish, st.node_id, events)
         elif which == "register":
             raise FieldError("register", "sent twice on one stream; a new Register needs a new stream")
         else:
@@ -438,6 +454,23 @@ class SyncHub:
         if now - st.last_touch >= self.config.heartbeat_write_interval and which not in ("ack", "nack"):
             st.last_touch = now
             self._note(st.node_id)
+
+    def _take(self, node_id: str, kind: str, n: int, rate: float, burst: float, now: float) -> bool:
+        """Take ``n`` tokens of the node's ``kind`` budget (a token bucket); False if short."""
+        tokens, at = self._budgets.get((node_id, kind), (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        ok = tokens >= n
+        self._budgets[(node_id, kind)] = (tokens - n if ok else tokens, now)
+        return ok
+
+    def _allowance(self, node_id: str, n: int, now: float) -> int:
+        """How many of ``n`` events the node may send now (its event budget)."""
+        cfg = self.config
+        tokens, at = self._budgets.get((node_id, "events"), (float(cfg.node_event_burst), now))
+        tokens = min(float(cfg.node_event_burst), tokens + (now - at) * cfg.node_events_per_second)
+        allowed = min(n, int(tokens))
+        self._budgets[(node_id, "events")] = (tokens - allowed, now)
+        return allowed
 
     def _on_ack(self, st: Stream, version: int, now: float) -> None:
         view = st.outstanding
@@ -534,6 +567,12 @@ class SyncHub:
         out.add("breakwater_controller_sync_telemetry_total", "counter", "TelemetrySummary messages received",
                 c["telemetry"])
         out.add("breakwater_controller_sync_events_total", "counter", "Events agents sent up", c["events"])
+        out.add("breakwater_controller_sync_events_dropped_total", "counter",
+                "Events dropped past a node's event budget (node_events_per_second, node_event_burst)",
+                c["events_dropped"])
+        out.add("breakwater_controller_sync_telemetry_dropped_total", "counter",
+                "TelemetrySummary messages dropped: a node sent them faster than its interval allows",
+                c["telemetry_dropped"])
         out.add("breakwater_controller_sync_node_write_failures_total", "counter",
                 "Node state writes that failed", self._writer.failures)
         out.histogram("breakwater_controller_sync_round_trip_seconds",
