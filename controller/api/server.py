@@ -60,8 +60,11 @@ MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
 """Largest request message a server takes (grpc's default, said explicitly):
 a bigger one is RESOURCE_EXHAUSTED before any code of ours runs. A full
 BatchCreateRules of 10000 small rules is about 1 MiB."""
-MAX_STREAMS_PER_CONNECTION: Final = 128
-"""Concurrent calls on one HTTP/2 connection (grpc's default is unbounded)."""
+MAX_STREAMS_PER_CONNECTION: Final = 4096
+"""Concurrent calls on one HTTP/2 connection (grpc's default is unbounded).
+High on purpose: grpc clients in one process share a connection per target
+(a bench process runs hundreds of agents' Sync streams over one); the
+bounds that matter per caller are :mod:`controller.api.limits`'."""
 MAX_CONNECTION_AGE_SECONDS: Final = 3600
 """A connection is asked to go (GOAWAY) after about an hour, so no client
 holds one forever and load spreads again after a restart; streams open on
