@@ -64,6 +64,8 @@ DEFAULT_MAX_WORKERS: Final = 1024
 """RPC threads, started as needed: every open stream (an agent's Sync, a
 WatchEvents) holds one for as long as it is open."""
 DEFAULT_GRACE: Final = 5.0
+DEFAULT_NODE_RETENTION: Final = 7 * 86400.0
+"""A week: the node registry forgets nodes gone that long (it would grow for ever)."""
 SYNC_SECTIONS: Final = ("sync", "telemetry", "fleet")
 REVOKED_FILE: Final = "revoked.txt"
 """The revocation list's name under ``state_dir`` when ``tls_revoked`` is not given."""
@@ -74,6 +76,7 @@ _NUMBERS: Final[Mapping[str, tuple[float, float]]] = {
     "heartbeat_timeout": (1.0, 86400.0),
     "max_lag": (0.0, 86400.0),
     "shutdown_grace": (0.0, 600.0),
+    "node_retention": (0.0, 10 * 365 * 86400.0),
 }
 _INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
     "events_keep": (1, 1_000_000_000),
@@ -110,6 +113,9 @@ class ControllerConfig:
     max_workers: int = DEFAULT_MAX_WORKERS
     shutdown_grace: float = DEFAULT_GRACE
     """Seconds in-flight calls get to finish on SIGTERM."""
+    node_retention: float = DEFAULT_NODE_RETENTION
+    """Seconds a disconnected node's record is kept after it was last heard
+    from; then it is forgotten (0: kept for ever)."""
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """The [sync], [telemetry] and [fleet] tables, for the sync hub."""
     tls: TlsFiles | None = None
@@ -141,7 +147,8 @@ class ControllerConfig:
             "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "",
             "reconcile_interval": self.reconcile_interval, "heartbeat_timeout": self.heartbeat_timeout,
             "max_lag": self.max_lag, "events_keep": self.events_keep, "max_workers": self.max_workers,
-            "shutdown_grace": self.shutdown_grace, "insecure": self.insecure,
+            "shutdown_grace": self.shutdown_grace, "node_retention": self.node_retention,
+            "insecure": self.insecure,
             "tls_revoked": str(self.revocation_path),
             **({"tls_cert": str(self.tls.cert), "tls_key": str(self.tls.key), "tls_ca": str(self.tls.ca)}
                if self.tls else {}),

@@ -49,7 +49,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Final, Protocol
 
@@ -67,7 +67,7 @@ from ..api.rule_service import RuleServicer
 from ..api.server import Service
 from ..api.services import api_services
 from ..api.status import code_of
-from ..errors import BreakwaterError, ConfigError, FieldError, SetupError
+from ..errors import BreakwaterError, ConfigError, FieldError, NotFoundError, SetupError
 from ..metrics import Exposition, MetricsServer
 from ..pki import RevocationList
 from ..rules.model import ORIGINS
@@ -377,6 +377,26 @@ class Controller:
                                "rules": [r.id for r in change.removed]})
         return len(change.removed)
 
+    def forget_nodes(self, now: datetime | None = None) -> list[str]:
+        """Forget the nodes disconnected and silent for ``node_retention``
+        (the registry is garbage-collected); returns their ids."""
+        keep = self.config.node_retention
+        if keep <= 0:
+            return []
+        at = now or datetime.now(UTC)
+        gone = []
+        for node in self.store.nodes():
+            last = node.last_heartbeat or node.create_time
+            if node.connected or last is None or (at - last).total_seconds() < keep:
+                continue
+            with contextlib.suppress(NotFoundError):  # another controller forgot it first
+                self.store.delete_node(node.node_id)
+                gone.append(node.node_id)
+        if gone:
+            LOGGER.info("forgot %d node(s) silent for more than %.0f s: %s", len(gone), keep, ", ".join(gone),
+                        extra={"event": "nodes_forgotten", "nodes": gone})
+        return gone
+
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(SWEEP_SECONDS):
             try:
@@ -387,6 +407,7 @@ class Controller:
                     if pruned:
                         LOGGER.info("pruned %d old events", pruned, extra={"event": "events_pruned",
                                                                            "count": pruned})
+                    self.forget_nodes()
             except BreakwaterError as exc:
                 self.sweep_errors += 1
                 LOGGER.error("expiry sweep failed: %s", exc, extra={"event": "sweep_failed"})

@@ -117,6 +117,11 @@ EventSink = Callable[[str, Sequence[event_pb2.Event]], None]
 """Gets each node's events as stored (the fleet detector's promotions)."""
 
 
+MAX_REGISTER_BYTES: Final = 16 * 1024
+"""Largest Register a node may send: its record is shown by NodeService, and a
+page of 1000 nodes must stay under the 4 MiB message limit."""
+MAX_REGISTER_INTERFACES: Final = 64
+"""Interfaces a Register may list."""
 TELEMETRY_ALLOWANCE: Final = 4.0
 """A node may send up to this many TelemetrySummary per telemetry_interval on average ..."""
 TELEMETRY_BURST: Final = 20.0
@@ -346,6 +351,12 @@ class SyncHub:
         the node's record (``certSerial``) so removing the node revokes it."""
         node_id = check_node_id(reg.node_id, "register.node_id")
         labels = check_labels(dict(reg.labels), "register.labels")
+        if len(reg.interfaces) > MAX_REGISTER_INTERFACES:
+            raise FieldError("register.interfaces", f"{len(reg.interfaces)} interfaces; at most "
+                                                    f"{MAX_REGISTER_INTERFACES}")
+        if reg.ByteSize() > MAX_REGISTER_BYTES:
+            raise FieldError("register", f"{reg.ByteSize()} bytes; at most {MAX_REGISTER_BYTES} (a node's "
+                                         "record must fit many to a ListNodes page)")
         self.bind()
         old = self._streams.get(node_id)
         st = Stream(node_id, tuple(labels.items()), reg.capabilities.deltas, peer)

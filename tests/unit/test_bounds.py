@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from breakwater.v1 import event_service_pb2, event_service_pb2_grpc, rule_service_pb2, rule_service_pb2_grpc
+from breakwater.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
+    rule_pb2,
+    rule_service_pb2,
+    rule_service_pb2_grpc,
+)
 from controller.api.limits import StreamLimits
 from controller.api.server import MAX_REQUEST_BYTES
 from controller.errors import CapacityError
@@ -132,3 +139,55 @@ def test_metrics_server_survives_half_sent_requests() -> None:
         for s in held:
             s.close()
         server.close()
+
+
+def test_pages_fit_the_message_limit(tmp_path: Path) -> None:
+    """A page of 1000 rules of 1024 prefixes each would be about 30 MB: a page
+    ends before 3 MiB, with a token, and every page is readable by a default client."""
+    ctl = create_controller(ControllerConfig(listen="127.0.0.1:0", state_dir=tmp_path, metrics=None),
+                            sync=False)
+    ctl.start()
+    try:
+        with grpc.insecure_channel(ctl.address, options=[
+                ("grpc.max_send_message_length", 64 << 20)]) as ch:
+            rules = rule_service_pb2_grpc.RuleServiceStub(ch)
+            for batch in range(2):  # 100 rules of 1000 long IPv6 addresses: about 4 MB listed
+                requests = []
+                for k in range(50):
+                    n = batch * 50 + k
+                    rule = rule_pb2.Rule(action=rule_pb2.Action(kind=rule_pb2.ACTION_KIND_DROP))
+                    rule.match.src.extend(f"2001:db8:aaaa:bbbb:cccc:dddd:{n + 4096:x}:{i + 4096:x}" for i in range(1000))
+                    requests.append(rule_service_pb2.CreateRuleRequest(rule_id=f"big-{n:03d}", rule=rule))
+                request = rule_service_pb2.BatchCreateRulesRequest(requests=requests)
+                rules.BatchCreateRules(request, timeout=60)
+            seen: list[str] = []
+            token = ""
+            pages = 0
+            while True:  # a default client (4 MiB receive limit) reads every page
+                page = rules.ListRules(rule_service_pb2.ListRulesRequest(page_size=1000, page_token=token),
+                                       timeout=60)
+                assert page.ByteSize() <= 3 * 1024 * 1024 + 64 * 1024
+                seen += [r.name for r in page.rules]
+                pages += 1
+                token = page.next_page_token
+                if not token:
+                    break
+            assert len(seen) == len(set(seen)) == 100 and pages >= 2
+    finally:
+        ctl.stop(0)
+
+
+def test_a_silent_node_is_forgotten(tmp_path: Path) -> None:
+    ctl = create_controller(ControllerConfig(listen="127.0.0.1:0", state_dir=tmp_path, metrics=None,
+                                             node_retention=3600), sync=False)
+    try:
+        t0 = datetime(2030, 1, 1, tzinfo=UTC)
+        ctl.store.register_node("gone", {}, {}, now=t0)
+        ctl.store.update_node("gone", connected=False, now=t0)
+        ctl.store.register_node("quiet-but-connected", {}, {}, now=t0)
+        ctl.store.register_node("recent", {}, {}, now=t0 + timedelta(minutes=50))
+        ctl.store.update_node("recent", connected=False, now=t0 + timedelta(minutes=50))
+        assert ctl.forget_nodes(t0 + timedelta(minutes=61)) == ["gone"]
+        assert [n.node_id for n in ctl.store.nodes()] == ["quiet-but-connected", "recent"]
+    finally:
+        ctl.stop(0)
