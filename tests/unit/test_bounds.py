@@ -156,7 +156,8 @@ def test_pages_fit_the_message_limit(tmp_path: Path) -> None:
                 for k in range(50):
                     n = batch * 50 + k
                     rule = rule_pb2.Rule(action=rule_pb2.Action(kind=rule_pb2.ACTION_KIND_DROP))
-                    rule.match.src.extend(f"2001:db8:aaaa:bbbb:cccc:dddd:{n + 4096:x}:{i + 4096:x}" for i in range(1000))
+                    rule.match.src.extend(f"2001:db8:aaaa:bbbb:cccc:dddd:{n + 4096:x}:{i + 4096:x}"
+                                          for i in range(1000))
                     requests.append(rule_service_pb2.CreateRuleRequest(rule_id=f"big-{n:03d}", rule=rule))
                 request = rule_service_pb2.BatchCreateRulesRequest(requests=requests)
                 rules.BatchCreateRules(request, timeout=60)

@@ -129,7 +129,8 @@ def _sync_stream(ctl: Controller, tls: TlsFiles) -> tuple[grpc.Channel, object, 
     return channel, call, got
 
 
-def test_a_removed_node_cannot_come_back_with_its_certificate(ctl: Controller, certs: Path) -> None:
+def test_a_removed_node_cannot_come_back_with_its_certificate(ctl: Controller, certs: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     channel, _, got = _sync_stream(ctl, _tls(certs, "edge-1"))
     try:
         assert got.get(timeout=10) == "registered"
@@ -137,6 +138,10 @@ def test_a_removed_node_cannot_come_back_with_its_certificate(ctl: Controller, c
         with ApiClient(ctl.address, tls=_tls(certs, "operator"), timeout=TIMEOUT) as c, \
                 pytest.raises(PermissionDeniedError, match="needs the admin role"):
             c.delete_node("edge-1")
+        op = _tls(certs, "operator")
+        flags = ["--server", ctl.address, "--cert", str(op.cert), "--key", str(op.key), "--ca", str(op.ca)]
+        assert cli(["nodes", "remove", "edge-1", *flags]) != 0  # the CLI: an operator is refused
+        assert "needs the admin role" in capsys.readouterr().err
         with ApiClient(ctl.address, tls=_tls(certs, "admin"), timeout=TIMEOUT) as c:
             c.delete_node("edge-1")
             with pytest.raises(NotFoundError):

@@ -322,8 +322,8 @@ def test_second_stream_replaces_the_first(env: Env) -> None:
     (S.SyncRequest(register=S.Register(node_id="ok", labels={"site": "fra 1"})), "register.labels[site]"),
     (S.SyncRequest(register=S.Register(node_id="ok", labels={"-x": "1"})), "register.labels"),
     (S.SyncRequest(ack=S.Ack(version=1)), "register"),
-    (S.SyncRequest(register=S.Register(node_id="ok", interfaces=[node_pb2.NodeInterface(name=f"e{i}")
-                                                                 for i in range(65)])), "register.interfaces"),
+    (S.SyncRequest(register=S.Register(node_id="ok", interfaces=[
+        node_pb2.NodeInterface(name=f"e{i}") for i in range(65)])), "register.interfaces"),
     (S.SyncRequest(register=S.Register(node_id="ok", agent_version="x" * 20_000)), "register"),
 ])
 def test_invalid_register(env: Env, first: S.SyncRequest, field: str) -> None:
