@@ -50,13 +50,13 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Exposition", "Histogram", "MetricsServer"]
+__all__ = ["MAX_SCRAPERS", "SCRAPE_READ_TIMEOUT", "Exposition", "Histogram", "MetricsServer"]
 
 LOGGER = logging.getLogger("breakwater.metrics")
 
@@ -65,6 +65,12 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Detection-loop and harvest durations, seconds.
 DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # The paths a scrape may ask for; anything else is a 404.
+MAX_SCRAPERS: Final = 8
+"""Connections the metrics server serves at once; more are closed at once
+(a Prometheus scrapes one at a time: a crowd is a client holding sockets)."""
+SCRAPE_READ_TIMEOUT: Final = 5.0
+"""Seconds a connection may take to send its request before it is closed
+(a half-sent request otherwise holds a thread for ever)."""
 METRICS_PATHS: Final = frozenset({"/metrics", "/"})
 # Served until the controller publishes its first text.
 NOTHING_YET: Final = "# no interval finished yet\n"
@@ -164,6 +170,8 @@ class MetricsServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = SCRAPE_READ_TIMEOUT  # the socket's: a slow request line or header is cut off
+
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] not in METRICS_PATHS:
                     self.send_error(404, "only /metrics here")
@@ -183,12 +191,32 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 LOGGER.debug("metrics: " + format, *args)
 
-        cls = http.server.ThreadingHTTPServer
-        if ":" in host:
-            class V6Server(http.server.ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-            cls = V6Server
-        self._httpd = cls((host, port), Handler)
+        self.refused = 0
+        slots = threading.BoundedSemaphore(MAX_SCRAPERS)
+
+        class Bounded(http.server.ThreadingHTTPServer):
+            """At most MAX_SCRAPERS connections served at once; the rest closed unread."""
+
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not slots.acquire(blocking=False):
+                    server.refused += 1
+                    self.shutdown_request(request)
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    slots.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
+
+        self._httpd = Bounded((host, port), Handler)
         self._httpd.daemon_threads = True
         self.address: tuple[str, int] = (host, int(self._httpd.server_address[1]))
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True)

@@ -26,6 +26,14 @@ directory and read from there when issuing: :func:`issue` writes the new
 key and certificate plus a copy of the CA's certificate (``ca.crt``), never
 the CA's key.
 
+**Revocation.** A revocation list is a text file of certificate serials
+(hex, one a line, ``#`` comments): :func:`revoke` appends one (``breakwater
+pki revoke``, or the controller itself when ``breakwater nodes remove``
+removes a node), :class:`RevocationList` is what a server checks every
+call's peer against, re-reading the file when it changes (at most once a
+second). A revoked certificate still completes the TLS handshake; every
+call it makes is ``UNAUTHENTICATED`` (:class:`controller.api.auth.Authorizer`).
+
 Errors are :class:`~controller.errors.InputError` (a bad name or role) and
 :class:`~controller.errors.SetupError` (files).
 """
@@ -36,6 +44,8 @@ import datetime
 import ipaddress
 import os
 import re
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,9 +69,14 @@ __all__ = [
     "URI_ROLE",
     "CertIdentity",
     "IssuedFiles",
+    "RevocationList",
     "identity_of",
     "init_ca",
     "issue",
+    "parse_serial",
+    "read_revoked",
+    "revoke",
+    "serial_text",
 ]
 
 CA_CERT: Final = "ca.crt"
@@ -296,3 +311,112 @@ def identity_of(pem: bytes) -> CertIdentity:
         return CertIdentity("controller", _check_name(cn, "peer certificate common name"), "controller",
                             cert.serial_number)
     raise InputError(f"peer certificate: unknown identity {uri!r}")
+
+
+# --- revocation ----------------------------------------------------------------------------------
+
+RELOAD_SECONDS: Final = 1.0
+"""How often a :class:`RevocationList` looks whether its file changed."""
+
+
+def serial_text(serial: int) -> str:
+    """A serial as the list and ``openssl x509 -serial`` write it: upper-case hex."""
+    return f"{serial:X}"
+
+
+def parse_serial(text: str, what: str = "serial") -> int:
+    """A certificate serial from hex (``1A2B``, ``0x1a2b``, ``1a:2b``) or a
+    PEM certificate file's path; InputError naming ``what`` otherwise."""
+    value = text.strip()
+    path = Path(value)
+    if "/" in value or value.endswith((".crt", ".pem")):
+        try:
+            return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{what}: {value!r} is not a readable PEM certificate ({exc})") from None
+    digits = value.lower().removeprefix("0x").replace(":", "")
+    if not digits or len(digits) > 40 or not re.fullmatch(r"[0-9a-f]+", digits):
+        raise InputError(f"{what}: {value[:64]!r} is not a certificate serial (hex, as openssl x509 "
+                         "-serial prints it) or a certificate file")
+    return int(digits, 16)
+
+
+def read_revoked(path: Path) -> frozenset[int]:
+    """The serials a revocation list holds (a missing file holds none)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as exc:
+        raise SetupError(f"{path}: cannot read the revocation list ({exc.strerror or exc})") from exc
+    out = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        word = line.split("#", 1)[0].strip()
+        if word:
+            out.add(parse_serial(word, f"{path}:{n}"))
+    return frozenset(out)
+
+
+def revoke(path: Path, serial: int, note: str = "") -> bool:
+    """Append ``serial`` to the revocation list at ``path`` (made 0600 if
+    missing); False if it was there already."""
+    if serial in read_revoked(path):
+        return False
+    clean = "".join(ch for ch in note if ch.isprintable())[:200]
+    stamp = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
+    line = f"{serial_text(serial)}  # {stamp} {clean}".rstrip()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(line + "\n")
+    except OSError as exc:
+        raise SetupError(f"{path}: cannot write the revocation list ({exc.strerror or exc})") from exc
+    return True
+
+
+class RevocationList:
+    """The serials of a revocation list file, re-read when its modification
+    time or size changes (looked at most every :data:`RELOAD_SECONDS`). A
+    list that cannot be read keeps the serials last read (logged by the
+    caller through :attr:`error`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error = ""
+        self._serials: frozenset[int] = frozenset()
+        self._stamp: tuple[int, int] | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self.reload(force=True)
+
+    def reload(self, *, force: bool = False) -> frozenset[int]:
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._checked < RELOAD_SECONDS:
+                return self._serials
+            self._checked = now
+            try:
+                st = self.path.stat()
+                stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                stamp = None
+            except OSError as exc:
+                self.error = f"{self.path}: {exc.strerror or exc}"
+                return self._serials
+            if force or stamp != self._stamp:
+                try:
+                    self._serials = read_revoked(self.path)
+                    self._stamp = stamp
+                    self.error = ""
+                except (InputError, SetupError) as exc:
+                    self.error = str(exc)
+            return self._serials
+
+    def __contains__(self, serial: object) -> bool:
+        return serial in self.reload()
+
+    def add(self, serial: int, note: str = "") -> bool:
+        """Revoke ``serial`` (append it to the file) and see it at once."""
+        added = revoke(self.path, serial, note)
+        self.reload(force=True)
+        return added

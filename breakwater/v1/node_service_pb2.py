@@ -23,21 +23,24 @@ _sym_db = _symbol_database.Default()
 
 
 from breakwater.v1 import node_pb2 as breakwater_dot_v1_dot_node__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n breakwater/v1/node_service.proto\x12\rbreakwater.v1\x1a\x18\x62reakwater/v1/node.proto\"I\n\x10ListNodesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"P\n\x11ListNodesResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.breakwater.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x9c\x01\n\x0bNodeService\x12N\n\tListNodes\x12\x1f.breakwater.v1.ListNodesRequest\x1a .breakwater.v1.ListNodesResponse\x12=\n\x07GetNode\x12\x1d.breakwater.v1.GetNodeRequest\x1a\x13.breakwater.v1.Nodeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n breakwater/v1/node_service.proto\x12\rbreakwater.v1\x1a\x18\x62reakwater/v1/node.proto\x1a\x1bgoogle/protobuf/empty.proto\"I\n\x10ListNodesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"P\n\x11ListNodesResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.breakwater.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"!\n\x11\x44\x65leteNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xe4\x01\n\x0bNodeService\x12N\n\tListNodes\x12\x1f.breakwater.v1.ListNodesRequest\x1a .breakwater.v1.ListNodesResponse\x12=\n\x07GetNode\x12\x1d.breakwater.v1.GetNodeRequest\x1a\x13.breakwater.v1.Node\x12\x46\n\nDeleteNode\x12 .breakwater.v1.DeleteNodeRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'breakwater.v1.node_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTNODESREQUEST']._serialized_start=77
-  _globals['_LISTNODESREQUEST']._serialized_end=150
-  _globals['_LISTNODESRESPONSE']._serialized_start=152
-  _globals['_LISTNODESRESPONSE']._serialized_end=232
-  _globals['_GETNODEREQUEST']._serialized_start=234
-  _globals['_GETNODEREQUEST']._serialized_end=264
-  _globals['_NODESERVICE']._serialized_start=267
-  _globals['_NODESERVICE']._serialized_end=423
+  _globals['_LISTNODESREQUEST']._serialized_start=106
+  _globals['_LISTNODESREQUEST']._serialized_end=179
+  _globals['_LISTNODESRESPONSE']._serialized_start=181
+  _globals['_LISTNODESRESPONSE']._serialized_end=261
+  _globals['_GETNODEREQUEST']._serialized_start=263
+  _globals['_GETNODEREQUEST']._serialized_end=293
+  _globals['_DELETENODEREQUEST']._serialized_start=295
+  _globals['_DELETENODEREQUEST']._serialized_end=328
+  _globals['_NODESERVICE']._serialized_start=331
+  _globals['_NODESERVICE']._serialized_end=559
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ import warnings
 
 from breakwater.v1 import node_pb2 as breakwater_dot_v1_dot_node__pb2
 from breakwater.v1 import node_service_pb2 as breakwater_dot_v1_dot_node__service__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -27,7 +28,7 @@ if _version_not_supported:
 
 
 class NodeServiceStub:
-    """Read the nodes that have registered with the controller.
+    """Read the nodes that have registered with the controller, and remove one.
     """
 
     def __init__(self, channel):
@@ -46,10 +47,15 @@ class NodeServiceStub:
                 request_serializer=breakwater_dot_v1_dot_node__service__pb2.GetNodeRequest.SerializeToString,
                 response_deserializer=breakwater_dot_v1_dot_node__pb2.Node.FromString,
                 _registered_method=True)
+        self.DeleteNode = channel.unary_unary(
+                '/breakwater.v1.NodeService/DeleteNode',
+                request_serializer=breakwater_dot_v1_dot_node__service__pb2.DeleteNodeRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
-    """Read the nodes that have registered with the controller.
+    """Read the nodes that have registered with the controller, and remove one.
     """
 
     def ListNodes(self, request, context):
@@ -61,6 +67,16 @@ class NodeServiceServicer:
 
     def GetNode(self, request, context):
         """Gets one node by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteNode(self, request, context):
+        """Removes a node from the fleet (admin role): its open Sync stream ends,
+        the serial of the certificate it synced with is revoked (the
+        controller's revocation list), and its record is forgotten. It can come
+        back only with a new certificate. NOT_FOUND if it never registered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +95,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     request_deserializer=breakwater_dot_v1_dot_node__service__pb2.GetNodeRequest.FromString,
                     response_serializer=breakwater_dot_v1_dot_node__pb2.Node.SerializeToString,
             ),
+            'DeleteNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNode,
+                    request_deserializer=breakwater_dot_v1_dot_node__service__pb2.DeleteNodeRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'breakwater.v1.NodeService', rpc_method_handlers)
@@ -88,7 +109,7 @@ def add_NodeServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NodeService:
-    """Read the nodes that have registered with the controller.
+    """Read the nodes that have registered with the controller, and remove one.
     """
 
     @staticmethod
@@ -135,6 +156,33 @@ class NodeService:
             '/breakwater.v1.NodeService/GetNode',
             breakwater_dot_v1_dot_node__service__pb2.GetNodeRequest.SerializeToString,
             breakwater_dot_v1_dot_node__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/breakwater.v1.NodeService/DeleteNode',
+            breakwater_dot_v1_dot_node__service__pb2.DeleteNodeRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ NodeService: the fleet of agents, for operators and SOC tools."""
 from breakwater.v1 import node_pb2 as _node_pb2
 from breakwater.v1 import node_service_pb2 as _node_service_pb2
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -28,7 +29,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class NodeServiceStub:
-    """Read the nodes that have registered with the controller."""
+    """Read the nodes that have registered with the controller, and remove one."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -38,19 +39,31 @@ class NodeServiceStub:
     """Lists nodes in node-id order, a page at a time."""
     GetNode: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.GetNodeRequest, _node_pb2.Node]
     """Gets one node by name."""
+    DeleteNode: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.DeleteNodeRequest, _empty_pb2.Empty]
+    """Removes a node from the fleet (admin role): its open Sync stream ends,
+    the serial of the certificate it synced with is revoked (the
+    controller's revocation list), and its record is forgotten. It can come
+    back only with a new certificate. NOT_FOUND if it never registered.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
-    """Read the nodes that have registered with the controller."""
+    """Read the nodes that have registered with the controller, and remove one."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListNodes: _aio.UnaryUnaryMultiCallable[_node_service_pb2.ListNodesRequest, _node_service_pb2.ListNodesResponse]  # type: ignore[assignment]
     """Lists nodes in node-id order, a page at a time."""
     GetNode: _aio.UnaryUnaryMultiCallable[_node_service_pb2.GetNodeRequest, _node_pb2.Node]  # type: ignore[assignment]
     """Gets one node by name."""
+    DeleteNode: _aio.UnaryUnaryMultiCallable[_node_service_pb2.DeleteNodeRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Removes a node from the fleet (admin role): its open Sync stream ends,
+    the serial of the certificate it synced with is revoked (the
+    controller's revocation list), and its record is forgotten. It can come
+    back only with a new certificate. NOT_FOUND if it never registered.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Read the nodes that have registered with the controller."""
+    """Read the nodes that have registered with the controller, and remove one."""
 
     @_abc_1.abstractmethod
     def ListNodes(
@@ -67,5 +80,17 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.Node, _abc.Awaitable[_node_pb2.Node]]:
         """Gets one node by name."""
+
+    @_abc_1.abstractmethod
+    def DeleteNode(
+        self,
+        request: _node_service_pb2.DeleteNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Removes a node from the fleet (admin role): its open Sync stream ends,
+        the serial of the certificate it synced with is revoked (the
+        controller's revocation list), and its record is forgotten. It can come
+        back only with a new certificate. NOT_FOUND if it never registered.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

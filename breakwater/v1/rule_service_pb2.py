@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n breakwater/v1/rule_service.proto\x12\rbreakwater.v1\x1a\x18\x62reakwater/v1/rule.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"_\n\x10ListRulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x14\n\x0cshow_expired\x18\x04 \x01(\x08\"a\n\x11ListRulesResponse\x12\"\n\x05rules\x18\x01 \x03(\x0b\x32\x13.breakwater.v1.Rule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"\x1e\n\x0eGetRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"^\n\x11\x43reateRuleRequest\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12!\n\x04rule\x18\x02 \x01(\x0b\x32\x13.breakwater.v1.Rule\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"d\n\x17\x42\x61tchCreateRulesRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .breakwater.v1.CreateRuleRequest\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\">\n\x18\x42\x61tchCreateRulesResponse\x12\"\n\x05rules\x18\x01 \x03(\x0b\x32\x13.breakwater.v1.Rule\"~\n\x11UpdateRuleRequest\x12!\n\x04rule\x18\x01 \x01(\x0b\x32\x13.breakwater.v1.Rule\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"F\n\x11\x44\x65leteRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\x32\xd3\x03\n\x0bRuleService\x12N\n\tListRules\x12\x1f.breakwater.v1.ListRulesRequest\x1a .breakwater.v1.ListRulesResponse\x12=\n\x07GetRule\x12\x1d.breakwater.v1.GetRuleRequest\x1a\x13.breakwater.v1.Rule\x12\x43\n\nCreateRule\x12 .breakwater.v1.CreateRuleRequest\x1a\x13.breakwater.v1.Rule\x12\x63\n\x10\x42\x61tchCreateRules\x12&.breakwater.v1.BatchCreateRulesRequest\x1a\'.breakwater.v1.BatchCreateRulesResponse\x12\x43\n\nUpdateRule\x12 .breakwater.v1.UpdateRuleRequest\x1a\x13.breakwater.v1.Rule\x12\x46\n\nDeleteRule\x12 .breakwater.v1.DeleteRuleRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n breakwater/v1/rule_service.proto\x12\rbreakwater.v1\x1a\x18\x62reakwater/v1/rule.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"_\n\x10ListRulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x14\n\x0cshow_expired\x18\x04 \x01(\x08\"a\n\x11ListRulesResponse\x12\"\n\x05rules\x18\x01 \x03(\x0b\x32\x13.breakwater.v1.Rule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"\x1e\n\x0eGetRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"w\n\x11\x43reateRuleRequest\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12!\n\x04rule\x18\x02 \x01(\x0b\x32\x13.breakwater.v1.Rule\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\x12\x17\n\x0foverride_guards\x18\x04 \x03(\t\"d\n\x17\x42\x61tchCreateRulesRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .breakwater.v1.CreateRuleRequest\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\">\n\x18\x42\x61tchCreateRulesResponse\x12\"\n\x05rules\x18\x01 \x03(\x0b\x32\x13.breakwater.v1.Rule\"\x97\x01\n\x11UpdateRuleRequest\x12!\n\x04rule\x18\x01 \x01(\x0b\x32\x13.breakwater.v1.Rule\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\x12\x17\n\x0foverride_guards\x18\x04 \x03(\t\"_\n\x11\x44\x65leteRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\x12\x17\n\x0foverride_guards\x18\x04 \x03(\t2\xd3\x03\n\x0bRuleService\x12N\n\tListRules\x12\x1f.breakwater.v1.ListRulesRequest\x1a .breakwater.v1.ListRulesResponse\x12=\n\x07GetRule\x12\x1d.breakwater.v1.GetRuleRequest\x1a\x13.breakwater.v1.Rule\x12\x43\n\nCreateRule\x12 .breakwater.v1.CreateRuleRequest\x1a\x13.breakwater.v1.Rule\x12\x63\n\x10\x42\x61tchCreateRules\x12&.breakwater.v1.BatchCreateRulesRequest\x1a\'.breakwater.v1.BatchCreateRulesResponse\x12\x43\n\nUpdateRule\x12 .breakwater.v1.UpdateRuleRequest\x1a\x13.breakwater.v1.Rule\x12\x46\n\nDeleteRule\x12 .breakwater.v1.DeleteRuleRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,15 +41,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRULEREQUEST']._serialized_start=336
   _globals['_GETRULEREQUEST']._serialized_end=366
   _globals['_CREATERULEREQUEST']._serialized_start=368
-  _globals['_CREATERULEREQUEST']._serialized_end=462
-  _globals['_BATCHCREATERULESREQUEST']._serialized_start=464
-  _globals['_BATCHCREATERULESREQUEST']._serialized_end=564
-  _globals['_BATCHCREATERULESRESPONSE']._serialized_start=566
-  _globals['_BATCHCREATERULESRESPONSE']._serialized_end=628
-  _globals['_UPDATERULEREQUEST']._serialized_start=630
-  _globals['_UPDATERULEREQUEST']._serialized_end=756
-  _globals['_DELETERULEREQUEST']._serialized_start=758
-  _globals['_DELETERULEREQUEST']._serialized_end=828
-  _globals['_RULESERVICE']._serialized_start=831
-  _globals['_RULESERVICE']._serialized_end=1298
+  _globals['_CREATERULEREQUEST']._serialized_end=487
+  _globals['_BATCHCREATERULESREQUEST']._serialized_start=489
+  _globals['_BATCHCREATERULESREQUEST']._serialized_end=589
+  _globals['_BATCHCREATERULESRESPONSE']._serialized_start=591
+  _globals['_BATCHCREATERULESRESPONSE']._serialized_end=653
+  _globals['_UPDATERULEREQUEST']._serialized_start=656
+  _globals['_UPDATERULEREQUEST']._serialized_end=807
+  _globals['_DELETERULEREQUEST']._serialized_start=809
+  _globals['_DELETERULEREQUEST']._serialized_end=904
+  _globals['_RULESERVICE']._serialized_start=907
+  _globals['_RULESERVICE']._serialized_end=1374
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,8 @@ Every change gets a new rule set version and reaches the agents through
 SyncService. Errors are gRPC statuses (controller/api/status.py):
 INVALID_ARGUMENT with a google.rpc.BadRequest naming the field,
 NOT_FOUND, ALREADY_EXISTS, ABORTED on an etag mismatch,
-RESOURCE_EXHAUSTED when a limit would be exceeded.
+RESOURCE_EXHAUSTED when a limit would be exceeded, PERMISSION_DENIED for
+a guard override without the admin role.
 """
 
 from breakwater.v1 import rule_pb2 as _rule_pb2
@@ -136,6 +137,7 @@ class CreateRuleRequest(_message.Message):
     RULE_ID_FIELD_NUMBER: _builtins.int
     RULE_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    OVERRIDE_GUARDS_FIELD_NUMBER: _builtins.int
     rule_id: _builtins.str
     """The new rule's id (the {rule_id} of its name): 1-63 characters of a-z
     0-9 . _ -, starting with a letter or digit. Required.
@@ -148,16 +150,27 @@ class CreateRuleRequest(_message.Message):
     def rule(self) -> _rule_pb2.Rule:
         """The rule. Its name is ignored; output-only fields are ignored."""
 
+    @_builtins.property
+    def override_guards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Admission guards this request overrides, by name (admin role only;
+        PERMISSION_DENIED otherwise): "broad-prefix" (a drop or rate limit from
+        a source prefix broader than the controller's min_prefix_v4/v6, or of
+        every source), "reserved-id" (an id under fleet- or auto-). The
+        "protected" guard (allowlisted and management prefixes) is never
+        overridden. docs/security.md lists the guards.
+        """
+
     def __init__(
         self,
         *,
         rule_id: _builtins.str = ...,
         rule: _rule_pb2.Rule | None = ...,
         validate_only: _builtins.bool = ...,
+        override_guards: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule", "rule_id", b"rule_id", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["override_guards", b"override_guards", "rule", b"rule", "rule_id", b"rule_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -228,6 +241,7 @@ class UpdateRuleRequest(_message.Message):
     RULE_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    OVERRIDE_GUARDS_FIELD_NUMBER: _builtins.int
     validate_only: _builtins.bool
     """Validate the request and return the rule as it would be, changing
     nothing.
@@ -248,16 +262,27 @@ class UpdateRuleRequest(_message.Message):
         replaces every mutable field.
         """
 
+    @_builtins.property
+    def override_guards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Admission guards this request overrides, by name (admin role only;
+        PERMISSION_DENIED otherwise): "broad-prefix" (a drop or rate limit from
+        a source prefix broader than the controller's min_prefix_v4/v6, or of
+        every source), "reserved-id" (an id under fleet- or auto-). The
+        "protected" guard (allowlisted and management prefixes) is never
+        overridden. docs/security.md lists the guards.
+        """
+
     def __init__(
         self,
         *,
         rule: _rule_pb2.Rule | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         validate_only: _builtins.bool = ...,
+        override_guards: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["override_guards", b"override_guards", "rule", b"rule", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -272,6 +297,7 @@ class DeleteRuleRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     ALLOW_MISSING_FIELD_NUMBER: _builtins.int
+    OVERRIDE_GUARDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The rule's name, "rules/{rule_id}". Required."""
     etag: _builtins.str
@@ -282,16 +308,23 @@ class DeleteRuleRequest(_message.Message):
     """Succeed (changing nothing) when the rule does not exist, instead of
     NOT_FOUND.
     """
+    @_builtins.property
+    def override_guards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Admission guards this request overrides: only "reserved-id" applies to
+        a delete (admin role only).
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         etag: _builtins.str = ...,
         allow_missing: _builtins.bool = ...,
+        override_guards: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_missing", b"allow_missing", "etag", b"etag", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_missing", b"allow_missing", "etag", b"etag", "name", b"name", "override_guards", b"override_guards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,7 +7,8 @@ Every change gets a new rule set version and reaches the agents through
 SyncService. Errors are gRPC statuses (controller/api/status.py):
 INVALID_ARGUMENT with a google.rpc.BadRequest naming the field,
 NOT_FOUND, ALREADY_EXISTS, ABORTED on an etag mismatch,
-RESOURCE_EXHAUSTED when a limit would be exceeded.
+RESOURCE_EXHAUSTED when a limit would be exceeded, PERMISSION_DENIED for
+a guard override without the admin role.
 """
 
 from breakwater.v1 import rule_pb2 as _rule_pb2

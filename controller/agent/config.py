@@ -53,7 +53,7 @@ AgentMode = Literal["monitor", "enforce"]
 _TOP_KEYS: Final = (
     "interfaces", "protected", "management", "allowlist", "mode", "interval", "detach_on_exit",
     "state_dir", "pin_root", "metrics", "rules_file", "sizes", "detect", "mitigate",
-    "controller", "node_id", "labels", "api", "tls", "challenge",
+    "controller", "node_id", "labels", "api", "api_socket", "tls", "challenge",
 )
 _TLS_KEYS: Final = ("cert", "key", "ca", "insecure")
 _IFACE_KEYS: Final = ("name", "netns", "mode")
@@ -106,6 +106,8 @@ class AgentConfig:
     insecure: bool = False
     challenge: tuple[chal.Service, ...] = ()
     """TCP services whose SYNs the data plane challenges under a flood, one per prefix and port."""
+    api_socket: Path | None = None
+    """The local API also (or only, with ``api = ""``) on this Unix socket, 0600 in a 0700 directory."""
 
     @property
     def monitor(self) -> bool:
@@ -141,6 +143,7 @@ class AgentConfig:
             "tls": ({"cert": str(self.tls.cert), "key": str(self.tls.key), "ca": str(self.tls.ca)}
                     if self.tls else {}) | ({"insecure": True} if self.insecure else {}),
             "challenge": [_plain(s) for s in self.challenge],
+            "api_socket": str(self.api_socket) if self.api_socket else "",
             "sizes": self.sizes.as_dict(),
             "detect": det,
             "mitigate": mit,
@@ -373,9 +376,22 @@ def _parse(doc: Mapping[str, object], src: str) -> AgentConfig:
     if len(challenge) > sizes.challenge:
         raise FieldError("challenge", f"{len(challenge)} prefix/port pairs do not fit the chal_v4 map "
                                       f"({sizes.challenge} entries): raise [sizes] challenge")
+    api_socket = _socket_path(doc.get("api_socket", ""), "api_socket")
     return AgentConfig(interfaces, protected, management, allowlist, mode, interval,
                        detach, state_dir, pin_root, metrics, rules_file, sizes, detect, mitigate, src,
-                       controllers, node_id, labels, api, tls, insecure, challenge)
+                       controllers, node_id, labels, api, tls, insecure, challenge, api_socket)
+
+
+def _socket_path(value: object, path: str) -> Path | None:
+    if not isinstance(value, str):
+        raise FieldError(path, "expected an absolute path like \"/run/breakwater/api.sock\" or \"\", "
+                               f"got {value!r}")
+    if not value:
+        return None
+    if not value.startswith("/") or len(value.encode()) > 100:
+        raise FieldError(path, f"{value!r}: give an absolute path of at most 100 bytes "
+                               "(a Unix socket's limit)")
+    return Path(value)
 
 
 def _tls(value: object, controllers: tuple[str, ...], node_id: str) -> tuple[TlsFiles | None, bool]:

@@ -143,7 +143,7 @@ class Agent:
             "controller": ", ".join(cfg.controllers), "node_id": cfg.node_id,
             "controller_version": controller.version,
             "controller_rules": sorted(controller.rules),
-            "api": f"{self._api.address[0]}:{self._api.address[1]}" if self._api else "",
+            "api": self._api.where if self._api else "",
         })
 
     def _bring_up(self, icfg: InterfaceConfig, *, reason: str) -> Interface:
@@ -343,7 +343,7 @@ class Agent:
         controller is changed; rebind the local API when its address did."""
         self.layers.update_view()
         self._link.reconfigure(self.layers.controller)
-        if self.config.api != old.api:
+        if self.config.api != old.api or self.config.api_socket != old.api_socket:
             self._stop_api()
             try:
                 self._start_api()
@@ -355,12 +355,12 @@ class Agent:
 
     def _start_api(self) -> None:
         cfg = self.config
-        if cfg.api is None:
+        if cfg.api is None and cfg.api_socket is None:
             return
         if self._telemetry is None:
             # buckets as fine as the interval allows: `breakwater top` against an agent is live
             self._telemetry = FleetTelemetry(TelemetryConfig(bucket_seconds=max(1.0, cfg.interval)))
-        self._api = LocalApi(self, cfg.api, self._telemetry)
+        self._api = LocalApi(self, cfg.api, self._telemetry, cfg.api_socket)
         self._api.start()
 
     def _stop_api(self) -> None:

@@ -1,5 +1,8 @@
 """The agent's local API: RuleService, EventService and TelemetryService for
-its own node, for standalone use (``api = "127.0.0.1:9612"``).
+its own node, for standalone use (``api = "127.0.0.1:9612"``, and/or
+``api_socket = "/run/breakwater/api.sock"``: a Unix socket made 0600 in a
+directory made 0700, so only root (the agent's user) can reach it, where
+any local user can reach the loopback port).
 
 The servicers are the controller's (:mod:`controller.api.rule_service`,
 :mod:`controller.api.event_service`, :mod:`controller.api.telemetry_service`);
@@ -38,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,12 +54,21 @@ from breakwater.v1 import event_pb2
 
 from ..api import convert
 from ..api.event_service import EventServicer
+from ..api.limits import StreamLimits
 from ..api.rule_service import RuleServicer
-from ..api.server import create_server
+from ..api.server import create_server, listen
 from ..api.services import api_services
 from ..api.telemetry import FleetTelemetry
 from ..api.telemetry_service import TelemetryServicer, telemetry_service
-from ..errors import AlreadyExistsError, EtagMismatchError, FailedPreconditionError, FieldError, NotFoundError
+from ..errors import (
+    AlreadyExistsError,
+    EtagMismatchError,
+    FailedPreconditionError,
+    FieldError,
+    NotFoundError,
+    SetupError,
+)
+from ..rules.admission import AdmissionPolicy
 from ..rules.model import Rule, RuleSet
 from ..rules.scope import RuleScope, ScopedRule
 from .config import AgentConfig
@@ -72,6 +85,9 @@ WATCH_POLL_SECONDS: Final = 0.25
 WATCH_BATCH: Final = 500
 LOCAL_WORKERS: Final = 8
 """Threads of the local API server (a watch holds one while it is open)."""
+LOCAL_WATCHERS: Final = LOCAL_WORKERS // 2
+"""WatchEvents streams the local API holds open at once: half its threads,
+so the other calls (and health) always find one."""
 STOP_GRACE_SECONDS: Final = 1.0
 
 
@@ -277,11 +293,35 @@ class AgentEvents:
 # --- the server ------------------------------------------------------------------------
 
 
+def _prepare_socket(path: Path) -> Path:
+    """Make the socket's directory (0700 if new) and remove a stale socket there."""
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+        if path.is_socket():
+            path.unlink()
+        elif path.exists():
+            raise SetupError(f"api_socket {path}: exists and is not a socket; remove it or choose "
+                             "another path")
+    except OSError as exc:
+        raise SetupError(f"api_socket {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def _private_socket(path: Path) -> None:
+    """The socket 0600: only its owner (root) connects."""
+    try:
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise SetupError(f"api_socket {path}: cannot chmod 0600 ({exc.strerror or exc})") from exc
+
+
 class LocalApi:
     """The agent's gRPC server: RuleService, EventService, TelemetryService
-    (plus health and reflection) at ``address``."""
+    (plus health and reflection) at ``address`` and/or on the Unix socket ``socket``."""
 
-    def __init__(self, agent: ServedAgent, address: tuple[str, int], telemetry: FleetTelemetry) -> None:
+    def __init__(self, agent: ServedAgent, address: tuple[str, int] | None, telemetry: FleetTelemetry,
+                 socket: Path | None = None) -> None:
         self._agent = agent
         self._stopping = threading.Event()
 
@@ -290,20 +330,42 @@ class LocalApi:
                 raise NotFoundError(f"node {node_id!r}: this agent serves nodes/{agent.config.node_id} only",
                                     f"nodes/{node_id}")
 
-        host, port = address
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        services = [*api_services(rules=RuleServicer(AgentRules(agent)),
+        if address is not None:
+            host, port = address
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        elif socket is not None:
+            target = f"unix:{_prepare_socket(socket)}"
+        else:
+            raise SetupError("the local API needs an address or a socket")
+
+        def admission() -> AdmissionPolicy:
+            return AdmissionPolicy(allowlist=agent.config.allowlist, management=agent.config.management)
+
+        services = [*api_services(rules=RuleServicer(AgentRules(agent), admission=admission),
                                   events=EventServicer(AgentEvents(agent.config.state_dir,
                                                                    lambda: agent.config.node_id),
-                                                       stopping=self._stopping)),
+                                                       stopping=self._stopping,
+                                                       limits=StreamLimits(per_caller=LOCAL_WATCHERS,
+                                                                           total=LOCAL_WATCHERS,
+                                                                           what="WatchEvents streams"))),
                     telemetry_service(TelemetryServicer(telemetry, known_node=known))]
         self._server, self.port = create_server(target, services, max_workers=LOCAL_WORKERS)
-        self.address = (host, self.port)
+        self.address = (address[0], self.port) if address is not None else None
+        self.socket = socket
+        if socket is not None:
+            if address is not None:
+                listen(self._server, f"unix:{_prepare_socket(socket)}", None)
+            _private_socket(socket)
+
+    @property
+    def where(self) -> str:
+        """Where it listens, as a status line shows it."""
+        out = [f"{self.address[0]}:{self.address[1]}"] if self.address else []
+        return ", ".join([*out, *([f"unix:{self.socket}"] if self.socket else [])])
 
     def start(self) -> None:
         self._server.start()
-        LOGGER.info("local API at %s:%d", *self.address,
-                    extra={"event": "api_ready", "address": f"{self.address[0]}:{self.address[1]}"})
+        LOGGER.info("local API at %s", self.where, extra={"event": "api_ready", "address": self.where})
 
     def stop(self) -> None:
         self._stopping.set()

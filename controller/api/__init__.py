@@ -27,6 +27,7 @@ __all__ = [
     "event_service",
     "filtering",
     "handlers",
+    "limits",
     "node_service",
     "pages",
     "rule_service",

@@ -33,10 +33,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..errors import InputError, SetupError
 from .auth import AioAuthInterceptor, Authorizer
-from .handlers import HANDLER_KINDS, MAKE_HANDLER
+from .handlers import HANDLER_KINDS, MAKE_HANDLER, Undecodable, decoded, lenient
 from .server import (
     DEFAULT_MAX_WORKERS,
     POOL_THREAD_PREFIX,
+    SERVER_OPTIONS,
     Service,
     add_reflection,
     listen,
@@ -173,7 +174,13 @@ class _SyncRequests:
         item = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
         if item is _END:
             raise StopIteration
+        if isinstance(item, Undecodable):
+            raise item.error()
         return item
+
+
+def _call_decoded(fn: Callable[..., Any], request: Any, context: Any) -> Any:
+    return fn(decoded(request), context)
 
 
 def _aio_passes(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
@@ -252,7 +259,7 @@ class _Bridge:
         self.kind, self.fn = _behaviour(handler)
         self.pool = pool
         self.interceptors = interceptors
-        self.codec: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
+        self.codec: dict[str, Any] = {"request_deserializer": lenient(handler.request_deserializer),
                                       "response_serializer": handler.response_serializer}
 
     @property
@@ -294,7 +301,7 @@ class _Bridge:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 try:
-                    result = await fn(request, context)
+                    result = await fn(decoded(request), context)
                 except Exception as exc:
                     if outer is None:
                         raise
@@ -321,7 +328,7 @@ class _Bridge:
             if outer is not None:
                 seen = iter(outer(request, SyncContext(context, asyncio.get_running_loop())))
             try:
-                async for item in fn(request, context):
+                async for item in fn(decoded(request), context):
                     if seen is None:
                         yield item
                         continue
@@ -359,7 +366,8 @@ class _Bridge:
             loop = asyncio.get_running_loop()
             if streaming_request:
                 request = _SyncRequests(request, loop)
-            run = functools.partial(contextvars.copy_context().run, fn, request, SyncContext(context, loop))
+            run = functools.partial(contextvars.copy_context().run, _call_decoded, fn, request,
+                                    SyncContext(context, loop))
             try:
                 return await loop.run_in_executor(pool, run)
             except Exception as exc:
@@ -380,6 +388,8 @@ class _Bridge:
             loop = asyncio.get_running_loop()
             if streaming_request:
                 request = _SyncRequests(request, loop)
+            elif isinstance(request, Undecodable):
+                await _aio_abort(context, request.error(), method)
             sync_context = SyncContext(context, loop)
             items = iter(fn(request, sync_context))
             running: futures.Future[Any] | None = None
@@ -481,7 +491,7 @@ async def create_aio_server(
         # as create_server: refuse a busy port rather than share it; ping idle
         # peers, so a stream whose agent vanished (its link cut) ends within
         # a minute or so instead of at TCP's retransmission timeout
-        options=[("grpc.so_reuseport", 0),
+        options=[("grpc.so_reuseport", 0), *SERVER_OPTIONS,
                  ("grpc.keepalive_time_ms", int(SERVER_KEEPALIVE_SECONDS * 1000)),
                  ("grpc.keepalive_timeout_ms", int(SERVER_KEEPALIVE_TIMEOUT_SECONDS * 1000)),
                  *options],

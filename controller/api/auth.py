@@ -28,7 +28,8 @@ needs ``viewer``. A method missing from the table is refused
 call; :class:`AuthInterceptor` (thread-pool servers) and
 :class:`AioAuthInterceptor` (grpc.aio) run it before every method, outside
 the error mapping: no identity is ``UNAUTHENTICATED``, the wrong role
-``PERMISSION_DENIED``.
+``PERMISSION_DENIED``, a certificate whose serial is on the server's
+revocation list (:class:`controller.pki.RevocationList`) ``UNAUTHENTICATED``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any, Final
 import grpc
 
 from ..errors import InputError, PermissionDeniedError, SetupError, UnauthenticatedError
-from ..pki import ROLES, identity_of
+from ..pki import ROLES, RevocationList, identity_of, serial_text
 from .handlers import HANDLER_KINDS, MAKE_HANDLER
 
 __all__ = [
@@ -80,6 +81,7 @@ METHOD_ROLES: Final[Mapping[str, str]] = {
     "/breakwater.v1.RuleService/DeleteRule": _O,
     "/breakwater.v1.NodeService/ListNodes": _V,
     "/breakwater.v1.NodeService/GetNode": _V,
+    "/breakwater.v1.NodeService/DeleteNode": _A,
     "/breakwater.v1.EventService/ListEvents": _V,
     "/breakwater.v1.EventService/WatchEvents": _V,
     "/breakwater.v1.TelemetryService/GetStats": _V,
@@ -172,6 +174,8 @@ class Principal:
     name: str
     role: str
     node_id: str = ""
+    serial: int = 0
+    """The certificate's serial number (0: none)."""
 
     def may(self, needed: str) -> bool:
         """Whether this principal may call a method that needs ``needed``."""
@@ -194,7 +198,7 @@ def principal_of(context: Any) -> Principal | None:
         ident = identity_of(bytes(pems[0]))
     except InputError as exc:
         raise UnauthenticatedError(str(exc)) from None
-    return Principal(ident.principal, ident.role, ident.name if ident.kind == "node" else "")
+    return Principal(ident.principal, ident.role, ident.name if ident.kind == "node" else "", ident.serial)
 
 
 class Authorizer:
@@ -204,9 +208,11 @@ class Authorizer:
 
     ANONYMOUS: Final = Principal("anonymous", "admin")
 
-    def __init__(self, *, plaintext: bool, roles: Mapping[str, str] = METHOD_ROLES) -> None:
+    def __init__(self, *, plaintext: bool, roles: Mapping[str, str] = METHOD_ROLES,
+                 revoked: RevocationList | None = None) -> None:
         self.plaintext = plaintext
         self.roles = roles
+        self.revoked = revoked
         self.unauthenticated = 0
         self.denied = 0
         self._lock = threading.Lock()
@@ -226,6 +232,11 @@ class Authorizer:
                 self.unauthenticated += 1
             raise UnauthenticatedError(f"{method}: no client certificate; this server needs one "
                                        "(breakwater pki issue operator NAME --role ROLE)")
+        if self.revoked is not None and principal.serial in self.revoked:
+            with self._lock:
+                self.unauthenticated += 1
+            raise UnauthenticatedError(f"{method}: the certificate of {principal.name} (serial "
+                                       f"{serial_text(principal.serial)}) is revoked")
         needed = self.roles.get(method)
         if needed is None or not principal.may(needed):
             with self._lock:

@@ -56,6 +56,10 @@ class NodeBackend(Protocol):
         """One node; NotFoundError if it never registered."""
         ...
 
+    def delete_node(self, node_id: str, *, actor: str) -> None:
+        """Remove a node from the fleet (see NodeService.DeleteNode); NotFoundError if unknown."""
+        ...
+
 
 class EventBackend(Protocol):
     """Where EventService reads events (:class:`~controller.fleet.eventlog.EventLog` is one)."""

@@ -340,27 +340,31 @@ class ApiClient:
     def get_rule(self, name: str) -> rule_pb2.Rule:
         return self._call(self._rules.GetRule, rule_service_pb2.GetRuleRequest(name=rule_name_of(name)))
 
-    def create_rule(self, rule_id: str, rule: rule_pb2.Rule, *, validate_only: bool = False) -> rule_pb2.Rule:
+    def create_rule(self, rule_id: str, rule: rule_pb2.Rule, *, validate_only: bool = False,
+                    overrides: Sequence[str] = ()) -> rule_pb2.Rule:
         return self._call(self._rules.CreateRule, rule_service_pb2.CreateRuleRequest(
-            rule_id=rule_id, rule=rule, validate_only=validate_only))
+            rule_id=rule_id, rule=rule, validate_only=validate_only, override_guards=list(overrides)))
 
     def create_rules(self, rules: Sequence[tuple[str, rule_pb2.Rule]], *,
-                     validate_only: bool = False) -> list[rule_pb2.Rule]:
+                     validate_only: bool = False, overrides: Sequence[str] = ()) -> list[rule_pb2.Rule]:
         resp = self._call(self._rules.BatchCreateRules, rule_service_pb2.BatchCreateRulesRequest(
-            requests=[rule_service_pb2.CreateRuleRequest(rule_id=i, rule=r) for i, r in rules],
+            requests=[rule_service_pb2.CreateRuleRequest(rule_id=i, rule=r, override_guards=list(overrides))
+                      for i, r in rules],
             validate_only=validate_only))
         return list(resp.rules)
 
     def update_rule(self, rule: rule_pb2.Rule, paths: Sequence[str] | None, *,
-                    validate_only: bool = False) -> rule_pb2.Rule:
-        request = rule_service_pb2.UpdateRuleRequest(rule=rule, validate_only=validate_only)
+                    validate_only: bool = False, overrides: Sequence[str] = ()) -> rule_pb2.Rule:
+        request = rule_service_pb2.UpdateRuleRequest(rule=rule, validate_only=validate_only,
+                                                     override_guards=list(overrides))
         if paths is not None:
             request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(paths)))
         return self._call(self._rules.UpdateRule, request)
 
-    def delete_rule(self, name: str, *, etag: str = "", allow_missing: bool = False) -> None:
+    def delete_rule(self, name: str, *, etag: str = "", allow_missing: bool = False,
+                    overrides: Sequence[str] = ()) -> None:
         self._call(self._rules.DeleteRule, rule_service_pb2.DeleteRuleRequest(
-            name=rule_name_of(name), etag=etag, allow_missing=allow_missing))
+            name=rule_name_of(name), etag=etag, allow_missing=allow_missing, override_guards=list(overrides)))
 
     # -- nodes --
 
@@ -378,6 +382,9 @@ class ApiClient:
 
     def get_node(self, name: str) -> node_pb2.Node:
         return self._call(self._nodes.GetNode, node_service_pb2.GetNodeRequest(name=node_name_of(name)))
+
+    def delete_node(self, name: str) -> None:
+        self._call(self._nodes.DeleteNode, node_service_pb2.DeleteNodeRequest(name=node_name_of(name)))
 
     # -- events --
 

@@ -50,6 +50,7 @@ __all__ = [
     "ATTACK_PROFILES",
     "ATTACK_VECTORS",
     "FRAGMENTS",
+    "MAX_DURATION_SECONDS",
     "MUTABLE_FIELDS",
     "NODE_WILDCARD",
     "ORIGINS",
@@ -57,6 +58,7 @@ __all__ = [
     "apply_error",
     "attack_from_proto",
     "attack_to_proto",
+    "check_duration",
     "event_to_proto",
     "merge_update",
     "node_name",
@@ -241,9 +243,27 @@ def _timestamp_seconds(ts: timestamp_pb2.Timestamp) -> float:
 
 
 def _ttl_seconds(ttl: duration_pb2.Duration, path: str) -> int:
+    check_duration(ttl, path)
     if ttl.nanos:
         raise FieldError(path, f"{ttl.ToJsonString()} is not whole seconds; ttl takes whole seconds")
     return ttl.seconds
+
+
+MAX_DURATION_SECONDS: Final = 315_576_000_000
+"""The largest Duration the protobuf spec allows (10,000 years)."""
+
+
+def check_duration(value: duration_pb2.Duration, path: str) -> None:
+    """FieldError unless ``value`` is a valid google.protobuf.Duration: nanos
+    within +-999,999,999 and of the seconds' sign, seconds within +-10,000
+    years (protobuf's own check raises a ValueError, which would be INTERNAL)."""
+    seconds, nanos = value.seconds, value.nanos
+    if not -999_999_999 <= nanos <= 999_999_999:
+        raise FieldError(path, f"nanos {nanos} is out of range -999999999..999999999")
+    if (seconds < 0 < nanos) or (nanos < 0 < seconds):
+        raise FieldError(path, f"seconds {seconds} and nanos {nanos} differ in sign")
+    if not -MAX_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS:
+        raise FieldError(path, f"seconds {seconds} is out of range (at most 10,000 years either way)")
 
 
 # --- rules -----------------------------------------------------------------------------

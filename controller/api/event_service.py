@@ -6,7 +6,10 @@ by default, keyed by the sequence of the oldest event returned);
 WatchEvents without ``after_sequence`` streams only new events, with it
 replays what is kept after it first (FAILED_PRECONDITION if some of those
 were pruned, or if the sequence is beyond the end of this log), and ends
-when the client cancels or the server stops.
+when the client cancels or the server stops. Each WatchEvents holds one of
+the server's :class:`~controller.api.limits.StreamLimits` while it is open
+(per caller and in total: ``RESOURCE_EXHAUSTED`` past them), so idle
+watchers cannot take every worker thread.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from breakwater.v1 import event_pb2, event_service_pb2, event_service_pb2_grpc
 from ..errors import FailedPreconditionError, FieldError
 from .backends import EventBackend
 from .filtering import EVENT_FILTER, compile_filter
+from .limits import StreamLimits, caller_key
 from .pages import decode_page_token, encode_page_token, page_size, take_page
 
 __all__ = ["DEFAULT_EVENT_PAGE", "EventServicer"]
@@ -37,9 +41,11 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
     Setting ``stopping`` ends every WatchEvents stream (cleanly) within the
     event log's poll interval: a server about to stop sets it."""
 
-    def __init__(self, events: EventBackend, *, stopping: threading.Event | None = None) -> None:
+    def __init__(self, events: EventBackend, *, stopping: threading.Event | None = None,
+                 limits: StreamLimits | None = None) -> None:
         self._events = events
         self._stopping = stopping or threading.Event()
+        self.limits = limits or StreamLimits(what="WatchEvents streams")
 
     def _newest_first(self, before: int | None, step: int) -> Iterator[event_pb2.Event]:
         """Kept events older than ``before`` (None: all), newest first, read ``step`` at a time."""
@@ -86,6 +92,7 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                     context: grpc.ServicerContext) -> Iterator[event_pb2.Event]:
         selected = compile_filter(request.filter, EVENT_FILTER)
         after = self._start(request)
-        for e in self._events.watch(after, lambda: self._stopping.is_set() or not context.is_active()):
-            if selected(e):
-                yield e
+        with self.limits.hold(caller_key(context)):
+            for e in self._events.watch(after, lambda: self._stopping.is_set() or not context.is_active()):
+                if selected(e):
+                    yield e

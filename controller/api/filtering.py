@@ -31,6 +31,10 @@ satisfy no comparison at all, ``!=`` included. A label a node or selector
 does not carry reads as the empty string. Strings that are never unset
 (``scope.node`` of a global rule) read as their empty default.
 
+**Bounds.** A filter is at most :data:`MAX_FILTER_LENGTH` characters and
+:data:`MAX_COMPARISONS` comparisons (a listing evaluates it on every
+resource while holding the GIL: an unbounded one was a denial of service).
+
 ``OR``, ``NOT``, ``-``, parentheses, implicit AND and ``==`` are refused
 with a message that says so. Every error is a
 :class:`~controller.rules.model.FieldError` at ``filter`` (or the path given)
@@ -64,6 +68,8 @@ from ..validate import suggest
 
 __all__ = [
     "EVENT_FILTER",
+    "MAX_COMPARISONS",
+    "MAX_FILTER_LENGTH",
     "NODE_FILTER",
     "RULE_FILTER",
     "FieldSpec",
@@ -131,6 +137,12 @@ class _Token:
     kind: TokenKind
     text: str
     pos: int  # 0-based offset into the filter
+
+
+MAX_FILTER_LENGTH: Final = 2048
+"""Longest filter accepted (characters)."""
+MAX_COMPARISONS: Final = 16
+"""Most comparisons in one filter."""
 
 
 def _fail(path: str, pos: int, what: str) -> FieldError:
@@ -375,7 +387,11 @@ def _shown(tok: _Token) -> str:
 def compile_filter(text: str, schema: Schema[M], path: str = "filter") -> Filter[M]:
     """Parse ``text`` against ``schema``; a bad filter is a :class:`FieldError`
     at ``path`` naming the column."""
+    if len(text) > MAX_FILTER_LENGTH:
+        raise FieldError(path, f"{len(text)} characters; at most {MAX_FILTER_LENGTH}")
     toks = _tokens(text, path)
+    if sum(1 for t in toks if t.kind == "word" and t.text == "AND") >= MAX_COMPARISONS:
+        raise FieldError(path, f"more than {MAX_COMPARISONS} comparisons; at most {MAX_COMPARISONS}")
     comparisons: list[_Comparison[M]] = []
     i = 0
 

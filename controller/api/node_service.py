@@ -17,11 +17,13 @@ import bisect
 from typing import Final
 
 import grpc
+from google.protobuf import empty_pb2
 
 from breakwater.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 
 from ..errors import FieldError
 from .backends import NodeBackend
+from .callers import caller
 from .convert import parse_node_name
 from .filtering import NODE_FILTER, compile_filter
 from .pages import decode_page_token, encode_page_token, page_size, take_page
@@ -54,3 +56,9 @@ class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
     def GetNode(self, request: node_service_pb2.GetNodeRequest,
                 context: grpc.ServicerContext) -> node_pb2.Node:
         return self._backend.get_node(parse_node_name(request.name, "name"))
+
+    def DeleteNode(self, request: node_service_pb2.DeleteNodeRequest,
+                   context: grpc.ServicerContext) -> empty_pb2.Empty:
+        node_id = parse_node_name(request.name, "name")
+        self._backend.delete_node(node_id, actor=caller(context)[0])
+        return empty_pb2.Empty()

@@ -10,7 +10,9 @@ sequence of the oldest event returned) and the fingerprint of the filter
 another resource, or mangled, is ``INVALID_ARGUMENT`` at ``page_token``.
 Pages are keyed by position, not offset, so rules created or deleted
 between pages neither repeat nor skip the others; ``next_page_token`` is
-empty exactly when nothing more matches.
+empty exactly when nothing more matches. A page also ends before its
+messages pass :data:`MAX_PAGE_BYTES` (3 MiB), so it always fits a client's
+default 4 MiB receive limit.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from typing import Any, Final, TypeVar
 
 from ..errors import FieldError
 
-__all__ = ["MAX_PAGE_SIZE", "decode_page_token", "encode_page_token", "page_size", "take_page"]
+__all__ = ["MAX_PAGE_BYTES", "MAX_PAGE_SIZE", "decode_page_token", "encode_page_token", "page_size",
+           "take_page"]
 
+MAX_PAGE_BYTES: Final = 3 * 1024 * 1024
+"""A page ends early (with a next_page_token) before its messages pass this
+many bytes: a client's default receive limit is 4 MiB, and 1000 rules of
+1024 prefixes each, or 1000 large node records, would not fit."""
 MAX_PAGE_SIZE: Final = 1000
 """The largest page any listing returns."""
 _TOKEN_VERSION: Final = 1  # the layout of a token's JSON; a token of another is refused
@@ -66,12 +73,20 @@ def decode_page_token(token: str, resource: str, fingerprint: str, path: str = "
     return doc["p"]
 
 
-def take_page(items: Iterable[_T], size: int) -> tuple[list[_T], bool]:
+def take_page(items: Iterable[_T], size: int, max_bytes: int = MAX_PAGE_BYTES) -> tuple[list[_T], bool]:
     """The first ``size`` of ``items`` and whether more follow (reading one
-    item past the page at most, so a lazy listing stops there)."""
+    item past the page at most, so a lazy listing stops there). Items with
+    a ``ByteSize()`` (messages) also end the page before it passes
+    ``max_bytes`` (one item always goes)."""
     page: list[_T] = []
+    total = 0
     for item in items:
         if len(page) == size:
             return page, True
+        measure = getattr(item, "ByteSize", None)
+        if measure is not None:
+            total += int(measure()) + 8
+            if page and total > max_bytes:
+                return page, True
         page.append(item)
     return page, False

@@ -14,6 +14,13 @@ is raised). What the protos leave to the server, decided here:
 * **Expiry.** CreateRule and UpdateRule refuse an ``expire_time`` that is
   not in the future (delete the rule instead); ``ttl`` counts from when the
   request arrives.
+* **Admission** (:mod:`controller.rules.admission`): every rule written
+  passes the policy's guards (broad prefixes, allowlisted and management
+  sources, reserved ids) and caps (prefixes per rule, batch size, rules
+  stored) before the backend sees it, whatever the store; the request's
+  ``override_guards`` lifts the overridable guards for an admin (a
+  plaintext server's anonymous caller counts as one, as in
+  :class:`controller.api.auth.Authorizer`).
 * **validate_only** runs every check a real request would, ALREADY_EXISTS,
   NOT_FOUND and ABORTED included, and returns the rule as it would be
   stored (version and etag as they are now).
@@ -32,20 +39,24 @@ from google.protobuf import empty_pb2
 
 from breakwater.v1 import rule_pb2, rule_service_pb2, rule_service_pb2_grpc
 
-from ..errors import AlreadyExistsError, CapacityError, EtagMismatchError, FieldError, NotFoundError
+from ..errors import AlreadyExistsError, EtagMismatchError, FieldError, NotFoundError
+from ..rules.admission import DEFAULT_MAX_BATCH, AdmissionPolicy
 from ..rules.scope import ScopedRule
+from .auth import RANKS, principal_of
 from .backends import RuleBackend
 from .callers import caller
 from .convert import merge_update, parse_rule_name, rule_from_proto, rule_to_proto
 from .filtering import RULE_FILTER, compile_filter
 from .pages import decode_page_token, encode_page_token, page_size, take_page
 
-__all__ = ["DEFAULT_RULE_PAGE", "MAX_BATCH", "RuleServicer"]
+__all__ = ["DEFAULT_RULE_PAGE", "MAX_BATCH", "MAX_ETAG", "RuleServicer"]
 
 DEFAULT_RULE_PAGE: Final = 100
 """Rules per ListRules page when the request says 0."""
-MAX_BATCH: Final = 10_000
-"""Most requests in one BatchCreateRules."""
+MAX_BATCH: Final = DEFAULT_MAX_BATCH
+"""Most requests in one BatchCreateRules (by default; ``AdmissionPolicy.max_batch``)."""
+MAX_ETAG: Final = 64
+"""Longest etag accepted (the server's are ``W/"<16 hex>"``)."""
 _OUTPUT_ONLY: Final = ("name", "created_by", "create_time", "update_time", "version", "etag")
 
 Clock = Callable[[], datetime]
@@ -53,6 +64,12 @@ Clock = Callable[[], datetime]
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _check_etag(etag: str, path: str) -> str:
+    if len(etag) > MAX_ETAG:
+        raise FieldError(path, f"{len(etag)} characters; an etag is at most {MAX_ETAG} (get the rule again)")
+    return etag
 
 
 def _check_expiry(rule: ScopedRule, now: datetime, path: str) -> None:
@@ -65,9 +82,11 @@ def _check_expiry(rule: ScopedRule, now: datetime, path: str) -> None:
 class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
     """breakwater.v1.RuleService over a :class:`~controller.api.backends.RuleBackend`."""
 
-    def __init__(self, backend: RuleBackend, *, clock: Clock = _now) -> None:
+    def __init__(self, backend: RuleBackend, *, clock: Clock = _now,
+                 admission: AdmissionPolicy | Callable[[], AdmissionPolicy] | None = None) -> None:
         self._backend = backend
         self._clock = clock
+        self._admission = admission or AdmissionPolicy()
         self._protos: dict[str, tuple[tuple[object, ...], rule_pb2.Rule]] = {}
         self._protos_lock = threading.Lock()
 
@@ -92,6 +111,27 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
                 live = {r.id for r in rules}
                 self._protos = {k: v for k, v in self._protos.items() if k in live}
 
+    @property
+    def admission(self) -> AdmissionPolicy:
+        """The policy in force (a callable is asked at every call: an agent's reloads change it)."""
+        return self._admission if isinstance(self._admission, AdmissionPolicy) else self._admission()
+
+    def _overrides(self, names: Sequence[str], context: grpc.ServicerContext, path: str) -> frozenset[str]:
+        """The guards a request overrides, refused unless the caller is an admin."""
+        if not names:
+            return frozenset()
+        principal = principal_of(context)
+        admin = principal is None or RANKS.get(principal.role, 0) >= RANKS["admin"]
+        return self.admission.overrides(names, admin=admin, path=path)
+
+    def _admit(self, rule: ScopedRule, prefix: str, overrides: frozenset[str], id_path: str) -> None:
+        self.admission.admit_id(rule.id, id_path, overrides)
+        self.admission.admit(rule.rule, f"{prefix}rule", overrides)
+
+    def _admit_total(self, adding: int) -> None:
+        _, stored = self._backend.rule_snapshot(include_expired=True)
+        self.admission.admit_total(len(stored), adding)
+
     def ListRules(self, request: rule_service_pb2.ListRulesRequest,
                   context: grpc.ServicerContext) -> rule_service_pb2.ListRulesResponse:
         size = page_size(request.page_size, DEFAULT_RULE_PAGE)
@@ -112,7 +152,7 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
         return self._proto(self._backend.get_rule(parse_rule_name(request.name, "name")))
 
     def _new_rule(self, request: rule_service_pb2.CreateRuleRequest, prefix: str, now: datetime,
-                  actor: str) -> ScopedRule:
+                  actor: str, context: grpc.ServicerContext) -> ScopedRule:
         """The rule a CreateRuleRequest asks for, validated; errors at ``prefix`` + proto path."""
         if not request.rule_id:
             raise FieldError(f"{prefix}rule_id", "required; the new rule's id, 1-63 characters a-z 0-9 . _ -")
@@ -126,6 +166,8 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
         rule = rule_from_proto(msg, path=f"{prefix}rule", rule_id=request.rule_id,
                                rule_id_path=f"{prefix}rule_id", now=now)
         _check_expiry(rule, now, f"{prefix}rule.expire_time")
+        overrides = self._overrides(request.override_guards, context, f"{prefix}override_guards")
+        self._admit(rule, prefix, overrides, f"{prefix}rule_id")
         return rule
 
     def _would_be(self, rules: Sequence[ScopedRule], now: datetime) -> list[rule_pb2.Rule]:
@@ -144,7 +186,8 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
                    context: grpc.ServicerContext) -> rule_pb2.Rule:
         actor, reason = caller(context)
         now = self._clock()
-        rule = self._new_rule(request, "", now, actor)
+        rule = self._new_rule(request, "", now, actor, context)
+        self._admit_total(1)
         if request.validate_only:
             return self._would_be([rule], now)[0]
         return rule_to_proto(self._backend.create_rules([rule], actor=actor, reason=reason)[0])
@@ -154,19 +197,19 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
         actor, reason = caller(context)
         n = len(request.requests)
         if n == 0:
-            raise FieldError("requests", f"empty; give 1 to {MAX_BATCH} CreateRuleRequests")
-        if n > MAX_BATCH:
-            raise CapacityError(f"requests: {n} rules in one batch; at most {MAX_BATCH} (split it)")
+            raise FieldError("requests", f"empty; give 1 to {self.admission.max_batch} CreateRuleRequests")
+        self.admission.admit_batch(n, "requests")
         now = self._clock()
         rules: list[ScopedRule] = []
         first: dict[str, int] = {}
         for i, req in enumerate(request.requests):
-            rule = self._new_rule(req, f"requests[{i}].", now, actor)
+            rule = self._new_rule(req, f"requests[{i}].", now, actor, context)
             if rule.id in first:
                 raise FieldError(f"requests[{i}].rule_id",
                                  f"duplicate rule id {rule.id!r}; requests[{first[rule.id]}] has it too")
             first[rule.id] = i
             rules.append(rule)
+        self._admit_total(len(rules))
         if request.validate_only:
             return rule_service_pb2.BatchCreateRulesResponse(rules=self._would_be(rules, now))
         stored = self._backend.create_rules(rules, actor=actor, reason=reason)
@@ -178,8 +221,10 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
         if not request.HasField("rule"):
             raise FieldError("rule", "required; rule.name names the rule, the mask its fields to change")
         rule_id = parse_rule_name(request.rule.name, "rule.name")
+        etag = _check_etag(request.rule.etag, "rule.etag")
+        overrides = self._overrides(request.override_guards, context, "override_guards")
+        self.admission.admit_id(rule_id, "rule.name", overrides)
         current = self._backend.get_rule(rule_id)
-        etag = request.rule.etag
         if etag and etag != current.etag:
             raise EtagMismatchError(f"rule {rule_id!r} changed since it was read (etag {etag}, now "
                                     f"{current.etag}); get it again and retry", f"rules/{rule_id}")
@@ -190,6 +235,7 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
         if new.rule.expires_at != current.rule.expires_at:
             which = merged.WhichOneof("expiration") or "expire_time"
             _check_expiry(new, now, f"rule.{which}")
+        self.admission.admit(new.rule, "rule", overrides)
         if request.validate_only:
             return rule_to_proto(ScopedRule(new.rule, new.scope, current.version, current.etag,
                                             current.create_time, now))
@@ -200,6 +246,9 @@ class RuleServicer(rule_service_pb2_grpc.RuleServiceServicer):
                    context: grpc.ServicerContext) -> empty_pb2.Empty:
         actor, reason = caller(context)
         rule_id = parse_rule_name(request.name, "name")
+        _check_etag(request.etag, "etag")
+        self.admission.admit_id(rule_id, "name", self._overrides(request.override_guards, context,
+                                                                  "override_guards"))
         self._backend.delete_rule(rule_id, etag=request.etag, allow_missing=request.allow_missing,
                                   actor=actor, reason=reason)
         return empty_pb2.Empty()

@@ -29,11 +29,17 @@ from grpc_reflection.v1alpha import reflection
 
 from ..errors import InputError, SetupError
 from .auth import AuthInterceptor, Authorizer
+from .handlers import decoded, lenient
 from .status import is_cancelled, report_failure
 
 __all__ = [
     "DEFAULT_MAX_WORKERS",
+    "MAX_CONNECTION_AGE_GRACE_SECONDS",
+    "MAX_CONNECTION_AGE_SECONDS",
+    "MAX_REQUEST_BYTES",
+    "MAX_STREAMS_PER_CONNECTION",
     "POOL_THREAD_PREFIX",
+    "SERVER_OPTIONS",
     "ErrorInterceptor",
     "Service",
     "add_reflection",
@@ -49,6 +55,29 @@ open, so a server of many long streams needs more (or grpc.aio)."""
 
 POOL_THREAD_PREFIX: Final = "breakwater-rpc"
 """Name prefix of the threads that run servicer methods (sync and aio servers)."""
+
+MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
+"""Largest request message a server takes (grpc's default, said explicitly):
+a bigger one is RESOURCE_EXHAUSTED before any code of ours runs. A full
+BatchCreateRules of 10000 small rules is about 1 MiB."""
+MAX_STREAMS_PER_CONNECTION: Final = 4096
+"""Concurrent calls on one HTTP/2 connection (grpc's default is unbounded).
+High on purpose: grpc clients in one process share a connection per target
+(a bench process runs hundreds of agents' Sync streams over one); the
+bounds that matter per caller are :mod:`controller.api.limits`'."""
+MAX_CONNECTION_AGE_SECONDS: Final = 3600
+"""A connection is asked to go (GOAWAY) after about an hour, so no client
+holds one forever and load spreads again after a restart; streams open on
+it get :data:`MAX_CONNECTION_AGE_GRACE_SECONDS` to end before it closes (an
+agent resumes its Sync stream from the version it holds)."""
+MAX_CONNECTION_AGE_GRACE_SECONDS: Final = 300
+SERVER_OPTIONS: Final = (
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_SECONDS * 1000),
+    ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_SECONDS * 1000),
+)
+"""The bounds both server kinds are built with."""
 
 _T = TypeVar("_T")
 
@@ -77,7 +106,7 @@ def _passes(exc: Exception, context: grpc.ServicerContext) -> bool:
 def _unary(fn: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Callable[..., Any]:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(request, context)
+            return fn(decoded(request), context)
         except Exception as exc:
             if _passes(exc, context):
                 raise
@@ -89,7 +118,7 @@ def _unary(fn: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Calla
 def _streaming(fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str) -> Callable[..., Any]:
     def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from fn(request, context)
+            yield from fn(decoded(request), context)
         except Exception as exc:  # not GeneratorExit: a cancelled stream just closes
             if _passes(exc, context):
                 raise
@@ -115,7 +144,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.lstrip("/").rsplit("/", 1)[0] not in self._services:
             return handler
-        codec: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
+        codec: dict[str, Any] = {"request_deserializer": lenient(handler.request_deserializer),
                                  "response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **codec)
@@ -199,7 +228,7 @@ def create_server(
         interceptors=[*auth, ErrorInterceptor(names), *interceptors],
         # grpc sets SO_REUSEPORT by default, so a second server on a busy port
         # would bind without error and share its connections; refuse instead.
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 0), *SERVER_OPTIONS],
     )
     for service in services:
         service.add(server)

@@ -26,6 +26,12 @@ other BreakwaterError       INTERNAL              (logged with its traceback)
 anything else               INTERNAL              (logged; the client gets no text)
 ==========================  ====================  =============================
 
+Every text a status carries (message, field path, description, resource
+name) is cut to :data:`MAX_STATUS_TEXT` characters: an error that quotes
+what the caller sent (a 1 MiB etag, filter or name) must not grow a
+trailer past grpc's metadata limit, which the client would get as
+``RESOURCE_EXHAUSTED`` "Stream removed" instead of the error.
+
 Details travel as ``google.rpc.Status`` in the ``grpc-status-details-bin``
 trailer (grpcio-status). Clients get the same errors back from
 :func:`from_rpc_error`, or by calling inside :func:`rpc_errors`:
@@ -64,8 +70,10 @@ from ..errors import (
 )
 
 __all__ = [
+    "MAX_STATUS_TEXT",
     "RESOURCE_TYPES",
     "STATUS_CODES",
+    "bounded",
     "code_of",
     "from_rpc_error",
     "is_cancelled",
@@ -97,6 +105,9 @@ RESOURCE_TYPES: Final = {
     "events": "breakwater.v1.Event",
 }
 """``google.rpc.ResourceInfo.resource_type`` by the collection of a resource name."""
+
+MAX_STATUS_TEXT: Final = 1024
+"""Longest text a status carries (message, field description); see the module docstring."""
 
 _UNAVAILABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -133,6 +144,14 @@ def _packed(message: Any) -> any_pb2.Any:
     return out
 
 
+def bounded(text: str, limit: int | None = None) -> str:
+    """``text`` cut to ``limit`` (:data:`MAX_STATUS_TEXT`) characters, saying how much was cut."""
+    most = MAX_STATUS_TEXT if limit is None else limit
+    if len(text) <= most:
+        return text
+    return f"{text[:most]}... ({len(text) - most} more characters)"
+
+
 def status_of(exc: BaseException, method: str = "") -> grpc.Status:
     """The status a servicer's exception becomes (``method`` names the call
     in the message of an internal error, which is all a client learns of it)."""
@@ -142,14 +161,16 @@ def status_of(exc: BaseException, method: str = "") -> grpc.Status:
         message = str(exc) or type(exc).__name__  # written for operators
     else:  # a bug: its text may show internals
         message = f"internal error in {method or 'the server'}; see the server's log"
+    message = bounded(message)
     if isinstance(exc, FieldError):
-        violation = error_details_pb2.BadRequest.FieldViolation(field=exc.path, description=exc.what)
+        violation = error_details_pb2.BadRequest.FieldViolation(field=bounded(exc.path, 256),
+                                                                description=bounded(exc.what))
         details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
     resource = getattr(exc, "resource", "")
     if isinstance(exc, BreakwaterError) and isinstance(resource, str) and resource:
         kind = RESOURCE_TYPES.get(resource.split("/", 1)[0], "")
         details.append(_packed(error_details_pb2.ResourceInfo(
-            resource_type=kind, resource_name=resource, description=message)))
+            resource_type=kind, resource_name=bounded(resource, 256), description=message)))
     # grpc.StatusCode numbers its codes as google.rpc.Code does (a test checks it).
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
     converted: grpc.Status = rpc_status.to_status(status)
@@ -164,7 +185,7 @@ def report_failure(exc: Exception, method: str) -> grpc.Status:
     if code is grpc.StatusCode.INTERNAL and not isinstance(exc, RemoteError):
         LOGGER.error("%s failed", method, exc_info=exc)
     elif code is not grpc.StatusCode.UNIMPLEMENTED:
-        LOGGER.info("%s: %s: %s", method, code.name, exc)
+        LOGGER.info("%s: %s: %s", method, code.name, bounded(str(exc)))
     return status_of(exc, method)
 
 

@@ -16,8 +16,11 @@ window, 3600 s) are dropped.
 **Memory bounds.** A summary carries at most the agent's top-N sources, so
 a bucket holds what its summaries named; when a bucket's addresses pass
 twice ``bucket_sources`` (``bucket_destinations``) it keeps the heaviest
-``bucket_sources`` by packets, and merged coarse buckets keep as many. The
-whole store keeps at most ``max_entries`` address entries (about 250 bytes
+``bucket_sources`` by packets, and merged coarse buckets keep as many; so
+for the per-rule counters (``bucket_rules``, 1024: a node reporting 40k rule
+ids must not grow the controller by them in every bucket), and a bucket
+keeps at most :data:`MAX_REASONS` reason codes (the codes are the agent's
+word). The whole store keeps at most ``max_entries`` address and rule entries (about 250 bytes
 each): past that the oldest buckets of any node go first, so under a flood
 of distinct sources on every node the window shrinks rather than memory
 grows. Counts of the addresses kept are exact; an address that fell out of
@@ -57,6 +60,7 @@ from .convert import NODE_WILDCARD, node_name
 __all__ = [
     "BYTES",
     "DROPS",
+    "MAX_REASONS",
     "MAX_WINDOW",
     "PACKETS",
     "TRAFFIC_FIELDS",
@@ -66,6 +70,8 @@ __all__ = [
     "TelemetryConfig",
 ]
 
+MAX_REASONS: Final = 256
+"""Reason codes kept per bucket (there are a few dozen; more is a node inventing them)."""
 TRAFFIC_FIELDS: Final = DESTINATION_FIELDS
 """The counters of ``TrafficCounters``, in field order (samples.py's destination counters)."""
 _N: Final = len(TRAFFIC_FIELDS)
@@ -106,6 +112,8 @@ class TelemetryConfig:
     """Sources kept per bucket (the heaviest by packets)."""
     bucket_destinations: int = 256
     """Destinations kept per bucket."""
+    bucket_rules: int = 1024
+    """Rule counters kept per bucket (the heaviest by matched packets)."""
     max_entries: int = 1_000_000
     """Address entries kept in all (about 250 bytes each); the oldest buckets go first."""
     max_skew_seconds: float = 30.0
@@ -118,6 +126,7 @@ class TelemetryConfig:
         check_number(self.retention_seconds, "retention_seconds", MAX_WINDOW, 7 * 86400)
         check_int(self.bucket_sources, "bucket_sources", 1, 100_000)
         check_int(self.bucket_destinations, "bucket_destinations", 1, 100_000)
+        check_int(self.bucket_rules, "bucket_rules", 1, 100_000)
         check_int(self.max_entries, "max_entries", 1000, 1_000_000_000)
         check_number(self.max_skew_seconds, "max_skew_seconds", 0, 86400)
         if self.coarse_seconds < self.bucket_seconds:
@@ -158,7 +167,7 @@ class _Bucket:
 
     @property
     def entries(self) -> int:
-        return len(self.sources) + len(self.destinations)
+        return len(self.sources) + len(self.destinations) + len(self.rules)
 
     def merge(self, other: _Bucket) -> None:
         for i, v in enumerate(other.actions):
@@ -312,10 +321,13 @@ class FleetTelemetry:
             bucket.actions[2 * i] += count.packets
             bucket.actions[2 * i + 1] += count.bytes
         for rc in s.reasons:
-            _add_into(bucket.reasons, int(rc.reason), [rc.count.packets, rc.count.bytes])
+            if len(bucket.reasons) < MAX_REASONS or int(rc.reason) in bucket.reasons:
+                _add_into(bucket.reasons, int(rc.reason), [rc.count.packets, rc.count.bytes])
         for rule in s.rules:
             _add_into(bucket.rules, rule.rule_id,
                       [rule.matched.packets, rule.matched.bytes, rule.dropped, rule.rate_limited])
+            if len(bucket.rules) > 2 * cfg.bucket_rules:
+                _trim(bucket.rules, cfg.bucket_rules)
         for ac in s.top_sources:
             _add_into(bucket.sources, ac.address, _counters(ac.counters))
         for ac in s.destinations:
@@ -363,6 +375,7 @@ class FleetTelemetry:
         target.merge(bucket)
         _trim(target.sources, cfg.bucket_sources)
         _trim(target.destinations, cfg.bucket_destinations)
+        _trim(target.rules, cfg.bucket_rules)
         self._entries += target.entries - before
 
     # -- reads --

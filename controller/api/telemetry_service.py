@@ -22,7 +22,7 @@ from google.protobuf import duration_pb2
 from breakwater.v1 import telemetry_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 
 from ..errors import FieldError
-from .convert import NODE_WILDCARD, node_name, parse_node_parent
+from .convert import NODE_WILDCARD, check_duration, node_name, parse_node_parent
 from .pages import decode_page_token, encode_page_token, page_size
 from .server import Service
 from .telemetry import BYTES, DROPS, MAX_WINDOW, PACKETS, TRAFFIC_FIELDS, FleetTelemetry, Kind
@@ -42,6 +42,7 @@ TALKER_NODES: Final = 16
 def _window_of(window: duration_pb2.Duration | None, path: str = "window") -> float:
     if window is None:
         return DEFAULT_WINDOW
+    check_duration(window, path)
     value = window.seconds + window.nanos / 1e9
     if value <= 0:
         raise FieldError(path, f"{value:g}s is not a window; give a positive duration (default "

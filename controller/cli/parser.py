@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..agent.config import DEFAULT_CONFIG as DEFAULT_AGENT_CONFIG
 from ..dataplane.attach import DEFAULT_PIN_ROOT
+from ..rules.admission import OVERRIDABLE
 from ..rules.enforce import DEFAULT_STATE_DIR
 from . import daemons, dataplane, lab, local, pki, remote
 from .dispatch import Command
@@ -50,6 +51,12 @@ def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.add_argument("-i", "--interface", action="append",
                     help="interface to act on (repeatable; default: every attached one)")
+
+
+def _override_flag(p: argparse.ArgumentParser, guards: str) -> None:
+    p.add_argument("--override", action="append", metavar="GUARD", choices=OVERRIDABLE,
+                   help=f"with a server, as an admin: override an admission guard ({guards}; "
+                        "repeatable; docs/security.md)")
 
 
 def _server_flags(p: argparse.ArgumentParser, *, reason: bool = False) -> None:
@@ -186,9 +193,10 @@ def _rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rd.add_argument("--etag", help="with a server: delete only if the rule's etag is still this")
     rd.add_argument("--allow-missing", action="store_true",
                     help="with a server: succeed if the rule does not exist")
+    _override_flag(rd, "reserved-id")
     rd.set_defaults(handler=Command(local.cmd_rules_del, remote.rules_delete,
                                     local_flags=("interface", "dry_run"),
-                                    remote_flags=("etag", "allow_missing", "reason")))
+                                    remote_flags=("etag", "allow_missing", "reason", "override")))
     rc = rsub.add_parser("create", help="create a rule on a server (needs --server or $BREAKWATER_SERVER)")
     rc.add_argument("id", metavar="ID", nargs="?", help="the new rule's id")
     rc.add_argument("--file", metavar="FILE",
@@ -197,6 +205,7 @@ def _rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _server_flags(rc, reason=True)
     add_rule_flags(rc, update=False)
+    _override_flag(rc, ", ".join(OVERRIDABLE))
     rc.set_defaults(handler=Command(remote=remote.rules_create))
     ru = rsub.add_parser("update", help="change fields of a rule on a server (only the flags given)")
     ru.add_argument("id", metavar="ID", help="the rule id (or rules/ID)")
@@ -205,6 +214,7 @@ def _rules(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ru.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _server_flags(ru, reason=True)
     add_rule_flags(ru, update=True)
+    _override_flag(ru, ", ".join(OVERRIDABLE))
     ru.set_defaults(handler=Command(remote=remote.rules_update))
     rpre = rsub.add_parser("preset", help="add a built-in rule group (reflection)")
     rpre.add_argument("preset", choices=["reflection"])
@@ -258,7 +268,7 @@ def _stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``nodes list|get``: a controller's agents (needs a server)."""
+    """``nodes list|get|remove``: a controller's agents (needs a server)."""
     np_ = sub.add_parser("nodes", help="the agents registered with a controller (needs --server)")
     nsub = np_.add_subparsers(dest="nodes_command", required=True, metavar="ACTION")
     nl = nsub.add_parser("list", help="every node: health, applied and target version, lag")
@@ -273,6 +283,10 @@ def _nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ng.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _server_flags(ng)
     ng.set_defaults(handler=Command(remote=remote.nodes_get))
+    nr = nsub.add_parser("remove", help="remove a node (admin): end its stream, revoke its certificate")
+    nr.add_argument("id", metavar="NODE_ID", help="the node id (or nodes/ID)")
+    _server_flags(nr, reason=True)
+    nr.set_defaults(handler=Command(remote=remote.nodes_remove))
 
 
 def _agent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -361,7 +375,7 @@ def _controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _pki(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``pki init|issue``: the small CA and the certificates of mutual TLS."""
+    """``pki init|issue|revoke``: the small CA and the certificates of mutual TLS."""
     pp = sub.add_parser("pki", help="a small CA: certificates for the controller, nodes and operators",
                         description="Certificates for mutual TLS (docs/security.md). Every file is 0600 "
                                     "in a 0700 directory; the CA's key never leaves the CA's directory.")
@@ -389,6 +403,15 @@ def _pki(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="a DNS name or address the certificate's server answers on (repeatable)")
     s.add_argument("--days", type=int, default=397, help="lifetime (default %(default)s)")
     s.set_defaults(handler=Command(pki.cmd_issue))
+    r = psub.add_parser("revoke", help="add a certificate's serial to a revocation list",
+                        description="Appends the serial to the list a controller checks every call "
+                                    "against (its tls_revoked, default STATE_DIR/revoked.txt; re-read "
+                                    "when it changes). A revoked certificate's calls are UNAUTHENTICATED.")
+    r.add_argument("serial", metavar="SERIAL|CERT",
+                   help="the serial in hex (openssl x509 -noout -serial), or the certificate file")
+    r.add_argument("--list", type=Path, required=True, help="the revocation list file (created 0600)")
+    r.add_argument("--note", help="why, kept as a comment on the line")
+    r.set_defaults(handler=Command(pki.cmd_revoke))
 
 
 def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..api.client import ApiClient, ClientSettings, rule_name_of
+from ..api.client import ApiClient, ClientSettings, node_name_of, rule_name_of
 from ..api.convert import rule_to_proto
 from ..errors import InputError
 from ..output import emit_json
@@ -33,6 +33,7 @@ __all__ = [
     "events",
     "nodes_get",
     "nodes_list",
+    "nodes_remove",
     "rules_create",
     "rules_delete",
     "rules_get",
@@ -86,7 +87,7 @@ def rules_create(args: argparse.Namespace, s: ClientSettings) -> int:
         if not requests:
             raise InputError(f"{args.file}: no rules in it")
         with _client(args, s) as c:
-            made = c.create_rules(requests, validate_only=args.dry_run)
+            made = c.create_rules(requests, validate_only=args.dry_run, overrides=args.override or ())
     else:
         if not args.id:
             raise InputError("rules create needs a rule ID (or --file FILE)")
@@ -94,7 +95,7 @@ def rules_create(args: argparse.Namespace, s: ClientSettings) -> int:
             raise InputError("say which packets: --src, --dst, --protocol, --sport, --dport, --length, "
                              "--tcp-flags, --fragment, or --match-all for every packet")
         with _client(args, s) as c:
-            made = [c.create_rule(args.id, patch, validate_only=args.dry_run)]
+            made = [c.create_rule(args.id, patch, validate_only=args.dry_run, overrides=args.override or ())]
     if args.json:
         emit_json([as_dict(r) for r in made] if args.file else as_dict(made[0]))
         return 0
@@ -115,7 +116,7 @@ def rules_update(args: argparse.Namespace, s: ClientSettings) -> int:
     if args.etag:
         patch.etag = args.etag
     with _client(args, s) as c:
-        rule = c.update_rule(patch, paths, validate_only=args.dry_run)
+        rule = c.update_rule(patch, paths, validate_only=args.dry_run, overrides=args.override or ())
     if args.json:
         emit_json(as_dict(rule))
         return 0
@@ -131,7 +132,8 @@ def rules_delete(args: argparse.Namespace, s: ClientSettings) -> int:
     with _client(args, s) as c:
         for rule_id in args.ids:  # one DeleteRule each: an error stops there
             try:
-                c.delete_rule(rule_id, etag=args.etag or "", allow_missing=args.allow_missing)
+                c.delete_rule(rule_id, etag=args.etag or "", allow_missing=args.allow_missing,
+                              overrides=args.override or ())
             except BaseException:
                 if names:
                     print(f"deleted {', '.join(names)} before the error", file=sys.stderr)
@@ -164,6 +166,14 @@ def nodes_get(args: argparse.Namespace, s: ClientSettings) -> int:
         emit_json(as_dict(n))
         return 0
     render.show_node(n)
+    return 0
+
+
+def nodes_remove(args: argparse.Namespace, s: ClientSettings) -> int:
+    with _client(args, s) as c:
+        c.delete_node(args.id)
+    print(f"removed {node_name_of(args.id)}: its stream ended and its certificate is revoked "
+          "(it can come back only with a new one)")
     return 0
 
 

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from breakwater.v1 import event_pb2, node_pb2
 
 from ..api.convert import node_name, rule_to_proto
+from ..pki import RevocationList, parse_serial
 from ..rules.scope import ScopedRule
 from .eventlog import EventLog
 from .store import Change, NodeRecord
@@ -148,8 +149,12 @@ class ControllerBackend:
     VERSION_TIMES_KEPT: Final = 4096
 
     def __init__(self, store: Store, events: EventLog, *, health: HealthPolicy | None = None,
-                 clock: Clock = _now) -> None:
+                 clock: Clock = _now, revoked: RevocationList | None = None) -> None:
         self.store = store
+        self.revoked = revoked
+        """The controller's revocation list (None: plaintext, nothing to revoke)."""
+        self.on_node_removed: list[Callable[[str, str], None]] = []
+        """Called with (node id, why) when a node is removed (the sync hub ends its stream)."""
         self.events = events
         self.health = health or HealthPolicy()
         self._clock = clock
@@ -223,3 +228,18 @@ class ControllerBackend:
 
     def get_node(self, node_id: str) -> node_pb2.Node:
         return self._node(self.store.node(node_id), self._clock())
+
+    def delete_node(self, node_id: str, *, actor: str) -> None:
+        """Remove a node: revoke the certificate serial it synced with (when
+        the controller has a revocation list), end its stream, forget it."""
+        record = self.store.node(node_id)
+        serial = str(record.doc.get("certSerial", ""))
+        if serial and self.revoked is not None:
+            self.revoked.add(parse_serial(serial), f"node {node_id} removed by {actor}")
+        why = f"node {node_id} was removed from the fleet by {actor}"
+        for hook in self.on_node_removed:
+            hook(node_id, why)
+        self.store.delete_node(node_id)
+        revoked = f"; certificate serial {serial} revoked" if serial and self.revoked else ""
+        LOGGER.warning("%s%s", why, revoked,
+                       extra={"event": "node_removed", "node": node_id, "actor": actor, "serial": serial})

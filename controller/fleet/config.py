@@ -7,9 +7,18 @@ key (the CLI exits 2). The tables ``[sync]``, ``[telemetry]`` and
 ``[fleet]`` are kept as they are, for the sync hub, which validates them
 (:mod:`controller.fleet.syncconfig`).
 
+``[admission]`` holds the guards and caps of rule writes through the API
+(:class:`~controller.rules.admission.AdmissionPolicy`: ``min_prefix_v4``,
+``min_prefix_v6``, ``max_rules``, ``max_batch``, ``max_prefixes``,
+``allowlist``, ``management``); the ``allowlist`` and ``management`` of
+``[fleet.mitigate]`` are protected too.
+
 TLS: ``tls_cert``, ``tls_key`` and ``tls_ca`` (all three or none) serve
-mutual TLS on the one port; without them the port is plaintext, refused on
-a non-loopback ``listen`` unless ``insecure = true``
+mutual TLS on the one port, refusing every certificate whose serial is in
+the revocation list ``tls_revoked`` (default ``<state_dir>/revoked.txt``;
+``breakwater pki revoke`` and ``breakwater nodes remove`` add to it);
+without them the port is plaintext, refused on a non-loopback ``listen``
+unless ``insecure = true``
 (:func:`controller.api.auth.check_plaintext`).
 """
 
@@ -22,7 +31,8 @@ from typing import Any, Final
 
 from ..api.auth import TlsFiles, check_plaintext
 from ..config import checked, parse_listen, read_toml
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, FieldError, InputError
+from ..rules.admission import AdmissionPolicy
 from ..validate import check_bool, check_int, check_keys, check_number
 from .backend import HealthPolicy
 from .etcd import EtcdTLS, parse_endpoints
@@ -34,6 +44,7 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "DEFAULT_STORE",
     "KEYS",
+    "REVOKED_FILE",
     "ControllerConfig",
     "load_config",
     "parse_config",
@@ -53,7 +64,11 @@ DEFAULT_MAX_WORKERS: Final = 1024
 """RPC threads, started as needed: every open stream (an agent's Sync, a
 WatchEvents) holds one for as long as it is open."""
 DEFAULT_GRACE: Final = 5.0
+DEFAULT_NODE_RETENTION: Final = 7 * 86400.0
+"""A week: the node registry forgets nodes gone that long (it would grow for ever)."""
 SYNC_SECTIONS: Final = ("sync", "telemetry", "fleet")
+REVOKED_FILE: Final = "revoked.txt"
+"""The revocation list's name under ``state_dir`` when ``tls_revoked`` is not given."""
 
 # Numeric keys -> their allowed range.
 _NUMBERS: Final[Mapping[str, tuple[float, float]]] = {
@@ -61,6 +76,7 @@ _NUMBERS: Final[Mapping[str, tuple[float, float]]] = {
     "heartbeat_timeout": (1.0, 86400.0),
     "max_lag": (0.0, 86400.0),
     "shutdown_grace": (0.0, 600.0),
+    "node_retention": (0.0, 10 * 365 * 86400.0),
 }
 _INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
     "events_keep": (1, 1_000_000_000),
@@ -69,7 +85,7 @@ _INTEGERS: Final[Mapping[str, tuple[int, int]]] = {
 _ETCD_FILES: Final = ("etcd_ca", "etcd_cert", "etcd_key")
 TLS_KEYS: Final = ("tls_cert", "tls_key", "tls_ca")
 KEYS: Final = ("listen", "state_dir", "store", "store_prefix", *_ETCD_FILES, "metrics", *_NUMBERS,
-               *_INTEGERS, *TLS_KEYS, "insecure", *SYNC_SECTIONS)
+               *_INTEGERS, *TLS_KEYS, "tls_revoked", "insecure", "admission", *SYNC_SECTIONS)
 """Every key of the configuration file (and of ``overrides``)."""
 
 
@@ -97,13 +113,25 @@ class ControllerConfig:
     max_workers: int = DEFAULT_MAX_WORKERS
     shutdown_grace: float = DEFAULT_GRACE
     """Seconds in-flight calls get to finish on SIGTERM."""
+    node_retention: float = DEFAULT_NODE_RETENTION
+    """Seconds a disconnected node's record is kept after it was last heard
+    from; then it is forgotten (0: kept for ever)."""
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """The [sync], [telemetry] and [fleet] tables, for the sync hub."""
     tls: TlsFiles | None = None
     """Mutual TLS on the port (None: plaintext)."""
+    tls_revoked: Path | None = None
+    """The revocation list (None: ``revoked.txt`` under ``state_dir``)."""
     insecure: bool = False
     """Plaintext on a non-loopback address, on purpose (logged at every start, and a metric)."""
+    admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
+    """The guards and caps of rule writes (the ``[admission]`` table)."""
     source: str = "<defaults>"
+
+    @property
+    def revocation_path(self) -> Path:
+        """Where the revocation list is (checked only with TLS)."""
+        return self.tls_revoked or self.state_dir / REVOKED_FILE
 
     @property
     def health(self) -> HealthPolicy:
@@ -119,9 +147,12 @@ class ControllerConfig:
             "metrics": f"{self.metrics[0]}:{self.metrics[1]}" if self.metrics else "",
             "reconcile_interval": self.reconcile_interval, "heartbeat_timeout": self.heartbeat_timeout,
             "max_lag": self.max_lag, "events_keep": self.events_keep, "max_workers": self.max_workers,
-            "shutdown_grace": self.shutdown_grace, "insecure": self.insecure,
+            "shutdown_grace": self.shutdown_grace, "node_retention": self.node_retention,
+            "insecure": self.insecure,
+            "tls_revoked": str(self.revocation_path),
             **({"tls_cert": str(self.tls.cert), "tls_key": str(self.tls.key), "tls_ca": str(self.tls.ca)}
                if self.tls else {}),
+            "admission": self.admission.to_dict(),
             **{k: dict(v) for k, v in self.sections.items()},
         }
 
@@ -224,7 +255,14 @@ def parse_config(data: Mapping[str, object], source: str = "<config>",
                 raise ConfigError(src, key, f"expected a table ([{key}]), got {table!r}")
             sections[key] = dict(table)
     changes["sections"] = sections
+    changes["admission"] = _admission(doc, sections, src)
     changes["tls"] = _tls(doc, src)
+    if doc.get("tls_revoked") not in (None, ""):
+        raw = doc["tls_revoked"]
+        if not isinstance(raw, str | Path) or not Path(raw).expanduser().parent.is_dir():
+            raise ConfigError(src, "tls_revoked",
+                              f"expected a file path in an existing directory, got {raw!r}")
+        changes["tls_revoked"] = Path(raw).expanduser()
     with checked(src):
         changes["insecure"] = check_bool(doc.get("insecure", False), "insecure")
     if changes["tls"] is None:
@@ -233,6 +271,25 @@ def parse_config(data: Mapping[str, object], source: str = "<config>",
         except InputError as exc:
             raise ConfigError(src, "listen", str(exc).partition(": ")[2]) from None
     return replace(out, **changes)
+
+
+def _admission(doc: Mapping[str, object], sections: Mapping[str, Mapping[str, Any]],
+               src: str) -> AdmissionPolicy:
+    """The ``[admission]`` table, with ``[fleet.mitigate]``'s allowlist and management prefixes added."""
+    mitigate = sections.get("fleet", {}).get("mitigate", {})
+    extra: dict[str, list[object]] = {"allowlist": [], "management": []}
+    if isinstance(mitigate, Mapping):
+        for key in extra:
+            value = mitigate.get(key, [])
+            extra[key] = list(value) if isinstance(value, list | tuple) else [value]
+    table = doc.get("admission", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(src, "admission", f"expected a table ([admission]), got {table!r}")
+    merged = {**table, **{k: [*table.get(k, []), *v] for k, v in extra.items() if v}}
+    try:
+        return AdmissionPolicy.from_dict(merged)
+    except FieldError as exc:
+        raise ConfigError(src, exc.path, exc.what) from None
 
 
 def _tls(doc: Mapping[str, object], src: str) -> TlsFiles | None:

@@ -55,7 +55,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Final, Protocol
 
@@ -67,13 +67,22 @@ from breakwater.v1 import node_pb2
 from ..api.aiothread import AioServerThread, create_threaded_aio_server
 from ..api.auth import Authorizer, is_loopback, server_credentials
 from ..api.event_service import EventServicer
+from ..api.limits import DEFAULT_STREAMS_PER_CALLER, StreamLimits
 from ..api.node_service import NodeServicer
 from ..api.rule_service import RuleServicer
 from ..api.server import Service
 from ..api.services import api_services
 from ..api.status import code_of
-from ..errors import BreakwaterError, ConfigError, FailedPreconditionError, FieldError, SetupError
+from ..errors import (
+    BreakwaterError,
+    ConfigError,
+    FailedPreconditionError,
+    FieldError,
+    NotFoundError,
+    SetupError,
+)
 from ..metrics import Exposition, MetricsServer
+from ..pki import RevocationList
 from ..rules.model import ORIGINS
 from .backend import ControllerBackend
 from .config import ControllerConfig
@@ -290,6 +299,7 @@ class Controller:
         self._started = False
         self._lock = threading.Lock()
         self.authorizer = Authorizer(plaintext=config.tls is None)
+        self.watch_limits = StreamLimits(what="WatchEvents streams")
         self.expired_total = 0
         self.sweep_errors = 0
         self.fenced_refusals = 0
@@ -402,6 +412,27 @@ class Controller:
                 if pruned:
                     LOGGER.info("pruned %d old events", pruned, extra={"event": "events_pruned",
                                                                        "count": pruned})
+                self.forget_nodes()
+
+    def forget_nodes(self, now: datetime | None = None) -> list[str]:
+        """Forget the nodes disconnected and silent for ``node_retention``
+        (the registry is garbage-collected); returns their ids."""
+        keep = self.config.node_retention
+        if keep <= 0:
+            return []
+        at = now or datetime.now(UTC)
+        gone = []
+        for node in self.store.nodes():
+            last = node.last_heartbeat or node.create_time
+            if node.connected or last is None or (at - last).total_seconds() < keep:
+                continue
+            with contextlib.suppress(NotFoundError):  # another controller forgot it first
+                self.store.delete_node(node.node_id)
+                gone.append(node.node_id)
+        if gone:
+            LOGGER.info("forgot %d node(s) silent for more than %.0f s: %s", len(gone), keep, ", ".join(gone),
+                        extra={"event": "nodes_forgotten", "nodes": gone})
+        return gone
 
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(SWEEP_SECONDS):
@@ -465,6 +496,10 @@ class Controller:
                 "Calls refused for want of an identity", self.authorizer.unauthenticated)
         out.add("breakwater_controller_rpc_permission_denied_total", "counter",
                 "Calls refused for the caller's role", self.authorizer.denied)
+        out.add("breakwater_controller_watch_streams", "gauge", "WatchEvents streams open",
+                self.watch_limits.open)
+        out.add("breakwater_controller_watch_streams_refused_total", "counter",
+                "WatchEvents refused past the per-caller or total bound", self.watch_limits.refused)
         self.rpc_metrics.collect(out)
         if self.sync is not None:
             self.sync.collect_metrics(out)
@@ -480,11 +515,16 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
     store = open_store(config.store, config.state_dir, tls=config.etcd_tls, prefix=config.store_prefix)
     try:
         events = EventLog(store)
-        backend = ControllerBackend(store, events, health=config.health,
+        revoked = RevocationList(config.revocation_path) if config.tls is not None else None
+        backend = ControllerBackend(store, events, health=config.health, revoked=revoked,
                                     **({"clock": clock} if clock else {}))
         stopping = threading.Event()
-        services = api_services(RuleServicer(backend, **({"clock": clock} if clock else {})),
-                                NodeServicer(backend), EventServicer(events, stopping=stopping))
+        watch_limits = StreamLimits(per_caller=DEFAULT_STREAMS_PER_CALLER,
+                                    total=max(1, config.max_workers // 2), what="WatchEvents streams")
+        services = api_services(RuleServicer(backend, admission=config.admission,
+                                             **({"clock": clock} if clock else {})),
+                                NodeServicer(backend),
+                                EventServicer(events, stopping=stopping, limits=watch_limits))
         leadership = open_leadership(store, socket.gethostname())
         hub: SyncHandle | None = None
         if sync:
@@ -496,7 +536,7 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
             services += registry.services
         health_servicer = health.HealthServicer()
         rpc_metrics = RpcMetrics()
-        authorizer = Authorizer(plaintext=config.tls is None)
+        authorizer = Authorizer(plaintext=config.tls is None, revoked=revoked)
         credentials = server_credentials(config.tls) if config.tls is not None else None
         server, port = create_threaded_aio_server(config.listen, services, health_servicer=health_servicer,
                                                   interceptors=[rpc_metrics], max_workers=config.max_workers,
@@ -509,6 +549,7 @@ def create_controller(config: ControllerConfig, *, sync: bool = True,
                             health_servicer=health_servicer, rpc_metrics=rpc_metrics, stopping=stopping,
                             sync=hub, leadership=leadership)
     controller.authorizer = authorizer
+    controller.watch_limits = watch_limits
     return controller
 
 

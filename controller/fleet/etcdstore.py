@@ -652,6 +652,19 @@ class EtcdStore(StoreMemory):
     def update_node(self, node_id: str, *, now: datetime | None = None, **changes: Any) -> NodeRecord:
         return self.update_nodes({node_id: changes}, now=now)[0]
 
+    def delete_node(self, node_id: str) -> NodeRecord:
+        """Forget a node (its registration and liveness keys); NotFoundError if unknown."""
+        old = self.node(node_id)
+        what = f"{self.location}: delete node"
+        key = node_id.encode()
+        revision = self.client.txn((), [delete_op(self._nodes_p + key), delete_op(self._alive_p + key)],
+                                   what=what).revision
+        with self._lock:
+            self._mine.discard(node_id)
+        if revision:
+            self._wait_applied(revision, what)
+        return old
+
     def update_nodes(self, changes: Mapping[str, Mapping[str, Any]], *,
                      now: datetime | None = None) -> list[NodeRecord]:
         """Checked whole before anything is written (an unknown node or

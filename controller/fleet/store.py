@@ -522,6 +522,15 @@ class FleetStore(StoreMemory):
             return self._put_node(replace(base, labels=dict(labels), doc=dict(doc), last_heartbeat=at,
                                           connected=True))
 
+    def delete_node(self, node_id: str) -> NodeRecord:
+        """Forget a node; NotFoundError if unknown. Returns it as it was."""
+        with self._lock:
+            old = self.node(node_id)
+            with self._tx("delete node") as db:
+                db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+            self._nodes.pop(node_id, None)
+        return old
+
     def update_node(self, node_id: str, *, now: datetime | None = None, **changes: Any) -> NodeRecord:
         """Change some fields of a node (``connected``, ``target_version``,
         ``applied_version``, ``last_error``, ...); ``last_heartbeat`` is set

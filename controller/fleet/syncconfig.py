@@ -42,6 +42,11 @@ class SyncConfig:
     at once."""
     heartbeat_write_interval: float = 1.0
     """A node's heartbeat alone (no other change) is written at most this often."""
+    node_events_per_second: float = 50.0
+    """Events one node may send up per second on average ..."""
+    node_event_burst: int = 1000
+    """... and at once: past that its events are dropped (and counted), so no
+    node can flush the event history or the fleet detector's evidence."""
     gc_freeze: bool = True
     """Freeze the process's long-lived objects out of the cyclic garbage
     collector once the streams settle (see :mod:`controller.fleet.synchub`)."""
@@ -61,6 +66,8 @@ class SyncConfig:
             raise FieldError("controller_id", "expected a string of at most 253 characters")
         check_number(self.node_write_interval, "node_write_interval", 0, 10)
         check_number(self.heartbeat_write_interval, "heartbeat_write_interval", 0, 3600)
+        check_number(self.node_events_per_second, "node_events_per_second", 0.01, 100_000)
+        check_number(self.node_event_burst, "node_event_burst", 1, 1_000_000)
         check_bool(self.gc_freeze, "gc_freeze")
         check_number(self.gc_settle_seconds, "gc_settle_seconds", 0, 3600)
         check_number(self.gc_refreeze_seconds, "gc_refreeze_seconds", 1, 86400)

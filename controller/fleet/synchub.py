@@ -97,8 +97,10 @@ from google.protobuf import json_format
 from breakwater.v1 import event_pb2, rule_pb2, sync_service_pb2
 
 from ..api.convert import node_name
+from ..api.handlers import decoded
 from ..errors import BreakwaterError, FieldError, RemoteError
 from ..metrics import Exposition, Histogram
+from ..pki import serial_text
 from ..rules.scope import check_labels, check_node_id
 from .eventlog import EventLog
 from .nodewriter import NodeWriter
@@ -120,6 +122,17 @@ _BASE_MISMATCH: Final = rule_pb2.APPLY_ERROR_CODE_BASE_MISMATCH
 EventSink = Callable[[str, Sequence[event_pb2.Event]], None]
 """Gets each node's events as stored (the fleet detector's promotions)."""
 
+
+MAX_REGISTER_BYTES: Final = 16 * 1024
+"""Largest Register a node may send: its record is shown by NodeService, and a
+page of 1000 nodes must stay under the 4 MiB message limit."""
+MAX_REGISTER_INTERFACES: Final = 64
+"""Interfaces a Register may list."""
+TELEMETRY_ALLOWANCE: Final = 4.0
+"""A node may send up to this many TelemetrySummary per telemetry_interval on average ..."""
+TELEMETRY_BURST: Final = 20.0
+"""... and this many at once; more are dropped (counted): one node cannot push the others'
+summaries out of the telemetry queue."""
 
 def _register_doc(reg: sync_service_pb2.Register) -> dict[str, Any]:
     """What NodeRecord.doc keeps of a Register (its Node fields, JSON form)."""
@@ -165,7 +178,9 @@ class SyncHub:
         self._registered = self._registered_template()
         self.counts: dict[str, int] = {k: 0 for k in (
             "snapshots", "deltas", "reconciles", "acks", "nacks", "stale_answers", "telemetry", "events",
-            "streams_opened", "streams_replaced", "refreshes", "reloads")}
+            "streams_opened", "streams_replaced", "refreshes", "reloads", "events_dropped",
+            "telemetry_dropped")}
+        self._budgets: dict[tuple[str, str], tuple[float, float]] = {}  # (node, kind) -> (tokens, at)
         self.round_trip = Histogram(ROUND_TRIP_BUCKETS)
         version, rules = store.snapshot(include_expired=True)
         self._index.reload(version, rules)
@@ -334,11 +349,18 @@ class SyncHub:
 
     # -- a stream's life --
 
-    async def open(self, reg: sync_service_pb2.Register, peer: str = "") -> Stream:
+    async def open(self, reg: sync_service_pb2.Register, peer: str = "", serial: int = 0) -> Stream:
         """Check and record a Register; the new stream with Registered and
-        its first update queued."""
+        its first update queued. ``serial``: the node certificate's, kept in
+        the node's record (``certSerial``) so removing the node revokes it."""
         node_id = check_node_id(reg.node_id, "register.node_id")
         labels = check_labels(dict(reg.labels), "register.labels")
+        if len(reg.interfaces) > MAX_REGISTER_INTERFACES:
+            raise FieldError("register.interfaces", f"{len(reg.interfaces)} interfaces; at most "
+                                                    f"{MAX_REGISTER_INTERFACES}")
+        if reg.ByteSize() > MAX_REGISTER_BYTES:
+            raise FieldError("register", f"{reg.ByteSize()} bytes; at most {MAX_REGISTER_BYTES} (a node's "
+                                         "record must fit many to a ListNodes page)")
         self.bind()
         old = self._streams.get(node_id)
         st = Stream(node_id, tuple(labels.items()), reg.capabilities.deltas, peer)
@@ -349,7 +371,10 @@ class SyncHub:
             LOGGER.info("node %s: a new stream (%s) replaces the open one (%s)", node_id, peer, old.peer,
                         extra={"event": "sync_stream_replaced", "node": node_id})
             old.end(RemoteError(f"{st.name}: replaced by a newer stream of the same node", "ABORTED"))
-        await asyncio.wrap_future(self._writer.register(node_id, labels, _register_doc(reg)))
+        doc = _register_doc(reg)
+        if serial:
+            doc["certSerial"] = serial_text(serial)
+        await asyncio.wrap_future(self._writer.register(node_id, labels, doc))
         if st.ended:
             return st
         registered = sync_service_pb2.Registered()
@@ -374,6 +399,19 @@ class SyncHub:
                            "version": st.target.version})
         return st
 
+    def end_node(self, node_id: str, why: str) -> None:
+        """End ``node_id``'s open stream, if any (from any thread): the node was removed."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def end() -> None:
+            st = self._streams.get(node_id)
+            if st is not None:
+                st.end(RemoteError(why, "UNAUTHENTICATED"))
+
+        loop.call_soon_threadsafe(end)
+
     def close_stream(self, st: Stream) -> None:
         st.end()
         if self._streams.get(st.node_id) is st:
@@ -390,7 +428,7 @@ class SyncHub:
                 req = await context.read()
                 if req is grpc.aio.EOF:
                     break
-                self.handle(st, req)
+                self.handle(st, decoded(req))
         except asyncio.CancelledError:
             raise
         except BreakwaterError as exc:
@@ -409,12 +447,20 @@ class SyncHub:
             self._on_nack(st, req.nack, now)
         elif which == "telemetry":
             self.counts["telemetry"] += 1
-            if self._telemetry is not None:
+            per_second = TELEMETRY_ALLOWANCE / self.config.telemetry_interval
+            if not self._take(st.node_id, "telemetry", 1, per_second, TELEMETRY_BURST, now):
+                self.counts["telemetry_dropped"] += 1
+            elif self._telemetry is not None:
                 self._telemetry.offer(st.node_id, req.telemetry)
         elif which == "events":
-            self.counts["events"] += len(req.events.events)
-            if req.events.events:
-                self._event_pool.submit(self._publish, st.node_id, list(req.events.events))
+            events = list(req.events.events)
+            self.counts["events"] += len(events)
+            allowed = self._allowance(st.node_id, len(events), now)
+            if allowed < len(events):
+                self.counts["events_dropped"] += len(events) - allowed
+                events = events[:allowed]
+            if events:
+                self._event_pool.submit(self._publish, st.node_id, events)
         elif which == "register":
             raise FieldError("register", "sent twice on one stream; a new Register needs a new stream")
         else:
@@ -423,6 +469,23 @@ class SyncHub:
         if now - st.last_touch >= self.config.heartbeat_write_interval and which not in ("ack", "nack"):
             st.last_touch = now
             self._note(st.node_id)
+
+    def _take(self, node_id: str, kind: str, n: int, rate: float, burst: float, now: float) -> bool:
+        """Take ``n`` tokens of the node's ``kind`` budget (a token bucket); False if short."""
+        tokens, at = self._budgets.get((node_id, kind), (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        ok = tokens >= n
+        self._budgets[(node_id, kind)] = (tokens - n if ok else tokens, now)
+        return ok
+
+    def _allowance(self, node_id: str, n: int, now: float) -> int:
+        """How many of ``n`` events the node may send now (its event budget)."""
+        cfg = self.config
+        tokens, at = self._budgets.get((node_id, "events"), (float(cfg.node_event_burst), now))
+        tokens = min(float(cfg.node_event_burst), tokens + (now - at) * cfg.node_events_per_second)
+        allowed = min(n, int(tokens))
+        self._budgets[(node_id, "events")] = (tokens - allowed, now)
+        return allowed
 
     def _on_ack(self, st: Stream, version: int, now: float) -> None:
         view = st.outstanding
@@ -519,6 +582,12 @@ class SyncHub:
         out.add("breakwater_controller_sync_telemetry_total", "counter", "TelemetrySummary messages received",
                 c["telemetry"])
         out.add("breakwater_controller_sync_events_total", "counter", "Events agents sent up", c["events"])
+        out.add("breakwater_controller_sync_events_dropped_total", "counter",
+                "Events dropped past a node's event budget (node_events_per_second, node_event_burst)",
+                c["events_dropped"])
+        out.add("breakwater_controller_sync_telemetry_dropped_total", "counter",
+                "TelemetrySummary messages dropped: a node sent them faster than its interval allows",
+                c["telemetry_dropped"])
         out.add("breakwater_controller_sync_node_write_failures_total", "counter",
                 "Node state writes that failed", self._writer.failures)
         out.histogram("breakwater_controller_sync_round_trip_seconds",

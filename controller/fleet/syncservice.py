@@ -21,6 +21,7 @@ import grpc
 from breakwater.v1 import sync_service_pb2
 
 from ..api.auth import principal_of
+from ..api.handlers import decoded
 from ..api.server import Service
 from ..errors import FieldError, PermissionDeniedError
 from .synchub import SyncHub
@@ -45,6 +46,7 @@ class SyncServicer:
         first = await context.read()  # the request iterator wraps read(): skip a layer per message
         if first is grpc.aio.EOF:
             return
+        first = decoded(first)  # a message that did not parse: INVALID_ARGUMENT
         if first.WhichOneof("message") != "register":
             raise FieldError("register", "the first message of a stream must be register (got "
                                          f"{first.WhichOneof('message') or 'an empty message'})")
@@ -53,7 +55,8 @@ class SyncServicer:
             raise PermissionDeniedError(
                 f"register.node_id: {first.register.node_id!r} is not this certificate's node "
                 f"({principal.name}); a node registers only as itself")
-        st = await hub.open(first.register, principal.name if principal else context.peer())
+        st = await hub.open(first.register, principal.name if principal else context.peer(),
+                            principal.serial if principal else 0)
         loop = asyncio.get_running_loop()
         reader = loop.create_task(hub.read(st, context))
         try:

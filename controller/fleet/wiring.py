@@ -132,6 +132,9 @@ def add_sync_services(registry: Any, store: Store, events: EventLog, config: obj
     fleet = FleetDetector(fleet_cfg, telemetry, store, events, apply=apply) if fleet_cfg.enabled else None
     hub = SyncHub(store, events, sync_cfg, telemetry=telemetry,
                   on_events=fleet.observe if fleet is not None else None)
+    removed = getattr(backend, "on_node_removed", None)
+    if isinstance(removed, list):
+        removed.append(hub.end_node)
     services = [sync_service(SyncServicer(hub)),
                 telemetry_service(TelemetryServicer(telemetry, known_node=store.node))]
     if isinstance(registry, list):

@@ -132,7 +132,7 @@ def save_applied(state_dir: Path, maps: MapSet, applied: Applied, pending: bool 
     path = _path(state_dir, maps.pin_dir)
     if pending:
         path = path.with_suffix(".pending")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({
         "version": STATE_VERSION,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -139,6 +140,17 @@ def test_nodes(store: Store) -> None:
     assert again.labels == {"site": "fra2"}
     with pytest.raises(Exception, match="not a node field"):
         store.update_node("edge-1", labels={})
+
+
+def test_delete_node(store: Store, reopen: Callable[[], Store]) -> None:
+    store.register_node("edge-1", {}, {"certSerial": "1A"}, now=T0)
+    store.register_node("edge-2", {}, {}, now=T0)
+    gone = store.delete_node("edge-1")
+    assert gone.doc == {"certSerial": "1A"}
+    assert [n.node_id for n in store.nodes()] == ["edge-2"]
+    with pytest.raises(NotFoundError):
+        store.delete_node("edge-1")
+    assert [n.node_id for n in reopen().nodes()] == ["edge-2"]
 
 
 def test_events_page_by_sequence(store: Store) -> None:

@@ -175,7 +175,7 @@ def test_ttl_becomes_expire_time(api: Api) -> None:
 def test_create_existing_is_already_exists(api: Api) -> None:
     create(api, "a")
     before = api.state()
-    err = fails(api.rules.CreateRule, rs.CreateRuleRequest(rule_id="a", rule=drop("10.0.0.0/8")))
+    err = fails(api.rules.CreateRule, rs.CreateRuleRequest(rule_id="a", rule=drop("10.0.0.0/16")))
     assert isinstance(err, AlreadyExistsError) and err.resource == "rules/a"
     err = fails(api.rules.CreateRule, rs.CreateRuleRequest(rule_id="a", rule=drop(),
                                                                          validate_only=True))

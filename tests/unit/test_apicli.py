@@ -232,7 +232,10 @@ def test_refused_fields_exit_2_naming_the_field(ctl: Controller, capsys: pytest.
 
 def test_dry_run_and_files(ctl: Controller, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     S = ("--server", ctl.address)
-    rc, out, _ = run(capsys, "rules", "create", "x", *S, "--match-all", "--action", "drop", "--dry-run")
+    rc, _, err = run(capsys, "rules", "create", "x", *S, "--match-all", "--action", "drop", "--dry-run")
+    assert rc == 2 and "guard broad-prefix" in err and ctl.store.version == 0
+    rc, out, _ = run(capsys, "rules", "create", "x", *S, "--match-all", "--action", "drop", "--dry-run",
+                     "--override", "broad-prefix")
     assert rc == 0 and "validated, nothing created" in out and ctl.store.version == 0
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rules]]\nid = "a"\naction = "drop"\nmatch = { src = ["192.0.2.0/24"] }\n\n'

@@ -322,6 +322,9 @@ def test_second_stream_replaces_the_first(env: Env) -> None:
     (S.SyncRequest(register=S.Register(node_id="ok", labels={"site": "fra 1"})), "register.labels[site]"),
     (S.SyncRequest(register=S.Register(node_id="ok", labels={"-x": "1"})), "register.labels"),
     (S.SyncRequest(ack=S.Ack(version=1)), "register"),
+    (S.SyncRequest(register=S.Register(node_id="ok", interfaces=[
+        node_pb2.NodeInterface(name=f"e{i}") for i in range(65)])), "register.interfaces"),
+    (S.SyncRequest(register=S.Register(node_id="ok", agent_version="x" * 20_000)), "register"),
 ])
 def test_invalid_register(env: Env, first: S.SyncRequest, field: str) -> None:
     a = env.agent("x", first=first)
@@ -384,6 +387,28 @@ def test_local_events_reach_the_event_log(env: Env) -> None:
     assert [e.node for e in stored] == ["nodes/edge-1", "nodes/edge-1"]
     assert [e.sequence for e in stored] == [1, 2] and stored[0].name == "events/1"
     assert stored[0].attack.attack_id == "syn-198-18-0-10-4" and stored[0].HasField("time")
+
+
+def test_a_node_cannot_flush_the_event_log(env: Env) -> None:
+    """Each node's events pass a token bucket (node_events_per_second 50,
+    node_event_burst 1000): a flood from one node is cut, counted, and the
+    other nodes' events still get in."""
+    a, _ = env.connected("edge-1")
+    b, _ = env.connected("edge-2")
+    attack = event_pb2.AttackEvent(attack_id="syn-x", phase=event_pb2.ATTACK_PHASE_STARTED,
+                                   vector=event_pb2.ATTACK_VECTOR_SYN, victim="198.18.0.10", pps=1)
+    for _ in range(3):
+        a.send(events=S.LocalEvents(events=[event_pb2.Event(attack=attack)] * 600))
+    b.send(events=S.LocalEvents(events=[event_pb2.Event(attack=attack)]))
+    eventually(lambda: any(e.node == "nodes/edge-2" for e in env.events.page(limit=10_000)))
+    hub = env.services.hub
+    eventually(lambda: hub.counts["events_dropped"] >= 700)
+    stored = env.events.page(limit=10_000)
+    from_a = sum(1 for e in stored if e.node == "nodes/edge-1")
+    assert 1000 <= from_a < 1100 and hub.counts["events_dropped"] == 1800 - from_a
+    for _ in range(40):  # telemetry faster than 4 per interval (and a burst of 20) is dropped too
+        a.send(telemetry=telemetry_pb2.TelemetrySummary())
+    eventually(lambda: hub.counts["telemetry_dropped"] >= 15)
 
 
 def _summary(end: float, sources: dict[str, int], passed: int) -> telemetry_pb2.TelemetrySummary:

@@ -87,6 +87,21 @@ def test_buckets_trim_to_the_heaviest() -> None:
     assert len(table) == 7  # under the trim mark: kept exactly
 
 
+def test_rule_counters_and_reasons_are_bounded() -> None:
+    """20 summaries of 40k rule ids once grew the controller by 130 MiB while
+    telemetry_entries read 0: rule counters are trimmed per bucket and counted."""
+    tel = FleetTelemetry(TelemetryConfig(bucket_rules=100))
+    for k in range(20):
+        tel.offer("a", summary(T + 10 * k + 1, rules={f"r{k}-{i}": 1 + i for i in range(4000)},
+                               reasons={1000 + i: 1 for i in range(1000)}), now=T + 10 * k + 1)
+    tel.fold(now=T + 200)
+    buckets = [*tel._series["a"].fine, *tel._series["a"].coarse]
+    assert all(len(b.rules) <= 200 and len(b.reasons) <= 256 for b in buckets)
+    assert tel.entries == sum(b.entries for b in buckets) and tel.entries <= 20 * 200
+    heavy = max(buckets[0].rules.items(), key=lambda kv: kv[1][0])
+    assert heavy[0] == "r0-3999"  # the heaviest stay
+
+
 def test_coarsen_and_retention() -> None:
     cfg = TelemetryConfig(bucket_seconds=10, fine_seconds=60, coarse_seconds=60, retention_seconds=3600)
     tel = FleetTelemetry(cfg)
