@@ -75,7 +75,8 @@ def _columns(dtype: np.dtype[np.void]) -> tuple[str, ...]:
 if (_columns(SOURCE_DTYPE) != ("addr_hi", "addr_lo", *SOURCE_FIELDS, "dst_hi", "dst_lo")
         or _columns(DESTINATION_DTYPE) != ("addr_hi", "addr_lo", *DESTINATION_FIELDS)
         or tuple(abi.SRC_COUNTERS_DTYPE.names or ())[: len(SOURCE_FIELDS)] != SOURCE_FIELDS
-        or tuple(abi.DST_COUNTERS_DTYPE.names or ())[: len(DESTINATION_FIELDS)] != DESTINATION_FIELDS):
+        or tuple(abi.DST_COUNTERS_DTYPE.names or ())[: len(DESTINATION_FIELDS)] != DESTINATION_FIELDS
+        or abi.SRC_COUNTERS_DTYPE.descr[-1] != ("last_dst", "|V16")):
     raise ImportError("controller.detection.harvest: sample and counter layouts disagree "
                       "(see controller/detection/samples.py)")
 
@@ -84,34 +85,41 @@ if (_columns(SOURCE_DTYPE) != ("addr_hi", "addr_lo", *SOURCE_FIELDS, "dst_hi", "
 class Table:
     """One address family's cumulative counters at one moment.
 
-    ``keys`` are as the map returns them, in map order; ``rows`` likewise.
-    ``sorted_keys`` / ``order`` index them: ``rows[order[i]]`` belongs to
-    ``sorted_keys[i]``. Keys are integers where they fit (IPv4: the address
-    as uint32), else 16-byte big-endian strings (IPv6; byte order is numeric
-    order), so the one sort per read is an integer sort in the common case,
-    and rows are never reordered, only the counters a delta needs are read.
+    ``keys`` and ``rows`` are in map order, as the batch read returned them.
+    Keys are integers where they fit (IPv4: the address as uint32), else
+    16-byte big-endian strings (IPv6; byte order is numeric order).
+    ``sorted_keys`` / ``order`` (``rows[order[i]]`` belongs to
+    ``sorted_keys[i]``) are computed only when a read must be matched to
+    the previous one by key (:meth:`matches`).
     """
 
     keys: np.ndarray
     rows: np.ndarray
-    sorted_keys: np.ndarray
-    order: np.ndarray
+    v4: bool
+    _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, packed: np.ndarray, rows: np.ndarray) -> Table:
-        if packed.dtype.itemsize == 4:
-            keys = np.frombuffer(np.ascontiguousarray(packed).tobytes(), dtype=">u4").astype(np.uint32)
+        width = packed.dtype.itemsize
+        if width == 4:
+            keys = np.ascontiguousarray(packed).view(">u4").astype(np.uint32)
         else:
-            keys = np.frombuffer(np.ascontiguousarray(packed).tobytes(), dtype="S16")
-        order = np.argsort(keys)  # keys are unique: no stability needed
-        return cls(keys, rows, keys[order], order)
+            keys = np.ascontiguousarray(packed).view("S16")
+        return cls(keys.ravel(), rows, width == 4)
 
-    def words(self, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(hi, lo) address words of the keys at sorted positions ``which``."""
-        keys = self.sorted_keys[which]
-        if keys.dtype == np.uint32:
-            return v4_words(keys)
-        return words_from_packed(keys)
+    @property
+    def sorted_keys(self) -> np.ndarray:
+        return self._index()[0]
+
+    @property
+    def order(self) -> np.ndarray:
+        return self._index()[1]
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._sorted is None:
+            order = np.argsort(self.keys)  # keys are unique: no stability needed
+            self._sorted = (self.keys[order], order)
+        return self._sorted
 
     def words64(self) -> np.ndarray:
         """The rows (map order) as an (n, itemsize/8) uint64 matrix: every
@@ -120,21 +128,30 @@ class Table:
         rows = np.ascontiguousarray(self.rows)
         return rows.view(np.uint64).reshape(len(rows), rows.dtype.itemsize // 8)
 
-    def deltas(self, prev: Table, width: int) -> np.ndarray:
-        """(n, width) increase of the first ``width`` counters since
-        ``prev``, in sorted key order; a key ``prev`` lacks, or a counter
-        that went down (the LRU evicted and re-created the entry), counts
-        from zero. Sorted needles make the search a near-linear merge, and
-        whole contiguous rows are gathered (a strided gather is 10x slower)."""
-        cur = np.take(self.words64(), self.order, axis=0)
+    def address_words(self, which: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+        """(hi, lo) address words of the keys at map positions ``which``."""
+        keys = self.keys[which]
+        if self.v4:
+            return v4_words(keys)
+        return words_from_packed(keys)
+
+    def matches(self, prev: Table) -> np.ndarray | None:
+        """For each row (map order), the row of ``prev`` with the same key,
+        -1 where ``prev`` has none; None when both reads hold the same keys
+        at the same positions (the steady state: a hash map's batch read
+        walks its buckets in the same order every time)."""
+        if len(self.keys) == len(prev.keys) and np.array_equal(self.keys, prev.keys):
+            return None
+        where = np.full(len(self.keys), -1, dtype=np.intp)
         if not len(prev.keys) or not len(self.keys):
-            return cur[:, :width]
-        pos = np.minimum(np.searchsorted(prev.sorted_keys, self.sorted_keys), len(prev.keys) - 1)
-        found = prev.sorted_keys[pos] == self.sorted_keys
-        before = np.take(prev.words64(), prev.order[pos], axis=0)  # the previous rows, then the deltas
-        if not found.all():
-            before[~found] = 0
-        return _increase(cur[:, :width], before[:, :width])
+            return where
+        ks, order = self._index()
+        pks, porder = prev._index()
+        # sorted needles: the search is a near-linear merge
+        pos = np.minimum(np.searchsorted(pks, ks), len(pks) - 1)
+        found = pks[pos] == ks
+        where[order[found]] = porder[pos[found]]
+        return where
 
 
 @dataclass(frozen=True)
@@ -219,17 +236,45 @@ def read_snapshot(maps: MapSet, skip_denied: Container[str] = (),
                     totals)
 
 
-def _moved(cur: Table, prev: Table, fields: tuple[str, ...], dtype: np.dtype[np.void],
-           extra: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(a uint64 matrix of the sample's columns — address words, the counter
-    deltas, ``extra`` columns left for the caller — for the keys whose
-    packets moved, in key order; which rows of ``cur.rows`` they are)."""
-    d = cur.deltas(prev, len(fields))
+def _moved(cur: Table, prev: Table, fields: tuple[str, ...],
+           extra: int = 0) -> tuple[np.ndarray, np.ndarray | slice]:
+    """(a uint64 matrix of the sample's columns — address words, the
+    increase of the first ``len(fields)`` counters since ``prev``, ``extra``
+    columns left for the caller — for the keys whose packets moved, in map
+    order; which rows of ``cur.rows`` they are: a slice of all of them when
+    every key moved, so nothing is gathered).
+
+    A key ``prev`` lacks, or a counter that went down (the LRU evicted and
+    re-created the entry), counts from zero (:func:`_increase`'s rule). The
+    increases are written straight into the result (one allocation of the
+    sample's size: first-touch page faults of fresh arrays cost as much as
+    the arithmetic at a million rows); when the keys sit where they sat in
+    ``prev`` (:meth:`Table.matches`), nothing is gathered or sorted at all,
+    else whole contiguous rows of ``prev`` are (a strided gather is 10x
+    slower).
+    """
+    width, n = len(fields), len(cur.keys)
+    out = np.empty((n, 2 + width + extra), dtype=np.uint64)
+    now = cur.words64()[:, :width]
+    where = cur.matches(prev)
+    if where is None:
+        before = prev.words64()[:, :width]
+    elif len(prev.keys):
+        before = np.take(prev.words64(), np.maximum(where, 0), axis=0)[:, :width]
+        before[where < 0] = 0
+    else:
+        before = np.zeros((n, width), dtype=np.uint64)
+    d = out[:, 2 : 2 + width]
+    np.subtract(now, before, out=d)
+    went_down = now < before
+    if went_down.any():
+        np.copyto(d, now, where=went_down)
     moved = np.flatnonzero(d[:, 0] > 0)  # column 0 is packets
-    out = np.empty((len(moved), 2 + len(fields) + extra), dtype=np.uint64)
-    out[:, 0], out[:, 1] = cur.words(moved)
-    out[:, 2 : 2 + len(fields)] = d[moved]
-    return out, cur.order[moved]
+    which: np.ndarray | slice = slice(None)
+    if len(moved) < n:
+        out, which = out[moved], moved
+    out[:, 0], out[:, 1] = cur.address_words(which)
+    return out, which
 
 
 class Harvester:
@@ -273,19 +318,29 @@ class Harvester:
         dt = max(snap.t - prev.t, 1e-3)
         sources = []
         for cur, old in ((snap.src_v4, prev.src_v4), (snap.src_v6, prev.src_v6)):
-            m, moved = _moved(cur, old, SOURCE_FIELDS, SOURCE_DTYPE, extra=2)
-            m[:, -2], m[:, -1] = _last_dst(cur.rows["last_dst"][moved], m[:, 0], m[:, 1])
+            m, moved = _moved(cur, old, SOURCE_FIELDS, extra=2)
+            m[:, -2], m[:, -1] = _last_dst(cur, moved, m[:, 0], m[:, 1])
             sources.append(m.view(SOURCE_DTYPE).ravel())
-        dests = [_moved(cur, old, DESTINATION_FIELDS, DESTINATION_DTYPE)[0].view(DESTINATION_DTYPE).ravel()
+        dests = [_moved(cur, old, DESTINATION_FIELDS)[0].view(DESTINATION_DTYPE).ravel()
                  for cur, old in ((snap.dst_v4, prev.dst_v4), (snap.dst_v6, prev.dst_v6))]
         return Sample(snap.t, dt, np.concatenate(sources), np.concatenate(dests))
 
 
-def _last_dst(last: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(hi, lo) of each source's latest destination: an IPv4 source's is an
-    IPv4 address in the first 4 bytes of ``last_dst``."""
-    raw = np.frombuffer(last.tobytes(), dtype=np.uint8).reshape(-1, 16)
-    v6_hi, v6_lo = words_from_packed(np.frombuffer(raw.tobytes(), dtype="V16"))
-    v4_hi, v4_lo = v4_words(np.ascontiguousarray(raw[:, :4]).view(">u4").ravel())
+_LAST_DST_WORD = abi.SRC_COUNTERS_DTYPE.itemsize // 8 - 2  # last_dst: the struct's last 16 bytes
+"""Column of ``last_dst``'s first 8 bytes in a source row read as uint64 words."""
+
+
+def _last_dst(table: Table, which: np.ndarray | slice, hi: np.ndarray,
+              lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo) of the latest destination of the sources at rows ``which``
+    (addresses ``hi``, ``lo``): an IPv4 source's is an IPv4 address in the
+    first 4 bytes of ``last_dst``, an IPv6 source's all 16 bytes."""
+    words = table.words64()
+    if table.v4:  # every source of the IPv4 map is IPv4: one column, no bytes copied
+        first = words[which, _LAST_DST_WORD] & np.uint64(0xFFFF_FFFF)
+        return v4_words(first.astype(np.uint32).byteswap())
+    raw = np.ascontiguousarray(words[which, _LAST_DST_WORD : _LAST_DST_WORD + 2])
+    v6_hi, v6_lo = words_from_packed(raw.view("V16").ravel())
+    v4_hi, v4_lo = v4_words(raw[:, 0].astype(np.uint32).byteswap()) if len(raw) else (v6_hi, v6_lo)
     src_v4 = is_v4(hi, lo)
     return np.where(src_v4, v4_hi, v6_hi), np.where(src_v4, v4_lo, v6_lo)

@@ -49,11 +49,12 @@ def test_deltas_match_a_reference(seed: int) -> None:
                 value = int(cur[f][i]) - old[f]
             want.setdefault(int(k), {})[f] = value
     t_prev, t_cur = _table(prev_keys, prev), _table(cur_keys, cur)
-    rows, which = harvest._moved(t_cur, t_prev, SOURCE_FIELDS, SOURCE_DTYPE, extra=2)
+    rows, which = harvest._moved(t_cur, t_prev, SOURCE_FIELDS, extra=2)
     got = rows.view(SOURCE_DTYPE).ravel()
     expect = {k: v for k, v in want.items() if v["packets"] > 0}
     assert len(got) == len(expect)
-    for r, idx in zip(got, which, strict=True):
+    rows_at = np.arange(len(cur_keys))[which]
+    for r, idx in zip(got, rows_at, strict=True):
         addr = int(address_from_words(int(r["addr_hi"]), int(r["addr_lo"])))
         assert addr == int(cur_keys[idx])
         assert {f: int(r[f]) for f in SOURCE_FIELDS} == expect[addr]
@@ -65,11 +66,11 @@ def test_ipv6_keys_and_empty_tables() -> None:
     rows["packets"] = [30, 10, 20]
     empty = harvest.Table.of(np.zeros(0, dtype="S16"), np.zeros(0, dtype=abi.SRC_COUNTERS_DTYPE))
     t = harvest.Table.of(keys, rows)
-    first, _ = harvest._moved(t, empty, SOURCE_FIELDS, SOURCE_DTYPE, extra=2)
+    first, _ = harvest._moved(t, empty, SOURCE_FIELDS, extra=2)
     addrs = [str(address_from_words(int(r[0]), int(r[1]))) for r in first]
-    assert addrs == ["2001:db8::1", "2001:db8::2", "2001:db8::3"]  # sorted by key
-    assert list(first[:, 2]) == [10, 20, 30]
-    none, _ = harvest._moved(t, t, SOURCE_FIELDS, SOURCE_DTYPE, extra=2)
+    assert addrs == ["2001:db8::3", "2001:db8::1", "2001:db8::2"]  # map order
+    assert list(first[:, 2]) == [30, 10, 20]
+    none, _ = harvest._moved(t, t, SOURCE_FIELDS, extra=2)
     assert len(none) == 0
 
 
