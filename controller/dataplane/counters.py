@@ -47,6 +47,10 @@ class Sources:
     v6: np.ndarray
     # Entries in each exact deny map read ("v4", "v6"; a family not read is absent).
     deny_entries: dict[str, int] = field(default_factory=dict)
+    # Per family: the rows read from the source map (the first ones; deny
+    # entries' rows follow), and which of them also carry a deny entry's hits.
+    map_rows: dict[str, int] = field(default_factory=dict)
+    denied_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.v4) + len(self.v6)
@@ -76,14 +80,15 @@ def _denied(maps: MapSet, fam: str, width: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def _merge(keys: np.ndarray, rows: np.ndarray, more_keys: np.ndarray,
-           more: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+           more: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Add the deny entries' rows to the source rows: a key in both (a
     source seen before and after it was denied) gets the sum in its source
     row, the others are appended. The source rows keep their map order and
     only the (few) deny keys are sorted, so reading a million sources with
-    a handful of denied ones costs no sort of the million."""
+    a handful of denied ones costs no sort of the million. Also returns the
+    source rows that got a deny entry's hits."""
     if not len(more_keys):
-        return keys, rows
+        return keys, rows, np.zeros(0, dtype=np.intp)
     order = np.argsort(more_keys)
     sorted_more = more_keys[order]
     pos = np.minimum(np.searchsorted(sorted_more, keys), len(sorted_more) - 1)
@@ -95,7 +100,7 @@ def _merge(keys: np.ndarray, rows: np.ndarray, more_keys: np.ndarray,
         for name in abi.SRC_COUNTER_FIELDS:
             rows[name][in_both] += more[name][hit]
         extra[hit] = False
-    return np.concatenate([keys, more_keys[extra]]), np.concatenate([rows, more[extra]])
+    return np.concatenate([keys, more_keys[extra]]), np.concatenate([rows, more[extra]]), in_both
 
 
 def read_sources(maps: MapSet, include_denied: bool = True, skip_denied: Container[str] = ()) -> Sources:
@@ -110,15 +115,19 @@ def read_sources(maps: MapSet, include_denied: bool = True, skip_denied: Contain
     """
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     deny_entries: dict[str, int] = {}
+    map_rows: dict[str, int] = {}
+    denied_rows: dict[str, np.ndarray] = {}
     for fam, width in (("v4", 4), ("v6", 16)):
         keys, values, n = maps[f"src_{fam}"].read_arrays()
         k = np.frombuffer(keys, dtype=f"S{width}", count=n)
         v = np.frombuffer(values, dtype=abi.SRC_COUNTERS_DTYPE, count=n)
+        map_rows[fam] = n
         if include_denied and fam not in skip_denied:
             dk, dv, deny_entries[fam] = _denied(maps, fam, width)
-            k, v = _merge(k, v, dk, dv)
+            k, v, denied_rows[fam] = _merge(k, v, dk, dv)
         out[fam] = (k, v)
-    return Sources(time.monotonic(), out["v4"][0], out["v4"][1], out["v6"][0], out["v6"][1], deny_entries)
+    return Sources(time.monotonic(), out["v4"][0], out["v4"][1], out["v6"][0], out["v6"][1], deny_entries,
+                   map_rows, denied_rows)
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,30 @@ class PinnedMap:
             raise self._fail("delete", exc) from exc
         return deleted
 
+    def delete_packed(self, keys: bytes, n: int) -> int:
+        """Delete ``n`` packed keys with BPF_MAP_DELETE_BATCH, no per-key
+        lookups: a batch stops at the first absent key (one the LRU evicted
+        meanwhile), the next resumes after it. Returns how many were deleted."""
+        ksz = self.spec.key_size
+        if len(keys) != n * ksz:
+            raise ValueError(f"map {self.name}: {len(keys)} bytes for {n} keys of {ksz}")
+        if self.spec.type_name not in BATCH_TYPES:
+            return self.delete_many([keys[i * ksz : (i + 1) * ksz] for i in range(n)])
+        deleted = pos = 0
+        try:
+            while pos < n:
+                count = min(WRITE_CHUNK, n - pos)
+                done, err = lb.map_delete_batch(self.fd, keys[pos * ksz : (pos + count) * ksz], count)
+                deleted += done
+                pos += done
+                if err == errno.ENOENT:
+                    pos += 1  # absent: skip it
+                elif err:
+                    raise from_os_error(err, f"map {self.name}: batch delete")
+        except BreakwaterError as exc:
+            raise self._fail("delete", exc) from exc
+        return deleted
+
     def contains(self, keys: Sequence[bytes]) -> set[bytes]:
         """Which of ``keys`` are present: per-key lookups for a few, one read for many."""
         if len(keys) <= 1024:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..dataplane import abi, counters
 from ..dataplane.counters import RuleTotals, Totals, read_sources
-from ..dataplane.pinned import MapSet
+from ..dataplane.pinned import MapSet, PinnedMap
 from ..dataplane.reasons import Action, Reason
 from .samples import (
     DESTINATION_DTYPE,
@@ -41,7 +41,18 @@ from .samples import (
     words_from_packed,
 )
 
-__all__ = ["CounterTotals", "Harvester", "IntervalCounters", "Snapshot", "read_snapshot"]
+__all__ = ["IDLE_SECONDS", "PRUNE_MIN", "CounterTotals", "Harvester", "IntervalCounters", "Snapshot",
+           "read_snapshot"]
+
+IDLE_SECONDS = 30.0
+"""Sources whose packets have not moved for this long are deleted from the
+source maps: six times the detector's default window, after which it has
+forgotten them too. The LRU evicts only under pressure, so without this a
+map filled once by a spoofed flood would stay full, and cost its million
+entries' read every interval, for ever."""
+PRUNE_MIN = 4096
+"""Idle sources are deleted once there are this many (a few idle rows cost
+less to read than to delete one batch at a time)."""
 
 _K = TypeVar("_K", bound=Hashable)
 _C = TypeVar("_C", Totals, RuleTotals)
@@ -96,16 +107,38 @@ class Table:
     keys: np.ndarray
     rows: np.ndarray
     v4: bool
+    map_rows: int = 0
+    """Rows read from the source map: the first ones (deny entries' rows follow)."""
+    denied: np.ndarray | None = None
+    """Which of those also carry a deny entry's hits."""
+    seen: np.ndarray | None = None
+    """Sources: time.monotonic() at which each row's packets last moved."""
     _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, packed: np.ndarray, rows: np.ndarray) -> Table:
+    def of(cls, packed: np.ndarray, rows: np.ndarray, map_rows: int | None = None,
+           denied: np.ndarray | None = None) -> Table:
         width = packed.dtype.itemsize
         if width == 4:
             keys = np.ascontiguousarray(packed).view(">u4").astype(np.uint32)
         else:
             keys = np.ascontiguousarray(packed).view("S16")
-        return cls(keys.ravel(), rows, width == 4)
+        return cls(keys.ravel(), rows, width == 4, len(rows) if map_rows is None else map_rows, denied)
+
+    def packed(self, which: np.ndarray) -> bytes:
+        """The keys at rows ``which``, packed as the map keys them."""
+        keys = self.keys[which]
+        return bytes(keys.astype(">u4").tobytes() if self.v4 else keys.tobytes())
+
+    def drop(self, which: np.ndarray) -> None:
+        """Forget the source-map rows ``which`` (sorted; deleted from the map)."""
+        keep = np.ones(len(self.keys), dtype=bool)
+        keep[which] = False
+        self.keys, self.rows = self.keys[keep], self.rows[keep]
+        if self.seen is not None:
+            self.seen = self.seen[keep]
+        self.map_rows -= len(which)
+        self.denied, self._sorted = None, None
 
     @property
     def sorted_keys(self) -> np.ndarray:
@@ -231,13 +264,13 @@ def read_snapshot(maps: MapSet, skip_denied: Container[str] = (),
         dst[fam] = Table.of(np.frombuffer(packed, dtype=f"V{width}", count=n),
                             np.frombuffer(values, dtype=abi.DST_COUNTERS_DTYPE, count=n))
     totals = CounterTotals.read(maps, slot_ids or {})
-    return Snapshot(time.monotonic(), Table.of(src.v4_keys, np.asarray(src.v4)),
-                    Table.of(src.v6_keys, np.asarray(src.v6)), dst["v4"], dst["v6"], src.deny_entries,
-                    totals)
+    v4, v6 = (Table.of(keys, np.asarray(rows), src.map_rows.get(fam), src.denied_rows.get(fam))
+              for fam, keys, rows in (("v4", src.v4_keys, src.v4), ("v6", src.v6_keys, src.v6)))
+    return Snapshot(time.monotonic(), v4, v6, dst["v4"], dst["v6"], src.deny_entries, totals)
 
 
-def _moved(cur: Table, prev: Table, fields: tuple[str, ...],
-           extra: int = 0) -> tuple[np.ndarray, np.ndarray | slice]:
+def _moved(cur: Table, prev: Table, fields: tuple[str, ...], extra: int = 0,
+           seen_at: float | None = None) -> tuple[np.ndarray, np.ndarray | slice]:
     """(a uint64 matrix of the sample's columns — address words, the
     increase of the first ``len(fields)`` counters since ``prev``, ``extra``
     columns left for the caller — for the keys whose packets moved, in map
@@ -251,7 +284,8 @@ def _moved(cur: Table, prev: Table, fields: tuple[str, ...],
     the arithmetic at a million rows); when the keys sit where they sat in
     ``prev`` (:meth:`Table.matches`), nothing is gathered or sorted at all,
     else whole contiguous rows of ``prev`` are (a strided gather is 10x
-    slower).
+    slower). With ``seen_at``, ``cur.seen`` is carried over from ``prev``
+    and set to ``seen_at`` where packets moved.
     """
     width, n = len(fields), len(cur.keys)
     out = np.empty((n, 2 + width + extra), dtype=np.uint64)
@@ -270,6 +304,16 @@ def _moved(cur: Table, prev: Table, fields: tuple[str, ...],
     if went_down.any():
         np.copyto(d, now, where=went_down)
     moved = np.flatnonzero(d[:, 0] > 0)  # column 0 is packets
+    if seen_at is not None:
+        if where is None and prev.seen is not None:
+            seen = prev.seen.copy()
+        else:
+            seen = np.full(n, seen_at)
+            if where is not None and prev.seen is not None and len(prev.seen):
+                known = where >= 0
+                seen[known] = prev.seen[where[known]]
+        seen[moved] = seen_at
+        cur.seen = seen
     which: np.ndarray | slice = slice(None)
     if len(moved) < n:
         out, which = out[moved], moved
@@ -286,7 +330,11 @@ class Harvester:
     an empty 1M-entry hash still walks its million buckets.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.idle_seconds = idle_seconds
+        """Sources idle this long are deleted from the source maps (:func:`_prune`)."""
+        self.pruned = 0
+        """Sources deleted so far (a metric)."""
         self._prev: Snapshot | None = None
         self._deny_empty_at: dict[str, int] = {}  # family -> generation it was read empty at
         self.counters: IntervalCounters | None = None
@@ -317,13 +365,33 @@ class Harvester:
         self.counters = snap.counters.since(prev.counters)
         dt = max(snap.t - prev.t, 1e-3)
         sources = []
-        for cur, old in ((snap.src_v4, prev.src_v4), (snap.src_v6, prev.src_v6)):
-            m, moved = _moved(cur, old, SOURCE_FIELDS, extra=2)
+        for fam, cur, old in (("v4", snap.src_v4, prev.src_v4), ("v6", snap.src_v6, prev.src_v6)):
+            m, moved = _moved(cur, old, SOURCE_FIELDS, extra=2, seen_at=snap.t)
             m[:, -2], m[:, -1] = _last_dst(cur, moved, m[:, 0], m[:, 1])
             sources.append(m.view(SOURCE_DTYPE).ravel())
+            self.pruned += _prune(maps[f"src_{fam}"], cur, snap.t - self.idle_seconds)
         dests = [_moved(cur, old, DESTINATION_FIELDS)[0].view(DESTINATION_DTYPE).ravel()
                  for cur, old in ((snap.dst_v4, prev.dst_v4), (snap.dst_v6, prev.dst_v6))]
         return Sample(snap.t, dt, np.concatenate(sources), np.concatenate(dests))
+
+
+def _prune(src_map: PinnedMap, table: Table, idle_since: float) -> int:
+    """Delete the sources whose packets have not moved since ``idle_since``
+    from ``src_map`` (and from ``table``, so the next read, without them,
+    still matches it in place), once there are :data:`PRUNE_MIN` of them.
+    Sources that also carry a deny entry's hits stay: their row and the
+    entry's are one source's total. Returns how many were deleted."""
+    if table.seen is None:
+        return 0
+    idle = table.seen[: table.map_rows] < idle_since
+    if table.denied is not None and len(table.denied):
+        idle[table.denied] = False
+    rows = np.flatnonzero(idle)
+    if len(rows) < PRUNE_MIN:
+        return 0
+    deleted = src_map.delete_packed(table.packed(rows), len(rows))
+    table.drop(rows)
+    return deleted
 
 
 _LAST_DST_WORD = abi.SRC_COUNTERS_DTYPE.itemsize // 8 - 2  # last_dst: the struct's last 16 bytes
