@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import abi
-from .pinned import MapSet
+from .pinned import MapSet, ReadBuffers
 from .reasons import Action, Reason
 
 __all__ = [
@@ -103,7 +103,8 @@ def _merge(keys: np.ndarray, rows: np.ndarray, more_keys: np.ndarray,
     return np.concatenate([keys, more_keys[extra]]), np.concatenate([rows, more[extra]]), in_both
 
 
-def read_sources(maps: MapSet, include_denied: bool = True, skip_denied: Container[str] = ()) -> Sources:
+def read_sources(maps: MapSet, include_denied: bool = True, skip_denied: Container[str] = (),
+                 into: ReadBuffers | None = None) -> Sources:
     """One batch read of src_v4 and src_v6.
 
     Sources denied by an exact entry are counted on that entry, not in the
@@ -111,14 +112,15 @@ def read_sources(maps: MapSet, include_denied: bool = True, skip_denied: Contain
     too and merged in, so a denied source still shows its packets and drops.
     ``skip_denied`` names families ("v4", "v6") whose deny map the caller
     knows to be empty: a batch read walks every bucket of a map, so reading
-    an empty 1M-entry map still costs milliseconds.
+    an empty 1M-entry map still costs milliseconds. ``into``: reuse those
+    buffers for the source maps (:class:`~controller.dataplane.pinned.ReadBuffers`).
     """
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     deny_entries: dict[str, int] = {}
     map_rows: dict[str, int] = {}
     denied_rows: dict[str, np.ndarray] = {}
     for fam, width in (("v4", 4), ("v6", 16)):
-        keys, values, n = maps[f"src_{fam}"].read_arrays()
+        keys, values, n = maps[f"src_{fam}"].read_arrays(into)
         k = np.frombuffer(keys, dtype=f"S{width}", count=n)
         v = np.frombuffer(values, dtype=abi.SRC_COUNTERS_DTYPE, count=n)
         map_rows[fam] = n

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..dataplane import abi, counters
 from ..dataplane.counters import RuleTotals, Totals, read_sources
-from ..dataplane.pinned import MapSet, PinnedMap
+from ..dataplane.pinned import MapSet, PinnedMap, ReadBuffers
 from ..dataplane.reasons import Action, Reason
 from .samples import (
     DESTINATION_DTYPE,
@@ -253,14 +253,14 @@ class Snapshot:
 
 
 def read_snapshot(maps: MapSet, skip_denied: Container[str] = (),
-                  slot_ids: Mapping[int, str] | None = None) -> Snapshot:
+                  slot_ids: Mapping[int, str] | None = None, into: ReadBuffers | None = None) -> Snapshot:
     """One read of the source (with the exact deny entries, except the
     families in ``skip_denied``) and destination maps, and of the action,
     reason and rule counters (``slot_ids``: each slot's rule)."""
-    src = read_sources(maps, skip_denied=skip_denied)
+    src = read_sources(maps, skip_denied=skip_denied, into=into)
     dst = {}
     for fam, width in (("v4", 4), ("v6", 16)):
-        packed, values, n = maps[f"dst_{fam}"].read_arrays()
+        packed, values, n = maps[f"dst_{fam}"].read_arrays(into)
         dst[fam] = Table.of(np.frombuffer(packed, dtype=f"V{width}", count=n),
                             np.frombuffer(values, dtype=abi.DST_COUNTERS_DTYPE, count=n))
     totals = CounterTotals.read(maps, slot_ids or {})
@@ -336,6 +336,7 @@ class Harvester:
         self.pruned = 0
         """Sources deleted so far (a metric)."""
         self._prev: Snapshot | None = None
+        self._buffers = ReadBuffers()  # the previous read's tables live in the other pair
         self._deny_empty_at: dict[str, int] = {}  # family -> generation it was read empty at
         self.counters: IntervalCounters | None = None
         """The action, reason and rule counters between the last two reads
@@ -352,7 +353,11 @@ class Harvester:
         rule of each counter slot now, for :attr:`counters`."""
         gen = maps.config().gen
         skip = {fam for fam, at in self._deny_empty_at.items() if at == gen}
-        snap = read_snapshot(maps, skip, slot_ids)
+        try:
+            snap = read_snapshot(maps, skip, slot_ids, self._buffers)
+        except BaseException:
+            self._buffers = ReadBuffers()  # a failed read may have used the previous read's turn
+            raise
         for fam, n in snap.deny_entries.items():
             if n == 0:
                 self._deny_empty_at[fam] = gen
@@ -372,7 +377,13 @@ class Harvester:
             self.pruned += _prune(maps[f"src_{fam}"], cur, snap.t - self.idle_seconds)
         dests = [_moved(cur, old, DESTINATION_FIELDS)[0].view(DESTINATION_DTYPE).ravel()
                  for cur, old in ((snap.dst_v4, prev.dst_v4), (snap.dst_v6, prev.dst_v6))]
-        return Sample(snap.t, dt, np.concatenate(sources), np.concatenate(dests))
+        return Sample(snap.t, dt, _joined(sources), _joined(dests))
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The IPv4 and IPv6 rows as one array: no copy when one family is empty."""
+    full = [p for p in parts if len(p)]
+    return full[0] if len(full) == 1 else np.concatenate(parts)
 
 
 def _prune(src_map: PinnedMap, table: Table, idle_since: float) -> int:
