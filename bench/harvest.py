@@ -51,13 +51,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import _common as c  # noqa: E402
+import _common as c
 
-from controller.dataplane import abi  # noqa: E402
-from controller.dataplane import build as program  # noqa: E402
-from controller.dataplane.maps import MapSizes  # noqa: E402
-from controller.dataplane.pinned import MapSet, PinnedMap, ReadBuffers  # noqa: E402
-from controller.detection import harvest  # noqa: E402
+from controller.dataplane import abi
+from controller.dataplane import build as program
+from controller.dataplane.maps import MapSizes
+from controller.dataplane.pinned import MapSet, PinnedMap, ReadBuffers
+from controller.detection import harvest
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_INTERVAL = float(tomllib.loads((REPO / "docs" / "agent.toml").read_text())["interval"])
@@ -275,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         with c.terminate_cleanly():
-            shipped = [(case, n) for case, n in ACTIVE_CASES.items() if n <= MapSizes().src_v4 and opts.wants(case)]
+            fits = MapSizes().src_v4
+            shipped = [(case, n) for case, n in ACTIVE_CASES.items() if n <= fits and opts.wants(case)]
             if shipped or opts.wants(STALE_CASE):
                 with program_with(MapSizes()) as maps:
                     for case, n in shipped:
@@ -284,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if opts.wants(STALE_CASE):
                         c.log(f"{STALE_CASE}: {STALE_TOTAL} written, {STALE_ACTIVE} active")
                         stale_case(maps)
-            big = [(case, n) for case, n in ACTIVE_CASES.items() if n > MapSizes().src_v4 and opts.wants(case)]
+            big = [(case, n) for case, n in ACTIVE_CASES.items() if n > fits and opts.wants(case)]
             for case, n in big:
                 sizes = MapSizes(src_v4=1 << (n - 1).bit_length())
                 with program_with(sizes) as maps:
