@@ -14,6 +14,40 @@ its map was recreated, counts from zero), and derives from that one read:
 * the interval's action, reason and rule counters for the telemetry
   summary (:attr:`Harvester.counters`, :class:`IntervalCounters`);
 * the cumulative counters the metrics page shows (:attr:`Harvester.totals`).
+
+**Cost, and why it is built this way** (``bench/harvest.py``, issue 11).
+The kernel's batch read is the floor of any exact per-source harvest:
+about 330 ns per entry here (a hash bucket walk and a cache miss per
+element), 0.33 s for a million sources, whatever the chunk size (1k to 1M
+entries per call measured alike). Everything above that floor is this
+module's, and it is kept to a few passes over memory it does not allocate
+anew:
+
+* the deltas are computed in map order, straight into the sample's array.
+  A hash map's batch read walks its buckets in the same order every time,
+  so in the steady state (the same sources as last time) the keys sit
+  where they sat and nothing is sorted or gathered (:meth:`Table.matches`
+  checks with one comparison); otherwise one sort of the new keys and a
+  merge-like search find the previous rows;
+* the read buffers are reused, two pairs in turn
+  (:class:`~controller.dataplane.pinned.ReadBuffers`):
+  at a million sources a fresh 100 MB array costs as much in page faults
+  and kernel zeroing as the arithmetic on it;
+* sources whose packets have not moved for :data:`IDLE_SECONDS` are
+  deleted from the source maps (:func:`_prune`). The LRU only evicts under
+  pressure: after one random-spoofed flood a 1M-entry map stays full, and
+  every later interval would read (and diff) a million idle entries.
+
+Measured alternatives: ``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` makes the values
+per-interval deltas, but it costs at least the lookup's walk per active
+source, re-creates every entry on its next packet and takes away the
+cumulative counters that ``top``, the deny-entry merge and restarts rely
+on; it saves only the userspace diff, which is now the small part. What
+would make the cost flat in the number of sources is a fixed-size summary
+kept by the data plane (per-CPU count-min sketch and heavy-hitter table,
+HyperLogLog registers per destination, read from mmapable arrays without
+syscalls); that changes what the detector reads (every source's delta
+today) and is left to the detector's side of issue 11.
 """
 
 from __future__ import annotations
