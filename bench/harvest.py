@@ -23,6 +23,11 @@ Cases (one JSON line each on stdout, a table on stderr):
     is harvest / floor from the same intervals, ``percent_of_core`` the
     harvest's CPU as a share of the interval of the shipped
     ``docs/agent.toml`` (target <= 5%).
+``harvest_100k_deny_1m``
+    As ``harvest_100k`` with 1M exact entries in ``deny_v4`` (no hits): a
+    loaded blocklist. The harvest reads every exact deny entry each
+    interval (a denied source is counted on its entry), so its floor
+    includes that read too.
 ``harvest_stale_1m_active_10k``
     1M sources written once, then only 10k of them keep sending: what
     follows a random-spoofed flood. The first interval reads the million
@@ -65,6 +70,8 @@ TARGET_PERCENT = 5.0  # of one core per interval (issue 11)
 
 ACTIVE_CASES = {"harvest_10k": 10_000, "harvest_100k": 100_000, "harvest_1m": 1_000_000,
                 "harvest_4m": 4_000_000}
+DENY_CASE, DENY_ACTIVE, DENY_ENTRIES = "harvest_100k_deny_1m", 100_000, 1_000_000
+DENY_BASE = 0x0A00_0000  # 10.0.0.0: map content only
 STALE_CASE = "harvest_stale_1m_active_10k"
 STALE_TOTAL, STALE_ACTIVE = 1_000_000, 10_000
 STALE_IDLE_SECONDS = 3.0
@@ -131,11 +138,12 @@ def _write(m: PinnedMap, keys: bytes, values: bytes, n: int) -> None:
         m.update_packed(keys[start * ksz : end * ksz], values[start * vsz : end * vsz], end - start)
 
 
-def floor_read(maps: MapSet, into: ReadBuffers) -> None:
-    """The kernel's part: one batch read of every map the harvest reads,
-    into buffers reused from read to read (as the harvester's are), so the
-    floor is the kernel's walk and copy, not first-touch page faults."""
-    for name in ("src_v4", "src_v6", "dst_v4", "dst_v6"):
+def floor_read(maps: MapSet, into: ReadBuffers, deny: bool = False) -> None:
+    """The kernel's part: one batch read of every map the harvest reads
+    (the exact deny maps when they hold entries), into buffers reused from
+    read to read (as the harvester's are), so the floor is the kernel's
+    walk and copy, not first-touch page faults."""
+    for name in ("src_v4", "src_v6", "dst_v4", "dst_v6", *(("deny_v4",) if deny else ())):
         maps[name].read_arrays(into)
 
 
@@ -166,7 +174,19 @@ def clear_sources(maps: MapSet) -> None:
             m.delete_packed(keys, n)
 
 
-def active_case(maps: MapSet, case: str, n: int, intervals: int) -> None:
+def fill_deny(maps: MapSet, n: int) -> None:
+    value = bytes(abi.DenyEntry(0, abi.RULE_ABSENT, 0, abi.GEN_INF, 0, 0))
+    packed = (np.arange(n, dtype=np.uint64) + DENY_BASE).astype(">u4").tobytes()
+    maps["deny_v4"].insert_new([packed[i : i + 4] for i in range(0, 4 * n, 4)], [value] * n)
+
+
+def clear_deny(maps: MapSet) -> None:
+    keys, _, n = maps["deny_v4"].read_all()
+    if n:
+        maps["deny_v4"].delete_packed(keys, n)
+
+
+def active_case(maps: MapSet, case: str, n: int, intervals: int, deny: bool = False) -> None:
     clear_sources(maps)
     load = Load.make(maps, n)
     t0 = time.monotonic()
@@ -181,7 +201,7 @@ def active_case(maps: MapSet, case: str, n: int, intervals: int) -> None:
     floors, harvests, moved = [], [], []
     for i in range(WARMUP + intervals):
         load.advance()
-        f_s, _ = cpu(floor_read, maps, bufs)
+        f_s, _ = cpu(floor_read, maps, bufs, deny)
         h_s, sample = cpu(h.sample, maps)
         if i >= WARMUP:
             floors.append(f_s)
@@ -279,11 +299,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         with c.terminate_cleanly():
             fits = MapSizes().src_v4
             shipped = [(case, n) for case, n in ACTIVE_CASES.items() if n <= fits and opts.wants(case)]
-            if shipped or opts.wants(STALE_CASE):
+            if shipped or opts.wants(STALE_CASE) or opts.wants(DENY_CASE):
                 with program_with(MapSizes()) as maps:
                     for case, n in shipped:
                         c.log(f"{case}: {n} sources, {WARMUP}+{opts.intervals} intervals")
                         active_case(maps, case, n, opts.intervals)
+                    if opts.wants(DENY_CASE):
+                        c.log(f"{DENY_CASE}: {DENY_ACTIVE} sources, {DENY_ENTRIES} exact deny entries")
+                        fill_deny(maps, DENY_ENTRIES)
+                        try:
+                            active_case(maps, DENY_CASE, DENY_ACTIVE, opts.intervals, deny=True)
+                        finally:
+                            clear_deny(maps)
                     if opts.wants(STALE_CASE):
                         c.log(f"{STALE_CASE}: {STALE_TOTAL} written, {STALE_ACTIVE} active")
                         stale_case(maps)
