@@ -291,10 +291,9 @@ class PinnedMap:
             keys, values, n = self.read_all()
             return np.frombuffer(keys, dtype=np.uint8), np.frombuffer(values, dtype=np.uint8), n
         ksz, vsz = self.spec.key_size, self.spec.full_value_size()
+        bufs = into.next(self.name, *lb.batch_buffer_bytes(ksz, vsz, self.max_entries)) if into else None
         try:
-            return lb.map_lookup_batch_arrays(
-                self.fd, ksz, vsz, self.max_entries,
-                into=into.next(self.name, *lb.batch_buffer_bytes(ksz, vsz, self.max_entries)) if into else None)
+            return lb.map_lookup_batch_arrays(self.fd, ksz, vsz, self.max_entries, into=bufs)
         except BreakwaterError as exc:
             raise self._fail("read", exc) from exc
 
