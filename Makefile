@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 BUF         := tools/node_modules/.bin/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo bench bench-agent bench-controlplane bench-ha check check-vagrant vagrant-box proto clean
+.PHONY: help setup test demo bench bench-agent bench-controlplane bench-ha check check-vagrant vagrant-box proto clean bench-harvest
 
 help:
 	@echo "Breakwater make targets:"
@@ -14,6 +14,7 @@ help:
 	@echo "  demo   run 'breakwater demo'"
 	@echo "  bench  run the benchmarks: bench/dataplane.py, then bench/agent.py"
 	@echo "  bench-agent  run the agent benchmark only (bench/agent.py)"
+	@echo "  bench-harvest  the counter harvest at 10k-4M sources and a 1M-line deny add --file (bench/harvest.py, bench/denyfile.py)"
 	@echo "  bench-controlplane  run the control-plane benchmark (bench/controlplane.py; no root needed)"
 	@echo "  bench-ha  run the high-availability benchmark (bench/ha.py: two controllers over etcd; no root needed)"
 	@echo "  check  lint and type-check: ruff check, mypy, generated code current, buf lint,"
@@ -37,6 +38,10 @@ bench: setup
 
 bench-agent: setup
 	$(PY) bench/agent.py
+
+bench-harvest: setup
+	$(PY) bench/harvest.py
+	$(PY) bench/denyfile.py
 
 bench-controlplane: setup
 	$(PY) bench/controlplane.py

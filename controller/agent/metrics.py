@@ -86,6 +86,8 @@ def render(interfaces: Sequence[Interface], *, config: AgentConfig, sync: SyncCl
                iface.last_harvest, lab)
         ex.histogram("breakwater_harvest_duration_seconds", "Duration of counter harvests.",
                      iface.harvest_hist, lab)
+        ex.add("breakwater_sources_pruned_total", "counter",
+               "Idle sources deleted from the source maps by the harvest.", iface.harvester.pruned, lab)
         ex.add("breakwater_rule_applies_total", "counter", "Rule sets swapped in by the agent.",
                iface.applies, lab)
         ex.add("breakwater_rule_apply_errors_total", "counter", "Rule-set swaps that failed.",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import abi
-from .pinned import MapSet
+from .pinned import MapSet, ReadBuffers
 from .reasons import Action, Reason
 
 __all__ = [
@@ -47,6 +47,10 @@ class Sources:
     v6: np.ndarray
     # Entries in each exact deny map read ("v4", "v6"; a family not read is absent).
     deny_entries: dict[str, int] = field(default_factory=dict)
+    # Per family: the rows read from the source map (the first ones; deny
+    # entries' rows follow), and which of them also carry a deny entry's hits.
+    map_rows: dict[str, int] = field(default_factory=dict)
+    denied_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.v4) + len(self.v6)
@@ -76,20 +80,31 @@ def _denied(maps: MapSet, fam: str, width: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def _merge(keys: np.ndarray, rows: np.ndarray, more_keys: np.ndarray,
-           more: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum rows of equal keys (a source seen before and after it was denied)."""
+           more: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add the deny entries' rows to the source rows: a key in both (a
+    source seen before and after it was denied) gets the sum in its source
+    row, the others are appended. The source rows keep their map order and
+    only the (few) deny keys are sorted, so reading a million sources with
+    a handful of denied ones costs no sort of the million. Also returns the
+    source rows that got a deny entry's hits."""
     if not len(more_keys):
-        return keys, rows
-    all_keys = np.concatenate([keys, more_keys])
-    uniq, inverse = np.unique(all_keys, return_inverse=True)
-    out = np.zeros(len(uniq), dtype=abi.SRC_COUNTERS_DTYPE)
-    both = np.concatenate([rows, more])
-    for name in abi.SRC_COUNTER_FIELDS:
-        np.add.at(out[name], inverse, both[name])
-    return uniq, out
+        return keys, rows, np.zeros(0, dtype=np.intp)
+    order = np.argsort(more_keys)
+    sorted_more = more_keys[order]
+    pos = np.minimum(np.searchsorted(sorted_more, keys), len(sorted_more) - 1)
+    in_both = np.flatnonzero(sorted_more[pos] == keys)
+    extra = np.ones(len(more_keys), dtype=bool)
+    if len(in_both):
+        rows = rows.copy()
+        hit = order[pos[in_both]]
+        for name in abi.SRC_COUNTER_FIELDS:
+            rows[name][in_both] += more[name][hit]
+        extra[hit] = False
+    return np.concatenate([keys, more_keys[extra]]), np.concatenate([rows, more[extra]]), in_both
 
 
-def read_sources(maps: MapSet, include_denied: bool = True, skip_denied: Container[str] = ()) -> Sources:
+def read_sources(maps: MapSet, include_denied: bool = True, skip_denied: Container[str] = (),
+                 into: ReadBuffers | None = None) -> Sources:
     """One batch read of src_v4 and src_v6.
 
     Sources denied by an exact entry are counted on that entry, not in the
@@ -97,19 +112,24 @@ def read_sources(maps: MapSet, include_denied: bool = True, skip_denied: Contain
     too and merged in, so a denied source still shows its packets and drops.
     ``skip_denied`` names families ("v4", "v6") whose deny map the caller
     knows to be empty: a batch read walks every bucket of a map, so reading
-    an empty 1M-entry map still costs milliseconds.
+    an empty 1M-entry map still costs milliseconds. ``into``: reuse those
+    buffers for the source maps (:class:`~controller.dataplane.pinned.ReadBuffers`).
     """
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     deny_entries: dict[str, int] = {}
+    map_rows: dict[str, int] = {}
+    denied_rows: dict[str, np.ndarray] = {}
     for fam, width in (("v4", 4), ("v6", 16)):
-        keys, values, n = maps[f"src_{fam}"].read_arrays()
+        keys, values, n = maps[f"src_{fam}"].read_arrays(into)
         k = np.frombuffer(keys, dtype=f"S{width}", count=n)
         v = np.frombuffer(values, dtype=abi.SRC_COUNTERS_DTYPE, count=n)
+        map_rows[fam] = n
         if include_denied and fam not in skip_denied:
             dk, dv, deny_entries[fam] = _denied(maps, fam, width)
-            k, v = _merge(k, v, dk, dv)
+            k, v, denied_rows[fam] = _merge(k, v, dk, dv)
         out[fam] = (k, v)
-    return Sources(time.monotonic(), out["v4"][0], out["v4"][1], out["v6"][0], out["v6"][1], deny_entries)
+    return Sources(time.monotonic(), out["v4"][0], out["v4"][1], out["v6"][0], out["v6"][1], deny_entries,
+                   map_rows, denied_rows)
 
 
 @dataclass(frozen=True)

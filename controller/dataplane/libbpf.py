@@ -29,6 +29,7 @@ __all__ = [
     "MapInfo",
     "ProgInfo",
     "TestRun",
+    "batch_buffer_bytes",
     "close",
     "map_delete_batch",
     "map_delete_elem",
@@ -277,17 +278,23 @@ def map_get_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
 
 
 def map_lookup_batch_arrays(
-    fd: int, key_size: int, value_size: int, max_entries: int, chunk: int = 65536
+    fd: int, key_size: int, value_size: int, max_entries: int, chunk: int = 65536,
+    into: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], int]:
     """As :func:`map_lookup_batch`, but the kernel writes straight into two
-    fresh numpy buffers sized for the whole map (untouched pages cost
-    nothing): no zeroed staging buffer, no copies. Returns (keys, values,
-    count), the arrays trimmed to ``count`` entries."""
+    numpy buffers sized for the whole map: fresh ones (untouched pages cost
+    nothing until written), or ``into`` when it is large enough
+    (:func:`batch_buffer_bytes`): pages already touched, so a big read
+    costs no page faults. No zeroed staging buffer, no copies. Returns
+    (keys, values, count), views of the buffers trimmed to ``count`` entries."""
     lib = _lib()
     chunk = max(64, min(chunk, max_entries))
     cap = max_entries + chunk  # the last call may be handed a full chunk of room
-    keys = np.empty(cap * key_size, dtype=np.uint8)
-    values = np.empty(cap * value_size, dtype=np.uint8)
+    if into is not None and len(into[0]) >= cap * key_size and len(into[1]) >= cap * value_size:
+        keys, values = into
+    else:
+        keys = np.empty(cap * key_size, dtype=np.uint8)
+        values = np.empty(cap * value_size, dtype=np.uint8)
     token = max(key_size, 8)
     in_batch = ctypes.create_string_buffer(token)
     out_batch = ctypes.create_string_buffer(token)
@@ -317,6 +324,13 @@ def map_lookup_batch_arrays(
         ctypes.memmove(in_batch, out_batch, token)
         first = False
     return keys[: total * key_size], values[: total * value_size], total
+
+
+def batch_buffer_bytes(key_size: int, value_size: int, max_entries: int,
+                       chunk: int = 65536) -> tuple[int, int]:
+    """Bytes of the key and value buffers :func:`map_lookup_batch_arrays` needs."""
+    cap = max_entries + max(64, min(chunk, max_entries))
+    return cap * key_size, cap * value_size
 
 
 def map_lookup_batch(

@@ -32,7 +32,7 @@ from . import abi
 from . import libbpf as lb
 from .maps import MAP_SPECS, MapSizes, MapSpec
 
-__all__ = ["FAILURES", "MapSet", "PinnedMap", "layout_mismatches"]
+__all__ = ["FAILURES", "MapSet", "PinnedMap", "ReadBuffers", "layout_mismatches"]
 
 LOGGER = logging.getLogger("breakwater.bpfmap")
 
@@ -236,6 +236,30 @@ class PinnedMap:
             raise self._fail("delete", exc) from exc
         return deleted
 
+    def delete_packed(self, keys: bytes, n: int) -> int:
+        """Delete ``n`` packed keys with BPF_MAP_DELETE_BATCH, no per-key
+        lookups: a batch stops at the first absent key (one the LRU evicted
+        meanwhile), the next resumes after it. Returns how many were deleted."""
+        ksz = self.spec.key_size
+        if len(keys) != n * ksz:
+            raise ValueError(f"map {self.name}: {len(keys)} bytes for {n} keys of {ksz}")
+        if self.spec.type_name not in BATCH_TYPES:
+            return self.delete_many([keys[i * ksz : (i + 1) * ksz] for i in range(n)])
+        deleted = pos = 0
+        try:
+            while pos < n:
+                count = min(WRITE_CHUNK, n - pos)
+                done, err = lb.map_delete_batch(self.fd, keys[pos * ksz : (pos + count) * ksz], count)
+                deleted += done
+                pos += done
+                if err == errno.ENOENT:
+                    pos += 1  # absent: skip it
+                elif err:
+                    raise from_os_error(err, f"map {self.name}: batch delete")
+        except BreakwaterError as exc:
+            raise self._fail("delete", exc) from exc
+        return deleted
+
     def contains(self, keys: Sequence[bytes]) -> set[bytes]:
         """Which of ``keys`` are present: per-key lookups for a few, one read for many."""
         if len(keys) <= 1024:
@@ -259,15 +283,17 @@ class PinnedMap:
                 values.append(v)
         return b"".join(keys), b"".join(values), len(keys)
 
-    def read_arrays(self) -> tuple[np.ndarray, np.ndarray, int]:
+    def read_arrays(self, into: ReadBuffers | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """:meth:`read_all` as uint8 arrays the kernel wrote into directly
-        (no copies: the counter harvest reads its big maps this way)."""
+        (no copies: the counter harvest reads its big maps this way), into
+        the next buffers of ``into`` when given."""
         if self.spec.type_name not in BATCH_TYPES:
             keys, values, n = self.read_all()
             return np.frombuffer(keys, dtype=np.uint8), np.frombuffer(values, dtype=np.uint8), n
+        ksz, vsz = self.spec.key_size, self.spec.full_value_size()
+        bufs = into.next(self.name, *lb.batch_buffer_bytes(ksz, vsz, self.max_entries)) if into else None
         try:
-            return lb.map_lookup_batch_arrays(self.fd, self.spec.key_size, self.spec.full_value_size(),
-                                              self.max_entries)
+            return lb.map_lookup_batch_arrays(self.fd, ksz, vsz, self.max_entries, into=bufs)
         except BreakwaterError as exc:
             raise self._fail("read", exc) from exc
 
@@ -299,6 +325,29 @@ class PinnedMap:
         for name in dtype.names or ():
             out[name] = arr[name].sum(axis=1)
         return out
+
+
+class ReadBuffers:
+    """Two pairs of read buffers per map, handed out in turn: a reader that
+    keeps only its previous read (the counter harvest) reuses the pages of
+    the read before it. A fresh 100 MB array costs its page faults and the
+    kernel's zeroing on first write, as much as the arithmetic on it."""
+
+    def __init__(self) -> None:
+        self._pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._turn: dict[str, int] = {}
+
+    def next(self, name: str, key_bytes: int, value_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The buffers for this read of map ``name``: not those of the previous read."""
+        pairs = self._pairs.setdefault(name, [])
+        turn = self._turn[name] = (self._turn.get(name, -1) + 1) % 2
+        if len(pairs) <= turn or len(pairs[turn][0]) < key_bytes or len(pairs[turn][1]) < value_bytes:
+            pair = (np.empty(key_bytes, dtype=np.uint8), np.empty(value_bytes, dtype=np.uint8))
+            if len(pairs) <= turn:
+                pairs.append(pair)
+            else:
+                pairs[turn] = pair
+        return pairs[turn]
 
 
 class MapSet:

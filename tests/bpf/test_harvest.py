@@ -89,3 +89,48 @@ def test_denied_sources_keep_counting_across_deny_changes(dp: DataPlane) -> None
     assert s is not None
     row = _rows(s.sources)["203.0.113.66"]
     assert row["packets"] == 3 and row["drops"] == 0, row
+
+
+def test_idle_sources_are_pruned_and_count_from_zero_when_back(dp: DataPlane,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources idle past ``idle_seconds`` are deleted from the source map
+    (not those also counted on a deny entry); one that comes back is
+    re-created by the data plane and its first delta is its new packets."""
+    from controller.dataplane import entries as policy
+
+    monkeypatch.setattr(harvest, "PRUNE_MIN", 1)
+
+    def udp(src: str) -> bytes:
+        return bytes(Ether() / IP(src=src, dst="198.18.0.10") / UDP(sport=5, dport=53))
+
+    h = harvest.Harvester(idle_seconds=0.0)  # idle for one interval is enough here
+    assert h.sample(dp.maps) is None
+    for src, n in (("203.0.113.1", 4), ("203.0.113.2", 5), ("203.0.113.3", 6), ("203.0.113.4", 2)):
+        dp.run_many(udp(src), n)
+    policy.add(dp.maps, "deny", [policy.Entry(parse_prefix("203.0.113.4"))])
+    dp.run_many(udp("203.0.113.4"), 3)  # counted on the deny entry from now on
+    s = h.sample(dp.maps)
+    assert s is not None and set(_rows(s.sources)) == {f"203.0.113.{i}" for i in (1, 2, 3, 4)}
+    dp.run_many(udp("203.0.113.1"), 7)
+    s = h.sample(dp.maps)
+    assert s is not None and set(_rows(s.sources)) == {"203.0.113.1"}
+    keys = set(dp.maps["src_v4"].keys())
+    # 2 and 3 are gone; 4 stays (its row and its deny entry are one total)
+    assert keys == {bytes([203, 0, 113, 1]), bytes([203, 0, 113, 4])}
+    assert h.pruned == 2
+    dp.run_many(udp("203.0.113.2"), 9)
+    dp.run_many(udp("203.0.113.4"), 1)
+    s = h.sample(dp.maps)
+    assert s is not None
+    rows = _rows(s.sources)
+    assert rows["203.0.113.2"]["packets"] == 9  # back: re-created, counted from zero
+    assert rows["203.0.113.4"]["packets"] == 1 and rows["203.0.113.4"]["drops"] == 1
+
+
+def test_delete_packed_skips_absent_keys(dp: DataPlane) -> None:
+    src = dp.maps["src_v4"]
+    present = [bytes([198, 51, 100, i]) for i in range(10)]
+    src.insert_new(present, [bytes(src.spec.value_size)] * len(present))
+    asked = [*present[:3], bytes([192, 0, 2, 1]), *present[3:6], bytes([192, 0, 2, 2])]
+    assert src.delete_packed(b"".join(asked), len(asked)) == 6
+    assert set(src.keys()) == set(present[6:])

@@ -49,11 +49,12 @@ def test_deltas_match_a_reference(seed: int) -> None:
                 value = int(cur[f][i]) - old[f]
             want.setdefault(int(k), {})[f] = value
     t_prev, t_cur = _table(prev_keys, prev), _table(cur_keys, cur)
-    rows, which = harvest._moved(t_cur, t_prev, SOURCE_FIELDS, SOURCE_DTYPE, extra=2)
+    rows, which = harvest._moved(t_cur, t_prev, SOURCE_FIELDS, extra=2)
     got = rows.view(SOURCE_DTYPE).ravel()
     expect = {k: v for k, v in want.items() if v["packets"] > 0}
     assert len(got) == len(expect)
-    for r, idx in zip(got, which, strict=True):
+    rows_at = np.arange(len(cur_keys))[which]
+    for r, idx in zip(got, rows_at, strict=True):
         addr = int(address_from_words(int(r["addr_hi"]), int(r["addr_lo"])))
         assert addr == int(cur_keys[idx])
         assert {f: int(r[f]) for f in SOURCE_FIELDS} == expect[addr]
@@ -65,11 +66,11 @@ def test_ipv6_keys_and_empty_tables() -> None:
     rows["packets"] = [30, 10, 20]
     empty = harvest.Table.of(np.zeros(0, dtype="S16"), np.zeros(0, dtype=abi.SRC_COUNTERS_DTYPE))
     t = harvest.Table.of(keys, rows)
-    first, _ = harvest._moved(t, empty, SOURCE_FIELDS, SOURCE_DTYPE, extra=2)
+    first, _ = harvest._moved(t, empty, SOURCE_FIELDS, extra=2)
     addrs = [str(address_from_words(int(r[0]), int(r[1]))) for r in first]
-    assert addrs == ["2001:db8::1", "2001:db8::2", "2001:db8::3"]  # sorted by key
-    assert list(first[:, 2]) == [10, 20, 30]
-    none, _ = harvest._moved(t, t, SOURCE_FIELDS, SOURCE_DTYPE, extra=2)
+    assert addrs == ["2001:db8::3", "2001:db8::1", "2001:db8::2"]  # map order
+    assert list(first[:, 2]) == [30, 10, 20]
+    none, _ = harvest._moved(t, t, SOURCE_FIELDS, extra=2)
     assert len(none) == 0
 
 
@@ -94,3 +95,32 @@ def test_counter_increases_follow_rules_not_slots() -> None:
     assert again.rules == {}
     # unnamed slots are left out
     assert CounterTotals(rules={3: RuleTotals(1, 1, 0, 0)}).since(CounterTotals()).rules == {}
+
+
+def test_read_buffers_alternate_so_the_previous_read_survives() -> None:
+    from controller.dataplane.pinned import ReadBuffers
+
+    bufs = ReadBuffers()
+    a = bufs.next("src_v4", 64, 128)
+    b = bufs.next("src_v4", 64, 128)
+    assert a[0] is not b[0] and a[1] is not b[1]
+    assert bufs.next("src_v4", 64, 128)[0] is a[0]  # the one before last is free again
+    assert bufs.next("dst_v4", 8, 8)[0] is not b[0]  # per map
+    bigger = bufs.next("src_v4", 256, 128)  # b's turn, too small now: replaced
+    assert len(bigger[0]) == 256 and bigger[0] is not b[0]
+
+
+def test_deny_rows_merge_in_place_and_append() -> None:
+    from controller.dataplane.counters import _merge
+
+    keys = np.array([b"\x01\x00\x00\x03", b"\x01\x00\x00\x01", b"\x01\x00\x00\x02"], dtype="S4")
+    rows = np.zeros(3, dtype=abi.SRC_COUNTERS_DTYPE)
+    rows["packets"] = [3, 1, 2]
+    more_keys = np.array([b"\x09\x00\x00\x09", b"\x01\x00\x00\x01"], dtype="S4")
+    more = np.zeros(2, dtype=abi.SRC_COUNTERS_DTYPE)
+    more["packets"] = more["drops"] = [90, 10]
+    k, r, both = _merge(keys, rows, more_keys, more)
+    assert list(k) == [*keys, more_keys[0]]  # the source rows keep their map order
+    assert list(r["packets"]) == [3, 11, 2, 90] and list(r["drops"]) == [0, 10, 0, 90]
+    assert list(both) == [1]
+    assert list(rows["packets"]) == [3, 1, 2]  # the read itself is left alone
