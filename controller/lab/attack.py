@@ -20,12 +20,14 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from . import frames, traffic
-from .scenario import Topology, Wave
+from .scenario import VECTORS, Topology, Wave
 
-__all__ = ["MAX_FRAMES", "launch", "offered", "wave_frames"]
+__all__ = ["MAX_FRAMES", "PROBE_PACKETS", "launch", "offered", "probe", "probe_frames", "wave_frames"]
 
 MAX_FRAMES: Final = 65536  # frames built per wave; the sender cycles through them
 SLACK_SECONDS: Final = 2.0
+PROBE_PACKETS: Final = 50  # the delivery check's packets per crafted vector
+PROBE_GAP: Final = 0.002  # seconds between two of them: far below any detection threshold
 
 
 def _sources(wave: Wave, topo: Topology) -> frames.Addresses:
@@ -42,10 +44,11 @@ def _sources(wave: Wave, topo: Topology) -> frames.Addresses:
                             offset=pool.count)
 
 
-def wave_frames(wave: Wave, topo: Topology, src_mac: str, edge_macs: Sequence[str]) -> list[bytes]:
+def wave_frames(wave: Wave, topo: Topology, src_mac: str, edge_macs: Sequence[str],
+                ident: int | None = None) -> list[bytes]:
     """The wave's frames: each source once, cycling through the target's
     addresses (a carpet), each frame to the MAC of the edge serving its
-    destination."""
+    destination, with the wave's IPv4 identification (or ``ident``)."""
     sources = _sources(wave, topo)
     dsts = [str(a) for a in wave.target.hosts()] if wave.carpet else [str(wave.target.network_address)]
     per_dst: list[list[bytes]] = []
@@ -53,7 +56,8 @@ def wave_frames(wave: Wave, topo: Topology, src_mac: str, edge_macs: Sequence[st
         src = sources[j :: len(dsts)] if len(sources) >= len(dsts) else sources[[j % len(sources)]]
         src = src[: MAX_FRAMES // len(dsts) + 1]
         mac = edge_macs[topo.edge_of(ipaddress.IPv4Address(dst))]
-        v, ident = wave.vector, wave.ident
+        v = wave.vector
+        ident = wave.ident if ident is None else ident
         if v in ("syn", "ack"):
             out = frames.tcp_frames(src_mac, mac, src, dst, wave.port, flags="S" if v == "syn" else "A",
                                    ident=ident)
@@ -162,6 +166,37 @@ async def _http_flood(sources: Sequence[str], dst: str, port: int, wave: Wave, t
 
 def _http(sources: Sequence[str], dst: str, port: int, wave: Wave, t0: float) -> tuple[int, float, float]:
     return asyncio.run(_http_flood(sources, dst, port, wave, t0))
+
+
+def probe_frames(waves: Sequence[Wave], topo: Topology, src_mac: str, edge_macs: Sequence[str],
+                 ident: int) -> dict[str, list[bytes]]:
+    """The delivery check: ``PROBE_PACKETS`` frames of each crafted vector of
+    ``waves`` (those of its first wave, with IPv4 identification ``ident +
+    k``, ``k`` the vector's index in :data:`~.scenario.VECTORS`), so the
+    origins' counter can show it sees every kind of packet it is asked to count."""
+    out: dict[str, list[bytes]] = {}
+    for w in waves:
+        if w.vector == "http" or w.vector in out:
+            continue
+        out[w.vector] = wave_frames(w, topo, src_mac, edge_macs,
+                                    ident=ident + VECTORS.index(w.vector))[:PROBE_PACKETS]
+    return out
+
+
+def probe(ifname: str, batch: Sequence[bytes]) -> int:
+    """Send ``batch`` on ``ifname``, ``PROBE_GAP`` apart; how many were sent."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    sent = 0
+    for f in batch:
+        try:
+            s.send(f)
+            sent += 1
+        except OSError:
+            pass
+        time.sleep(PROBE_GAP)
+    s.close()
+    return sent
 
 
 def launch(wave: Wave, topo: Topology, ns: str, ifname: str, src_mac: str, edge_macs: Sequence[str],

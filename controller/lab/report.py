@@ -24,7 +24,8 @@ import numpy.typing as npt
 from .audience import BIN_SECONDS, HTTP, UDP
 from .scenario import Scenario, Wave
 
-__all__ = ["DETECTED_BY", "LEAK_SHARE", "attacks", "chart", "legit_share", "print_table", "wave_figures"]
+__all__ = ["DETECTED_BY", "LEAK_SHARE", "attacks", "chart", "fleet_attacks", "legit_share", "print_table",
+           "wave_figures"]
 
 LEAK_SHARE: Final = 0.01  # a bin passing at most this share of the wave's offered rate is mitigated
 DETECTED_BY: Final[Mapping[str, tuple[str, ...]]] = {
@@ -63,16 +64,32 @@ def attacks(events_by_edge: Sequence[Sequence[Mapping[str, Any]]], t0: float) ->
     return list(out.values())
 
 
+def fleet_attacks(events: Sequence[tuple[float, Mapping[str, Any]]], t0: float) -> list[dict[str, Any]]:
+    """The controller's cluster-wide attacks from its log (``fleet_attack_*``
+    lines, timed when the run read them): one record per attack id with
+    vector, victim, start and end (seconds into the scenario)."""
+    out: dict[str, dict[str, Any]] = {}
+    for at_, doc in events:
+        rec = out.setdefault(str(doc.get("attack")), {
+            "id": str(doc.get("attack")), "vector": doc.get("vector"), "victim": doc.get("victim") or None,
+            "started_s": round(at_ - t0, 2)})
+        if doc.get("event") == "fleet_attack_ended":
+            rec["ended_s"] = round(at_ - t0, 2)
+    return list(out.values())
+
+
 def _detected(wave: Wave, attacks: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The attack that answers ``wave``: one of a matching vector on its target that started during
     the wave or, failing that, one already open when it began (a many-source attack of an earlier
-    wave goes on absorbing the next flood at the same victim; ``ongoing`` says so)."""
+    wave goes on absorbing the next flood at the same victim; ``ongoing`` says so). A carpet (a
+    prefix as target) is answered only by an attack on a prefix: one on a single address of it is
+    another wave's."""
     ongoing = None
     for a in attacks:
         if a["vector"] not in DETECTED_BY[wave.vector] or not a.get("victim"):
             continue
         victim = ipaddress.ip_network(str(a["victim"]), strict=False)
-        if not victim.overlaps(wave.target):
+        if not victim.overlaps(wave.target) or (wave.carpet and victim.num_addresses == 1):
             continue
         started = float(a["started_s"])
         if wave.start - 1.0 <= started <= wave.end + 1.0:
@@ -166,6 +183,20 @@ def print_table(report: Mapping[str, Any], out: IO[str]) -> None:
           f"after the last: TCP {_fmt(b['after_tcp_pct'], '%')}", file=out)
     print(f"origin delivery counter drops: {report['counter_drops']} "
           "(non-zero: figures understate delivery)", file=out)
+    check = report.get("delivery_check") or {}
+    if check:
+        short = [v for v, c in check.items() if c["seen"] < c["sent"]]
+        print("delivery check (packets of each vector before the first wave, counted at the origins): "
+              + ", ".join(f"{v} {c['seen']}/{c['sent']}" for v, c in check.items())
+              + (f"; NOT ALL SEEN: {', '.join(short)} (its dropped % overstates)" if short else ""), file=out)
+    fleet = report.get("fleet_attacks")
+    if fleet is not None:
+        print(f"fleet (the controller's cluster-wide detection): {len(fleet)} attack(s)"
+              + "".join(f"\n  {a['id']}: {a['vector']} on {a['victim'] or 'no victim'}, from "
+                        f"{a['started_s']:.1f} s" + (f" to {a['ended_s']:.1f} s" if "ended_s" in a else "")
+                        for a in fleet), file=out)
+    if report.get("mode") == "monitor":
+        print("monitor mode: the agents detected and planned, applied nothing (a baseline)", file=out)
 
 
 def chart(path: Path, s: Scenario, series: Mapping[str, Any], waves: Sequence[Mapping[str, Any]],

@@ -13,6 +13,8 @@ A scenario says::
                  (exchanges/s), timeout (seconds: a success answers within it)
     [agent]      interval, detect, mitigate: the agents' tables (lab-sized
                  thresholds), checked as the agent checks them
+    [fleet]      the controller's cluster-wide detection (its ``[fleet]``
+                 table, lab-sized), checked as the controller checks it
     [[waves]]    name, vector, botnet, rate, sources, spoof, target, port,
                  start, duration, pulse = { on, off }, reflect
 
@@ -35,13 +37,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from ..config import checked, read_toml
 from ..detection.config import DetectConfig, MitigateConfig
 from ..errors import ConfigError, FieldError
+from ..fleet.detector import FleetConfig
 from ..validate import at, check_choice, check_int, check_keys, check_number, check_str, check_table
 
 __all__ = [
@@ -213,11 +216,12 @@ class Scenario:
     waves: tuple[Wave, ...]
     agent: Mapping[str, Any]  # interval, detect, mitigate: written into each agent's configuration
     source: str
+    fleet: Mapping[str, Any] = field(default_factory=dict)  # the controller's [fleet] table
 
 
 # -- reading ---------------------------------------------------------------------------------
 
-_TOP: Final = ("scenario", "topology", "legit", "agent", "waves")
+_TOP: Final = ("scenario", "topology", "legit", "agent", "fleet", "waves")
 
 
 def load(path: Path) -> Scenario:
@@ -283,6 +287,8 @@ def _parse(doc: Mapping[str, object], source: str) -> Scenario:
         legit = _legit(check_table(doc["legit"]))
     with at("agent"):
         agent = _agent(check_table(doc.get("agent", {})))
+    with at("fleet"):
+        fleet = _fleet(check_table(doc.get("fleet", {})))
     raw = doc["waves"]
     if not isinstance(raw, list) or not raw:
         raise FieldError("waves", "expected a non-empty array of tables ([[waves]])")
@@ -297,7 +303,7 @@ def _parse(doc: Mapping[str, object], source: str) -> Scenario:
             raise FieldError(f"waves[{i}].name", f"{w.name!r} is already the name of another wave")
         names.add(w.name)
         waves.append(w)
-    return Scenario(name, description, duration, topo, legit, tuple(waves), agent, source)
+    return Scenario(name, description, duration, topo, legit, tuple(waves), agent, source, fleet)
 
 
 def _topology(t: Mapping[str, object]) -> Topology:
@@ -382,6 +388,15 @@ def _agent(t: Mapping[str, object]) -> dict[str, Any]:
                 raise FieldError("", str(exc)) from None
         out[key] = table
     return out
+
+
+def _fleet(t: Mapping[str, object]) -> dict[str, Any]:
+    table = dict(t)
+    try:
+        FleetConfig.from_dict(table)
+    except TypeError as exc:  # a wrongly typed sub-table reaching a dataclass
+        raise FieldError("", str(exc)) from None
+    return table
 
 
 _WAVE_KEYS: Final = ("name", "vector", "botnet", "rate", "sources", "spoof", "target", "port", "start",

@@ -136,3 +136,25 @@ def test_duplicate_wave_names() -> None:
     doc["waves"].append(dict(doc["waves"][0]))
     with pytest.raises(ConfigError, match=r"waves\[1\]\.name: 'syn' is already the name of another wave"):
         scenario.parse(doc, "d.toml")
+
+
+@pytest.mark.parametrize(("fleet", "message"), [
+    ({"interval": 0}, "lab.toml: fleet.interval: 0 is out of range"),
+    ({"signatures": {"smtp": 10.0}}, "lab.toml: fleet.signatures.smtp: not a signature vector"),
+    ({"mitigate": {"rule_tl": 5}}, "lab.toml: fleet.mitigate.rule_tl: unknown key"),
+    ({"promote": 2}, "lab.toml: fleet.promote: unknown key"),
+])
+def test_fleet_table_is_checked_as_the_controller_checks_it(fleet: dict[str, Any], message: str) -> None:
+    doc = copy.deepcopy(_base())
+    doc["fleet"] = fleet
+    with pytest.raises(ConfigError) as err:
+        scenario.parse(doc, "lab.toml")
+    assert message in str(err.value), str(err.value)
+
+
+def test_fleet_table_is_kept_for_the_controller() -> None:
+    s = scenario.load(SCENARIOS / "x-spaces.toml")
+    assert s.fleet["promote_nodes"] == 2 and s.fleet["signatures"] == {"reflection": 2500.0}
+    doc = copy.deepcopy(_base())
+    doc.pop("fleet", None)
+    assert scenario.parse(doc, "lab.toml").fleet == {}
