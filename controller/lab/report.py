@@ -27,6 +27,7 @@ from .scenario import Scenario, Wave
 __all__ = ["DETECTED_BY", "LEAK_SHARE", "attacks", "chart", "fleet_attacks", "legit_share", "print_table",
            "wave_figures"]
 
+CHART_STEP_SECONDS: Final = 0.5  # the chart's rate resolution
 LEAK_SHARE: Final = 0.01  # a bin passing at most this share of the wave's offered rate is mitigated
 DETECTED_BY: Final[Mapping[str, tuple[str, ...]]] = {
     "syn": ("syn", "many_source"), "ack": ("ack", "many_source"),
@@ -212,10 +213,12 @@ def chart(path: Path, s: Scenario, series: Mapping[str, Any], waves: Sequence[Ma
     t = np.asarray(series["t"]) - t0
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(14, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if len(t) > 1:
-        dt = np.diff(t)
-        passed = np.diff(np.asarray(series["passed"])) / dt
-        dropped = np.diff(np.asarray(series["dropped"])) / dt
-        ax.stackplot(t[1:], dropped, passed, labels=["dropped at the edges", "passed"],
+        # rates over a regular grid of the cumulative counts: a late sample
+        # (a busy machine) would otherwise show as a spike next to a dip
+        grid = np.arange(t[0], t[-1], CHART_STEP_SECONDS)
+        passed = np.diff(np.interp(grid, t, np.asarray(series["passed"], dtype=float))) / CHART_STEP_SECONDS
+        dropped = np.diff(np.interp(grid, t, np.asarray(series["dropped"], dtype=float))) / CHART_STEP_SECONDS
+        ax.stackplot(grid[1:], dropped, passed, labels=["dropped at the edges", "passed"],
                      colors=["#d62728", "#2ca02c"], alpha=0.8, step="pre")
     colors = matplotlib.colormaps["tab10"]
     for w in waves:
@@ -226,8 +229,8 @@ def chart(path: Path, s: Scenario, series: Mapping[str, Any], waves: Sequence[Ma
     for at, change, _rid in rules:
         ax.axvline(at - t0, ymax=0.04, color="black" if change == "added" else "grey", lw=0.8)
     ax.set_ylabel("packets/s at the edges")
-    ax.set_title(f"breakwater lab: {s.name} ({len(s.waves)} waves; ticks: rules added/removed)")
-    ax.legend(loc="upper right")
+    fig.suptitle(f"breakwater lab: {s.name} ({len(s.waves)} waves; ticks: rules added/removed)")
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False)
     for kind, label in ((HTTP, "HTTP (fresh TCP)"), (UDP, "UDP")):
         sel = rows[rows[:, 1] == kind]
         if len(sel):
