@@ -1,5 +1,7 @@
 """A scenario wave's sender (:func:`launch`): crafted frames for the packet
-vectors, real TCP connections and requests for ``http``.
+vectors (sent from Python on an ``AF_PACKET`` socket, or by trafgen for a
+wave with ``sender = "trafgen"``: higher rates), real TCP connections and
+requests for ``http``.
 
 Crafted waves are built inside the sender's child from the wave and the
 edges' MACs (:func:`wave_frames`: every packet carries the wave's IPv4
@@ -14,7 +16,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
+import re
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -22,10 +29,13 @@ from typing import Final
 from . import frames, traffic
 from .scenario import VECTORS, Topology, Wave
 
-__all__ = ["MAX_FRAMES", "PROBE_PACKETS", "launch", "offered", "probe", "probe_frames", "wave_frames"]
+__all__ = ["MAX_FRAMES", "PROBE_PACKETS", "TRAFGEN_FRAMES", "launch", "offered", "probe", "probe_frames",
+           "trafgen_config", "wave_frames"]
 
 MAX_FRAMES: Final = 65536  # frames built per wave; the sender cycles through them
 SLACK_SECONDS: Final = 2.0
+TRAFGEN_FRAMES: Final = 16384  # frames in a trafgen configuration (~0.8 s to parse); it cycles through them
+TRAFGEN_PARSE_LEAD: Final = 1.0  # trafgen is started this long before the wave: it parses its frames first
 PROBE_PACKETS: Final = 50  # the delivery check's packets per crafted vector
 PROBE_GAP: Final = 0.002  # seconds between two of them: far below any detection threshold
 
@@ -122,6 +132,54 @@ def _flood(ifname: str, wave: Wave, topo: Topology, src_mac: str, edge_macs: Seq
     return sent, first, last
 
 
+def trafgen_config(batch: Sequence[bytes]) -> str:
+    """A trafgen packet configuration: one ``{ 0x.., ... }`` block per frame (trafgen cycles through them)."""
+    return "".join("{ " + ", ".join(f"0x{b:02x}" for b in f) + " }\n" for f in batch)
+
+
+def _trafgen(ifname: str, wave: Wave, topo: Topology, src_mac: str, edge_macs: Sequence[str],
+             t0: float) -> tuple[int, float, float]:
+    """The wave's frames (the first ``TRAFGEN_FRAMES``) sent by trafgen on
+    ``ifname`` (this process's namespace: trafgen inherits it) at the wave's
+    rate, bounded by its packet count and, if it is still sending then, stopped
+    (SIGINT: it reports what it sent) at the wave's end. The first send is
+    when trafgen says it runs (after parsing its configuration)."""
+    binary = shutil.which("trafgen")
+    if binary is None:
+        raise RuntimeError("trafgen is not installed (Debian: netsniff-ng; make setup installs it)")
+    batch = wave_frames(wave, topo, src_mac, edge_macs)[:TRAFGEN_FRAMES]
+    with tempfile.NamedTemporaryFile("w", prefix="bw-lab-trafgen-", suffix=".cfg") as conf:
+        conf.write(trafgen_config(batch))
+        conf.flush()
+        start = t0 + wave.start
+        time.sleep(max(0.0, start - TRAFGEN_PARSE_LEAD - time.monotonic()))
+        # killed with this sender (pdeathsig), bounded by its packet count in any case
+        cmd = ["setpriv", "--pdeathsig", "KILL", binary, "--dev", ifname, "--conf", conf.name,
+               "--rate", f"{int(wave.rate)}pps", "--num", str(wave.packets), "--cpus", "1", "--qdisc-path",
+               "--no-cpu-stats", "--notouch-irq"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        out: list[str] = []
+        first = 0.0
+        for raw in proc.stdout:  # "Running! Hang up with ^C!" once the frames are parsed and the ring is set
+            out.append(raw.decode(errors="replace"))
+            if "Running!" in out[-1]:
+                first = time.monotonic()
+                break
+        stop = min(t0 + wave.end, first + wave.duration) if first else time.monotonic() + SLACK_SECONDS
+        try:
+            rest, _ = proc.communicate(timeout=max(0.0, stop - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=SLACK_SECONDS)
+        last = time.monotonic()
+    text = "".join(out) + rest.decode(errors="replace")
+    sent = re.search(r"(\d+) packets outgoing", text)
+    if proc.returncode not in (0, -signal.SIGINT) or sent is None or not first:
+        raise RuntimeError(f"trafgen exited {proc.returncode}: {text.strip()[-500:]}")
+    return int(sent.group(1)), first, last
+
+
 async def _http_flood(sources: Sequence[str], dst: str, port: int, wave: Wave, t0: float
                       ) -> tuple[int, float, float]:
     start = t0 + wave.start
@@ -207,7 +265,8 @@ def launch(wave: Wave, topo: Topology, ns: str, ifname: str, src_mac: str, edge_
         sources = [str(topo.proxies.net.network_address + i) for i in range(wave.sources)]
         return traffic.Child.start(ns, _http, sources, str(wave.target.network_address), wave.port, wave, t0,
                                    cpu=cpu)
-    return traffic.Child.start(ns, _flood, ifname, wave, topo, src_mac, list(edge_macs), t0, cpu=cpu)
+    send = _trafgen if wave.sender == "trafgen" else _flood
+    return traffic.Child.start(ns, send, ifname, wave, topo, src_mac, list(edge_macs), t0, cpu=cpu)
 
 
 def offered(results: Mapping[int, tuple[int, float, float]], wave: Wave) -> float:

@@ -16,7 +16,8 @@ A scenario says::
     [fleet]      the controller's cluster-wide detection (its ``[fleet]``
                  table, lab-sized), checked as the controller checks it
     [[waves]]    name, vector, botnet, rate, sources, spoof, target, port,
-                 start, duration, pulse = { on, off }, reflect
+                 start, duration, pulse = { on, off }, reflect, sender
+                 (``socket``, or ``trafgen`` for higher rates)
 
 Vectors (:data:`VECTORS`): ``syn``, ``ack``, ``udp``, ``icmp``, ``gre``,
 ``fragment``, ``reflection`` (UDP from a service's port, :data:`REFLECT_PORTS`,
@@ -54,6 +55,7 @@ __all__ = [
     "LAN",
     "MAX_WAVE_PACKETS",
     "REFLECT_PORTS",
+    "SENDERS",
     "SPOOFS",
     "VECTORS",
     "Botnet",
@@ -82,6 +84,7 @@ CONTROL: Final = ipaddress.IPv4Network("198.19.255.0/24")
 """The controller's links to the edges (a /30 each)."""
 VECTORS: Final = ("syn", "ack", "udp", "icmp", "gre", "fragment", "reflection", "http")
 SPOOFS: Final = ("random", "pool", "real")
+SENDERS: Final = ("socket", "trafgen")
 REFLECT_PORTS: Final[Mapping[str, int]] = {
     "chargen": 19, "dns": 53, "ntp": 123, "snmp": 161, "cldap": 389, "ssdp": 1900, "memcached": 11211,
 }
@@ -167,6 +170,7 @@ class Wave:
     duration: float
     pulse: Pulse | None
     reflect: str
+    sender: str = "socket"  # "trafgen": netsniff-ng's trafgen sends the crafted frames
 
     @property
     def end(self) -> float:
@@ -400,7 +404,7 @@ def _fleet(t: Mapping[str, object]) -> dict[str, Any]:
 
 
 _WAVE_KEYS: Final = ("name", "vector", "botnet", "rate", "sources", "spoof", "target", "port", "start",
-                     "duration", "pulse", "reflect")
+                     "duration", "pulse", "reflect", "sender")
 
 
 def _wave(i: int, t: Mapping[str, object], topo: Topology, total: float) -> Wave:
@@ -473,7 +477,14 @@ def _wave(i: int, t: Mapping[str, object], topo: Topology, total: float) -> Wave
         reflect = check_choice(t["reflect"], "reflect", tuple(REFLECT_PORTS))
     elif "reflect" in t:
         raise FieldError("reflect", f"only a reflection wave has it (this one is {vector})")
-    wave = Wave(i, name, vector, botnet, rate, sources, spoof, target, port, start, duration, pulse, reflect)
+    sender = check_choice(t.get("sender", "socket"), "sender", SENDERS)
+    if sender == "trafgen" and http:
+        raise FieldError("sender", "an http wave makes real TCP connections: its sender is \"socket\"")
+    if sender == "trafgen" and pulse is not None:
+        raise FieldError("sender", "trafgen sends at one rate from start to end: a pulsed wave's sender is "
+                                   "\"socket\"")
+    wave = Wave(i, name, vector, botnet, rate, sources, spoof, target, port, start, duration, pulse, reflect,
+                sender)
     if wave.packets > MAX_WAVE_PACKETS:
         raise FieldError("rate", f"{wave.packets} packets in all; at most {MAX_WAVE_PACKETS} per wave")
     return wave

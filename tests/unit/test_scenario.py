@@ -158,3 +158,30 @@ def test_fleet_table_is_kept_for_the_controller() -> None:
     doc = copy.deepcopy(_base())
     doc.pop("fleet", None)
     assert scenario.parse(doc, "lab.toml").fleet == {}
+
+
+def test_trafgen_sender() -> None:
+    s = scenario.load(SCENARIOS / "trafgen.toml")
+    assert [w.sender for w in s.waves] == ["trafgen"]
+    assert scenario.load(SCENARIOS / "udp.toml").waves[0].sender == "socket"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"sender": "scapy"}, "waves[0].sender: \"scapy\" is not one of socket, trafgen"),
+        ({"pulse": {"on": 1.0, "off": 1.0}}, "waves[0].sender: trafgen sends at one rate"),
+    ]
+    for change, message in cases:
+        doc = tomllib.loads((SCENARIOS / "trafgen.toml").read_text())
+        doc["waves"][0].update(change)
+        with pytest.raises(ConfigError) as err:
+            scenario.parse(doc, "lab.toml")
+        assert message in str(err.value), str(err.value)
+    doc = tomllib.loads((SCENARIOS / "http.toml").read_text())
+    doc["waves"][0]["sender"] = "trafgen"
+    with pytest.raises(ConfigError, match="an http wave makes real TCP connections"):
+        scenario.parse(doc, "lab.toml")
+
+
+def test_trafgen_config_is_the_frames_bytes() -> None:
+    from controller.lab import attack
+
+    conf = attack.trafgen_config([b"\x00\x01\xff", b"\x10"])
+    assert conf == "{ 0x00, 0x01, 0xff }\n{ 0x10 }\n"
