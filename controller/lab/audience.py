@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import traffic
+from .scenario import LAN
 
 __all__ = ["BIN_SECONDS", "HTTP", "PROBE_IDENT", "UDP", "audience", "count_delivered", "serve"]
 
@@ -31,6 +32,8 @@ HTTP: Final = 0  # attempt kinds in the audience's record
 UDP: Final = 1
 PROBE_IDENT: Final = 0xAF00  # IPv4 identification of the delivery check's packets: + vector index
 WAVE_IDENT: Final = 0xB000  # ... of a wave's crafted packets: + wave index (scenario.Wave.ident)
+LAN_FIRST: Final = int(LAN.network_address)  # the lab's LAN: legitimate clients, never a crafted source
+LAN_LAST: Final = int(LAN.broadcast_address)
 RESPONSE: Final = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n"
                    b"Connection: close\r\n\r\nbreakwater ok\n")
 ETH_P_IP: Final = 0x0800
@@ -97,6 +100,8 @@ def count_delivered(ifname: str, t0: float, seconds: float, idents: int, proxies
     ``WAVE_IDENT + wave``, ``idents`` waves) and TCP SYNs from the proxies'
     range ``proxies`` (first, last address as integers); and, at any time,
     the delivery check's packets (``PROBE_IDENT + k``, ``probes`` kinds).
+    Packets from the lab's LAN (the legitimate users, whose own
+    identifications can take those values) are never counted.
     Returns ``{"waves": array[idents, bins], "proxy_syn": array[bins],
     "probes": array[probes], "drops": n}``."""
     bins = int(seconds / BIN_SECONDS) + 1
@@ -121,6 +126,9 @@ def count_delivered(ifname: str, t0: float, seconds: float, idents: int, proxies
             continue
         if addr[2] == PACKET_OUTGOING or n < 34:
             continue
+        src = struct.unpack_from("!I", view, 26)[0]
+        if LAN_FIRST <= src <= LAN_LAST:
+            continue  # the legitimate users (and the lab's hosts): an identification of theirs may match
         ident = (buf[18] << 8) | buf[19]
         if 0 <= ident - PROBE_IDENT < probes:
             probed[ident - PROBE_IDENT] += 1
@@ -129,7 +137,6 @@ def count_delivered(ifname: str, t0: float, seconds: float, idents: int, proxies
         if b < 0 or b >= bins:
             continue
         w = ident - WAVE_IDENT
-        src = struct.unpack_from("!I", view, 26)[0]
         if lo <= src <= hi:
             if buf[23] == 6 and n >= 48 and (buf[47] & 0x12) == 0x02:
                 proxy[b] += 1

@@ -83,5 +83,6 @@ def test_probe_frames_one_batch_per_crafted_vector_with_its_own_ident() -> None:
     assert set(batches) == {w.vector for w in s.waves} - {"http"}
     for vector, frames in batches.items():
         assert len(frames) == attack.PROBE_PACKETS
+        assert len({f[26:30] for f in frames}) <= attack.PROBE_SOURCES  # too few to look like a flood
         idents = {int.from_bytes(f[18:20], "big") for f in frames}
         assert idents == {audience.PROBE_IDENT + scenario.VECTORS.index(vector)}
