@@ -7,8 +7,8 @@ agents with XDP on their ingress veths, origins, legitimate HTTP-over-fresh-TCP
 and UDP users, every wave's sender; docs/lab.md) twice:
 
 1. baseline: the agents in monitor mode (they detect and plan, apply
-   nothing): what each wave does to the legitimate users unmitigated and how
-   much of it reaches the origins;
+   nothing) and the controller's fleet detection off: what each wave does
+   to the legitimate users unmitigated and how much of it reaches the origins;
 2. enforced: the agents as shipped for the lab (``mode = "enforce"``).
 
 Prints one JSON object per wave on stdout (``wave``, ``vector``,

@@ -32,8 +32,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--json", action="store_true",
                    help="print the report as JSON on stdout (the live view goes to stderr)")
     r.add_argument("--monitor", action="store_true",
-                   help="the agents in monitor mode: they detect and plan rules but apply none (a baseline: "
-                        "what the waves do unmitigated); exit 0 when the lab was removed")
+                   help="the agents in monitor mode (they detect and plan rules but apply none) and the "
+                        "controller's fleet detection off: a baseline, what the waves do unmitigated; exit 0 "
+                        "when the lab was removed")
     r.set_defaults(handler=Command(cmd_lab_run))
     d = lsub.add_parser("down", help="remove what a crashed or killed lab run left (processes, namespaces, "
                                      "pins, files)")

@@ -221,7 +221,7 @@ class Fleet:
         config.write_text(toml_document({"listen": f"0.0.0.0:{CONTROLLER_PORT}", "state_dir": str(ctl_dir),
                                          "metrics": "", "heartbeat_timeout": 4, "tls_cert": str(ctl.cert),
                                          "tls_key": str(ctl.key), "tls_ca": str(ctl.ca),
-                                         **_fleet_tables(s.fleet)}))
+                                         **_fleet_tables(s.fleet, monitor=self.mode == "monitor")}))
         self.controller = Agent.start(config, self.workdir / "controller.log", netns=self.ns["ctl"],
                                       command="controller")
         self._save()
@@ -272,10 +272,14 @@ class Fleet:
         return left
 
 
-def _fleet_tables(fleet: Mapping[str, Any]) -> dict[str, object]:
+def _fleet_tables(fleet: Mapping[str, Any], *, monitor: bool = False) -> dict[str, object]:
     """The controller's cluster-wide detection tables: the scenario's ``[fleet]``
     on lab-sized telemetry (1 s reports and buckets, so a few seconds' window
-    means something), or nothing (the controller's defaults)."""
+    means something), or nothing (the controller's defaults). In monitor mode
+    it is off: the agents enforce controller rules in monitor mode too, and
+    the baseline is what the waves do with no rule at all."""
+    if monitor:
+        return {"fleet": {"enabled": False}}
     if not fleet:
         return {}
     return {"sync": {"telemetry_interval": LAB_TELEMETRY_SECONDS},
