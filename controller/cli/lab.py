@@ -26,11 +26,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "then reports per wave: vector, offered pps, detected, time to mitigate, attack "
                     "dropped, legitimate HTTP (fresh TCP) and UDP success during the wave. Removes "
                     "everything it built, also on failure, Ctrl-C or SIGTERM. Exit 0 when every wave was "
-                    "detected and mitigated.")
+                    "detected and mitigated; with --monitor, when the lab was removed.")
     r.add_argument("scenario", type=Path, metavar="SCENARIO", help="the scenario file")
     r.add_argument("--chart", type=Path, metavar="PNG", help="write the chart of traffic by verdict there")
     r.add_argument("--json", action="store_true",
                    help="print the report as JSON on stdout (the live view goes to stderr)")
+    r.add_argument("--monitor", action="store_true",
+                   help="the agents in monitor mode (they detect and plan rules but apply none) and the "
+                        "controller's fleet detection off: a baseline, what the waves do unmitigated; exit 0 "
+                        "when the lab was removed")
     r.set_defaults(handler=Command(cmd_lab_run))
     d = lsub.add_parser("down", help="remove what a crashed or killed lab run left (processes, namespaces, "
                                      "pins, files)")
@@ -41,7 +45,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_lab_run(args: argparse.Namespace) -> int:
     from ..lab import run
 
-    code, _ = run.run(args.scenario, json_out=args.json, chart=args.chart)
+    code, _ = run.run(args.scenario, json_out=args.json, chart=args.chart,
+                      mode="monitor" if args.monitor else "enforce")
     return code
 
 

@@ -1,5 +1,7 @@
 """A scenario wave's sender (:func:`launch`): crafted frames for the packet
-vectors, real TCP connections and requests for ``http``.
+vectors (sent from Python on an ``AF_PACKET`` socket, or by trafgen for a
+wave with ``sender = "trafgen"``: higher rates), real TCP connections and
+requests for ``http``.
 
 Crafted waves are built inside the sender's child from the wave and the
 edges' MACs (:func:`wave_frames`: every packet carries the wave's IPv4
@@ -14,18 +16,32 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
+import re
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Final
 
 from . import frames, traffic
-from .scenario import Topology, Wave
+from .scenario import VECTORS, Topology, Wave
 
-__all__ = ["MAX_FRAMES", "launch", "offered", "wave_frames"]
+__all__ = ["MAX_FRAMES", "PROBE_PACKETS", "PROBE_SOURCES", "TRAFGEN_FRAMES", "launch", "offered", "probe",
+           "probe_frames", "trafgen_config", "wave_frames"]
 
 MAX_FRAMES: Final = 65536  # frames built per wave; the sender cycles through them
 SLACK_SECONDS: Final = 2.0
+TRAFGEN_FRAMES: Final = 16384  # frames in a trafgen configuration (~0.8 s to parse); it cycles through them
+TRAFGEN_PARSE_LEAD: Final = 1.0  # trafgen is started this long before the wave: it parses its frames first
+# The delivery check: per crafted vector, PROBE_PACKETS packets from PROBE_SOURCES
+# sources at 1/PROBE_GAP packets/s: under every detection threshold of the shipped
+# scenarios (at 50 sources a vector and 500 pps it started a many-source attack).
+PROBE_PACKETS: Final = 40
+PROBE_SOURCES: Final = 8
+PROBE_GAP: Final = 0.005
 
 
 def _sources(wave: Wave, topo: Topology) -> frames.Addresses:
@@ -42,10 +58,11 @@ def _sources(wave: Wave, topo: Topology) -> frames.Addresses:
                             offset=pool.count)
 
 
-def wave_frames(wave: Wave, topo: Topology, src_mac: str, edge_macs: Sequence[str]) -> list[bytes]:
+def wave_frames(wave: Wave, topo: Topology, src_mac: str, edge_macs: Sequence[str],
+                ident: int | None = None) -> list[bytes]:
     """The wave's frames: each source once, cycling through the target's
     addresses (a carpet), each frame to the MAC of the edge serving its
-    destination."""
+    destination, with the wave's IPv4 identification (or ``ident``)."""
     sources = _sources(wave, topo)
     dsts = [str(a) for a in wave.target.hosts()] if wave.carpet else [str(wave.target.network_address)]
     per_dst: list[list[bytes]] = []
@@ -53,7 +70,8 @@ def wave_frames(wave: Wave, topo: Topology, src_mac: str, edge_macs: Sequence[st
         src = sources[j :: len(dsts)] if len(sources) >= len(dsts) else sources[[j % len(sources)]]
         src = src[: MAX_FRAMES // len(dsts) + 1]
         mac = edge_macs[topo.edge_of(ipaddress.IPv4Address(dst))]
-        v, ident = wave.vector, wave.ident
+        v = wave.vector
+        ident = wave.ident if ident is None else ident
         if v in ("syn", "ack"):
             out = frames.tcp_frames(src_mac, mac, src, dst, wave.port, flags="S" if v == "syn" else "A",
                                    ident=ident)
@@ -118,6 +136,54 @@ def _flood(ifname: str, wave: Wave, topo: Topology, src_mac: str, edge_macs: Seq
     return sent, first, last
 
 
+def trafgen_config(batch: Sequence[bytes]) -> str:
+    """A trafgen packet configuration: one ``{ 0x.., ... }`` block per frame (trafgen cycles through them)."""
+    return "".join("{ " + ", ".join(f"0x{b:02x}" for b in f) + " }\n" for f in batch)
+
+
+def _trafgen(ifname: str, wave: Wave, topo: Topology, src_mac: str, edge_macs: Sequence[str],
+             t0: float) -> tuple[int, float, float]:
+    """The wave's frames (the first ``TRAFGEN_FRAMES``) sent by trafgen on
+    ``ifname`` (this process's namespace: trafgen inherits it) at the wave's
+    rate, bounded by its packet count and, if it is still sending then, stopped
+    (SIGINT: it reports what it sent) at the wave's end. The first send is
+    when trafgen says it runs (after parsing its configuration)."""
+    binary = shutil.which("trafgen")
+    if binary is None:
+        raise RuntimeError("trafgen is not installed (Debian: netsniff-ng; make setup installs it)")
+    batch = wave_frames(wave, topo, src_mac, edge_macs)[:TRAFGEN_FRAMES]
+    with tempfile.NamedTemporaryFile("w", prefix="bw-lab-trafgen-", suffix=".cfg") as conf:
+        conf.write(trafgen_config(batch))
+        conf.flush()
+        start = t0 + wave.start
+        time.sleep(max(0.0, start - TRAFGEN_PARSE_LEAD - time.monotonic()))
+        # killed with this sender (pdeathsig), bounded by its packet count in any case
+        cmd = ["setpriv", "--pdeathsig", "KILL", binary, "--dev", ifname, "--conf", conf.name,
+               "--rate", f"{int(wave.rate)}pps", "--num", str(wave.packets), "--cpus", "1", "--qdisc-path",
+               "--no-cpu-stats", "--notouch-irq"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        out: list[str] = []
+        first = 0.0
+        for raw in proc.stdout:  # "Running! Hang up with ^C!" once the frames are parsed and the ring is set
+            out.append(raw.decode(errors="replace"))
+            if "Running!" in out[-1]:
+                first = time.monotonic()
+                break
+        stop = min(t0 + wave.end, first + wave.duration) if first else time.monotonic() + SLACK_SECONDS
+        try:
+            rest, _ = proc.communicate(timeout=max(0.0, stop - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=SLACK_SECONDS)
+        last = time.monotonic()
+    text = "".join(out) + rest.decode(errors="replace")
+    sent = re.search(r"(\d+) packets outgoing", text)
+    if proc.returncode not in (0, -signal.SIGINT) or sent is None or not first:
+        raise RuntimeError(f"trafgen exited {proc.returncode}: {text.strip()[-500:]}")
+    return int(sent.group(1)), first, last
+
+
 async def _http_flood(sources: Sequence[str], dst: str, port: int, wave: Wave, t0: float
                       ) -> tuple[int, float, float]:
     start = t0 + wave.start
@@ -164,6 +230,39 @@ def _http(sources: Sequence[str], dst: str, port: int, wave: Wave, t0: float) ->
     return asyncio.run(_http_flood(sources, dst, port, wave, t0))
 
 
+def probe_frames(waves: Sequence[Wave], topo: Topology, src_mac: str, edge_macs: Sequence[str],
+                 ident: int) -> dict[str, list[bytes]]:
+    """The delivery check: ``PROBE_PACKETS`` frames of each crafted vector of
+    ``waves`` (those of its first wave from its first ``PROBE_SOURCES``
+    sources, in turn, with IPv4 identification ``ident + k``, ``k`` the
+    vector's index in :data:`~.scenario.VECTORS`), so the origins' counter can
+    show it sees every kind of packet it is asked to count."""
+    out: dict[str, list[bytes]] = {}
+    for w in waves:
+        if w.vector == "http" or w.vector in out:
+            continue
+        k = VECTORS.index(w.vector)
+        first = wave_frames(w, topo, src_mac, edge_macs, ident=ident + k)[:PROBE_SOURCES]
+        out[w.vector] = [first[i % len(first)] for i in range(PROBE_PACKETS)]
+    return out
+
+
+def probe(ifname: str, batch: Sequence[bytes]) -> int:
+    """Send ``batch`` on ``ifname``, ``PROBE_GAP`` apart; how many were sent."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    sent = 0
+    for f in batch:
+        try:
+            s.send(f)
+            sent += 1
+        except OSError:
+            pass
+        time.sleep(PROBE_GAP)
+    s.close()
+    return sent
+
+
 def launch(wave: Wave, topo: Topology, ns: str, ifname: str, src_mac: str, edge_macs: Sequence[str],
            t0: float, cpu: int | None = None) -> traffic.Child:
     """Start the wave's sender in namespace ``ns`` (it waits for its start,
@@ -172,7 +271,8 @@ def launch(wave: Wave, topo: Topology, ns: str, ifname: str, src_mac: str, edge_
         sources = [str(topo.proxies.net.network_address + i) for i in range(wave.sources)]
         return traffic.Child.start(ns, _http, sources, str(wave.target.network_address), wave.port, wave, t0,
                                    cpu=cpu)
-    return traffic.Child.start(ns, _flood, ifname, wave, topo, src_mac, list(edge_macs), t0, cpu=cpu)
+    send = _trafgen if wave.sender == "trafgen" else _flood
+    return traffic.Child.start(ns, send, ifname, wave, topo, src_mac, list(edge_macs), t0, cpu=cpu)
 
 
 def offered(results: Mapping[int, tuple[int, float, float]], wave: Wave) -> float:

@@ -23,12 +23,17 @@ import numpy as np
 import numpy.typing as npt
 
 from . import traffic
+from .scenario import LAN
 
-__all__ = ["BIN_SECONDS", "HTTP", "UDP", "audience", "count_delivered", "serve"]
+__all__ = ["BIN_SECONDS", "HTTP", "PROBE_IDENT", "UDP", "audience", "count_delivered", "serve"]
 
 BIN_SECONDS: Final = 0.1  # resolution of the delivery counts
 HTTP: Final = 0  # attempt kinds in the audience's record
 UDP: Final = 1
+PROBE_IDENT: Final = 0xAF00  # IPv4 identification of the delivery check's packets: + vector index
+WAVE_IDENT: Final = 0xB000  # ... of a wave's crafted packets: + wave index (scenario.Wave.ident)
+LAN_FIRST: Final = int(LAN.network_address)  # the lab's LAN: legitimate clients, never a crafted source
+LAN_LAST: Final = int(LAN.broadcast_address)
 RESPONSE: Final = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n"
                    b"Connection: close\r\n\r\nbreakwater ok\n")
 ETH_P_IP: Final = 0x0800
@@ -89,15 +94,20 @@ def serve(addresses: Sequence[str], http_port: int, udp_port: int, seconds: floa
 
 
 def count_delivered(ifname: str, t0: float, seconds: float, idents: int, proxies: tuple[int, int],
-                    ) -> dict[str, Any]:
+                    probes: int = 0) -> dict[str, Any]:
     """Count what reaches the origin on ``ifname`` per ``BIN_SECONDS`` bin
     from ``t0``: crafted flood packets by wave (IPv4 identification
-    ``0xB000 + wave``, ``idents`` waves) and TCP SYNs from the proxies'
-    range ``proxies`` (first, last address as integers). Returns
-    ``{"waves": array[idents, bins], "proxy_syn": array[bins], "drops": n}``."""
+    ``WAVE_IDENT + wave``, ``idents`` waves) and TCP SYNs from the proxies'
+    range ``proxies`` (first, last address as integers); and, at any time,
+    the delivery check's packets (``PROBE_IDENT + k``, ``probes`` kinds).
+    Packets from the lab's LAN (the legitimate users, whose own
+    identifications can take those values) are never counted.
+    Returns ``{"waves": array[idents, bins], "proxy_syn": array[bins],
+    "probes": array[probes], "drops": n}``."""
     bins = int(seconds / BIN_SECONDS) + 1
     waves = np.zeros((idents, bins), dtype=np.int64)
     proxy = np.zeros(bins, dtype=np.int64)
+    probed = np.zeros(probes, dtype=np.int64)
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
     s.setsockopt(socket.SOL_SOCKET, traffic.SO_RCVBUFFORCE, traffic.SINK_RCVBUF)
     s.bind((ifname, ETH_P_IP))
@@ -116,12 +126,17 @@ def count_delivered(ifname: str, t0: float, seconds: float, idents: int, proxies
             continue
         if addr[2] == PACKET_OUTGOING or n < 34:
             continue
+        src = struct.unpack_from("!I", view, 26)[0]
+        if LAN_FIRST <= src <= LAN_LAST:
+            continue  # the legitimate users (and the lab's hosts): an identification of theirs may match
+        ident = (buf[18] << 8) | buf[19]
+        if 0 <= ident - PROBE_IDENT < probes:
+            probed[ident - PROBE_IDENT] += 1
+            continue
         b = int((time.monotonic() - t0) / BIN_SECONDS)
         if b < 0 or b >= bins:
             continue
-        ident = (buf[18] << 8) | buf[19]
-        w = ident - 0xB000
-        src = struct.unpack_from("!I", view, 26)[0]
+        w = ident - WAVE_IDENT
         if lo <= src <= hi:
             if buf[23] == 6 and n >= 48 and (buf[47] & 0x12) == 0x02:
                 proxy[b] += 1
@@ -130,7 +145,7 @@ def count_delivered(ifname: str, t0: float, seconds: float, idents: int, proxies
     stats = s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
     s.close()
     _, drops = struct.unpack("II", stats)
-    return {"waves": waves, "proxy_syn": proxy, "drops": int(drops)}
+    return {"waves": waves, "proxy_syn": proxy, "probes": probed, "drops": int(drops)}
 
 
 # -- the audience ----------------------------------------------------------------------------

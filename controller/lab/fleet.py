@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -59,6 +60,7 @@ HOST_IF: Final = "eth0"
 CONTROLLER_PORT: Final = 9610
 READY_SECONDS: Final = 120.0  # an agent's first start compiles the XDP program
 ROLE_ADDR: Final = {"proxies": 200, "reflectors": 201, "spoofer": 202}
+LAB_TELEMETRY_SECONDS: Final = 1.0  # the agents' telemetry reports and the controller's buckets
 BOT_ADDR: Final = 210  # botnet i's namespace: 198.18.0.(210 + i)
 
 SIZES: Final = {"deny_v4": 65536, "deny_v6": 4096, "deny_pfx_v4": 16384, "deny_pfx_v6": 4096,
@@ -82,6 +84,7 @@ class Fleet:
     pin_roots: list[Path] = field(default_factory=list)
     controller: Agent | None = None
     agents: list[Agent] = field(default_factory=list)
+    mode: str = "enforce"  # the agents' mode: "monitor" plans and reports rules without applying them
 
     def __post_init__(self) -> None:
         self.workdir = Path(f"/tmp/breakwater-{self.lab.prefix}")
@@ -220,7 +223,8 @@ class Fleet:
         config = self.workdir / "controller.toml"
         config.write_text(toml_document({"listen": f"0.0.0.0:{CONTROLLER_PORT}", "state_dir": str(ctl_dir),
                                          "metrics": "", "heartbeat_timeout": 4, "tls_cert": str(ctl.cert),
-                                         "tls_key": str(ctl.key), "tls_ca": str(ctl.ca)}))
+                                         "tls_key": str(ctl.key), "tls_ca": str(ctl.ca),
+                                         **_fleet_tables(s.fleet, monitor=self.mode == "monitor")}))
         self.controller = Agent.start(config, self.workdir / "controller.log", netns=self.ns["ctl"],
                                       command="controller")
         self._save()
@@ -230,7 +234,7 @@ class Fleet:
             doc: dict[str, object] = {
                 "interfaces": [{"name": EDGE_IN, "mode": "auto"}],
                 "protected": [str(s.topology.protected)],
-                "mode": "enforce",
+                "mode": self.mode,
                 "interval": s.agent["interval"],
                 "detach_on_exit": True,
                 "state_dir": str(self.workdir / f"edge{i}"),
@@ -270,6 +274,20 @@ class Fleet:
         if not left:
             self.record.unlink(missing_ok=True)
         return left
+
+
+def _fleet_tables(fleet: Mapping[str, Any], *, monitor: bool = False) -> dict[str, object]:
+    """The controller's cluster-wide detection tables: the scenario's ``[fleet]``
+    on lab-sized telemetry (1 s reports and buckets, so a few seconds' window
+    means something), or nothing (the controller's defaults). In monitor mode
+    it is off: the agents enforce controller rules in monitor mode too, and
+    the baseline is what the waves do with no rule at all."""
+    if monitor:
+        return {"fleet": {"enabled": False}}
+    if not fleet:
+        return {}
+    return {"sync": {"telemetry_interval": LAB_TELEMETRY_SECONDS},
+            "telemetry": {"bucket_seconds": LAB_TELEMETRY_SECONDS}, "fleet": dict(fleet)}
 
 
 def _remove(prefix: str, namespaces: list[str], pin_roots: list[Path], workdir: Path) -> list[str]:

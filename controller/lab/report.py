@@ -24,8 +24,10 @@ import numpy.typing as npt
 from .audience import BIN_SECONDS, HTTP, UDP
 from .scenario import Scenario, Wave
 
-__all__ = ["DETECTED_BY", "LEAK_SHARE", "attacks", "chart", "legit_share", "print_table", "wave_figures"]
+__all__ = ["DETECTED_BY", "LEAK_SHARE", "attacks", "chart", "fleet_attacks", "legit_share", "print_table",
+           "wave_figures"]
 
+CHART_STEP_SECONDS: Final = 0.5  # the chart's rate resolution
 LEAK_SHARE: Final = 0.01  # a bin passing at most this share of the wave's offered rate is mitigated
 DETECTED_BY: Final[Mapping[str, tuple[str, ...]]] = {
     "syn": ("syn", "many_source"), "ack": ("ack", "many_source"),
@@ -63,16 +65,32 @@ def attacks(events_by_edge: Sequence[Sequence[Mapping[str, Any]]], t0: float) ->
     return list(out.values())
 
 
+def fleet_attacks(events: Sequence[tuple[float, Mapping[str, Any]]], t0: float) -> list[dict[str, Any]]:
+    """The controller's cluster-wide attacks from its log (``fleet_attack_*``
+    lines, timed when the run read them): one record per attack id with
+    vector, victim, start and end (seconds into the scenario)."""
+    out: dict[str, dict[str, Any]] = {}
+    for at_, doc in events:
+        rec = out.setdefault(str(doc.get("attack")), {
+            "id": str(doc.get("attack")), "vector": doc.get("vector"), "victim": doc.get("victim") or None,
+            "started_s": round(at_ - t0, 2)})
+        if doc.get("event") == "fleet_attack_ended":
+            rec["ended_s"] = round(at_ - t0, 2)
+    return list(out.values())
+
+
 def _detected(wave: Wave, attacks: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The attack that answers ``wave``: one of a matching vector on its target that started during
     the wave or, failing that, one already open when it began (a many-source attack of an earlier
-    wave goes on absorbing the next flood at the same victim; ``ongoing`` says so)."""
+    wave goes on absorbing the next flood at the same victim; ``ongoing`` says so). A carpet (a
+    prefix as target) is answered only by an attack on a prefix: one on a single address of it is
+    another wave's."""
     ongoing = None
     for a in attacks:
         if a["vector"] not in DETECTED_BY[wave.vector] or not a.get("victim"):
             continue
         victim = ipaddress.ip_network(str(a["victim"]), strict=False)
-        if not victim.overlaps(wave.target):
+        if not victim.overlaps(wave.target) or (wave.carpet and victim.num_addresses == 1):
             continue
         started = float(a["started_s"])
         if wave.start - 1.0 <= started <= wave.end + 1.0:
@@ -166,6 +184,20 @@ def print_table(report: Mapping[str, Any], out: IO[str]) -> None:
           f"after the last: TCP {_fmt(b['after_tcp_pct'], '%')}", file=out)
     print(f"origin delivery counter drops: {report['counter_drops']} "
           "(non-zero: figures understate delivery)", file=out)
+    check = report.get("delivery_check") or {}
+    if check:
+        short = [v for v, c in check.items() if c["seen"] < c["sent"]]
+        print("delivery check (packets of each vector before the first wave, counted at the origins): "
+              + ", ".join(f"{v} {c['seen']}/{c['sent']}" for v, c in check.items())
+              + (f"; NOT ALL SEEN: {', '.join(short)} (its dropped % overstates)" if short else ""), file=out)
+    fleet = report.get("fleet_attacks")
+    if fleet is not None:
+        print(f"fleet (the controller's cluster-wide detection): {len(fleet)} attack(s)"
+              + "".join(f"\n  {a['id']}: {a['vector']} on {a['victim'] or 'no victim'}, from "
+                        f"{a['started_s']:.1f} s" + (f" to {a['ended_s']:.1f} s" if "ended_s" in a else "")
+                        for a in fleet), file=out)
+    if report.get("mode") == "monitor":
+        print("monitor mode: the agents detected and planned, applied nothing (a baseline)", file=out)
 
 
 def chart(path: Path, s: Scenario, series: Mapping[str, Any], waves: Sequence[Mapping[str, Any]],
@@ -181,10 +213,12 @@ def chart(path: Path, s: Scenario, series: Mapping[str, Any], waves: Sequence[Ma
     t = np.asarray(series["t"]) - t0
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(14, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if len(t) > 1:
-        dt = np.diff(t)
-        passed = np.diff(np.asarray(series["passed"])) / dt
-        dropped = np.diff(np.asarray(series["dropped"])) / dt
-        ax.stackplot(t[1:], dropped, passed, labels=["dropped at the edges", "passed"],
+        # rates over a regular grid of the cumulative counts: a late sample
+        # (a busy machine) would otherwise show as a spike next to a dip
+        grid = np.arange(t[0], t[-1], CHART_STEP_SECONDS)
+        passed = np.diff(np.interp(grid, t, np.asarray(series["passed"], dtype=float))) / CHART_STEP_SECONDS
+        dropped = np.diff(np.interp(grid, t, np.asarray(series["dropped"], dtype=float))) / CHART_STEP_SECONDS
+        ax.stackplot(grid[1:], dropped, passed, labels=["dropped at the edges", "passed"],
                      colors=["#d62728", "#2ca02c"], alpha=0.8, step="pre")
     colors = matplotlib.colormaps["tab10"]
     for w in waves:
@@ -195,8 +229,8 @@ def chart(path: Path, s: Scenario, series: Mapping[str, Any], waves: Sequence[Ma
     for at, change, _rid in rules:
         ax.axvline(at - t0, ymax=0.04, color="black" if change == "added" else "grey", lw=0.8)
     ax.set_ylabel("packets/s at the edges")
-    ax.set_title(f"breakwater lab: {s.name} ({len(s.waves)} waves; ticks: rules added/removed)")
-    ax.legend(loc="upper right")
+    fig.suptitle(f"breakwater lab: {s.name} ({len(s.waves)} waves; ticks: rules added/removed)")
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False)
     for kind, label in ((HTTP, "HTTP (fresh TCP)"), (UDP, "UDP")):
         sel = rows[rows[:, 1] == kind]
         if len(sel):

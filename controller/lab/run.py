@@ -31,7 +31,7 @@ from ..output import emit_json
 from . import attack, audience, report, traffic
 from .fleet import EDGE_IN, HOST_IF, Fleet
 from .netns import sigterm_as_interrupt
-from .scenario import Scenario, load
+from .scenario import VECTORS, Scenario, load
 from .topology import DemoError
 from .view import View
 
@@ -56,11 +56,14 @@ class Run:
     maps: list[MapSet] = field(default_factory=list)
     series: dict[str, list[float]] = field(default_factory=lambda: {"t": [], "passed": [], "dropped": []})
     rules: list[tuple[float, str, str]] = field(default_factory=list)
+    fleet_events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    probes_sent: dict[str, int] = field(default_factory=dict)
     t0: float = 0.0
+    mode: str = "enforce"
     owner: int = field(default_factory=os.getpid)
 
     def __post_init__(self) -> None:
-        self.fleet = Fleet(self.scenario)
+        self.fleet = Fleet(self.scenario, mode=self.mode)
 
     def setup(self) -> None:
         self.fleet.build()
@@ -95,10 +98,11 @@ class Run:
             self.children.append(traffic.Child.start(ns, audience.serve, mine, topo.http_port, topo.udp_port,
                                                      total + 5))
             sniffer = traffic.Child.start(ns, audience.count_delivered, HOST_IF, self.t0,
-                                          s.duration + TAIL_SECONDS, len(s.waves), proxies)
+                                          s.duration + TAIL_SECONDS, len(s.waves), proxies, len(VECTORS))
             sniffers.append(sniffer)
             self.children.append(sniffer)
         time.sleep(0.5)  # the services listen
+        self._probe()
         legit = s.legit
         crowd = traffic.Child.start(self.fleet.ns["clients"], audience.audience,
                                     [str(a) for a in legit.addresses()], [str(o) for o in topo.origins],
@@ -148,6 +152,7 @@ class Run:
         rows = crowd.wait(30)
         counts = [sn.wait(30) for sn in sniffers]
         delivered = sum(c["waves"] for c in counts)
+        probed = sum(c["probes"] for c in counts)
         proxy_syn = sum(c["proxy_syn"] for c in counts)
         records = report.attacks([a.events for a in self.fleet.agents], self.t0)
         waves = report.wave_figures(s, self.t0, self.sent, delivered, proxy_syn, records, rows)
@@ -169,6 +174,10 @@ class Run:
             "legit_attempts": {"tcp": int((rows[:, 1] == audience.HTTP).sum()),
                                "udp": int((rows[:, 1] == audience.UDP).sum())},
             "attacks": records,
+            "fleet_attacks": report.fleet_attacks(self.fleet_events, self.t0),
+            "delivery_check": {v: {"sent": n, "seen": int(probed[VECTORS.index(v)])}
+                               for v, n in self.probes_sent.items()},
+            "mode": self.mode,
             "rules": [{"t_s": round(at - self.t0, 2), "change": change, "rule": rid}
                       for at, change, rid in self.rules],
             "counter_drops": sum(c["drops"] for c in counts),
@@ -186,7 +195,23 @@ class Run:
                     self.view.note(f"edge{i}: attack {att.get('vector')} on {att.get('victim')} "
                                    f"({att.get('profile')}, {float(att.get('pps', 0)):.0f} pps)")
         if self.fleet.controller is not None:
-            self.fleet.controller.poll()
+            for doc in self.fleet.controller.poll():
+                if str(doc.get("event", "")).startswith("fleet_attack_"):
+                    self.fleet_events.append((now, doc))
+                    if doc["event"] == "fleet_attack_started":
+                        self.view.note(f"controller: fleet attack {doc.get('vector')} on "
+                                       f"{doc.get('victim') or 'no victim'}")
+
+    def _probe(self) -> None:
+        """The delivery check: a few packets of every crafted vector, before
+        the first wave, counted by the origins (see :func:`.attack.probe_frames`)."""
+        topo = self.scenario.topology
+        edge_macs = [self.fleet.macs[f"edge{i}"] for i in range(topo.edges)]
+        batches = attack.probe_frames(self.scenario.waves, topo, self.fleet.macs["spoofer"], edge_macs,
+                                      audience.PROBE_IDENT)
+        for vector, batch in batches.items():
+            self.probes_sent[vector] = traffic.run_in_netns(self.fleet.ns["spoofer"], attack.probe, HOST_IF,
+                                                            batch, timeout=30)
 
     def _lines(self, rel: float) -> list[str]:
         t = self.series["t"]
@@ -214,16 +239,19 @@ class Run:
         return self.fleet.close()
 
 
-def run(path: Path, *, json_out: bool = False, chart: Path | None = None) -> tuple[int, dict[str, Any]]:
+def run(path: Path, *, json_out: bool = False, chart: Path | None = None, mode: str = "enforce",
+        ) -> tuple[int, dict[str, Any]]:
     """``breakwater lab run``: (exit code, report). 0 when every wave was
-    detected and mitigated and the lab was removed."""
+    detected and mitigated and the lab was removed. ``mode="monitor"``: the
+    agents detect and plan but apply nothing (a baseline: what the waves do
+    unmitigated); its exit code only says whether the lab was removed."""
     s = load(path)
     dataplane.require_root()
     out = sys.stderr if json_out else sys.stdout
     view = View(out, tty=out.isatty())
     result: dict[str, Any] = {}
     with sigterm_as_interrupt():
-        r = Run(s, view)
+        r = Run(s, view, mode=mode)
         try:
             r.setup()
             result = r.play()
@@ -245,6 +273,8 @@ def run(path: Path, *, json_out: bool = False, chart: Path | None = None) -> tup
     if chart is not None:
         print(f"chart: {chart}", file=out)
     missed = [w["wave"] for w in result["waves"] if not (w["detected"] and w["mitigated"])]
+    if mode == "monitor":
+        missed = []  # nothing is applied: nothing can be mitigated
     result["ok"] = not missed and not left
     if missed:
         print(f"lab: not detected or not mitigated: {', '.join(missed)}", file=sys.stderr)

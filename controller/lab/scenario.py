@@ -16,8 +16,11 @@ A scenario says::
                  { enabled, syn_pps, ack_pps, hold, verified_ttl }: the SYN
                  challenge of the origins' HTTP port on the protected prefix
                  (on unless enabled = false; the agent's defaults otherwise)
+    [fleet]      the controller's cluster-wide detection (its ``[fleet]``
+                 table, lab-sized), checked as the controller checks it
     [[waves]]    name, vector, botnet, rate, sources, spoof, target, port,
-                 start, duration, pulse = { on, off }, reflect
+                 start, duration, pulse = { on, off }, reflect, sender
+                 (``socket``, or ``trafgen`` for higher rates)
 
 Vectors (:data:`VECTORS`): ``syn``, ``ack``, ``udp``, ``icmp``, ``gre``,
 ``fragment``, ``reflection`` (UDP from a service's port, :data:`REFLECT_PORTS`,
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,6 +49,7 @@ from ..config import checked, read_toml
 from ..dataplane import challenge as chal
 from ..detection.config import DetectConfig, MitigateConfig
 from ..errors import ConfigError, FieldError
+from ..fleet.detector import FleetConfig
 from ..validate import at, check_choice, check_int, check_keys, check_number, check_str, check_table
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "LAN",
     "MAX_WAVE_PACKETS",
     "REFLECT_PORTS",
+    "SENDERS",
     "SPOOFS",
     "VECTORS",
     "Botnet",
@@ -83,6 +88,7 @@ CONTROL: Final = ipaddress.IPv4Network("198.19.255.0/24")
 """The controller's links to the edges (a /30 each)."""
 VECTORS: Final = ("syn", "ack", "udp", "icmp", "gre", "fragment", "reflection", "http")
 SPOOFS: Final = ("random", "pool", "real")
+SENDERS: Final = ("socket", "trafgen")
 REFLECT_PORTS: Final[Mapping[str, int]] = {
     "chargen": 19, "dns": 53, "ntp": 123, "snmp": 161, "cldap": 389, "ssdp": 1900, "memcached": 11211,
 }
@@ -168,6 +174,7 @@ class Wave:
     duration: float
     pulse: Pulse | None
     reflect: str
+    sender: str = "socket"  # "trafgen": netsniff-ng's trafgen sends the crafted frames
 
     @property
     def end(self) -> float:
@@ -219,11 +226,12 @@ class Scenario:
     """interval, detect, mitigate and challenge (its ``[[challenge]]``
     tables, [] when off): written into each agent's configuration."""
     source: str
+    fleet: Mapping[str, Any] = field(default_factory=dict)  # the controller's [fleet] table
 
 
 # -- reading ---------------------------------------------------------------------------------
 
-_TOP: Final = ("scenario", "topology", "legit", "agent", "waves")
+_TOP: Final = ("scenario", "topology", "legit", "agent", "fleet", "waves")
 
 
 def load(path: Path) -> Scenario:
@@ -289,6 +297,8 @@ def _parse(doc: Mapping[str, object], source: str) -> Scenario:
         legit = _legit(check_table(doc["legit"]))
     with at("agent"):
         agent = _agent(check_table(doc.get("agent", {})), topo)
+    with at("fleet"):
+        fleet = _fleet(check_table(doc.get("fleet", {})))
     raw = doc["waves"]
     if not isinstance(raw, list) or not raw:
         raise FieldError("waves", "expected a non-empty array of tables ([[waves]])")
@@ -303,7 +313,7 @@ def _parse(doc: Mapping[str, object], source: str) -> Scenario:
             raise FieldError(f"waves[{i}].name", f"{w.name!r} is already the name of another wave")
         names.add(w.name)
         waves.append(w)
-    return Scenario(name, description, duration, topo, legit, tuple(waves), agent, source)
+    return Scenario(name, description, duration, topo, legit, tuple(waves), agent, source, fleet)
 
 
 def _topology(t: Mapping[str, object]) -> Topology:
@@ -409,10 +419,17 @@ def _challenge(t: Mapping[str, object], topo: Topology) -> list[dict[str, Any]]:
     for key, default_s in (("hold", chal.DEFAULT_HOLD), ("verified_ttl", chal.DEFAULT_VERIFIED_TTL)):
         table[key] = check_number(t.get(key, default_s), key, 0, 86400, above=True)
     return [table] if enabled else []
+def _fleet(t: Mapping[str, object]) -> dict[str, Any]:
+    table = dict(t)
+    try:
+        FleetConfig.from_dict(table)
+    except TypeError as exc:  # a wrongly typed sub-table reaching a dataclass
+        raise FieldError("", str(exc)) from None
+    return table
 
 
 _WAVE_KEYS: Final = ("name", "vector", "botnet", "rate", "sources", "spoof", "target", "port", "start",
-                     "duration", "pulse", "reflect")
+                     "duration", "pulse", "reflect", "sender")
 
 
 def _wave(i: int, t: Mapping[str, object], topo: Topology, total: float) -> Wave:
@@ -485,7 +502,14 @@ def _wave(i: int, t: Mapping[str, object], topo: Topology, total: float) -> Wave
         reflect = check_choice(t["reflect"], "reflect", tuple(REFLECT_PORTS))
     elif "reflect" in t:
         raise FieldError("reflect", f"only a reflection wave has it (this one is {vector})")
-    wave = Wave(i, name, vector, botnet, rate, sources, spoof, target, port, start, duration, pulse, reflect)
+    sender = check_choice(t.get("sender", "socket"), "sender", SENDERS)
+    if sender == "trafgen" and http:
+        raise FieldError("sender", "an http wave makes real TCP connections: its sender is \"socket\"")
+    if sender == "trafgen" and pulse is not None:
+        raise FieldError("sender", "trafgen sends at one rate from start to end: a pulsed wave's sender is "
+                                   "\"socket\"")
+    wave = Wave(i, name, vector, botnet, rate, sources, spoof, target, port, start, duration, pulse, reflect,
+                sender)
     if wave.packets > MAX_WAVE_PACKETS:
         raise FieldError("rate", f"{wave.packets} packets in all; at most {MAX_WAVE_PACKETS} per wave")
     return wave

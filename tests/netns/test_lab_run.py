@@ -41,7 +41,7 @@ def test_every_vector_detected_and_mitigated_and_lab_removed(tmp_path: Path) -> 
     err = out.stderr.decode(errors="replace")
     assert out.stdout, err[-3000:]
     report = json.loads(out.stdout)
-    print("\n" + err[err.rfind("wave  vector"):])  # the table, for the record
+    print("\n" + err[err.rfind("\nwave "):])  # the table, for the record
     s = scenario.load(SCENARIOS / "every-vector.toml")
     assert [w["vector"] for w in report["waves"]] == [w.vector for w in s.waves]
     assert report["left_behind"] == []
@@ -57,6 +57,26 @@ def test_every_vector_detected_and_mitigated_and_lab_removed(tmp_path: Path) -> 
     for w in report["waves"]:
         assert w["sent"] > 0 and w["offered_pps"] > 0
         assert w["legit_tcp_pct"] is not None and w["legit_udp_pct"] is not None
+
+
+@pytest.mark.timeout(200)
+def test_a_trafgen_wave_is_sent_at_its_rate_and_mitigated() -> None:
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "lab", "run",
+                          str(SCENARIOS / "trafgen.toml"), "--json"],
+                         cwd=REPO, capture_output=True, timeout=180, check=False)
+    err = out.stderr.decode(errors="replace")
+    assert out.stdout, err[-3000:]
+    report = json.loads(out.stdout)
+    print("\n" + err[err.rfind("\nwave "):])
+    [w] = report["waves"]
+    wave = scenario.load(SCENARIOS / "trafgen.toml").waves[0]
+    assert 0.5 * wave.packets <= w["sent"] <= wave.packets  # bounded by the wave's count
+    assert w["offered_pps"] > 0.5 * wave.rate
+    assert w["detected"] and w["mitigated"], w
+    assert report["delivery_check"]["udp"]["seen"] >= report["delivery_check"]["udp"]["sent"] > 0
+    assert report["left_behind"] == []
+    prefix = report["lab"]["prefix"]  # other runs (other labs) may come and go meanwhile
+    assert not any(n.startswith(prefix) for n in _lab_namespaces())
 
 
 def _escape(ifname: str, frames: list[bytes]) -> int:

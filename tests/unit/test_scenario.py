@@ -164,3 +164,50 @@ def test_the_challenge_can_be_switched_off_and_defaults_to_the_agents() -> None:
     del doc["agent"]["challenge"]
     (table,) = scenario.parse(doc).agent["challenge"]
     assert (table["syn_pps"], table["ack_pps"]) == (chal.DEFAULT_SYN_PPS, chal.DEFAULT_ACK_PPS)
+@pytest.mark.parametrize(("fleet", "message"), [
+    ({"interval": 0}, "lab.toml: fleet.interval: 0 is out of range"),
+    ({"signatures": {"smtp": 10.0}}, "lab.toml: fleet.signatures.smtp: not a signature vector"),
+    ({"mitigate": {"rule_tl": 5}}, "lab.toml: fleet.mitigate.rule_tl: unknown key"),
+    ({"promote": 2}, "lab.toml: fleet.promote: unknown key"),
+])
+def test_fleet_table_is_checked_as_the_controller_checks_it(fleet: dict[str, Any], message: str) -> None:
+    doc = copy.deepcopy(_base())
+    doc["fleet"] = fleet
+    with pytest.raises(ConfigError) as err:
+        scenario.parse(doc, "lab.toml")
+    assert message in str(err.value), str(err.value)
+
+
+def test_fleet_table_is_kept_for_the_controller() -> None:
+    s = scenario.load(SCENARIOS / "x-spaces.toml")
+    assert s.fleet["promote_nodes"] == 2 and s.fleet["signatures"] == {"reflection": 2500.0}
+    doc = copy.deepcopy(_base())
+    doc.pop("fleet", None)
+    assert scenario.parse(doc, "lab.toml").fleet == {}
+
+
+def test_trafgen_sender() -> None:
+    s = scenario.load(SCENARIOS / "trafgen.toml")
+    assert [w.sender for w in s.waves] == ["trafgen"]
+    assert scenario.load(SCENARIOS / "udp.toml").waves[0].sender == "socket"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"sender": "scapy"}, "waves[0].sender: \"scapy\" is not one of socket, trafgen"),
+        ({"pulse": {"on": 1.0, "off": 1.0}}, "waves[0].sender: trafgen sends at one rate"),
+    ]
+    for change, message in cases:
+        doc = tomllib.loads((SCENARIOS / "trafgen.toml").read_text())
+        doc["waves"][0].update(change)
+        with pytest.raises(ConfigError) as err:
+            scenario.parse(doc, "lab.toml")
+        assert message in str(err.value), str(err.value)
+    doc = tomllib.loads((SCENARIOS / "http.toml").read_text())
+    doc["waves"][0]["sender"] = "trafgen"
+    with pytest.raises(ConfigError, match="an http wave makes real TCP connections"):
+        scenario.parse(doc, "lab.toml")
+
+
+def test_trafgen_config_is_the_frames_bytes() -> None:
+    from controller.lab import attack
+
+    conf = attack.trafgen_config([b"\x00\x01\xff", b"\x10"])
+    assert conf == "{ 0x00, 0x01, 0xff }\n{ 0x10 }\n"
