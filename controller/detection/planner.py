@@ -412,8 +412,8 @@ class Planner:
         if victim is None:
             return self._drops(event, claims, refused, "drop the offending sources",
                                base=("auto", "src", VECTOR_CODES["source_rate"]))[0]
-        if not victim.is_exact:
-            refused.append(Refusal(event.id, str(victim), "a victim is one address; no victim-wide rule"))
+        if not victim.is_exact and event.vector == "many_source":
+            refused.append(Refusal(event.id, str(victim), "a many-source victim is one address"))
             return []
         slug = victim.slug
         if event.vector == "reflection":

@@ -231,9 +231,13 @@ def test_no_source_rule_broader_than_the_limit() -> None:
     }
     for r in plan(Planner(), [event(offenders=hosts("198.18.0.1", 200))]).rules:
         assert all(x.network.prefixlen >= 24 for x in r.match.src)
+    # a prefix victim (carpet bombing) gets its rules scoped to the prefix
     broad_victim = plan(Planner(), [event("udp", "203.0.113.0/24", "spoofed")])
-    assert broad_victim.rules == ()
-    assert broad_victim.refused[0].reason == "a victim is one address; no victim-wide rule"
+    assert [(r.id, [str(d) for d in r.match.dst]) for r in broad_victim.rules] == [
+        ("auto-udp-203-0-113-0-24", ["203.0.113.0/24"])]
+    many = plan(Planner(), [event("many_source", "203.0.113.0/24", "diffuse")])
+    assert many.rules == ()
+    assert many.refused[0].reason == "a many-source victim is one address"
 
 
 def test_caps_per_rule_per_attack_and_in_total() -> None:
