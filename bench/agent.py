@@ -116,6 +116,9 @@ DROP_SHARE = 0.99
 # read), then a random share of one interval, so the flood starts at a
 # different point of the agent's interval in every run.
 SETTLE_INTERVALS = 3
+# ... and at least this long, over which the idle agent's CPU time is read
+# (/proc/PID/stat counts 10 ms ticks: seconds, not one short interval).
+IDLE_SECONDS = 3.0
 # The flood lasts long enough for detection (start_intervals full intervals,
 # plus the partial one it starts in), the swap, and a verification window.
 FLOOD_EXTRA_INTERVALS = 4
@@ -447,6 +450,11 @@ class AgentProcess:
                     out.append(doc)
         return out
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the agent process so far (/proc/PID/stat, clock ticks)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
@@ -610,7 +618,9 @@ def ttm_run(t: TtmLab, case: str, interval: float, run: int, opts: Options,
         ready_s = time.monotonic() - t0
         iface_doc = agent.wait_event("interface_ready", 1.0)
         offset = rng.uniform(0.0, interval)
-        time.sleep(SETTLE_INTERVALS * interval + offset)
+        cpu0, idle0 = agent.cpu_seconds(), time.monotonic()
+        time.sleep(max(SETTLE_INTERVALS * interval, IDLE_SECONDS) + offset)
+        idle_cpu = (agent.cpu_seconds() - cpu0) / (time.monotonic() - idle0)
         maps = stack.enter_context(dataplane.open_maps(TTM_IF, t.pin_root))
         base = flood_counts(maps, key)
         if base[0]:
@@ -677,6 +687,7 @@ def ttm_run(t: TtmLab, case: str, interval: float, run: int, opts: Options,
         "legit_sent": legit_sent,
         "legit_received": received.get(LEGIT_V4, 0),
         "agent_ready_s": round(ready_s, 2),
+        "idle_cpu_share": round(idle_cpu, 4),
         "xdp_mode": iface_doc.get("mode"),
         "polls": len(polls),
         "background_cpus": round(background, 2),
@@ -715,6 +726,7 @@ def part_ttm(opts: Options, stack: contextlib.ExitStack) -> None:
                 intervals_median=round(s["median"] / interval, 2) if s else None,
                 runs_seconds=[r["seconds"] for r in runs],
                 detected_median_s=_median_of(runs, "detected_s"),
+                idle_cpu_share=_median_of(runs, "idle_cpu_share"),
                 applied_median_s=_median_of(runs, "applied_s"),
                 not_mitigated=len(runs) - len(good),
                 flood_pps=opts.flood_pps, drop_share=DROP_SHARE, poll_seconds=POLL_SECONDS,
