@@ -454,7 +454,11 @@ class Planner:
         base = ("auto", "src", VECTOR_CODES[event.vector], slug)
         drops, covered = self._drops(event, claims, refused, "drop the offending sources", base=base,
                                      carried=self._in_force_sources(base, cur, now))
-        if event.profile == "diffuse" or not covered:
+        # A concentrated flood whose offenders no rule may drop (guards) needs the
+        # victim-wide limit; one with none named is carried by sources the data
+        # plane already drops (exact deny entries: the detector counts them as
+        # covered), and a limit beside those drops would only hit the victim's clients.
+        if event.profile == "diffuse" or (not covered and event.offenders):
             return [signature, *drops]
         return drops
 

@@ -552,3 +552,14 @@ def test_the_many_source_limit_spares_a_busy_legitimate_client() -> None:
     assert not any(CLIENT in sources_in(r) for _, r in plans)
     dropped = set().union(*(sources_in(r) for _, r in plans))
     assert dropped and all(x.startswith("198.19.") for x in dropped)  # the proxies' newcomer drops
+
+
+def test_no_victim_wide_limit_beside_drops_that_already_cover_a_flood() -> None:
+    # a concentrated flood whose sources the data plane already drops (another
+    # attack's exact deny entries): the detector names none and counts them covered
+    covered = plan(Planner(), [event("udp", profile="concentrated")])
+    assert covered.rules == ()
+    # ... but one whose named offenders no rule may drop (allowlisted) gets the limit
+    guarded = plan(Planner(MitigateConfig(allowlist=(p("198.18.5.0/24"),))),
+                   [event("udp", profile="concentrated", offenders=(p("198.18.5.7"),))])
+    assert [r.id for r in guarded.rules] == [f"auto-udp-{VICTIM.replace('.', '-')}"]
