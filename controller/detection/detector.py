@@ -98,6 +98,12 @@ _OFFENDER_FIELD: Final[Mapping[Vector, str]] = {
 }
 
 _GROW: Final = 64  # initial capacity of the per-destination arrays
+NEAR: Final = 0.5
+RISE: Final = 1.1
+"""A vector at NEAR x its threshold or more, and over RISE x its rate in the
+previous sample, is ramping up: :attr:`Detector.early` asks for another look
+soon, so a flood that crosses its threshold gradually (or from a sender that
+takes a moment to reach its rate) is seen within a quarter interval of crossing."""
 
 
 def _grow(arr: npt.NDArray[Any], n: int, fill: float = 0) -> npt.NDArray[Any]:
@@ -352,9 +358,15 @@ class Detector:
             ewma = self._ewma[:n_dest]
             ewma[learn] += alpha * (self._prev_rate[:n_dest][learn] - ewma[learn])
             self._weight[:n_dest][learn] = 1.0
+        vec = rate[:, : len(DEST_VECTORS)]
+        # near its threshold and still growing since the previous sample: a ramp
+        ramping = (vec >= NEAR * thr) & (vec > RISE * self._prev_rate[:n_dest, : len(DEST_VECTORS)])
         self._prev_rate[:n_dest] = rate
         self._prev_quiet[:n_dest] = quiet
-        warm = rate[:, : len(DEST_VECTORS)] >= cfg.early_fraction * thr
+        warm = vec >= cfg.early_fraction * thr
+        # a group's packets are all its members' (many_source is per address)
+        ramping[is_group, _MANY] = False
+        warm[is_group, _MANY] = False
 
         events: list[AttackEvent] = []
         for d, v in zip(*np.nonzero(starts), strict=True):
@@ -406,8 +418,10 @@ class Detector:
                 del self._attacks[(d, v)]
                 self._active[d, v] = False
                 self._under[d, v] = 0
-        self._early = bool((warm & ~self._warm[:n_dest] & ~self._active[:n_dest]).any()
-                           or (over & ~self._active[:n_dest]).any() or src.early)
+        calm = ~self._active[:n_dest]
+        # a ramp counts on a destination under no attack (an attack's own flood rises too)
+        ramping &= calm.all(axis=1)[:, None]
+        self._early = bool((((warm & ~self._warm[:n_dest]) | ramping | over) & calm).any() or src.early)
         self._warm[:n_dest] = warm
         self._heavy, heavy = src.heavy(self._heavy, self._next_id)
         if heavy is not None:

@@ -37,6 +37,12 @@ not a half: a group of slower bots that carries a quarter of the flood sets it, 
 so is named; legitimate clients are a small share of a flood and never set it."""
 
 
+_NEAR: Final = 0.5
+_RISE: Final = 1.1
+"""A source at _NEAR x ``source_pps`` or more and over _RISE x its rate so far is
+ramping up (the destination vectors' NEAR and RISE)."""
+
+
 def _typical(counts: F64) -> float:
     """The count of the lightest of the heaviest ``counts`` that together
     carry ``_TYPICAL_SHARE`` of their sum (0 for none)."""
@@ -159,7 +165,10 @@ class SourceStep:
         # last interval (the EWMA corrected for its age) was under that
         warm = cfg.early_fraction * cfg.source_pps
         known = -np.expm1(-np.maximum(table.last[pos] - table.born[pos], 1e-9) / cfg.window)
-        rising = (packets / dt >= warm) & (table.rate[pos] / known < warm)
+        so_far = table.rate[pos] / known
+        rising = (packets / dt >= warm) & (so_far < warm)
+        # ... or near it and still growing (a ramp: see controller.detection.detector.NEAR)
+        rising |= (packets / dt >= _NEAR * cfg.source_pps) & (packets / dt > _RISE * so_far)
         table.rate[pos] = table.rate[pos] * decay - math.expm1(-dt / cfg.window) * packets / dt
         table.last[pos] = t
         table.dst[pos] = dst_sorted

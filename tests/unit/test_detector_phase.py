@@ -85,3 +85,20 @@ def test_every_flood_starts_within_an_interval_and_a_thin_slice(name: str, inter
     # a flood near its threshold fills its first, partial interval too thinly to cross it
     # and waits for the early look: the median is within one interval
     assert sorted(times)[len(times) // 2] <= interval + 1e-6, times
+
+
+def test_a_flood_ramping_up_is_looked_at_again_while_it_rises() -> None:
+    # 30k pps of UDP from 5.0, 15k more from 5.6 and from 6.3: 36k, 45k, then over the 50k floor.
+    # Each look finds it near its threshold and still rising, so the agent looks again a
+    # quarter interval later: the attack starts at the first look past the crossing (6.5),
+    # not one whole interval after the last early look (7.25).
+    traffic = [background("203.0.113.10")]
+    for i, start in enumerate((5.0, 5.6, 6.3)):
+        traffic.append(Traffic(v4_block(f"198.18.{i}.1", 50), "203.0.113.10", (30_000 if i == 0 else 15_000) / 50,
+                               {"udp": 1}, size=100, start=start, stop=20))
+    quiet = [t for t, _ in _cadence([background("203.0.113.10")], 1.0, 3.0)]
+    shift = quiet[-1] - round(quiet[-1])  # the cadence's phase, from the first sample's early look
+    times = _cadence([Traffic(tr.sources, tr.dst, tr.pps, tr.mix, tr.size, tr.start + shift, tr.stop)
+                      for tr in traffic], 1.0, 10.0)
+    assert times[-1][1]
+    assert times[-1][0] == pytest.approx(6.5 + shift)
