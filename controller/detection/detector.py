@@ -418,9 +418,9 @@ class Detector:
                 del self._attacks[(d, v)]
                 self._active[d, v] = False
                 self._under[d, v] = 0
-        calm = ~self._active[:n_dest]
+        calm: npt.NDArray[np.bool_] = ~self._active[:n_dest]
         # a ramp counts on a destination under no attack (an attack's own flood rises too)
-        ramping &= calm.all(axis=1)[:, None]
+        ramping &= np.all(calm, axis=1, keepdims=True)
         self._early = bool((((warm & ~self._warm[:n_dest]) | ramping | over) & calm).any() or src.early)
         self._warm[:n_dest] = warm
         self._heavy, heavy = src.heavy(self._heavy, self._next_id)

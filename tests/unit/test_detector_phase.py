@@ -94,8 +94,9 @@ def test_a_flood_ramping_up_is_looked_at_again_while_it_rises() -> None:
     # not one whole interval after the last early look (7.25).
     traffic = [background("203.0.113.10")]
     for i, start in enumerate((5.0, 5.6, 6.3)):
-        traffic.append(Traffic(v4_block(f"198.18.{i}.1", 50), "203.0.113.10", (30_000 if i == 0 else 15_000) / 50,
-                               {"udp": 1}, size=100, start=start, stop=20))
+        pps = (30_000 if i == 0 else 15_000) / 50
+        traffic.append(Traffic(v4_block(f"198.18.{i}.1", 50), "203.0.113.10", pps, {"udp": 1}, size=100,
+                               start=start, stop=20))
     quiet = [t for t, _ in _cadence([background("203.0.113.10")], 1.0, 3.0)]
     shift = quiet[-1] - round(quiet[-1])  # the cadence's phase, from the first sample's early look
     times = _cadence([Traffic(tr.sources, tr.dst, tr.pps, tr.mix, tr.size, tr.start + shift, tr.stop)
