@@ -21,6 +21,13 @@ Vectors (``docs/detection.md`` has every threshold and default):
   reflection's UDP from reflection ports and its UDP-only sources);
 * ``source_rate``: single sources over a packet or bit rate (no victim).
 
+**Carpet bombing**: every destination is also counted in its group (its /24
+or /64, or the longer protected prefix holding it: ``carpet_v4``,
+``carpet_v6``), a destination slot of its own with its own baselines; a
+group's flag vector is what its members receive of it that no attack of
+theirs explains, so a flood spread thinly over a prefix is an attack whose
+victim is the prefix.
+
 Each destination attack also gets a **profile** of its sources, which is
 what the planner (:mod:`controller.detection.planner`) acts on: ``concentrated``
 (named offenders carry most of the vector), ``diffuse`` (they do not) or
