@@ -105,6 +105,12 @@ _OFFENDER_FIELD: Final[Mapping[Vector, str]] = {
 }
 
 _GROW: Final = 64  # initial capacity of the per-destination arrays
+BROADEN_INTERVALS: Final = 2
+"""A move from ``concentrated`` towards broader mitigation (a victim-wide limit)
+holds for at least this many intervals at strength, whatever ``start_intervals``:
+the one interval in which an exact deny entry starts dropping an offender splits
+its packets between its classified (passed) and its unclassified (denied) counts,
+so that interval alone names less of the flood than the offenders carry."""
 NEAR: Final = 0.5
 RISE: Final = 1.1
 """A vector at NEAR x its threshold or more, and over RISE x its rate in the
@@ -410,7 +416,7 @@ class Detector:
                         else "diffuse"
                     )
                     attack.judge(judged, started=kind == "started", strong=strong[(d, v)],
-                                 sustain=cfg.start_intervals)
+                                 sustain=max(BROADEN_INTERVALS, cfg.start_intervals))
                 else:
                     attack.pending = 0
                 attack.remember(attack.pps, cfg.start_intervals)
