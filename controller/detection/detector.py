@@ -86,7 +86,7 @@ from .samples import Sample, address_words
 from .sources import Flood, SourceStep
 from .tables import F64, AddressKeys, Destinations, SourceTable, group_words
 
-__all__ = ["Detector"]
+__all__ = ["BROADEN_INTERVALS", "Detector"]
 
 LOGGER = logging.getLogger("breakwater.detect")
 
