@@ -63,14 +63,14 @@ import numpy as np
 from controller.addresses import parse_prefix
 from controller.agent.config import AgentConfig, InterfaceConfig
 from controller.agent.daemon import Agent
-from controller.dataplane import abi
+from controller.dataplane import abi, counters
 from controller.dataplane import attach as dataplane
 from controller.dataplane import build as program
 from controller.dataplane.pinned import MapSet, PinnedMap
 from controller.detection import harvest
 from controller.detection.config import DetectConfig
 from controller.errors import BreakwaterError
-from controller.lab import traffic
+from controller.lab import frames, traffic
 from controller.lab.netns import Lab
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,9 +98,29 @@ LOOP_IF, LOOP_PEER_IF = "bwl0", "bwl1"
 WRITE_CHUNK = 1 << 16  # entries per BPF_MAP_UPDATE_BATCH call of the counter writer
 
 # ----------------------------------------------------------------- B: ttm
-TTM_CASES = {"ttm_1s": 1.0, "ttm_250ms": 0.25}
+TTM_CASES: dict[str, tuple[float, str]] = {
+    # case: (agent interval, flood shape)
+    "ttm_1s": (1.0, "source_rate"),
+    "ttm_250ms": (0.25, "source_rate"),
+    "ttm_syn_1s": (1.0, "syn"),
+    "ttm_icmp_1s": (1.0, "icmp"),
+    "ttm_carpet_1s": (1.0, "carpet"),
+    "ttm_syn_250ms": (0.25, "syn"),
+}
 TTM_TARGET_CASE = "ttm_250ms"
 TARGET_TTM_SECONDS = 1.0  # at the 250 ms interval (issue 4)
+# The destination floods (every packet crafted, from BOTS): twice their vector's
+# default floor, each bot under source_pps and over offender_pps, so each is a
+# destination flood whose bots are named (``concentrated``). The carpet is the
+# SYN flood spread over CARPET_TARGETS, 200 pps per address (the floor is 10k).
+BOTS = "198.19.1.0/26"
+RAW_FLOODS: dict[str, tuple[str, float]] = {  # shape: (vector, pps)
+    "syn": ("syn", 2 * DEFAULTS.syn.pps),
+    "icmp": ("icmp", 2 * DEFAULTS.icmp.pps),
+    "carpet": ("syn", 2 * DEFAULTS.syn.pps),
+}
+CARPET_TARGETS = [f"198.18.0.{i}" for i in range(100, 200)]
+RAW_MIN_WINDOW = 5
 TTM_RUNS = 5
 TTM_IF, CLIENT_IF = "bw0", "cl0"
 EDGE_V4, LEGIT_V4, FLOOD_V4 = "198.18.0.1", "198.18.0.2", "198.18.0.3"
@@ -116,6 +136,9 @@ DROP_SHARE = 0.99
 # read), then a random share of one interval, so the flood starts at a
 # different point of the agent's interval in every run.
 SETTLE_INTERVALS = 3
+# ... and at least this long, over which the idle agent's CPU time is read
+# (/proc/PID/stat counts 10 ms ticks: seconds, not one short interval).
+IDLE_SECONDS = 3.0
 # The flood lasts long enough for detection (start_intervals full intervals,
 # plus the partial one it starts in), the swap, and a verification window.
 FLOOD_EXTRA_INTERVALS = 4
@@ -447,6 +470,11 @@ class AgentProcess:
                     out.append(doc)
         return out
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the agent process so far (/proc/PID/stat, clock ticks)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def tail(self, chars: int = 2000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
@@ -544,16 +572,17 @@ def flood_counts(maps: MapSet, key: bytes) -> tuple[int, int]:
 Poll = tuple[float, int, int]  # (monotonic time, packets, dropped)
 
 
-def mitigated_at(polls: Sequence[Poll], share: float) -> float | None:
+def mitigated_at(polls: Sequence[Poll], share: float, min_packets: int = 1) -> float | None:
     """End of the last poll window in which less than ``share`` of the
     flood's packets were dropped: from then on every window is at least
-    ``share`` dropped. None if the last window with packets was still under."""
+    ``share`` dropped. None if the last window with packets was still under.
+    Windows with fewer than ``min_packets`` are not judged."""
     last_bad: float | None = None
     last_with_packets: float | None = None
     first = polls[0][0] if polls else None
     for (_t0, p0, d0), (t1, p1, d1) in pairwise(polls):
         dp, dd = p1 - p0, d1 - d0
-        if dp <= 0:
+        if dp < max(1, min_packets):
             continue
         last_with_packets = t1
         if dd < share * dp:
@@ -588,15 +617,51 @@ def detected_at(logs: Sequence[dict[str, Any]], start: float) -> float | None:
     return None
 
 
+def raw_flood_frames(t: TtmLab, shape: str) -> list[bytes]:
+    """The crafted frames of a destination flood ``shape`` (RAW_FLOODS), cycled by the sender."""
+    client_mac, edge_mac = t.lab.mac(t.client, CLIENT_IF), t.lab.mac(t.edge, TTM_IF)
+    bots = frames.addresses(BOTS, 64)
+    vector, _ = RAW_FLOODS[shape]
+    targets = CARPET_TARGETS if shape == "carpet" else [EDGE_V4]
+    out: list[bytes] = []
+    for dst in targets:
+        if vector == "syn":
+            out += frames.tcp_frames(client_mac, edge_mac, bots, dst, 80, flags="S")
+        else:
+            out += frames.icmp_frames(client_mac, edge_mac, bots, dst)
+    return out
+
+
+def flood_totals(maps: MapSet, legit_key: bytes) -> tuple[int, int]:
+    """(packets, dropped) of everything the data plane judged but the
+    legitimate source (read first: a packet of it counted in between goes to
+    the flood's side, which can only lower the dropped share)."""
+    raw = maps["src_v4"].lookup(legit_key)
+    legit = abi.SrcCounters.from_buffer_copy(raw) if raw is not None else None
+    reasons = counters.reason_totals(maps)
+    seen = sum(x.packets for x in reasons.values())
+    dropped = sum(x.packets for r, x in reasons.items() if r.is_drop)
+    if legit is not None:
+        seen -= int(legit.packets)
+        dropped -= int(legit.drops)
+    return seen, dropped
+
+
 def ttm_run(t: TtmLab, case: str, interval: float, run: int, opts: Options,
-            rng: random.Random) -> dict[str, Any]:
+            rng: random.Random, shape: str = "source_rate") -> dict[str, Any]:
     state_dir = t.tmp / f"{case}-{run}"
     config = t.tmp / f"{case}-{run}.toml"
     config.write_text(agent_toml(t, interval, state_dir))
     flood_s = max(FLOOD_MIN_SECONDS,
                   (DEFAULTS.start_intervals + FLOOD_EXTRA_INTERVALS) * interval + 1.0)
-    flood_count = int(opts.flood_pps * flood_s)
+    raw = shape in RAW_FLOODS
+    flood_pps = RAW_FLOODS[shape][1] if raw else opts.flood_pps
+    flood_count = int(flood_pps * flood_s)
     key = ipaddress.IPv4Address(FLOOD_V4).packed
+    legit_key = ipaddress.IPv4Address(LEGIT_V4).packed
+
+    def read(maps: MapSet) -> tuple[int, int]:
+        return flood_totals(maps, legit_key) if raw else flood_counts(maps, key)
     background = opts.gate.wait()
     with contextlib.ExitStack() as stack:
         # Fresh pins per run (detached and purged once the agent has stopped):
@@ -610,10 +675,12 @@ def ttm_run(t: TtmLab, case: str, interval: float, run: int, opts: Options,
         ready_s = time.monotonic() - t0
         iface_doc = agent.wait_event("interface_ready", 1.0)
         offset = rng.uniform(0.0, interval)
-        time.sleep(SETTLE_INTERVALS * interval + offset)
+        cpu0, idle0 = agent.cpu_seconds(), time.monotonic()
+        time.sleep(max(SETTLE_INTERVALS * interval, IDLE_SECONDS) + offset)
+        idle_cpu = (agent.cpu_seconds() - cpu0) / (time.monotonic() - idle0)
         maps = stack.enter_context(dataplane.open_maps(TTM_IF, t.pin_root))
-        base = flood_counts(maps, key)
-        if base[0]:
+        base = read(maps)
+        if base[0] and not raw:
             raise BenchError(f"{case} run {run}: the flood source has counters before the flood")
         sink = traffic.UdpSink.start(t.edge, EDGE_V4, PORT, max_seconds=flood_s + 30)
         stack.callback(sink.close)
@@ -623,21 +690,30 @@ def ttm_run(t: TtmLab, case: str, interval: float, run: int, opts: Options,
         stack.callback(legit.close)
         time.sleep(0.2)
         wall_minus_mono = time.time() - time.monotonic()
-        flood = traffic.UdpStream.start(t.client, [FLOOD_V4], EDGE_V4, PORT, count=flood_count,
-                                        pps=opts.flood_pps, max_seconds=flood_s + 2)
+        flood: traffic.UdpStream | traffic.RawFlood
+        if raw:
+            base = read(maps)  # the data plane's totals count the legitimate stream's start too
+            flood = traffic.RawFlood.start(t.client, CLIENT_IF, raw_flood_frames(t, shape), flood_count,
+                                           pps=flood_pps, max_seconds=flood_s + 2)
+        else:
+            flood = traffic.UdpStream.start(t.client, [FLOOD_V4], EDGE_V4, PORT, count=flood_count,
+                                            pps=opts.flood_pps, max_seconds=flood_s + 2)
         stack.callback(flood.close)
         polls: list[Poll] = []
         deadline = time.monotonic() + flood_s + 10
         tick = time.monotonic()
         while flood.running and time.monotonic() < deadline:
-            counts = flood_counts(maps, key)
+            counts = read(maps)
             polls.append((time.monotonic(), *counts))  # stamped after the read: conservative
             tick += POLL_SECONDS
             time.sleep(max(0.0, tick - time.monotonic()))
         time.sleep(POLL_SECONDS)
-        counts = flood_counts(maps, key)
+        counts = read(maps)
         polls.append((time.monotonic(), *counts))
-        flood_sent = flood.wait(30).get(FLOOD_V4, 0)
+        if isinstance(flood, traffic.RawFlood):
+            flood_sent = flood.wait(30)
+        else:
+            flood_sent = flood.wait(30).get(FLOOD_V4, 0)
         legit_sent = legit.wait(flood_s + 30).get(LEGIT_V4, 0)
         received = sink.stop(settle=0.3)
         if agent.proc.poll() is not None:
@@ -645,10 +721,14 @@ def ttm_run(t: TtmLab, case: str, interval: float, run: int, opts: Options,
         logs = agent.logs()
     assert flood.window is not None
     start, end = flood.window
-    at = mitigated_at(polls, DROP_SHARE)
+    # The crafted floods are the data plane's totals less the legitimate source's
+    # counters, read just before: a legitimate packet counted in between is a
+    # flood packet passed in a window of its own after the flood; such windows
+    # (under RAW_MIN_WINDOW packets, the flood sends hundreds per window) are not judged.
+    at = mitigated_at(polls, DROP_SHARE, RAW_MIN_WINDOW if raw else 1)
     if at is not None and end - at < MIN_VERIFY_SECONDS:
         at = None  # not enough flood left after it to say the share held
-    seen = next((p[0] for p in polls if p[1] > 0), None)
+    seen = next((p[0] for p in polls if p[1] > base[0]), None)
 
     def first_event(pred: Callable[[dict[str, Any]], bool]) -> float | None:
         for doc in logs:
@@ -661,11 +741,15 @@ def ttm_run(t: TtmLab, case: str, interval: float, run: int, opts: Options,
     total_p, total_d = polls[-1][1] - base[0], polls[-1][2] - base[1]
     out: dict[str, Any] = {
         "run": run,
+        "shape": shape,
         "seconds": round(at - start, 3) if at is not None else None,
         "detected_s": detected_at(logs, start),
         "applied_s": first_event(lambda d: d.get("event") == "rules_applied"
                                  and d.get("reason") == "plan"),
         "first_seen_s": round(seen - start, 3) if seen is not None else None,
+        # what the sender achieved in the flood's first second (a starved sender
+        # ramps up slowly: a flood under its threshold is not detected, rightly)
+        "first_second_pps": next((p[1] - base[0] for p in polls if p[0] >= start + 1.0), None),
         "offset_s": round(offset, 3),
         "flood_seconds": round(end - start, 2),
         "flood_sent": flood_sent,
@@ -677,11 +761,15 @@ def ttm_run(t: TtmLab, case: str, interval: float, run: int, opts: Options,
         "legit_sent": legit_sent,
         "legit_received": received.get(LEGIT_V4, 0),
         "agent_ready_s": round(ready_s, 2),
+        "idle_cpu_share": round(idle_cpu, 4),
         "xdp_mode": iface_doc.get("mode"),
         "polls": len(polls),
         "background_cpus": round(background, 2),
         "auto_rules": sorted({r for d in logs if d.get("event") == "rule_added"
                               for r in [d.get("rule")] if r}),
+        "first_rule_took": next(({k: d.get(k) for k in ("harvest_s", "detect_s", "apply_s")}
+                                 for d in logs if d.get("event") == "rule_added"), None),
+        "overruns": sum(1 for d in logs if d.get("event") == "overrun"),
     }
     if at is not None:
         p_at = next(p for p in polls if p[0] == at)
@@ -691,16 +779,16 @@ def ttm_run(t: TtmLab, case: str, interval: float, run: int, opts: Options,
 
 
 def part_ttm(opts: Options, stack: contextlib.ExitStack) -> None:
-    chosen = [(case, iv) for case, iv in TTM_CASES.items() if opts.wants(case, "ttm")]
+    chosen = [(case, iv, shape) for case, (iv, shape) in TTM_CASES.items() if opts.wants(case, "ttm")]
     if not chosen:
         return
     with contextlib.ExitStack() as inner:
         t = ttm_lab(inner)
         rng = random.Random(opts.seed)
-        for case, interval in chosen:
+        for case, interval, shape in chosen:
             runs = []
             for run in range(opts.runs):
-                r = ttm_run(t, case, interval, run, opts, rng)
+                r = ttm_run(t, case, interval, run, opts, rng, shape)
                 c.log(f"{case} run {run}: mitigated after {r['seconds']} s (detected "
                       f"{r['detected_s']} s, applied {r['applied_s']} s, flood {r['flood_pps']} pps)")
                 runs.append(r)
@@ -715,18 +803,22 @@ def part_ttm(opts: Options, stack: contextlib.ExitStack) -> None:
                 intervals_median=round(s["median"] / interval, 2) if s else None,
                 runs_seconds=[r["seconds"] for r in runs],
                 detected_median_s=_median_of(runs, "detected_s"),
+                idle_cpu_share=_median_of(runs, "idle_cpu_share"),
                 applied_median_s=_median_of(runs, "applied_s"),
                 not_mitigated=len(runs) - len(good),
-                flood_pps=opts.flood_pps, drop_share=DROP_SHARE, poll_seconds=POLL_SECONDS,
+                shape=shape,
+                flood_pps=RAW_FLOODS[shape][1] if shape in RAW_FLOODS else opts.flood_pps,
+                drop_share=DROP_SHARE, poll_seconds=POLL_SECONDS,
                 legit_delivered=round(sum(r["legit_received"] for r in runs) / legit_sent, 4)
                 if legit_sent else None,
                 thresholds="agent defaults: start_intervals "
                            f"{DEFAULTS.start_intervals}, source_pps {DEFAULTS.source_pps:g}, "
                            f"udp {DEFAULTS.udp.pps:g} pps per destination",
                 method="flood start (the sender's first packet) -> end of the last 20 ms window in "
-                       "which < 99% of the flood source's packets were dropped, by the data "
-                       "plane's counters (src_v4 + its deny_v4 entry); agent as a real process; "
-                       "fresh pins and state per run",
+                       "which < 99% of the flood's packets were dropped, by the data plane's "
+                       "counters (source_rate: the flood source's src_v4 + deny_v4 entry; the crafted "
+                       "floods: every reason's total less the legitimate source's); agent as a real "
+                       "process; fresh pins and state per run",
                 per_run=runs,
             )
             if case == TTM_TARGET_CASE:

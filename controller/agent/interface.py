@@ -76,7 +76,7 @@ def restore(icfg: InterfaceConfig, maps: MapSet, config: AgentConfig, store: Sto
             manual: RuleSet) -> Interface:
     """The interface as the store left it: the detector's baselines and attack
     ids, the automatic rules still in force; ``manual`` its manual rules."""
-    detector = Detector(config.detect)
+    detector = Detector(config.detect, config.protected)
     baselines = store.baselines(icfg.name)
     if baselines:
         try:

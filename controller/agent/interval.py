@@ -76,6 +76,7 @@ def run_interval(iface: Interface, *, config: AgentConfig, store: Store, layers:
     now = datetime.now(UTC)
     events: list[AttackEvent] = [] if sample is None else iface.detector.observe(sample)
     plan = iface.planner.plan(now, events, iface.auto)
+    t2 = time.monotonic()
     events = [replace(e, applied=plan.by_attack.get(e.id, ())) for e in events]
     changed = tuple(plan.rules) != tuple(sorted(iface.auto, key=lambda r: r.id))
     rule_events = auto_rule_events(iface.auto, plan, now) if changed and plan.enforce else []
@@ -83,10 +84,13 @@ def run_interval(iface: Interface, *, config: AgentConfig, store: Store, layers:
         iface.auto = tuple(plan.rules)
         if plan.enforce:
             layers.apply(iface, now, reason="plan")
+        # how long the sample took to become rules in force: harvest, detect and plan, apply
+        took = {"harvest_s": round(t1 - t0, 4), "detect_s": round(t2 - t1, 4),
+                "apply_s": round(time.monotonic() - t2, 4)}
         for rid in plan.added:
             LOGGER.info("%s: %s rule %s", iface.name, "applied" if plan.enforce else "would apply", rid,
                         extra={"event": "rule_added" if plan.enforce else "rule_would_add",
-                               "interface": iface.name, "rule": rid})
+                               "interface": iface.name, "rule": rid, **took})
         for rid in plan.removed:
             LOGGER.info("%s: removed rule %s", iface.name, rid,
                         extra={"event": "rule_removed", "interface": iface.name, "rule": rid})

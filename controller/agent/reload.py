@@ -96,9 +96,9 @@ def refresh(iface: Interface, old: AgentConfig, new: AgentConfig, store: Store, 
     """Bring a kept interface to ``new`` and apply its rule layers again; a
     failure is logged (the interface keeps what it had)."""
     try:
-        if new.detect != old.detect:
+        if new.detect != old.detect or new.protected != old.protected:
             baselines, ids = iface.detector.baselines(), iface.detector.id_counter
-            iface.detector = Detector(new.detect)
+            iface.detector = Detector(new.detect, new.protected)
             iface.detector.load_baselines(baselines)
             iface.detector.restore_id_counter(ids)
         if new.mitigate != old.mitigate or new.challenge != old.challenge:

@@ -131,6 +131,14 @@ class DetectConfig:
     window: float = 5.0
     """Seconds a source stays "active" after its last packet (source counts, churn)."""
 
+    carpet_v4: int = 24
+    """Carpet bombing: every IPv4 destination is also counted in its /24 (or in
+    the protected prefix holding it, when that is longer), and a flood the
+    prefix receives, of what no attack on one of its addresses explains, is an
+    attack on the prefix, with the per-destination thresholds. 0: off."""
+    carpet_v6: int = 64
+    """... and every IPv6 destination in its /64. 0: off."""
+
     source_pps: float = 20_000.0
     """``source_rate``: one source sending this many packets/s ..."""
     source_bps: float = 200_000_000.0
@@ -189,6 +197,8 @@ class DetectConfig:
         check_number(self.pulse_hold, "pulse_hold", 0, 100)
         check_number(self.max_pulse_hold, "max_pulse_hold", 0, 86400)
         check_number(self.window, "window", 0.1, 3600)
+        check_int(self.carpet_v4, "carpet_v4", 0, 31)
+        check_int(self.carpet_v6, "carpet_v6", 0, 127)
         check_number(self.source_pps, "source_pps", 0, MAX_DETECT_RATE, above=True)
         check_number(self.source_bps, "source_bps", 0, MAX_DETECT_RATE, above=True)
         for name in DEST_VECTORS:

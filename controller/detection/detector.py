@@ -21,6 +21,13 @@ Vectors (``docs/detection.md`` has every threshold and default):
   reflection's UDP from reflection ports and its UDP-only sources);
 * ``source_rate``: single sources over a packet or bit rate (no victim).
 
+**Carpet bombing**: every destination is also counted in its group (its /24
+or /64, or the longer protected prefix holding it: ``carpet_v4``,
+``carpet_v6``), a destination slot of its own with its own baselines; a
+group's flag vector is what its members receive of it that no attack of
+theirs explains, so a flood spread thinly over a prefix is an attack whose
+victim is the prefix.
+
 Each destination attack also gets a **profile** of its sources, which is
 what the planner (:mod:`controller.detection.planner`) acts on: ``concentrated``
 (named offenders carry most of the vector), ``diffuse`` (they do not) or
@@ -60,14 +67,16 @@ attack's state :mod:`controller.detection.attacks`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from ..addresses import Prefix
 from ..errors import InputError
 from ..validate import check_int, check_number
 from .attacks import AttackState
@@ -75,9 +84,9 @@ from .config import MAX_DETECT_RATE, DetectConfig
 from .events import DEST_VECTORS, VECTOR_CODES, VECTORS, AttackEvent, EventKind, Profile, Vector
 from .samples import Sample, address_words
 from .sources import Flood, SourceStep
-from .tables import F64, AddressKeys, Destinations, SourceTable
+from .tables import F64, AddressKeys, Destinations, SourceTable, group_words
 
-__all__ = ["Detector"]
+__all__ = ["BROADEN_INTERVALS", "Detector"]
 
 LOGGER = logging.getLogger("breakwater.detect")
 
@@ -96,6 +105,18 @@ _OFFENDER_FIELD: Final[Mapping[Vector, str]] = {
 }
 
 _GROW: Final = 64  # initial capacity of the per-destination arrays
+BROADEN_INTERVALS: Final = 2
+"""A move from ``concentrated`` towards broader mitigation (a victim-wide limit)
+holds for at least this many intervals at strength, whatever ``start_intervals``:
+the one interval in which an exact deny entry starts dropping an offender splits
+its packets between its classified (passed) and its unclassified (denied) counts,
+so that interval alone names less of the flood than the offenders carry."""
+NEAR: Final = 0.5
+RISE: Final = 1.1
+"""A vector at NEAR x its threshold or more, and over RISE x its rate in the
+previous sample, is ramping up: :attr:`Detector.early` asks for another look
+soon, so a flood that crosses its threshold gradually (or from a sender that
+takes a moment to reach its rate) is seen within a quarter interval of crossing."""
 
 
 def _grow(arr: npt.NDArray[Any], n: int, fill: float = 0) -> npt.NDArray[Any]:
@@ -119,9 +140,14 @@ class Detector:
     continues the count (:attr:`id_counter`, :meth:`restore_id_counter`).
     """
 
-    def __init__(self, config: DetectConfig | None = None) -> None:
+    def __init__(self, config: DetectConfig | None = None, protected: Sequence[Prefix] = ()) -> None:
         self.config = config or DetectConfig()
         cfg = self.config
+        self._protected = tuple(protected)
+        """The protected prefixes (the agent's): a destination's group is never broader than its own."""
+        self._lengths = (cfg.carpet_v4, cfg.carpet_v6)
+        self._grouped = 0
+        """Destination slots below this have had their group assigned."""
         self._keys = AddressKeys()
         self._dests = Destinations(self._keys)
         self._table = SourceTable()
@@ -175,7 +201,7 @@ class Detector:
         """Learned baseline of a destination (0 while it has none): pps,
         or active sources for ``"sources"``."""
         col = _CLASSES.index("packets" if vector == "many_source" else vector)
-        slot = self._dests.slot(victim)
+        slot = self._slot(victim)
         if slot < 0:
             return 0.0
         return float(self._baselines()[slot, col])
@@ -185,7 +211,7 @@ class Detector:
         if vector not in DEST_VECTORS:
             raise InputError(f"vector: {vector!r} has no per-destination threshold")
         col = DEST_VECTORS.index(vector)
-        slot = self._dests.slot(victim)
+        slot = self._slot(victim)
         base = 0.0 if slot < 0 else float(self._baselines()[slot, col])
         return min(max(float(self._floor[col]), float(self._factor[col]) * base), float(self._ceiling[col]))
 
@@ -214,11 +240,18 @@ class Detector:
     def load_baselines(self, baselines: Mapping[str, Mapping[str, float]]) -> None:
         """Seed baselines (what :meth:`baselines` returned before a restart)."""
         for victim, classes in baselines.items():
+            text = victim.strip() if isinstance(victim, str) else ""
             try:
-                hi, lo = address_words(victim.strip())
+                if "/" in text:  # a group (carpet bombing's prefix)
+                    net = ipaddress.ip_network(text)
+                    hi, lo = address_words(net.network_address)
+                    slot = int(self._dests.add_groups(np.array([hi], np.uint64), np.array([lo], np.uint64),
+                                                      np.array([net.prefixlen], np.int64))[0])
+                else:
+                    hi, lo = address_words(text)
+                    slot = int(self._dests.add(np.array([hi], np.uint64), np.array([lo], np.uint64))[0])
             except ValueError:
-                raise InputError(f"baselines[{victim!r}]: not an address") from None
-            slot = int(self._dests.add(np.array([hi], np.uint64), np.array([lo], np.uint64))[0])
+                raise InputError(f"baselines[{victim!r}]: not an address or a network/length") from None
             self._ensure(len(self._dests))
             for name, value in classes.items():
                 if name not in _CLASSES:
@@ -246,8 +279,12 @@ class Detector:
         cfg = self.config
         dest = sample.destinations
         slots = self._dests.add(dest["addr_hi"], dest["addr_lo"])
+        self._assign_groups()
         n_dest = len(self._dests)
         self._ensure(n_dest)
+        group = self._dests.group[:n_dest]
+        is_group = self._dests.is_group[:n_dest]
+        members = np.nonzero(group >= 0)[0]
 
         rate = np.zeros((n_dest, len(_CLASSES)))
         for col, name in enumerate(("syn", "ack", "udp", "icmp", "gre", "frags", "refl", "packets")):
@@ -258,6 +295,10 @@ class Detector:
         bps[slots] = dest["bytes"] * 8.0 / dt
         dropped = np.zeros(n_dest)
         dropped[slots] = dest["drops"] / dt
+        # a group receives what its members receive (its flag vectors: see below)
+        rate[:, _MANY] += self._sum_members(rate[:, _MANY], group, members)
+        bps += self._sum_members(bps, group, members)
+        dropped += self._sum_members(dropped, group, members)
 
         src = SourceStep(cfg, self._table, self._keys, self._dests, self._since, sample, n_dest)
         rate[:, _SOURCES] = src.n_active
@@ -267,6 +308,20 @@ class Detector:
         over = rate[:, : len(DEST_VECTORS)] >= thr
         over[:, :_FLAG_VECTORS] &= rate[:, :_FLAG_VECTORS] >= self._share * rate[:, [_MANY]]
         active = self._active[:n_dest]
+        if len(members):
+            # Carpet bombing: a group's flag vector is what its members receive
+            # of it that no attack of theirs explains (members over their own
+            # threshold or under attack in that vector are left out), so a
+            # flood on one address is that address's attack, and a flood
+            # spread thinly over the prefix is the prefix's.
+            alone = ~(over[members, :_FLAG_VECTORS] | active[members, :_FLAG_VECTORS])
+            flags = rate[members, :_FLAG_VECTORS] * alone
+            for v in range(_FLAG_VECTORS):
+                rate[:, v] += self._sum_members(flags[:, v], group[members], None, n_dest)
+            g = is_group
+            over[g] = rate[g, : len(DEST_VECTORS)] >= thr[g]
+            over[g, :_FLAG_VECTORS] &= rate[g, :_FLAG_VECTORS] >= self._share * rate[g][:, [_MANY]]
+            over[g, _MANY] = False  # many_source is per address
 
         # every flag-vector flood over its threshold or under attack, source by source
         floods: dict[tuple[int, int], Flood] = {}
@@ -282,7 +337,7 @@ class Detector:
         # many_source counts what no other attack on the destination explains
         # (worked out where it could matter: it only takes away)
         source_thr = np.maximum(cfg.many_min_sources, cfg.many_source_factor * base[:, _SOURCES])
-        need = active[:, _MANY] | (over[:, _MANY] & (src.n_active >= source_thr))
+        need = active[:, _MANY] | (over[:, _MANY] & (src.n_active >= source_thr) & ~is_group)
         if need.any():
             reflected = (over[:, _REFL] | active[:, _REFL]) & need
             explained = src.explain({k: f for k, f in floods.items() if need[k[0]] and k[1] != _REFL},
@@ -292,7 +347,7 @@ class Detector:
             over[:, _MANY] = rate[:, _MANY] >= thr[:, _MANY]
         spoofed = (src.new_tiny >= cfg.spoof_new_per_s * dt) & (src.new_tiny >= cfg.spoof_share * src.n_now)
         spoofed &= src.new_tiny > 0
-        many = over[:, _MANY] & (src.n_unexplained >= source_thr) & ~spoofed
+        many = over[:, _MANY] & (src.n_unexplained >= source_thr) & ~spoofed & ~is_group
         if many.any():
             many &= src.moderate(many) * 2 >= src.n_unexplained
         over[:, _MANY] = many
@@ -316,9 +371,15 @@ class Detector:
             ewma = self._ewma[:n_dest]
             ewma[learn] += alpha * (self._prev_rate[:n_dest][learn] - ewma[learn])
             self._weight[:n_dest][learn] = 1.0
+        vec = rate[:, : len(DEST_VECTORS)]
+        # near its threshold and still growing since the previous sample: a ramp
+        ramping = (vec >= NEAR * thr) & (vec > RISE * self._prev_rate[:n_dest, : len(DEST_VECTORS)])
         self._prev_rate[:n_dest] = rate
         self._prev_quiet[:n_dest] = quiet
-        warm = rate[:, : len(DEST_VECTORS)] >= cfg.early_fraction * thr
+        warm = vec >= cfg.early_fraction * thr
+        # a group's packets are all its members' (many_source is per address)
+        ramping[is_group, _MANY] = False
+        warm[is_group, _MANY] = False
 
         events: list[AttackEvent] = []
         for d, v in zip(*np.nonzero(starts), strict=True):
@@ -355,7 +416,7 @@ class Detector:
                         else "diffuse"
                     )
                     attack.judge(judged, started=kind == "started", strong=strong[(d, v)],
-                                 sustain=cfg.start_intervals)
+                                 sustain=max(BROADEN_INTERVALS, cfg.start_intervals))
                 else:
                     attack.pending = 0
                 attack.remember(attack.pps, cfg.start_intervals)
@@ -370,8 +431,10 @@ class Detector:
                 del self._attacks[(d, v)]
                 self._active[d, v] = False
                 self._under[d, v] = 0
-        self._early = bool((warm & ~self._warm[:n_dest] & ~self._active[:n_dest]).any()
-                           or (over & ~self._active[:n_dest]).any() or src.early)
+        calm: npt.NDArray[np.bool_] = ~self._active[:n_dest]
+        # a ramp counts on a destination under no attack (an attack's own flood rises too)
+        ramping &= np.all(calm, axis=1, keepdims=True)
+        self._early = bool((((warm & ~self._warm[:n_dest]) | ramping | over) & calm).any() or src.early)
         self._warm[:n_dest] = warm
         self._heavy, heavy = src.heavy(self._heavy, self._next_id)
         if heavy is not None:
@@ -382,6 +445,44 @@ class Detector:
         return events
 
     # -- internals --
+
+    def _slot(self, victim: str) -> int:
+        try:
+            return self._dests.slot(victim)
+        except ValueError:
+            raise InputError(f"victim: {victim!r} is not an address or a network/length") from None
+
+    @staticmethod
+    def _sum_members(values: F64, group: npt.NDArray[np.int64], members: npt.NDArray[np.int64] | None,
+                     n: int | None = None) -> F64:
+        """Per slot, the sum of ``values`` over its members (0 for an address).
+        ``members`` None: ``values`` and ``group`` are already the members'."""
+        if members is not None:
+            n, values, group = len(values), values[members], group[members]
+        assert n is not None
+        if not len(group):
+            return np.zeros(n)
+        out = np.bincount(group, weights=values, minlength=n)[:n]
+        return out.astype(np.float64, copy=False)
+
+    def _assign_groups(self) -> None:
+        """Give every destination slot added since the last call its group (a slot of its own)."""
+        dests = self._dests
+        n = len(dests)
+        if self._grouped >= n:
+            return
+        new = np.arange(self._grouped, n)
+        new = new[~dests.is_group[new]]
+        self._grouped = n
+        if not len(new) or not any(self._lengths):
+            return
+        hi = np.array([dests.hi[i] for i in new], np.uint64)
+        lo = np.array([dests.lo[i] for i in new], np.uint64)
+        g_hi, g_lo, plen = group_words(hi, lo, self._lengths, self._protected)
+        has = plen > 0
+        if has.any():
+            dests.group[new[has]] = dests.add_groups(g_hi[has], g_lo[has], plen[has])
+        self._grouped = len(dests)
 
     def _ensure(self, n: int) -> None:
         self._ewma = _grow(self._ewma, n)

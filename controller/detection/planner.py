@@ -434,8 +434,8 @@ class Planner:
         if victim is None:
             return self._drops(event, claims, refused, "drop the offending sources",
                                base=("auto", "src", VECTOR_CODES["source_rate"]))[0]
-        if not victim.is_exact:
-            refused.append(Refusal(event.id, str(victim), "a victim is one address; no victim-wide rule"))
+        if not victim.is_exact and event.vector == "many_source":
+            refused.append(Refusal(event.id, str(victim), "a many-source victim is one address"))
             return []
         slug = victim.slug
         if event.vector == "reflection":
@@ -476,7 +476,11 @@ class Planner:
         base = ("auto", "src", VECTOR_CODES[event.vector], slug)
         drops, covered = self._drops(event, claims, refused, "drop the offending sources", base=base,
                                      carried=self._in_force_sources(base, cur, now))
-        if event.profile == "diffuse" or not covered:
+        # A concentrated flood whose offenders no rule may drop (guards) needs the
+        # victim-wide limit; one with none named is carried by sources the data
+        # plane already drops (exact deny entries: the detector counts them as
+        # covered), and a limit beside those drops would only hit the victim's clients.
+        if event.profile == "diffuse" or (not covered and event.offenders):
             return [*signatures, *drops]
         return drops
 

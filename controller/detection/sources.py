@@ -37,6 +37,12 @@ not a half: a group of slower bots that carries a quarter of the flood sets it, 
 so is named; legitimate clients are a small share of a flood and never set it."""
 
 
+_NEAR: Final = 0.5
+_RISE: Final = 1.1
+"""A source at _NEAR x ``source_pps`` or more and over _RISE x its rate so far is
+ramping up (the destination vectors' NEAR and RISE)."""
+
+
 def _typical(counts: F64) -> float:
     """The count of the lightest of the heaviest ``counts`` that together
     carry ``_TYPICAL_SHARE`` of their sum (0 for none)."""
@@ -82,7 +88,7 @@ class Flood:
         if not len(at):
             return self.covered_hidden
         rows = step.order[at]
-        mine = step.dst[rows] == self.slot
+        mine = step.towards(step.dst[rows], self.slot)
         hidden = step.opaque[rows]
         counts = np.where(hidden, step.rows["packets"][rows], step.rows[self.name][rows])
         where = np.searchsorted(off.key, step.sorted_keys[at])
@@ -159,7 +165,10 @@ class SourceStep:
         # last interval (the EWMA corrected for its age) was under that
         warm = cfg.early_fraction * cfg.source_pps
         known = -np.expm1(-np.maximum(table.last[pos] - table.born[pos], 1e-9) / cfg.window)
-        rising = (packets / dt >= warm) & (table.rate[pos] / known < warm)
+        so_far = table.rate[pos] / known
+        rising = (packets / dt >= warm) & (so_far < warm)
+        # ... or near it and still growing (a ramp: see controller.detection.detector.NEAR)
+        rising |= (packets / dt >= _NEAR * cfg.source_pps) & (packets / dt > _RISE * so_far)
         table.rate[pos] = table.rate[pos] * decay - math.expm1(-dt / cfg.window) * packets / dt
         table.last[pos] = t
         table.dst[pos] = dst_sorted
@@ -167,15 +176,18 @@ class SourceStep:
         # churn: sources seen for the first time, tiny in their first interval
         to_dest = dst_sorted >= 0
         tiny_new = ~found & (packets <= cfg.spoof_tiny_packets) & to_dest
-        self.new_tiny = np.bincount(dst_sorted[tiny_new], minlength=n_dest)[:n_dest]
-        self.n_now = np.bincount(dst_sorted[to_dest], minlength=n_dest)[:n_dest]
+        self.group = dests.group[:n_dest]
+        """The group slot of each destination slot (-1: none): carpet bombing's prefixes."""
+        self.is_group = dests.is_group[:n_dest]
+        self.new_tiny = self._roll_up(np.bincount(dst_sorted[tiny_new], minlength=n_dest)[:n_dest])
+        self.n_now = self._roll_up(np.bincount(dst_sorted[to_dest], minlength=n_dest)[:n_dest])
         window = max(cfg.window, dt)
         kept = np.ones(len(ks), dtype=bool)
         if table.evict(t, window, cfg.max_tracked_sources):
             pos, kept = table.positions(ks)
             pos = np.minimum(pos, max(len(table) - 1, 0))
         self.live = (table.last > t - window) & (table.dst >= 0)
-        self.n_active = np.bincount(table.dst[self.live], minlength=n_dest)[:n_dest]
+        self.n_active = self._roll_up(np.bincount(table.dst[self.live], minlength=n_dest)[:n_dest])
         self.n_dest = n_dest
         self.explained = np.zeros(len(table), dtype=bool)
         """Table rows whose traffic another attack on their destination explains (:meth:`explain`)."""
@@ -195,6 +207,23 @@ class SourceStep:
         """A source rose towards the per-source threshold, or is over it without starting yet."""
 
     # -- destination floods --
+
+    def _roll_up(self, counts: I64) -> I64:
+        """Per-destination counts with each group given the sum of its members'."""
+        members = np.nonzero(self.group >= 0)[0]
+        if not len(members):
+            return counts
+        add = np.bincount(self.group[members], weights=counts[members], minlength=len(counts))
+        out: I64 = counts + add[: len(counts)].astype(counts.dtype)
+        return out
+
+    def towards(self, dst: I64, slot: int) -> Bools:
+        """Which of the destination slots ``dst`` are ``slot``, or for a group slot, its members."""
+        if self.is_group[slot]:
+            inside: Bools = (dst >= 0) & (self.group[np.maximum(dst, 0)] == slot)
+            return inside
+        same: Bools = dst == slot
+        return same
 
     def moderate(self, dests: Bools) -> I64:
         """Per destination in ``dests``: active sources at most ``many_max_source_pps``
@@ -217,7 +246,7 @@ class SourceStep:
         up to the part of the vector no visible source explains, as covered."""
         s, dt, cfg = self.rows, self.dt, self.cfg
         floor = cfg.offender_pps * dt
-        to_victim = self.dst == slot
+        to_victim = self.towards(self.dst, slot)
         counts = s[name]
         heavy = np.nonzero(to_victim & (counts >= floor))[0]  # denied rows have no counts
         seen = float(np.add.reduce(counts, where=to_victim)) / dt

@@ -5,7 +5,9 @@ a few parallel numpy arrays sorted by key and a lookup is a
 ``searchsorted``: :class:`SourceTable` remembers the sources seen in the
 last ``window`` seconds (age, rate, destination, streak over the per-source
 threshold), :class:`Destinations` gives each protected destination a slot
-(its row in the detector's rate and baseline matrices).
+(its row in the detector's rate and baseline matrices), and each
+destination's **group**, the prefix it is aggregated into for carpet
+bombing (:func:`group_words`), a slot of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..addresses import Prefix
-from .samples import address_words, is_v4
+from .samples import V4_MAPPED, address_words, is_v4
 
 __all__ = [
     "F64",
@@ -29,6 +31,7 @@ __all__ = [
     "Destinations",
     "SourceTable",
     "exact_prefix",
+    "group_words",
     "unique_sorted",
 ]
 
@@ -180,20 +183,114 @@ class SourceTable:
 
 # --- protected destinations ---------------------------------------------------------
 
+_ONES: Final = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+
+
+def _high_mask(bits: npt.NDArray[np.int64]) -> U64:
+    """Per row, a 64-bit word with its top ``bits`` bits set (0 to 64)."""
+    b = np.clip(bits, 0, 64)
+    shift = (64 - np.minimum(b, 63)).astype(np.uint64)  # never shift by 64 (undefined)
+    mask: U64 = np.where(b == 0, np.uint64(0), _ONES << (shift - np.uint64(1)) << np.uint64(1))
+    return np.where(b == 64, _ONES, mask).astype(np.uint64)
+
+
+def _inside(hi: U64, lo: U64, v4: Bools, p: Prefix) -> Bools:
+    """Which of the addresses are inside ``p``."""
+    net = int(p.network.network_address)
+    plen = p.network.prefixlen
+    if p.family == 4:
+        hi_n, lo_n, bits = 0, V4_MAPPED | net, 96 + plen
+        fam = v4
+    else:
+        hi_n, lo_n, bits = net >> 64, net & 0xFFFF_FFFF_FFFF_FFFF, plen
+        fam = ~v4
+    n = np.full(len(hi), bits, np.int64)
+    mh, ml = _high_mask(n), _high_mask(n - 64)
+    inside: Bools = fam & ((hi & mh) == (np.uint64(hi_n) & mh)) & ((lo & ml) == (np.uint64(lo_n) & ml))
+    return inside
+
+
+def group_words(hi: U64, lo: U64, lengths: tuple[int, int],
+                protected: tuple[Prefix, ...] = ()) -> tuple[U64, U64, I64]:
+    """The group of each destination address: the prefix carpet bombing is
+    counted over. Its length is ``lengths`` (IPv4, IPv6; 0: no groups of that
+    family), or the length of the protected prefix holding the address when
+    that is longer (an edge protecting a /25 counts its /25, not a /24 it
+    only partly sees). Returns the group's network words and length (0: no
+    group; so is a group as long as the address itself)."""
+    v4 = is_v4(hi, lo)
+    plen = np.where(v4, lengths[0], lengths[1]).astype(np.int64)
+    on = plen > 0
+    for p in protected:
+        inside = _inside(hi, lo, v4, p)
+        plen = np.where(inside & on, np.maximum(plen, p.network.prefixlen), plen)
+    bits = np.where(v4, 96 + plen, plen)
+    whole = np.where(v4, 32, 128)
+    plen = np.where(on & (plen < whole), plen, 0)
+    g_hi = hi & _high_mask(bits)
+    g_lo = lo & _high_mask(bits - 64)
+    return np.where(plen > 0, g_hi, 0).astype(np.uint64), np.where(plen > 0, g_lo, 0).astype(np.uint64), plen
+
 
 class Destinations:
-    """Protected destinations seen so far: a slot each, found by key."""
+    """Protected destinations seen so far, and their groups: a slot each, found by key.
+
+    An address's slot is found by its key (:meth:`lookup`); a group's by the
+    key of its network and length in an index of its own (:meth:`add_groups`),
+    so no address ever finds a group's slot. ``group[slot]`` is the group
+    slot of an address (-1: none, and for a group itself)."""
 
     def __init__(self, keys: AddressKeys) -> None:
         self._keyfn = keys
         self._sorted = np.zeros(0, np.uint64)
         self._slots = np.zeros(0, np.int64)
+        self._g_sorted = np.zeros(0, np.uint64)
+        self._g_slots = np.zeros(0, np.int64)
         self.hi: list[int] = []
         self.lo: list[int] = []
         self._prefixes: list[Prefix | None] = []
+        self.group = np.zeros(0, np.int64)
+        self.is_group = np.zeros(0, bool)
 
     def __len__(self) -> int:
         return len(self.hi)
+
+    def _new_slots(self, n: int, group: bool) -> None:
+        self.group = np.concatenate([self.group, np.full(n, -1, np.int64)])
+        self.is_group = np.concatenate([self.is_group, np.full(n, group)])
+
+    def _group_keys(self, hi: U64, lo: U64, plen: I64) -> U64:
+        keys: U64 = self._keyfn(hi, lo) ^ (plen.astype(np.uint64) << np.uint64(56))
+        return keys
+
+    def lookup_groups(self, hi: U64, lo: U64, plen: I64) -> I64:
+        """Slots of the groups (network words and length); -1 for unknown ones."""
+        keys = self._group_keys(hi, lo, plen)
+        if not len(self._g_sorted):
+            return np.full(len(keys), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self._g_sorted, keys), len(self._g_sorted) - 1)
+        return np.where(self._g_sorted[pos] == keys, self._g_slots[pos], -1)
+
+    def add_groups(self, hi: U64, lo: U64, plen: I64) -> I64:
+        """Slots of the groups, giving new ones the next slots."""
+        slots = self.lookup_groups(hi, lo, plen)
+        new = slots < 0
+        if new.any():
+            keys = self._group_keys(hi[new], lo[new], plen[new])
+            uniq, rows = unique_sorted(keys)
+            first = len(self.hi)
+            new_slots = np.arange(first, first + len(uniq), dtype=np.int64)
+            at = np.searchsorted(self._g_sorted, uniq)
+            self._g_sorted = np.insert(self._g_sorted, at, uniq)
+            self._g_slots = np.insert(self._g_slots, at, new_slots)
+            for h, lw, n in zip(hi[new][rows], lo[new][rows], plen[new][rows], strict=True):
+                self.hi.append(int(h))
+                self.lo.append(int(lw))
+                base = exact_prefix(int(h), int(lw)).network
+                self._prefixes.append(Prefix(base.supernet(new_prefix=int(n))))
+            self._new_slots(len(uniq), True)
+            slots = self.lookup_groups(hi, lo, plen)
+        return slots
 
     def lookup(self, hi: U64, lo: U64) -> I64:
         """Slots of the addresses; -1 for unknown ones."""
@@ -223,11 +320,19 @@ class Destinations:
             self.hi.extend(int(v) for v in hi[new][rows])
             self.lo.extend(int(v) for v in lo[new][rows])
             self._prefixes.extend([None] * len(uniq))
+            self._new_slots(len(uniq), False)
             slots = self.lookup(hi, lo)
         return slots
 
-    def slot(self, address: str) -> int:
-        hi, lo = address_words(address.strip())
+    def slot(self, victim: str) -> int:
+        """The slot of an address, or of a group given as ``network/length``; -1 if unknown."""
+        text = victim.strip()
+        if "/" in text:
+            net = ipaddress.ip_network(text, strict=False)
+            hi, lo = address_words(net.network_address)
+            return int(self.lookup_groups(np.array([hi], np.uint64), np.array([lo], np.uint64),
+                                          np.array([net.prefixlen], np.int64))[0])
+        hi, lo = address_words(text)
         return int(self.lookup(np.array([hi], np.uint64), np.array([lo], np.uint64))[0])
 
     def prefix(self, slot: int) -> Prefix:

@@ -196,3 +196,21 @@ def test_a_single_heavy_source_rising_asks_for_an_early_look() -> None:
         det.observe(s)
         looks.append(det.early)
     assert looks[0] and not any(looks[1:])
+
+
+def test_the_interval_an_exact_deny_takes_effect_in_does_not_broaden_the_mitigation() -> None:
+    # 50 bots flood; exact deny entries drop them from 7.3, inside the interval [7, 8):
+    # their rows then hold the passed part by class and the denied part as bare packets
+    # and drops, so that interval names 30% of the flood. It must not add a victim-wide limit.
+    flood = Traffic(v4_block("198.18.0.1", 50), VICTIM, 1200, {"udp": 1}, size=512, start=5.0, stop=20.0,
+                    denied_from=8.0)
+    samples = record(14.0, 1.0, [background(VICTIM), flood])
+    rows = samples[7].sources  # [7, 8)
+    bots = rows["packets"] >= 1000
+    rows["udp"][bots] = (rows["packets"][bots] * 3) // 10
+    rows["drops"][bots] = rows["packets"][bots] - rows["udp"][bots]
+    samples[7].destinations["drops"][:] += rows["drops"][bots].sum()
+    _, events, history = run(samples)
+    udp = [e for e in events if e.vector == "udp"]
+    assert udp and {e.profile for e in udp} == {"concentrated"}, [(e.t, e.profile) for e in udp]
+    assert not any(r.id == "auto-udp-203-0-113-10" for _, rules in history for r in rules)

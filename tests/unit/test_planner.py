@@ -278,9 +278,13 @@ def test_no_source_rule_broader_than_the_limit() -> None:
     }
     for r in plan(Planner(), [event(offenders=hosts("198.18.0.1", 200))]).rules:
         assert all(x.network.prefixlen >= 24 for x in r.match.src)
+    # a prefix victim (carpet bombing) gets its rules scoped to the prefix
     broad_victim = plan(Planner(), [event("udp", "203.0.113.0/24", "spoofed")])
-    assert broad_victim.rules == ()
-    assert broad_victim.refused[0].reason == "a victim is one address; no victim-wide rule"
+    assert [(r.id, [str(d) for d in r.match.dst]) for r in broad_victim.rules] == [
+        ("auto-udp-203-0-113-0-24", ["203.0.113.0/24"])]
+    many = plan(Planner(), [event("many_source", "203.0.113.0/24", "diffuse")])
+    assert many.rules == ()
+    assert many.refused[0].reason == "a many-source victim is one address"
 
 
 def test_caps_per_rule_per_attack_and_in_total() -> None:
@@ -595,3 +599,14 @@ def test_the_many_source_limit_spares_a_busy_legitimate_client() -> None:
     assert not any(CLIENT in sources_in(r) for _, r in plans)
     dropped = set().union(*(sources_in(r) for _, r in plans))
     assert dropped and all(x.startswith("198.19.") for x in dropped)  # the proxies' newcomer drops
+
+
+def test_no_victim_wide_limit_beside_drops_that_already_cover_a_flood() -> None:
+    # a concentrated flood whose sources the data plane already drops (another
+    # attack's exact deny entries): the detector names none and counts them covered
+    covered = plan(Planner(), [event("udp", profile="concentrated")])
+    assert covered.rules == ()
+    # ... but one whose named offenders no rule may drop (allowlisted) gets the limit
+    guarded = plan(Planner(MitigateConfig(allowlist=(p("198.18.5.0/24"),))),
+                   [event("udp", profile="concentrated", offenders=(p("198.18.5.7"),))])
+    assert [r.id for r in guarded.rules] == [f"auto-udp-{VICTIM.replace('.', '-')}"]
