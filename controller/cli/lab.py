@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "then reports per wave: vector, offered pps, detected, time to mitigate, attack "
                     "dropped, legitimate HTTP (fresh TCP) and UDP success during the wave. Removes "
                     "everything it built, also on failure, Ctrl-C or SIGTERM. Exit 0 when every wave was "
-                    "detected and mitigated; with --monitor, when the lab was removed.")
+                    "detected and mitigated (with --monitor: when the lab was removed), 3 when the run went "
+                    "through but a wave was not, 1 on an error or when something was left behind.")
     r.add_argument("scenario", type=Path, metavar="SCENARIO", help="the scenario file")
     r.add_argument("--chart", type=Path, metavar="PNG", help="write the chart of traffic by verdict there")
     r.add_argument("--json", action="store_true",

@@ -35,8 +35,9 @@ from .scenario import VECTORS, Scenario, load
 from .topology import DemoError
 from .view import View
 
-__all__ = ["Run", "run"]
+__all__ = ["MISSED", "Run", "run"]
 
+MISSED: Final = 3  # exit status: the run went through, a wave was not detected or not mitigated
 LEAD_SECONDS: Final = 3.0  # the audience alone before t = 0 of the scenario ... (and the senders' fork)
 TAIL_SECONDS: Final = 3.0  # ... and after its end
 SAMPLE_SECONDS: Final = 0.25
@@ -242,7 +243,8 @@ class Run:
 def run(path: Path, *, json_out: bool = False, chart: Path | None = None, mode: str = "enforce",
         ) -> tuple[int, dict[str, Any]]:
     """``breakwater lab run``: (exit code, report). 0 when every wave was
-    detected and mitigated and the lab was removed. ``mode="monitor"``: the
+    detected and mitigated and the lab was removed; :data:`MISSED` when the
+    run went through but a wave was not; 1 when something was left behind. ``mode="monitor"``: the
     agents detect and plan but apply nothing (a baseline: what the waves do
     unmitigated); its exit code only says whether the lab was removed."""
     s = load(path)
@@ -280,4 +282,4 @@ def run(path: Path, *, json_out: bool = False, chart: Path | None = None, mode: 
         print(f"lab: not detected or not mitigated: {', '.join(missed)}", file=sys.stderr)
     if json_out:
         emit_json(result)
-    return (0 if result["ok"] else 1), result
+    return (0 if result["ok"] else 1 if left else MISSED), result
