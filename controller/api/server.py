@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..errors import InputError, SetupError
 from .auth import AuthInterceptor, Authorizer
+from .handlers import decoded, decoding
 from .status import is_cancelled, report_failure
 
 __all__ = [
@@ -77,7 +78,7 @@ def _passes(exc: Exception, context: grpc.ServicerContext) -> bool:
 def _unary(fn: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Callable[..., Any]:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(request, context)
+            return fn(decoded(request), context)
         except Exception as exc:
             if _passes(exc, context):
                 raise
@@ -89,7 +90,7 @@ def _unary(fn: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Calla
 def _streaming(fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str) -> Callable[..., Any]:
     def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from fn(request, context)
+            yield from fn(decoded(request), context)
         except Exception as exc:  # not GeneratorExit: a cancelled stream just closes
             if _passes(exc, context):
                 raise
@@ -115,7 +116,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.lstrip("/").rsplit("/", 1)[0] not in self._services:
             return handler
-        codec: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
+        unary_request = handler.unary_unary is not None or handler.unary_stream is not None
+        codec: dict[str, Any] = {"request_deserializer": decoding(handler.request_deserializer)
+                                 if unary_request else handler.request_deserializer,
                                  "response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **codec)
