@@ -200,3 +200,23 @@ def test_bytes_that_are_no_message_are_invalid_argument(server: Server, path: st
     assert code is C.INVALID_ARGUMENT, (code, details)
     assert "not a valid message" in details and "Unexpected" not in details
     assert server.state() == before
+
+
+def test_a_ttl_with_negative_nanos_is_invalid_argument(server: Server) -> None:
+    """Found by the fuzzing: a Duration of 1 s and -1 ns (signs that disagree) made
+    the refusal's own message raise (Duration.ToJsonString), and the call INTERNAL."""
+    rule = rule_pb2.Rule()
+    rule.match.src.append("198.18.0.1")
+    rule.action.kind = rule_pb2.ACTION_KIND_DROP
+    rule.ttl.seconds, rule.ttl.nanos = 1, -1
+    before = server.state()
+    create = rule_service_pb2.CreateRuleRequest(rule_id="neg", rule=rule)
+    for path, request in (
+        ("/breakwater.v1.RuleService/CreateRule", create),
+        ("/breakwater.v1.RuleService/BatchCreateRules",
+         rule_service_pb2.BatchCreateRulesRequest(requests=[create])),
+    ):
+        code, details = call(server.channel, path, [request.SerializeToString()])
+        assert code is C.INVALID_ARGUMENT, (path, code, details)
+        assert "ttl" in details and "whole seconds" in details
+    assert server.state() == before
