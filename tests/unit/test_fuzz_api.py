@@ -71,8 +71,8 @@ WRITES = frozenset(p for p in METHODS if p.rsplit("/", 1)[1].startswith(("Create
                                                                         "Delete")))
 # Examples per method in CI: streams cost a deadline each, unary calls a round trip.
 BUDGET = {"/grpc.health.v1.Health/Watch": 15, "/breakwater.v1.EventService/WatchEvents": 40,
-          "/breakwater.v1.SyncService/Sync": 60}
-UNARY_BUDGET = 150
+          "/breakwater.v1.SyncService/Sync": 100}
+UNARY_BUDGET = 100
 
 
 @dataclass
@@ -151,6 +151,17 @@ def requests(path: str) -> st.SearchStrategy[bytes]:
     return st.one_of(typed, typed, _rule_requests(path), wire_bytes(typed))
 
 
+def sync_streams() -> st.SearchStrategy[list[bytes]]:
+    """A stream that registers properly (so the rest is read), then random messages."""
+    register = st.builds(lambda node, version: sync_service_pb2.SyncRequest(
+        register=sync_service_pb2.Register(node_id=node, agent_version="fuzz", resume_version=version)
+    ).SerializeToString(),
+        st.sampled_from(["edge-1", "edge-2", "edge-3"]), st.sampled_from([0, 1, 2**64 - 1]))
+    rest = st.lists(messages(sync_service_pb2.SyncRequest.DESCRIPTOR).map(lambda m: m.SerializeToString()),
+                    min_size=1, max_size=3)
+    return st.builds(lambda first, more: [first, *more], register, rest)
+
+
 # -- calling ---------------------------------------------------------------------------------------
 def call(channel: grpc.Channel, path: str, chunks: list[bytes]) -> tuple[grpc.StatusCode, str]:
     """Send ``chunks`` (one for a unary request) as raw bytes; the status and details it ends with."""
@@ -184,6 +195,28 @@ def check(server: Server, path: str, chunks: list[bytes]) -> None:
     if code is not C.OK and (path in WRITES or not streaming):
         after = server.state()
         assert after == before, f"{path} failed with {code.name} ({details[:200]!r}) but changed the store"
+
+
+@pytest.mark.parametrize("path", sorted(METHODS))
+def test_every_rpc_answers_precisely(server: Server, path: str) -> None:
+    method = METHODS[path]
+    n = BUDGET.get(path, UNARY_BUDGET)
+    if method.client_streaming:
+        strategy: st.SearchStrategy[list[bytes]] = st.lists(requests(path), min_size=1, max_size=3)
+        if path.endswith("/Sync"):
+            strategy = st.one_of(strategy, sync_streams())
+    else:
+        strategy = requests(path).map(lambda b: [b])
+
+    @settings(max_examples=examples(n))
+    @given(chunks=strategy)
+    def run(chunks: list[bytes]) -> None:
+        check(server, path, chunks)
+
+    run()
+    stub: Any = health_pb2_grpc.HealthStub(server.channel)
+    health = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
 # -- what the fuzzing found (regressions) ----------------------------------------------------------
