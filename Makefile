@@ -3,14 +3,18 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BUF         := tools/node_modules/.bin/buf
+FUZZ_SCALE  ?= 50
+FUZZ_TESTS  := tests/unit/test_fuzz_api.py tests/unit/test_fuzz_config.py tests/bpf/test_fuzz_packets.py
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo bench bench-agent bench-controlplane check check-vagrant vagrant-box proto clean
+.PHONY: help setup test fuzz demo bench bench-agent bench-controlplane check check-vagrant vagrant-box proto clean
 
 help:
 	@echo "Breakwater make targets:"
 	@echo "  setup  install Debian packages, kernel headers, bpffs, .venv (scripts/setup.sh)"
 	@echo "  test   run the test suite: pytest -ra tests \$$PYTEST_ARGS (the VM tier boots the lab box)"
+	@echo "  fuzz   the fuzz tests (API, data plane, config files) as a long campaign:"
+	@echo "         BREAKWATER_FUZZ_SCALE=\$$FUZZ_SCALE (default $(FUZZ_SCALE)) times the CI examples"
 	@echo "  demo   run 'breakwater demo'"
 	@echo "  bench  run the benchmarks: bench/dataplane.py, then bench/agent.py"
 	@echo "  bench-agent  run the agent benchmark only (bench/agent.py)"
@@ -26,6 +30,12 @@ setup:
 
 test: setup vagrant-box
 	$(PY) -m pytest -ra tests $(PYTEST_ARGS)
+
+# The property-based tests with FUZZ_SCALE times their CI budget (50: about
+# a million frames through the XDP program), keeping failing examples in
+# .hypothesis/ so the next run replays them first.
+fuzz: setup
+	BREAKWATER_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -ra -p no:cacheprovider -o timeout=0 $(FUZZ_TESTS) $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/breakwater demo
