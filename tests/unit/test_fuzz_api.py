@@ -15,7 +15,10 @@ all (cut, flipped, random). The properties:
   call never hangs (deadline); a stream may run to its deadline;
 - a call that fails leaves the store as it was: rule version, the rules
   themselves (etags included), the event log and the audit log;
-- the server still serves afterwards (health answers SERVING).
+- the server still serves afterwards (health answers SERVING);
+- over mutual TLS, as each role (viewer, operator, admin, agent): a role
+  below a method's is PERMISSION_DENIED whatever the request holds, and
+  changes nothing.
 
 ``BREAKWATER_FUZZ_SCALE`` multiplies the example counts (``make fuzz``).
 """
@@ -43,7 +46,9 @@ from breakwater.v1 import (
     sync_service_pb2,
     telemetry_service_pb2,
 )
-from controller.fleet.config import ControllerConfig
+from controller import pki
+from controller.api.auth import METHOD_ROLES, Principal, TlsFiles, channel_credentials
+from controller.fleet.config import ControllerConfig, parse_config
 from controller.fleet.daemon import Controller, create_controller
 
 from ..fuzzing import examples, messages, text, wire_bytes
@@ -184,9 +189,11 @@ def call(channel: grpc.Channel, path: str, chunks: list[bytes]) -> tuple[grpc.St
     return C.OK, ""
 
 
-def check(server: Server, path: str, chunks: list[bytes]) -> None:
+def check(server: Server, path: str, chunks: list[bytes],
+          channel: grpc.Channel | None = None) -> grpc.StatusCode:
+    """One call's properties (on ``channel``, else the server's own); its status."""
     before = server.state()
-    code, details = call(server.channel, path, chunks)
+    code, details = call(channel or server.channel, path, chunks)
     streaming = METHODS[path].server_streaming
     ok = code in PRECISE or (streaming and code is C.DEADLINE_EXCEEDED)
     shown = [c[:200].hex() for c in chunks]
@@ -195,6 +202,7 @@ def check(server: Server, path: str, chunks: list[bytes]) -> None:
     if code is not C.OK and (path in WRITES or not streaming):
         after = server.state()
         assert after == before, f"{path} failed with {code.name} ({details[:200]!r}) but changed the store"
+    return code
 
 
 @pytest.mark.parametrize("path", sorted(METHODS))
@@ -217,6 +225,66 @@ def test_every_rpc_answers_precisely(server: Server, path: str) -> None:
     stub: Any = health_pb2_grpc.HealthStub(server.channel)
     health = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- every role, over mutual TLS ---------------------------------------------------------------------
+CALLERS = {"viewer": "viewer", "operator": "operator", "admin": "admin", "agent": "edge-1"}
+"""Role -> the certificate that carries it."""
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, grpc.Channel]]]:
+    """A controller on mutual TLS and a channel per role."""
+    root = tmp_path_factory.mktemp("fuzz-pki")
+    pki.init_ca(root / "ca")
+    pki.issue(root / "ca", root / "tls", "controller", "ctl")
+    for role in pki.ROLES:
+        pki.issue(root / "ca", root / "tls", "operator", role, role=role)
+    pki.issue(root / "ca", root / "tls", "node", "edge-1")
+
+    def tls(name: str) -> TlsFiles:
+        return TlsFiles(root / "tls" / f"{name}.crt", root / "tls" / f"{name}.key", root / "tls" / "ca.crt")
+
+    ctl_tls = tls("ctl")
+    cfg = parse_config({"listen": "127.0.0.1:0", "state_dir": str(tmp_path_factory.mktemp("fuzz-tls")),
+                        "metrics": "", "tls_cert": str(ctl_tls.cert), "tls_key": str(ctl_tls.key),
+                        "tls_ca": str(ctl_tls.ca)})
+    ctl = create_controller(cfg)
+    ctl.start()
+    channels = {role: grpc.secure_channel(ctl.address, channel_credentials(tls(name)))
+                for role, name in CALLERS.items()}
+    try:
+        yield Server(ctl, channels["admin"]), channels
+    finally:
+        for channel in channels.values():
+            channel.close()
+        ctl.stop(0)
+
+
+UNARY_PATHS = sorted(p for p, m in METHODS.items() if not m.server_streaming)
+
+
+@st.composite
+def role_calls(draw: st.DrawFn) -> tuple[str, str, list[bytes]]:
+    path = draw(st.sampled_from(UNARY_PATHS))
+    return draw(st.sampled_from(sorted(CALLERS))), path, [draw(requests(path))]
+
+
+def test_every_role_gets_its_methods_and_only_those(secure: tuple[Server, dict[str, grpc.Channel]]) -> None:
+    """Random requests to every unary method as each role: a role below the
+    method's is PERMISSION_DENIED whatever the request holds, with nothing
+    changed; a role that may call it gets the properties above."""
+    server, channels = secure
+
+    @settings(max_examples=examples(300))
+    @given(call_=role_calls())
+    def run(call_: tuple[str, str, list[bytes]]) -> None:
+        role, path, chunks = call_
+        code = check(server, path, chunks, channels[role])
+        if not Principal("p", role).may(METHOD_ROLES[path]):
+            assert code is C.PERMISSION_DENIED, f"{path} as {role} answered {code.name}"
+
+    run()
 
 
 # -- what the fuzzing found (regressions) ----------------------------------------------------------
