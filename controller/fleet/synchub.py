@@ -94,7 +94,7 @@ from ..api.convert import node_name
 from ..errors import BreakwaterError, FieldError, RemoteError
 from ..metrics import Exposition, Histogram
 from ..rules.scope import check_labels, check_node_id
-from .eventlog import EventLog
+from .eventlog import EventLog, check_events
 from .nodewriter import NodeWriter
 from .ruleindex import EMPTY, LabelsKey, RuleIndex, RuleMessages, View
 from .storeapi import Store
@@ -410,6 +410,7 @@ class SyncHub:
         elif which == "events":
             self.counts["events"] += len(req.events.events)
             if req.events.events:
+                check_events(req.events.events, "events.events")  # refused here, not a traceback later
                 self._event_pool.submit(self._publish, st.node_id, list(req.events.events))
         elif which == "register":
             raise FieldError("register", "sent twice on one stream; a new Register needs a new stream")
