@@ -49,7 +49,9 @@ from breakwater.v1 import (
     rule_pb2,
     rule_service_pb2,
     sync_service_pb2,
+    telemetry_pb2,
     telemetry_service_pb2,
+    telemetry_service_pb2_grpc,
 )
 from controller import pki
 from controller.api.auth import METHOD_ROLES, Principal, TlsFiles, channel_credentials
@@ -396,3 +398,25 @@ def test_an_event_time_out_of_range_is_refused(server: Server) -> None:
     assert server.state() == before  # neither event stored
     assert not server.errors.take()
 
+
+def test_counters_summed_past_uint64_saturate(server: Server) -> None:
+    """Found by the fuzzing: two summaries of uint64-max counters (from one node
+    or several) made GetStats and ListTopTalkers fail INTERNAL for every caller:
+    their sums passed 2**64, which no uint64 field holds."""
+    top = 2**64 - 1
+    summary = telemetry_pb2.TelemetrySummary(active_sources=1)
+    summary.actions.dropped.packets = summary.actions.dropped.bytes = top
+    both = telemetry_pb2.Count(packets=top, bytes=top)
+    summary.reasons.append(telemetry_pb2.ReasonCount(reason=34, count=both))  # type: ignore[arg-type]
+    summary.rules.append(telemetry_pb2.RuleCount(rule_id="r", matched=both, dropped=top, rate_limited=top))
+    summary.top_sources.append(telemetry_pb2.AddressCounters(
+        address="198.18.0.1", counters=telemetry_pb2.TrafficCounters(packets=top, bytes=top, drops=top)))
+    message = sync_service_pb2.SyncRequest(telemetry=summary)
+    for node in ("edge-big-1", "edge-big-2"):
+        assert _sync(server, node, message, message)[0] is C.OK
+    stats = telemetry_service_pb2_grpc.TelemetryServiceStub(server.channel)
+    got: Any = stats.GetStats(telemetry_service_pb2.GetStatsRequest(), timeout=UNARY_TIMEOUT)
+    assert got.actions.dropped.packets == top and got.rules[0].dropped == top
+    talkers: Any = stats.ListTopTalkers(telemetry_service_pb2.ListTopTalkersRequest(), timeout=UNARY_TIMEOUT)
+    assert talkers.top_talkers[0].counters.packets == top
+    assert not server.errors.take()
