@@ -39,7 +39,7 @@ import pytest
 from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from breakwater.v1 import (
@@ -55,6 +55,9 @@ from breakwater.v1 import (
 )
 from controller import pki
 from controller.api.auth import METHOD_ROLES, Principal, TlsFiles, channel_credentials
+from controller.api.telemetry import FleetTelemetry
+from controller.api.telemetry_service import TelemetryServicer
+from controller.errors import FieldError, NotFoundError
 from controller.fleet.config import ControllerConfig, parse_config
 from controller.fleet.daemon import Controller, create_controller
 
@@ -85,6 +88,7 @@ WRITES = frozenset(p for p in METHODS if p.rsplit("/", 1)[1].startswith(("Create
 BUDGET = {"/grpc.health.v1.Health/Watch": 15, "/breakwater.v1.EventService/WatchEvents": 40,
           "/breakwater.v1.SyncService/Sync": 100}
 UNARY_BUDGET = 100
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
 class ErrorRecords(logging.Handler):
@@ -327,6 +331,38 @@ def test_every_role_gets_its_methods_and_only_those(secure: tuple[Server, dict[s
             assert code is C.PERMISSION_DENIED, f"{path} as {role} answered {code.name}"
 
     run()
+
+
+# -- what the nodes send: telemetry -----------------------------------------------------------------
+@st.composite
+def node_summaries(draw: st.DrawFn) -> list[tuple[str, telemetry_pb2.TelemetrySummary]]:
+    summary = messages(telemetry_pb2.TelemetrySummary.DESCRIPTOR)
+    return draw(st.lists(st.tuples(st.sampled_from(["edge-1", "edge-2"]), summary), min_size=1, max_size=2))
+
+
+@settings(max_examples=examples(60), phases=NO_SHRINK)  # shrinking summaries this big takes minutes
+@given(sent=node_summaries(), kind=st.sampled_from(list(telemetry_service_pb2.TalkerKind.values())),
+       order=st.sampled_from(list(telemetry_service_pb2.TalkerOrder.values())))
+def test_any_telemetry_a_node_sends_is_folded_and_read(
+        sent: list[tuple[str, telemetry_pb2.TelemetrySummary]], kind: Any, order: Any) -> None:
+    """Summaries built from the descriptor (counters at the uint64 limit, any
+    times, addresses, reasons, rule ids) as nodes send them on Sync: the
+    controller's FleetTelemetry folds them, and GetStats and ListTopTalkers
+    (the servicer itself, without a channel: hundreds of examples a second)
+    answer or refuse precisely, never another exception."""
+    now = 1_700_000_000.0
+    telemetry = FleetTelemetry(clock=lambda: now)
+    servicer = TelemetryServicer(telemetry, clock=lambda: now)
+    for node, summary in sent:
+        telemetry.offer(node, summary, now=now)
+    telemetry.fold(now)
+    context: Any = None
+    for node in ("", "nodes/edge-1"):
+        with contextlib.suppress(FieldError, NotFoundError):
+            servicer.GetStats(telemetry_service_pb2.GetStatsRequest(node=node), context)
+        with contextlib.suppress(FieldError, NotFoundError):
+            servicer.ListTopTalkers(telemetry_service_pb2.ListTopTalkersRequest(
+                parent=node, kind=kind, order_by=order, page_size=1000), context)
 
 
 # -- what the fuzzing found (regressions) ----------------------------------------------------------
