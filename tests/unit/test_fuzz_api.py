@@ -86,8 +86,8 @@ WRITES = frozenset(p for p in METHODS if p.rsplit("/", 1)[1].startswith(("Create
                                                                         "Delete")))
 # Examples per method in CI: streams cost a deadline each, unary calls a round trip.
 BUDGET = {"/grpc.health.v1.Health/Watch": 15, "/breakwater.v1.EventService/WatchEvents": 40,
-          "/breakwater.v1.SyncService/Sync": 100}
-UNARY_BUDGET = 100
+          "/breakwater.v1.SyncService/Sync": 80}
+UNARY_BUDGET = 75
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
@@ -322,7 +322,7 @@ def test_every_role_gets_its_methods_and_only_those(secure: tuple[Server, dict[s
     changed; a role that may call it gets the properties above."""
     server, channels = secure
 
-    @settings(max_examples=examples(300))
+    @settings(max_examples=examples(200))
     @given(call_=role_calls())
     def run(call_: tuple[str, str, list[bytes]]) -> None:
         role, path, chunks = call_
@@ -452,7 +452,9 @@ def test_counters_summed_past_uint64_saturate(server: Server) -> None:
         assert _sync(server, node, message, message)[0] is C.OK
     stats = telemetry_service_pb2_grpc.TelemetryServiceStub(server.channel)
     got: Any = stats.GetStats(telemetry_service_pb2.GetStatsRequest(), timeout=UNARY_TIMEOUT)
-    assert got.actions.dropped.packets == top and got.rules[0].dropped == top
-    talkers: Any = stats.ListTopTalkers(telemetry_service_pb2.ListTopTalkersRequest(), timeout=UNARY_TIMEOUT)
-    assert talkers.top_talkers[0].counters.packets == top
+    assert got.actions.dropped.packets == top
+    assert {r.rule_id: r.dropped for r in got.rules}["r"] == top  # other tests' nodes report too
+    talkers: Any = stats.ListTopTalkers(telemetry_service_pb2.ListTopTalkersRequest(page_size=1000),
+                                        timeout=UNARY_TIMEOUT)
+    assert {t.address: t.counters.packets for t in talkers.top_talkers}["198.18.0.1"] == top
     assert not server.errors.take()
