@@ -99,6 +99,14 @@ def _streaming(fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method:
     return call
 
 
+def _decoding(fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """``fn`` reading its request stream through :func:`decoded`."""
+    def call(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        return fn(map(decoded, requests), context)
+
+    return call
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Runs every method of the named services inside the error mapping of
     :mod:`controller.api.status` (the health and reflection services are
@@ -116,18 +124,20 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.lstrip("/").rsplit("/", 1)[0] not in self._services:
             return handler
-        unary_request = handler.unary_unary is not None or handler.unary_stream is not None
-        codec: dict[str, Any] = {"request_deserializer": decoding(handler.request_deserializer)
-                                 if unary_request else handler.request_deserializer,
+        # every request decoded inside the mapping, streamed ones too: this
+        # server would end the call INTERNAL itself on a message that does not parse
+        codec: dict[str, Any] = {"request_deserializer": decoding(handler.request_deserializer),
                                  "response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **codec)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, method), **codec)
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, method), **codec)
+            return grpc.stream_unary_rpc_method_handler(_unary(_decoding(handler.stream_unary), method),
+                                                        **codec)
         if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, method), **codec)
+            return grpc.stream_stream_rpc_method_handler(
+                _streaming(_decoding(handler.stream_stream), method), **codec)
         return handler
 
 
