@@ -128,6 +128,16 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _shown_key(key: str) -> str:
+    """A key as a path names it: bare, or quoted as TOML quotes it (an empty
+    key, dots, spaces, control characters) so the path names it at all and
+    no escape code reaches a terminal."""
+    return key if key and set(key) <= _BARE_KEY else json.dumps(key)
+
+
 def check_keys(table: Iterable[object], known: Iterable[str], path: str = "", *,
                elsewhere: Mapping[str, str] | None = None, what: str = "key") -> None:
     """Refuse the first key of ``table`` that is not ``known``, at the key's
@@ -146,4 +156,5 @@ def check_keys(table: Iterable[object], known: Iterable[str], path: str = "", *,
             hint = f" (did you mean {close[0]!r} in {other[close[0]]}?)"
         else:
             hint = suggest(text, names)
-        raise FieldError(join(path, text), f"unknown {what}{hint}; known: {', '.join(sorted(names))}")
+        raise FieldError(join(path, _shown_key(text)),
+                         f"unknown {what}{hint}; known: {', '.join(sorted(names))}")

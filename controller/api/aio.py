@@ -30,6 +30,7 @@ from typing import Any, Final, NoReturn
 import grpc
 from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from ..errors import InputError, SetupError
 from .auth import AioAuthInterceptor, Authorizer
@@ -359,7 +360,12 @@ class _Bridge:
     # -- plain behaviours: on the pool, with a SyncContext --
 
     def _unary_sync(self) -> Callable[..., Any]:
-        fn = self._wrapped(self.fn) if self.interceptors else self.fn
+        plain = self.fn
+
+        def checked(request: Any, context: Any) -> Any:
+            return plain(decoded(request), context)
+
+        fn = self._wrapped(checked) if self.interceptors else checked
         method, pool, streaming_request = self.method, self.pool, self.streaming_request
 
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -378,7 +384,12 @@ class _Bridge:
         return call
 
     def _stream_sync(self) -> Callable[..., Any]:
-        fn = self._wrapped(self.fn) if self.interceptors else self.fn
+        plain = self.fn
+
+        def checked(request: Any, context: Any) -> Iterator[Any]:
+            yield from plain(decoded(request), context)
+
+        fn = self._wrapped(checked) if self.interceptors else checked
         method, pool, streaming_request = self.method, self.pool, self.streaming_request
 
         def step(items: Iterator[Any]) -> Any:
@@ -483,7 +494,10 @@ async def create_aio_server(
     plain = [i for i in interceptors if isinstance(i, grpc.ServerInterceptor)]
     aio_ones = [i for i in interceptors if isinstance(i, grpc.aio.ServerInterceptor)]
     hs = health_servicer or aio_health.HealthServicer()
-    bridged = names if isinstance(hs, aio_health.HealthServicer) else [*names, health.SERVICE_NAME]
+    # reflection too: inside the mapping, a request that does not parse is
+    # INVALID_ARGUMENT (grpc alone answers UNKNOWN with the parser's text)
+    bridged = [*names, reflection.SERVICE_NAME,
+               *(() if isinstance(hs, aio_health.HealthServicer) else (health.SERVICE_NAME,))]
     pool = futures.ThreadPoolExecutor(max_workers=migration_workers, thread_name_prefix=POOL_THREAD_PREFIX)
     server = grpc.aio.server(
         migration_thread_pool=pool,

@@ -245,7 +245,9 @@ def _timestamp_seconds(ts: timestamp_pb2.Timestamp) -> float:
 def _ttl_seconds(ttl: duration_pb2.Duration, path: str) -> int:
     check_duration(ttl, path)
     if ttl.nanos:
-        raise FieldError(path, f"{ttl.ToJsonString()} is not whole seconds; ttl takes whole seconds")
+        # not ToJsonString(): it raises on the invalid durations a client can send
+        raise FieldError(path, f"{ttl.seconds} s {ttl.nanos} ns is not whole seconds; "
+                               "ttl takes whole seconds")
     return ttl.seconds
 
 

@@ -64,14 +64,26 @@ __all__ = [
     "MAX_WINDOW",
     "PACKETS",
     "TRAFFIC_FIELDS",
+    "U64_MAX",
     "AddressRate",
     "FleetTelemetry",
     "Kind",
     "TelemetryConfig",
+    "saturated",
 ]
 
 MAX_REASONS: Final = 256
 """Reason codes kept per bucket (there are a few dozen; more is a node inventing them)."""
+U64_MAX: Final = 2**64 - 1
+"""The largest counter a uint64 field holds."""
+
+
+def saturated(value: int) -> int:
+    """A sum of counters as a uint64 field can hold it: the nodes send uint64
+    counters, and the sum of several can pass 2**64 (protobuf refuses it)."""
+    return min(value, U64_MAX)
+
+
 TRAFFIC_FIELDS: Final = DESTINATION_FIELDS
 """The counters of ``TrafficCounters``, in field order (samples.py's destination counters)."""
 _N: Final = len(TRAFFIC_FIELDS)
@@ -436,18 +448,19 @@ class FleetTelemetry:
         out.start_time.FromNanoseconds(int(start * 1e9))
         out.end_time.FromNanoseconds(int(at * 1e9))
         for i, name in enumerate(ACTION_FIELDS):
-            getattr(out.actions, name).CopyFrom(telemetry_pb2.Count(packets=actions[2 * i],
-                                                                    bytes=actions[2 * i + 1]))
+            getattr(out.actions, name).CopyFrom(telemetry_pb2.Count(packets=saturated(actions[2 * i]),
+                                                                    bytes=saturated(actions[2 * i + 1])))
         for reason in sorted(reasons):
             packets, nbytes = reasons[reason]
             if packets:
                 out.reasons.append(telemetry_pb2.ReasonCount(
                     reason=reason,  # type: ignore[arg-type]  # a DropReason number the agent sent
-                    count=telemetry_pb2.Count(packets=packets, bytes=nbytes)))
+                    count=telemetry_pb2.Count(packets=saturated(packets), bytes=saturated(nbytes))))
         for rule_id in sorted(rules):
             mp, mb, dropped, limited = rules[rule_id]
             out.rules.append(telemetry_pb2.RuleCount(rule_id=rule_id, matched=telemetry_pb2.Count(
-                packets=mp, bytes=mb), dropped=dropped, rate_limited=limited))
+                packets=saturated(mp), bytes=saturated(mb)), dropped=saturated(dropped),
+                rate_limited=saturated(limited)))
         return out
 
     def totals(self, kind: Kind, node_id: str | None, window: float, *, now: float | None = None

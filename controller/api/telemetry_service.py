@@ -25,7 +25,7 @@ from ..errors import FieldError
 from .convert import NODE_WILDCARD, check_duration, node_name, parse_node_parent
 from .pages import decode_page_token, encode_page_token, page_size
 from .server import Service
-from .telemetry import BYTES, DROPS, MAX_WINDOW, PACKETS, TRAFFIC_FIELDS, FleetTelemetry, Kind
+from .telemetry import BYTES, DROPS, MAX_WINDOW, PACKETS, TRAFFIC_FIELDS, FleetTelemetry, Kind, saturated
 
 __all__ = ["DEFAULT_WINDOW", "TelemetryServicer", "telemetry_service"]
 
@@ -107,8 +107,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         for addr, (c, by_node) in ranked[offset:offset + size]:
             heaviest = sorted(by_node.items(), key=lambda kv: (-kv[1][by], kv[0]))[:TALKER_NODES]
             out.top_talkers.append(telemetry_service_pb2.TopTalker(
-                address=addr, counters=telemetry_pb2.TrafficCounters(**dict(zip(TRAFFIC_FIELDS, c,
-                                                                                strict=True))),
+                address=addr, counters=telemetry_pb2.TrafficCounters(**{
+                    name: saturated(v) for name, v in zip(TRAFFIC_FIELDS, c, strict=True)}),
                 pps=c[PACKETS] / span, bps=c[BYTES] * 8 / span, dropped_pps=c[DROPS] / span,
                 nodes=[node_name(n) for n, _ in heaviest], node_count=len(by_node)))
         if offset + size < len(ranked):

@@ -19,9 +19,10 @@ from typing import Final
 
 from breakwater.v1 import event_pb2
 
+from ..errors import FieldError
 from .storeapi import Store
 
-__all__ = ["EventLog", "event_name"]
+__all__ = ["EventLog", "check_events", "event_name"]
 
 # How long a watcher sleeps between checks of its stop condition.
 WATCH_POLL_SECONDS: Final = 0.5
@@ -36,6 +37,18 @@ def event_name(seq: int) -> str:
 
 def _kind(event: event_pb2.Event) -> str:
     return event.WhichOneof("payload") or "unknown"
+
+
+def check_events(events: Sequence[event_pb2.Event], path: str) -> None:
+    """FieldError naming the first event (``path[i].time``) whose time no
+    datetime holds (a Timestamp a node sent: seconds or nanos out of range);
+    :meth:`EventLog.publish` stores only times it can read back."""
+    for i, e in enumerate(events):
+        if e.HasField("time"):
+            try:
+                e.time.ToDatetime(UTC)
+            except (ValueError, OverflowError) as exc:
+                raise FieldError(f"{path}[{i}].time", f"not a valid time ({exc})") from None
 
 
 class EventLog:

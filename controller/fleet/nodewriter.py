@@ -9,6 +9,7 @@ over to this controller together are not held back by each other's ACKs.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -89,10 +90,14 @@ class NodeWriter:
             if isinstance(op, tuple):
                 _kind, (node_id, labels, doc), future = op
                 try:
-                    future.set_result(self._store.register_node(node_id, labels, doc))
+                    record = self._store.register_node(node_id, labels, doc)
                 except BaseException as exc:
-                    future.set_exception(exc)
+                    with contextlib.suppress(concurrent.futures.InvalidStateError):
+                        future.set_exception(exc)
                     raise
+                # the stream that asked may have ended meanwhile (its future cancelled): not a failure
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_result(record)
             else:
                 self._store.update_nodes(op)
                 self.batches += 1

@@ -102,7 +102,7 @@ from ..errors import BreakwaterError, FieldError, RemoteError
 from ..metrics import Exposition, Histogram
 from ..pki import serial_text
 from ..rules.scope import check_labels, check_node_id
-from .eventlog import EventLog
+from .eventlog import EventLog, check_events
 from .nodewriter import NodeWriter
 from .ruleindex import EMPTY, LabelsKey, RuleIndex, RuleMessages, View
 from .storeapi import Store
@@ -455,6 +455,8 @@ class SyncHub:
         elif which == "events":
             events = list(req.events.events)
             self.counts["events"] += len(events)
+            if events:
+                check_events(events, "events.events")  # refused here, not a traceback later
             allowed = self._allowance(st.node_id, len(events), now)
             if allowed < len(events):
                 self.counts["events_dropped"] += len(events) - allowed

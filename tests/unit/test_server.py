@@ -234,3 +234,21 @@ def test_a_service_given_twice_is_refused() -> None:
                          Rules())  # type: ignore[abstract]
     with pytest.raises(InputError, match="twice"):
         create_server("127.0.0.1:0", [service, service])
+
+
+@pytest.mark.parametrize(("path", "kind"), [("/breakwater.v1.RuleService/GetRule", "unary_unary"),
+                                            ("/breakwater.v1.EventService/WatchEvents", "unary_stream"),
+                                            ("/breakwater.v1.SyncService/Sync", "stream_stream")])
+def test_bytes_that_are_no_message_are_invalid_argument(
+        server: tuple[grpc.Channel, health.HealthServicer, int], path: str, kind: str) -> None:
+    """As on the controller's aio server (tests/unit/test_fuzz_api.py): a
+    request that does not parse is INVALID_ARGUMENT naming ``request``, not
+    INTERNAL ("Exception deserializing request") on this thread-pool server."""
+    raw = b"\x0a\xff\xff\xff\x0f\x78"  # a length that runs past the end
+    call: Any = getattr(server[0], kind)(path, request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as info:
+        result = call(iter([raw]) if kind.startswith("stream") else raw, timeout=5)
+        if kind.endswith("stream"):
+            list(result)
+    assert info.value.code() is C.INVALID_ARGUMENT, info.value
+    assert (info.value.details() or "").startswith("request: not a valid message")

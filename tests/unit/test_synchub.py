@@ -498,3 +498,35 @@ def test_config_tables_are_checked(tmp_path: Path) -> None:
         hooks.close()
     finally:
         store.close()
+
+
+def test_a_registration_whose_stream_left_is_not_a_failure(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Found by fuzzing (test_fuzz_api): a stream that registered and ended at
+    once (its next message refused) cancelled the registration's future while
+    the node writer was writing it; setting its result then raised, and the
+    writer logged a failure with a traceback at every such stream."""
+    from controller.fleet.nodewriter import NodeWriter
+
+    store = FleetStore.open(tmp_path)
+    go = threading.Event()
+
+    class Slow:
+        def register_node(self, *args: Any, **kwargs: Any) -> Any:
+            go.wait(5)
+            return store.register_node(*args, **kwargs)
+
+    writer = NodeWriter(Slow(), 0)  # type: ignore[arg-type]
+    try:
+        future = writer.register("edge-1", {}, {})
+        time.sleep(0.1)  # the writer is inside register_node
+        assert future.cancel() or future.done()
+        go.set()
+    finally:
+        writer.close()
+    try:
+        assert writer.failures == 0
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+        assert store.node("edge-1").node_id == "edge-1"  # written all the same
+    finally:
+        store.close()

@@ -36,6 +36,10 @@ def test_join_and_at() -> None:
      "rules[0].pps: unknown key ('pps' belongs in action); known: match"),
     (lambda: check_keys({"ppps": 1}, ("match",), elsewhere={"pps": "action"}),
      "ppps: unknown key (did you mean 'pps' in action?); known: match"),
+    # found by fuzzing (tests/unit/test_fuzz_config.py): an empty key made a path of nothing
+    (lambda: check_keys({"": 1}, ("a",)), '"": unknown key; known: a'),
+    (lambda: check_keys({"a.b": 1}, ("a",), "detect"), 'detect."a.b": unknown key; known: a'),
+    (lambda: check_keys({"\x1b[2J": 1}, ("a",)), '"\\u001b[2J": unknown key; known: a'),
 ])
 def test_one_wording(call: object, message: str) -> None:
     with pytest.raises(FieldError) as info:
