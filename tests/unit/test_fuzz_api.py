@@ -377,7 +377,7 @@ def test_bytes_that_are_no_message_are_invalid_argument(server: Server, path: st
     before = server.state()
     code, details = call(server.channel, path, [b"\x0a\xff\xff\xff\x0f\x78"])
     assert code is C.INVALID_ARGUMENT, (code, details)
-    assert "not a valid message" in details and "Unexpected" not in details
+    assert details.startswith("request: not a valid") and "Unexpected" not in details
     assert server.state() == before
 
 
@@ -397,7 +397,7 @@ def test_a_ttl_with_negative_nanos_is_invalid_argument(server: Server) -> None:
     ):
         code, details = call(server.channel, path, [request.SerializeToString()])
         assert code is C.INVALID_ARGUMENT, (path, code, details)
-        assert "ttl" in details and "whole seconds" in details
+        assert "rule.ttl" in details, details
     assert server.state() == before
 
 

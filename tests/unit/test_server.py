@@ -251,4 +251,4 @@ def test_bytes_that_are_no_message_are_invalid_argument(
         if kind.endswith("stream"):
             list(result)
     assert info.value.code() is C.INVALID_ARGUMENT, info.value
-    assert (info.value.details() or "").startswith("request: not a valid message")
+    assert (info.value.details() or "").startswith("request: not a valid")
