@@ -105,11 +105,11 @@ KEY="$( { sha256sum "$SCRIPT" | cut -d' ' -f1; printf '%s\n' "$MIRROR" "$SUITE" 
     | sha256sum | cut -c1-16)"
 OUT="$CACHE/$KEY"
 if [[ $MODE == --check ]]; then
-    [[ -f $OUT/manifest.txt ]] || "$SCRIPT" >/dev/null
+    [[ -f $OUT/manifest.txt ]] || bash "$SCRIPT" >/dev/null
     SCRATCH="$(mktemp -d "${TMPDIR:-/var/tmp}/bw-box-check.XXXXXX")"
     trap 'rm -rf "$SCRATCH"' EXIT
     say "check: building the same inputs again into $SCRATCH"
-    BREAKWATER_BOX_CACHE="$SCRATCH" BREAKWATER_BOX_DEBS="$DEBS" BREAKWATER_BOX_KEEP=1 "$SCRIPT" >/dev/null
+    BREAKWATER_BOX_CACHE="$SCRATCH" BREAKWATER_BOX_DEBS="$DEBS" BREAKWATER_BOX_KEEP=1 bash "$SCRIPT" >/dev/null
     a="$(sha256sum <"$OUT/manifest.txt" | cut -c1-64)"
     b="$(sha256sum <"$SCRATCH/$KEY/manifest.txt" | cut -c1-64)"
     files_differ=unknown

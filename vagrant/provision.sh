@@ -38,7 +38,7 @@ IPv6AcceptRA=no
 EOF
 systemctl restart systemd-networkd
 ip link set eth1 up
-ip -4 addr show dev eth1 | grep -q "inet ${lab_cidr%/*}/" || ip addr add "$lab_cidr" dev eth1
+ip addr replace "$lab_cidr" dev eth1  # now, whether or not networkd was quicker
 
 if [[ -d vagrant/wheels ]]; then
     export PIP_NO_INDEX=1 PIP_FIND_LINKS=/breakwater/vagrant/wheels

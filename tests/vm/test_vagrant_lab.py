@@ -10,7 +10,8 @@ qemu, no state directory.
 
 Slow under TCG (two guests booted and provisioned: about 15 minutes on the
 project's 2 shared cores), so it is skipped unless ``BREAKWATER_VAGRANT_TEST=1``
-(``.ci/run`` sets it).
+(``.ci/run`` sets it). ``BREAKWATER_VAGRANT_LAB`` names a lab already up
+(``make vagrant-up``) to run the checks against; it is torn down after.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ class VagrantLab:
 def lab(box: vm.Box) -> Iterator[VagrantLab]:
     if os.environ.get("BREAKWATER_VAGRANT_TEST") != "1":
         pytest.skip("vagrant up of two TCG guests takes ~15 min: BREAKWATER_VAGRANT_TEST=1 runs it")
-    name = f"bwv-{secrets.token_hex(3)}"
+    # A lab already up (BREAKWATER_VAGRANT_LAB) is reused: `up` is then a no-op
+    # for running VMs; it is torn down at the end all the same.
+    name = os.environ.get("BREAKWATER_VAGRANT_LAB") or f"bwv-{secrets.token_hex(3)}"
     env = dict(os.environ, BREAKWATER_VAGRANT_LAB=name, BREAKWATER_PYTHON=sys.executable)
     lab = VagrantLab(name, env)
     started = time.monotonic()
@@ -90,15 +93,31 @@ def _udp_noports(lab: VagrantLab) -> int:
     return int(dict(zip(rows[0][1:], rows[1][1:], strict=True))["NoPorts"])
 
 
+def _wait_agent(lab: VagrantLab, within: float = 900) -> str:
+    """Wait until edge1's agent has attached XDP and serves its API (it compiles
+    the program at start: minutes under TCG); return ``ip -d link show eth1``."""
+    deadline = time.monotonic() + within
+    while True:
+        out = lab.ssh("edge1", "ip -d link show eth1; echo ===; ss -Hltn 'sport = :9612'; echo ===; "
+                               "systemctl is-active breakwater-agent || true")
+        link, api, state = out.split("===\n")
+        if "prog/xdp" in link and api.strip() and state.strip() == "active":
+            return link
+        if time.monotonic() > deadline:
+            log = lab.ssh("edge1", "sudo journalctl -u breakwater-agent --no-pager | tail -20")
+            raise AssertionError(f"edge1's agent not up within {within:.0f} s: {state.strip()}\n{link}{log}")
+        time.sleep(10)
+
+
 def test_agent_runs_native_xdp_on_edge1(lab: VagrantLab) -> None:
-    assert lab.ssh("edge1", "systemctl is-active breakwater-agent").strip() == "active"
-    link = lab.ssh("edge1", "ip -d link show eth1")
+    link = _wait_agent(lab)
     assert "xdp" in link and "prog/xdp" in link, link
     # native: iproute2 says "xdp" (driver mode), not "xdpgeneric"
     assert "xdpgeneric" not in link, link
 
 
 def test_flood_from_attackers_dropped_client_served(lab: VagrantLab) -> None:
+    _wait_agent(lab)
     lab.ssh("edge1", f"sudo breakwater rules create --server 127.0.0.1:9612 vagrant-flood "
                      f"--src {FLOOD_NET} --action drop --reason 'tests/vm flood'")
     mac = lab.ssh("edge1", "cat /sys/class/net/eth1/address").strip()
