@@ -8,9 +8,10 @@ in the lab namespace (the host side of the lab link) is served by edge1
 throughout. ``lab.sh down`` must leave nothing: no namespace, no libvirtd, no
 qemu, no state directory.
 
-Slow under TCG (two guests booted and provisioned: about 15 minutes on the
-project's 2 shared cores), so it is skipped unless ``BREAKWATER_VAGRANT_TEST=1``
-(``.ci/run`` sets it). ``BREAKWATER_VAGRANT_LAB`` names a lab already up
+Slow under TCG (two guests booted and provisioned: about 30 minutes on the
+project's 2 shared cores under load), so it is skipped unless
+``BREAKWATER_VAGRANT_TEST=1``: ``tests/vm/test_edge_vm.py`` is the VM tier CI
+always runs. ``BREAKWATER_VAGRANT_LAB`` names a lab already up
 (``make vagrant-up``) to run the checks against; it is torn down after.
 """
 
@@ -61,7 +62,7 @@ class VagrantLab:
 @pytest.fixture(scope="module")
 def lab(box: vm.Box) -> Iterator[VagrantLab]:
     if os.environ.get("BREAKWATER_VAGRANT_TEST") != "1":
-        pytest.skip("vagrant up of two TCG guests takes ~15 min: BREAKWATER_VAGRANT_TEST=1 runs it")
+        pytest.skip("vagrant up of two TCG guests takes ~30 min: BREAKWATER_VAGRANT_TEST=1 runs it")
     # A lab already up (BREAKWATER_VAGRANT_LAB) is reused: `up` is then a no-op
     # for running VMs; it is torn down at the end all the same.
     name = os.environ.get("BREAKWATER_VAGRANT_LAB") or f"bwv-{secrets.token_hex(3)}"
