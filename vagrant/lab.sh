@@ -38,7 +38,7 @@ die() { printf 'vagrant-lab: ERROR: %s\n' "$*" >&2; exit 1; }
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 PYTHON="${BREAKWATER_PYTHON:-$REPO/.venv/bin/python}"
-[[ -x $PYTHON ]] || die "no $PYTHON: run make setup (or set BREAKWATER_PYTHON)"
+need_python() { [[ -x $PYTHON ]] || die "no $PYTHON: run make setup (or set BREAKWATER_PYTHON)"; }
 LAB="${BREAKWATER_VAGRANT_LAB:-bw-vagrant}"
 [[ $LAB =~ ^[a-z0-9-]{1,15}$ ]] || die "BREAKWATER_VAGRANT_LAB=$LAB: expected 1-15 of a-z, 0-9, -"
 STATE="${BREAKWATER_VAGRANT_STATE:-/var/lib/breakwater/vagrant}/$LAB"
@@ -172,6 +172,7 @@ ensure_wheels() {
 }
 
 cmd_prepare() {
+    need_python
     mkdir -p "$STATE"
     issue_pki
     ensure_wheels
