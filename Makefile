@@ -9,7 +9,8 @@ FUZZ_TESTS  := tests/unit/test_fuzz_api.py tests/unit/test_fuzz_config.py tests/
 .DEFAULT_GOAL := help
 DEMO_CHART  ?= build/x-spaces.png
 
-.PHONY: help setup test fuzz demo bench bench-agent bench-harvest bench-controlplane bench-ha bench-lab check check-vagrant vagrant-box proto clean
+.PHONY: help setup test fuzz demo bench bench-agent bench-harvest bench-controlplane bench-ha bench-lab check \
+	check-vagrant vagrant-box vagrant-box-check vagrant-box-prune vagrant-up vagrant-down proto clean
 
 help:
 	@echo "Breakwater make targets:"
@@ -28,6 +29,11 @@ help:
 	@echo "  check  lint and type-check: ruff check, mypy, generated code current, buf lint,"
 	@echo "         vagrant validate and shellcheck (check-vagrant)"
 	@echo "  vagrant-box  build (or reuse the cached) lab box from Debian packages (vagrant/build-box.sh)"
+	@echo "  vagrant-box-check  build the box again from the same inputs; the package lists must match"
+	@echo "  vagrant-box-prune  keep the newest \$$BREAKWATER_BOX_KEEP (default 2) boxes in the cache"
+	@echo "  vagrant-up   the Vagrant lab in a namespace of its own (vagrant/lab.sh up \$$ROLES;"
+	@echo "               default ROLES: edge1 attackers)"
+	@echo "  vagrant-down destroy it: VMs, libvirtd, namespace, volumes (vagrant/lab.sh down)"
 	@echo "  proto  regenerate breakwater/v1/ from proto/breakwater/v1/*.proto"
 	@echo "  clean  remove .venv and caches"
 
@@ -84,6 +90,20 @@ check-vagrant:
 vagrant-box: setup
 	bash vagrant/build-box.sh
 	$(PY) -c 'from controller.lab import vm; vm.write_driver()'
+
+vagrant-box-check: setup
+	bash vagrant/build-box.sh --check
+
+vagrant-box-prune:
+	bash vagrant/build-box.sh --prune
+
+# Two VMs by default (TCG on a shared machine); ROLES="controller edge1 edge2 ..." for more.
+ROLES ?= edge1 attackers
+vagrant-up: vagrant-box
+	bash vagrant/lab.sh up $(ROLES)
+
+vagrant-down:
+	bash vagrant/lab.sh down
 
 # Needs the dev tools in .venv (make setup); does not need root.
 proto:

@@ -13,8 +13,12 @@
 #     tools/node_modules for `make check`'s buf lint; npm from Debian if missing
 #   - the VM lab's host tools: debootstrap, qemu-system-x86, qemu-utils,
 #     openssh-client (make vagrant-box, tests/vm), vagrant, vagrant-libvirt
-#     and shellcheck (make check's vagrant validate and shell check); not
-#     libvirt-daemon-system, whose default network is a bridge on the host
+#     and shellcheck (make check's vagrant validate and shell check), and for
+#     vagrant/lab.sh (make vagrant-up) libvirtd with its qemu driver, virsh,
+#     dnsmasq-base, iptables and rsync; not libvirt-daemon-system, whose
+#     service would start a libvirtd on the host with its 'default' NAT
+#     network (a bridge on the host's network): lab.sh starts its own
+#     libvirtd inside the lab's namespace
 #   - a final check that bcc compiles and loads an XDP program
 #
 # Overrides (mostly for testing this script):
@@ -22,7 +26,8 @@
 #   BREAKWATER_KERNEL_RELEASE  kernel release to set up headers for (default uname -r)
 #   BREAKWATER_SKIP_BPF_CHECK  =1 skips the final compile-and-load check
 #   BREAKWATER_SKIP_TOOLS      =1 skips the developer tools (buf, the VM lab's
-#                              host tools): what a lab VM's offline provisioning sets
+#                              host tools, the project's dev extra): what a lab
+#                              VM's offline provisioning sets
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -85,7 +90,8 @@ PKGS=(python3-bpfcc bpftool iproute2 nftables netsniff-ng make gcc)
 SKIP_TOOLS="${BREAKWATER_SKIP_TOOLS:-0}"
 if [[ $SKIP_TOOLS != 1 ]]; then
     PKGS+=(debootstrap qemu-system-x86 qemu-utils openssh-client e2fsprogs vagrant vagrant-libvirt shellcheck
-           etcd-server etcd-client)
+           etcd-server etcd-client
+           libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base iptables rsync)
 fi
 if ! find_venv_python >/dev/null; then
     PKGS+=(python3 python3-venv)
@@ -212,11 +218,13 @@ STAMP="$VENV/.installed-$HASH"
 if [[ -e $STAMP ]]; then
     say "project already installed in .venv (pyproject.toml unchanged)"
 else
-    say "pip install -e '.[dev]'"
+    TARGET='.[dev]'
+    [[ $SKIP_TOOLS == 1 ]] && TARGET='.'
+    say "pip install -e '$TARGET'"
     PIP_LOG="$VENV/pip-install.log"
-    if ! "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]' >"$PIP_LOG" 2>&1; then
+    if ! "$VENV/bin/pip" install -q --disable-pip-version-check -e "$TARGET" >"$PIP_LOG" 2>&1; then
         tail -n 30 "$PIP_LOG" >&2
-        die "pip install -e '.[dev]' failed (full log: $PIP_LOG)"
+        die "pip install -e '$TARGET' failed (full log: $PIP_LOG)"
     fi
     rm -f "$VENV"/.installed-*
     touch "$STAMP"

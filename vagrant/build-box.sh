@@ -33,6 +33,17 @@
 #   BREAKWATER_MIRROR      Debian mirror (default http://deb.debian.org/debian)
 #   BREAKWATER_BOX_SIZE    disk size (default 4G)
 #   BREAKWATER_BOX_REBUILD =1 rebuilds even when the cache holds the key
+#   BREAKWATER_BOX_KEEP    boxes kept in the cache, newest first (default 2):
+#                          a build prunes older box directories
+#   BREAKWATER_BOX_DEBS    the .deb cache (default $BREAKWATER_BOX_CACHE/debs)
+#
+#   --prune   only prune the cache (keep the newest BREAKWATER_BOX_KEEP boxes)
+#   --check   reproducibility check: build the same inputs again into a
+#             scratch cache and compare with the cached box: manifest.txt
+#             (every package and version) must be identical, else exit 1;
+#             files.sha256 (every file of the root filesystem) is compared
+#             too and the paths that differ are listed (what the build does
+#             not yet make byte-identical). Needs a cached box (builds it first).
 set -euo pipefail
 
 say() { printf 'vagrant-box: %s\n' "$*" >&2; }
@@ -56,9 +67,35 @@ PKGS=(
     linux-image-cloud-amd64 linux-headers-cloud-amd64 initramfs-tools
     systemd-sysv udev dbus kmod openssh-server sudo ca-certificates
     python3 python3-venv python3-bpfcc python3-pyroute2 python3-numpy
-    bpftool iproute2 nftables netsniff-ng ethtool make gcc procps less
+    bpftool iproute2 nftables netsniff-ng ethtool make gcc procps less rsync
 )
 VAGRANT_PUB="ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key"
+
+MODE="${1:-build}"
+case "$MODE" in
+    build|--prune|--check) ;;
+    *) die "unknown argument $MODE (expected --prune or --check)" ;;
+esac
+KEEP="${BREAKWATER_BOX_KEEP:-2}"
+[[ $KEEP =~ ^[1-9][0-9]*$ ]] || die "BREAKWATER_BOX_KEEP=$KEEP: expected a positive integer"
+DEBS="${BREAKWATER_BOX_DEBS:-$CACHE/debs}"
+
+# Keep the newest $KEEP boxes of the cache (and always $1, the one in use).
+prune() {
+    local keep_dir="${1:-}" n=0 dir
+    while read -r dir; do
+        n=$((n + 1))
+        if ((n > KEEP)) && [[ $dir != "$keep_dir" ]]; then
+            say "prune: removing old box $dir"
+            rm -rf "$dir"
+        fi
+    done < <(find "$CACHE" -mindepth 2 -maxdepth 2 -name breakwater.box -printf '%T@ %h\n' 2>/dev/null \
+        | sort -rn | cut -d' ' -f2-)
+}
+if [[ $MODE == --prune ]]; then
+    prune
+    exit 0
+fi
 
 for tool in debootstrap mkfs.ext4 qemu-img chroot; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (make setup installs debootstrap, e2fsprogs, qemu-utils)"
@@ -67,6 +104,25 @@ done
 KEY="$( { sha256sum "$SCRIPT" | cut -d' ' -f1; printf '%s\n' "$MIRROR" "$SUITE" "$SIZE" "${PKGS[@]}"; } \
     | sha256sum | cut -c1-16)"
 OUT="$CACHE/$KEY"
+if [[ $MODE == --check ]]; then
+    [[ -f $OUT/manifest.txt ]] || bash "$SCRIPT" >/dev/null
+    SCRATCH="$(mktemp -d "${TMPDIR:-/var/tmp}/bw-box-check.XXXXXX")"
+    trap 'rm -rf "$SCRATCH"' EXIT
+    say "check: building the same inputs again into $SCRATCH"
+    BREAKWATER_BOX_CACHE="$SCRATCH" BREAKWATER_BOX_DEBS="$DEBS" BREAKWATER_BOX_KEEP=1 bash "$SCRIPT" >/dev/null
+    a="$(sha256sum <"$OUT/manifest.txt" | cut -c1-64)"
+    b="$(sha256sum <"$SCRATCH/$KEY/manifest.txt" | cut -c1-64)"
+    files_differ=unknown
+    if [[ -f $OUT/files.sha256 ]]; then
+        files_differ="$(diff "$OUT/files.sha256" "$SCRATCH/$KEY/files.sha256" | grep -c '^>' || true)"
+        diff "$OUT/files.sha256" "$SCRATCH/$KEY/files.sha256" | sed -n 's/^> [^ ]*  \.\{0,1\}/vagrant-box: check: differs: /p' >&2 || true
+    fi
+    printf '{"box": "%s", "manifest_sha256": "%s", "rebuilt_manifest_sha256": "%s", "packages": %s, "files_differing": "%s"}\n' \
+        "$KEY" "$a" "$b" "$(wc -l <"$OUT/manifest.txt")" "$files_differ"
+    [[ $a == "$b" ]] || { diff "$OUT/manifest.txt" "$SCRATCH/$KEY/manifest.txt" >&2 || true; die "check: the package lists differ"; }
+    say "check: same package list (manifest sha256 $a)"
+    exit 0
+fi
 if [[ -f $OUT/breakwater.box && ${BREAKWATER_BOX_REBUILD:-0} != 1 ]]; then
     say "cached: $OUT"
     printf '%s\n' "$OUT"
@@ -92,8 +148,8 @@ in_root() { chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin 
 
 start=$SECONDS
 say "debootstrap $SUITE from $MIRROR into $ROOTFS"
-mkdir -p "$CACHE/debs"
-debootstrap --variant=minbase --cache-dir="$CACHE/debs" --components=main \
+mkdir -p "$DEBS"
+debootstrap --variant=minbase --cache-dir="$DEBS" --components=main \
     "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
     || { tail -n 20 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
 say "debootstrap done in $((SECONDS - start)) s"
@@ -112,14 +168,14 @@ printf '#!/bin/sh\nexit 101\n' >"$ROOTFS/usr/sbin/policy-rc.d"
 chmod 0755 "$ROOTFS/usr/sbin/policy-rc.d"
 # The debootstrap cache doubles as apt's archive cache (hard links in, copies out).
 mkdir -p "$ROOTFS/var/cache/apt/archives"
-cp -al "$CACHE/debs/." "$ROOTFS/var/cache/apt/archives/" 2>/dev/null || true
+cp -al "$DEBS/." "$ROOTFS/var/cache/apt/archives/" 2>/dev/null || true
 
 say "apt-get install ${#PKGS[@]} packages in the guest root"
 in_root apt-get update -qq >"$WORK/apt.log" 2>&1 \
     || { tail -n 20 "$WORK/apt.log" >&2; die "apt-get update in the guest root failed"; }
 in_root apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >>"$WORK/apt.log" 2>&1 \
     || { tail -n 20 "$WORK/apt.log" >&2; die "apt-get install in the guest root failed"; }
-cp -n "$ROOTFS"/var/cache/apt/archives/*.deb "$CACHE/debs/"
+cp -n "$ROOTFS"/var/cache/apt/archives/*.deb "$DEBS/"
 say "packages installed after $((SECONDS - start)) s"
 
 # ------------------------------------------------------------ configuration
@@ -180,6 +236,14 @@ rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/*.log "$ROOTFS"/tmp/* "$R
 : >"$ROOTFS/etc/machine-id"
 rm -f "$ROOTFS/var/lib/dbus/machine-id"
 
+# Every file of the root filesystem (sha256 of regular files, target of
+# symbolic links), for --check: what a rebuild changes.
+(cd "$ROOTFS" && find . -xdev \( -type f -o -type l \) -print0 | sort -z \
+    | while IFS= read -r -d '' f; do
+        if [[ -L $f ]]; then printf 'link:%s  %s\n' "$(readlink "$f")" "$f"
+        else printf '%s  %s\n' "$(sha256sum <"$f" | cut -c1-64)" "$f"; fi
+      done) >"$WORK/files.sha256"
+
 # ------------------------------------------------------------------- images
 cp "$ROOTFS/boot/vmlinuz-$KREL" "$WORK/vmlinuz"
 cp "$ROOTFS/boot/initrd.img-$KREL" "$WORK/initrd.img"
@@ -207,8 +271,9 @@ printf 'kernel %s\nkey %s\n' "$KREL" "$KEY" >"$WORK/release.txt"
 tar -C "$WORK" --sort=name --mtime="@$EPOCH" --owner=0 --group=0 --numeric-owner \
     -cf "$WORK/breakwater.box" metadata.json Vagrantfile box.img vmlinuz initrd.img
 mkdir -p "$OUT"
-for f in box.img vmlinuz initrd.img metadata.json Vagrantfile manifest.txt release.txt breakwater.box; do
+for f in box.img vmlinuz initrd.img metadata.json Vagrantfile manifest.txt files.sha256 release.txt breakwater.box; do
     mv "$WORK/$f" "$OUT/$f"
 done
 say "built $OUT in $((SECONDS - start)) s (kernel $KREL)"
+prune "$OUT"
 printf '%s\n' "$OUT"

@@ -8,6 +8,7 @@ virtio-net NIC, and a TCP service for the legitimate client.
     python3 guest.py drops IFNAME               # the driver's XDP drop counter
     python3 guest.py detach IFNAME              # Breakwater off, pins purged
     python3 guest.py bare IFNAME SECONDS        # a bare `return XDP_DROP`, native, for SECONDS
+    python3 guest.py bare-pin PATH              # that program loaded and pinned at PATH, not attached
     python3 guest.py nft IFNAME FILE            # nftables netdev-ingress drop of FILE's sources
     python3 guest.py nft-off                    # that table removed
     python3 guest.py cpu IFNAME                 # busy CPU ticks (/proc/stat) and rx packets
@@ -103,6 +104,17 @@ def bare(ifname: str, seconds: str) -> None:
         b.remove_xdp(ifname, XDP_FLAGS_DRV_MODE)
 
 
+def bare_pin(path: str) -> None:
+    from bcc import BPF, libbcc
+
+    b = BPF(text="int bare(struct xdp_md *ctx) { return XDP_DROP; }")
+    fn = b.load_func("bare", BPF.XDP)
+    Path(path).unlink(missing_ok=True)
+    if libbcc.lib.bpf_obj_pin(fn.fd, path.encode()) != 0:
+        raise SystemExit(f"guest.py: could not pin the bare program at {path}")
+    print("pinned", flush=True)
+
+
 NFT_TABLE = "breakwater_vm"
 
 
@@ -129,7 +141,7 @@ def cpu(ifname: str) -> None:
 
 COMMANDS: dict[str, Callable[..., None]] = {
     "attach": attach, "deny": deny, "serve": serve, "drops": drops, "detach": detach,
-    "bare": bare, "nft": nft, "nft-off": nft_off, "cpu": cpu,
+    "bare": bare, "bare-pin": bare_pin, "nft": nft, "nft-off": nft_off, "cpu": cpu,
 }
 
 if __name__ == "__main__":
