@@ -192,6 +192,9 @@ class DetectConfig:
     known_tau: float = 3600.0
     """Seconds over which a known source's score decays (a source that left is
     displaced by current ones)."""
+    known_min_seconds: float = 10.0
+    """A source is known once the quiet intervals it sent UDP in span this
+    many seconds: a few packets (a bot's probe before its flood) do not make one."""
 
     def __post_init__(self) -> None:
         check_int(self.start_intervals, "start_intervals", 1, 1000)
@@ -225,6 +228,7 @@ class DetectConfig:
         check_int(self.max_tracked_sources, "max_tracked_sources", 1000, 100_000_000)
         check_int(self.known_sources, "known_sources", 0, 65536)
         check_number(self.known_tau, "known_tau", 1, 30 * 86400)
+        check_number(self.known_min_seconds, "known_min_seconds", 0, 86400)
         if self.many_max_source_pps >= self.source_pps:
             raise FieldError(
                 "many_max_source_pps",

@@ -127,7 +127,7 @@ class Detector:
         self._keys = AddressKeys()
         self._dests = Destinations(self._keys)
         self._table = SourceTable()
-        self._known = KnownSources(cfg.known_sources, cfg.known_tau)
+        self._known = KnownSources(cfg.known_sources, cfg.known_tau, cfg.known_min_seconds)
         self._floor = np.array([cfg.threshold(v).pps for v in DEST_VECTORS])
         self._factor = np.array([cfg.threshold(v).factor for v in DEST_VECTORS])
         self._ceiling = np.array([cfg.threshold(v).ceiling for v in DEST_VECTORS])

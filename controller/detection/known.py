@@ -32,20 +32,26 @@ class KnownSources:
     """Per destination slot, the heaviest peacetime UDP sources (see the module doc).
 
     ``limit`` is the most kept per destination (0: learn nothing), ``tau``
-    the decay of a source's score in seconds."""
+    the decay of a source's score in seconds; a source is known once its
+    learned intervals span ``min_seconds`` (a few packets do not make one)."""
 
-    def __init__(self, limit: int, tau: float) -> None:
+    def __init__(self, limit: int, tau: float, min_seconds: float = 0.0) -> None:
         self.limit = limit
         self.tau = tau
+        self.min_seconds = min_seconds
         # the kept sets: parallel arrays sorted by (slot, key)
         self._slot: I64 = np.zeros(0, np.int64)
         self._key: U64 = np.zeros(0, np.uint64)
         self._hi: U64 = np.zeros(0, np.uint64)
         self._lo: U64 = np.zeros(0, np.uint64)
         self._score: F64 = np.zeros(0)
+        self._first: F64 = np.zeros(0)
+        """When each was first learned (the end of its interval) ..."""
+        self._last: F64 = np.zeros(0)
+        """... and last."""
         self._t: float | None = None
         # the previous interval's UDP sources, learned once the next interval is quiet too
-        self._pending: tuple[I64, U64, U64, U64, F64] | None = None
+        self._pending: tuple[float, I64, U64, U64, U64, F64] | None = None
         self._cache: dict[int, tuple[Prefix, ...]] = {}
 
     def __len__(self) -> int:
@@ -60,14 +66,14 @@ class KnownSources:
             return
         pending, self._pending = self._pending, None
         if pending is not None:
-            p_slot, p_key, p_hi, p_lo, p_udp = pending
+            p_t, p_slot, p_key, p_hi, p_lo, p_udp = pending
             ok = quiet[p_slot]
             if ok.any():
-                self._learn(t, p_slot[ok], p_key[ok], p_hi[ok], p_lo[ok], p_udp[ok])
+                self._learn(p_t, p_slot[ok], p_key[ok], p_hi[ok], p_lo[ok], p_udp[ok])
         rows = np.nonzero((slot >= 0) & (udp > 0))[0]
         if len(rows):
             rows = rows[quiet[slot[rows]]]
-            self._pending = (slot[rows], key[rows], hi[rows], lo[rows], udp[rows].astype(np.float64))
+            self._pending = (t, slot[rows], key[rows], hi[rows], lo[rows], udp[rows].astype(np.float64))
 
     def _learn(self, t: float, slot: I64, key: U64, hi: U64, lo: U64, udp: F64) -> None:
         if self._t is not None and len(self._score):
@@ -78,13 +84,16 @@ class KnownSources:
         his = np.concatenate([self._hi, hi])
         los = np.concatenate([self._lo, lo])
         score = np.concatenate([self._score, udp])
+        born = np.concatenate([self._first, np.full(len(key), t)])
+        seen = np.concatenate([self._last, np.full(len(key), t)])
         order = np.lexsort((keys, slots))
-        slots, keys, his, los, score = slots[order], keys[order], his[order], los[order], score[order]
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = (keys[1:] != keys[:-1]) | (slots[1:] != slots[:-1])
-        group = np.cumsum(first) - 1
-        score = np.bincount(group, weights=score).astype(np.float64)
-        at = np.nonzero(first)[0]
+        slots, keys, his, los = slots[order], keys[order], his[order], los[order]
+        score, born, seen = score[order], born[order], seen[order]
+        head = np.ones(len(keys), dtype=bool)
+        head[1:] = (keys[1:] != keys[:-1]) | (slots[1:] != slots[:-1])
+        at = np.nonzero(head)[0]
+        score = np.add.reduceat(score, at)
+        born, seen = np.minimum.reduceat(born, at), np.maximum.reduceat(seen, at)
         slots, keys, his, los = slots[at], keys[at], his[at], los[at]
         # at most ``limit`` per destination: the heaviest
         counts = np.bincount(slots)
@@ -94,17 +103,20 @@ class KnownSources:
             place = np.arange(len(rank)) - start[slots[rank]]
             keep = np.sort(rank[place < self.limit])
             slots, keys, his, los, score = slots[keep], keys[keep], his[keep], los[keep], score[keep]
+            born, seen = born[keep], seen[keep]
         self._slot, self._key, self._hi, self._lo, self._score = slots, keys, his, los, score
+        self._first, self._last = born, seen
         self._cache.clear()
 
     def of(self, slot: int) -> tuple[Prefix, ...]:
-        """The known sources of destination ``slot`` (/32 or /128 each), sorted."""
+        """The known sources of destination ``slot`` (/32 or /128 each), sorted:
+        those learned over at least ``min_seconds``."""
         hit = self._cache.get(slot)
         if hit is None:
             lo_at, hi_at = np.searchsorted(self._slot, [slot, slot + 1])
+            ok = np.nonzero(self._last[lo_at:hi_at] - self._first[lo_at:hi_at] >= self.min_seconds)[0] + lo_at
             hit = tuple(sorted(
-                (exact_prefix(int(h), int(lo)) for h, lo in
-                 zip(self._hi[lo_at:hi_at], self._lo[lo_at:hi_at], strict=True)),
+                (exact_prefix(int(h), int(lo)) for h, lo in zip(self._hi[ok], self._lo[ok], strict=True)),
                 key=lambda p: (p.family, int(p.network.network_address)),
             ))
             self._cache[slot] = hit

@@ -41,7 +41,7 @@ def test_detector_learns_peacetime_udp_clients_and_freezes_them_under_attack() -
     late = Traffic(v4_block("172.21.0.1", 5), VICTIM, 50, UDP, size=200, start=15)
     other = Traffic(v4_block("172.22.0.1", 3), VICTIM2, 20, UDP, size=200)
     flood = Spoofed(VICTIM, 200_000, UDP, start=10, stop=25)
-    det = Detector()
+    det = Detector(DetectConfig(known_min_seconds=2.0))
     known_at: dict[float, tuple[Prefix, ...]] = {}
     started: list[AttackEvent] = []
     for sample in record(30.0, 1.0, [background(VICTIM), clients, late, other, flood]):
@@ -63,8 +63,18 @@ def test_the_interval_a_flood_starts_in_is_not_learned() -> None:
     # the spoofed sources of that interval never become known
     flood = Spoofed(VICTIM, 120_000, UDP, start=9.5, stop=20)
     clients = Traffic(v4_block("172.20.0.1", 4), VICTIM, 50, UDP)
-    det = Detector()
+    det = Detector(DetectConfig(known_min_seconds=2.0))
     for sample in record(15.0, 1.0, [clients, flood]):
+        det.observe(sample)
+    assert set(det.known_sources(p(VICTIM))) == set(hosts("172.20.0.1", 4))
+
+
+def test_a_probe_of_a_few_packets_does_not_make_a_source_known() -> None:
+    # bots that sent a few packets once in peacetime (a probe), then flood
+    probe = Traffic(v4_block("198.18.16.1", 8), VICTIM, 5, UDP, start=3, stop=4)
+    clients = Traffic(v4_block("172.20.0.1", 4), VICTIM, 20, UDP)
+    det = Detector(DetectConfig(known_min_seconds=2.0))
+    for sample in record(9.0, 1.0, [clients, probe]):
         det.observe(sample)
     assert set(det.known_sources(p(VICTIM))) == set(hosts("172.20.0.1", 4))
 
@@ -82,7 +92,7 @@ def _feed(known: KnownSources, t: float, first: str, counts: list[float], slot: 
 
 
 def test_known_sources_are_bounded_to_the_heaviest_per_destination() -> None:
-    known = KnownSources(limit=3, tau=3600)
+    known = KnownSources(limit=3, tau=3600, min_seconds=0)
     _feed(known, 1.0, "10.0.0.1", [5, 50, 1, 40, 30, 2])
     _feed(known, 2.0, "10.0.1.1", [1])  # commits the first interval
     _feed(known, 3.0, "10.0.2.1", [1], slot=1)  # another destination, its own bound
@@ -181,6 +191,8 @@ def test_known_settings_are_checked_with_their_field() -> None:
         MitigateConfig(known_per_source_pps=-1)
     with pytest.raises(InputError, match=r"^known_sources: 70000 is out of range 0..65536"):
         DetectConfig(known_sources=70000)
+    with pytest.raises(InputError, match=r"^known_min_seconds: -1 is out of range"):
+        DetectConfig(known_min_seconds=-1)
     with pytest.raises(InputError, match=r"^known_tau: 0 is out of range"):
         DetectConfig.from_dict({"known_tau": 0})
     assert MitigateConfig.from_dict({"known_per_source_pps": 200}).known_per_source_pps == 200
