@@ -75,7 +75,7 @@ def run_interval(iface: Interface, *, config: AgentConfig, store: Store, layers:
     iface.harvest_hist.observe(iface.last_harvest)
     now = datetime.now(UTC)
     events: list[AttackEvent] = [] if sample is None else iface.detector.observe(sample)
-    plan = iface.planner.plan(now, events, iface.auto)
+    plan = iface.planner.plan(now, events, iface.auto, known=iface.detector.known_sources)
     t2 = time.monotonic()
     events = [replace(e, applied=plan.by_attack.get(e.id, ())) for e in events]
     changed = tuple(plan.rules) != tuple(sorted(iface.auto, key=lambda r: r.id))

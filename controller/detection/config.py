@@ -25,6 +25,7 @@ from ..validate import at, check_bool, check_int, check_keys, check_number, join
 from .events import DEST_VECTORS, Vector
 
 __all__ = [
+    "KNOWN_PRIORITY_OFFSET",
     "MAX_DETECT_RATE",
     "PER_SOURCE_PRIORITY_OFFSET",
     "DetectConfig",
@@ -40,6 +41,11 @@ PER_SOURCE_PRIORITY_OFFSET: Final = 50
 """The many-source per-source limit matches everything to the victim and is
 terminal, so it sits after the narrower vector signatures (this much after
 ``priority``)."""
+
+KNOWN_PRIORITY_OFFSET: Final = 1
+"""The known sources' per-source limit of a UDP flood sits this much before
+the victim's UDP ceiling (at ``priority``); at priority 0 its id
+(``auto-known-...``) still sorts before the ceiling's (``auto-udp-...``)."""
 
 ReflectionAction = Literal["rate_limit", "drop"]
 
@@ -187,6 +193,16 @@ class DetectConfig:
     """Top sources listed in each event."""
     max_tracked_sources: int = 2_000_000
     """Sources remembered for churn and source counts; the least recent go first."""
+    known_sources: int = 1024
+    """Peacetime UDP sources learned per destination (the heaviest, scored by
+    packets): during a UDP flood they pass the victim-wide ceiling within
+    ``[mitigate] known_per_source_pps``. 0 learns none."""
+    known_tau: float = 3600.0
+    """Seconds over which a known source's score decays (a source that left is
+    displaced by current ones)."""
+    known_min_seconds: float = 10.0
+    """A source is known once the quiet intervals it sent UDP in span this
+    many seconds: a few packets (a bot's probe before its flood) do not make one."""
 
     def __post_init__(self) -> None:
         check_int(self.start_intervals, "start_intervals", 1, 1000)
@@ -220,6 +236,9 @@ class DetectConfig:
         check_int(self.max_offenders, "max_offenders", 1, 10_000_000)
         check_int(self.report_sources, "report_sources", 0, 10_000)
         check_int(self.max_tracked_sources, "max_tracked_sources", 1000, 100_000_000)
+        check_int(self.known_sources, "known_sources", 0, 65536)
+        check_number(self.known_tau, "known_tau", 1, 30 * 86400)
+        check_number(self.known_min_seconds, "known_min_seconds", 0, 86400)
         if self.many_max_source_pps >= self.source_pps:
             raise FieldError(
                 "many_max_source_pps",
@@ -315,6 +334,10 @@ class MitigateConfig:
     themselves are stopped by the newcomer drops, not by this limit."""
     proxy_drop_sources: int = 1000
     """Many-source floods: the heaviest newcomers dropped outright."""
+    known_per_source_pps: int = 1000
+    """UDP floods with a victim-wide ceiling: packets/s each source the victim
+    knew in peacetime (``[detect] known_sources``) may send past the ceiling,
+    one rule before it; 0 turns this off (everyone shares the ceiling)."""
     escalate_after: int = 10
     """E: intervals over threshold with a rate limit in force before it becomes a drop."""
     escalate_reflection: bool = True
@@ -364,6 +387,7 @@ class MitigateConfig:
         check_number(self.ceiling_factor, "ceiling_factor", 1, 1000)
         check_int(self.proxy_per_source_pps, "proxy_per_source_pps", 1, MAX_RATE)
         check_int(self.proxy_drop_sources, "proxy_drop_sources", 0, 10_000_000)
+        check_int(self.known_per_source_pps, "known_per_source_pps", 0, MAX_RATE)
         check_int(self.escalate_after, "escalate_after", 1, 1_000_000)
         check_bool(self.escalate_reflection, "escalate_reflection")
         check_bool(self.escalate_aggregate, "escalate_aggregate")

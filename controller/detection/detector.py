@@ -82,6 +82,7 @@ from ..validate import check_int, check_number
 from .attacks import AttackState
 from .config import MAX_DETECT_RATE, DetectConfig
 from .events import DEST_VECTORS, VECTOR_CODES, VECTORS, AttackEvent, EventKind, Profile, Vector
+from .known import KnownSources
 from .samples import Sample, address_words
 from .sources import Flood, SourceStep
 from .tables import F64, AddressKeys, Destinations, SourceTable, group_words
@@ -151,6 +152,7 @@ class Detector:
         self._keys = AddressKeys()
         self._dests = Destinations(self._keys)
         self._table = SourceTable()
+        self._known = KnownSources(cfg.known_sources, cfg.known_tau, cfg.known_min_seconds)
         self._floor = np.array([cfg.threshold(v).pps for v in DEST_VECTORS])
         self._factor = np.array([cfg.threshold(v).factor for v in DEST_VECTORS])
         self._ceiling = np.array([cfg.threshold(v).ceiling for v in DEST_VECTORS])
@@ -214,6 +216,13 @@ class Detector:
         slot = self._slot(victim)
         base = 0.0 if slot < 0 else float(self._baselines()[slot, col])
         return min(max(float(self._floor[col]), float(self._factor[col]) * base), float(self._ceiling[col]))
+
+    def known_sources(self, victim: Prefix) -> tuple[Prefix, ...]:
+        """The UDP sources ``victim`` knew in peacetime (:mod:`.known`), sorted; () for none."""
+        if not victim.is_exact:
+            return ()
+        slot = self._dests.slot(str(victim.network.network_address))
+        return () if slot < 0 else self._known.of(slot)
 
     @property
     def id_counter(self) -> int:
@@ -376,6 +385,10 @@ class Detector:
         ramping = (vec >= NEAR * thr) & (vec > RISE * self._prev_rate[:n_dest, : len(DEST_VECTORS)])
         self._prev_rate[:n_dest] = rate
         self._prev_quiet[:n_dest] = quiet
+        # the UDP sources of quiet destinations become known ones (one interval late, likewise)
+        s = sample.sources
+        self._known.observe(t, src.dst, src.keys, s["addr_hi"], s["addr_lo"],
+                            s["udp"].astype(np.float64), quiet)
         warm = vec >= cfg.early_fraction * thr
         # a group's packets are all its members' (many_source is per address)
         ramping[is_group, _MANY] = False

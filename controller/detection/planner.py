@@ -14,6 +14,9 @@ flood, concentrated    drop the offenders (``auto-src-<vector>-<victim>``); many
 flood, diffuse         an aggregate rate limit of that vector to the victim, plus
                        dropping the offenders that can be named
 flood, spoofed         the aggregate rate limit only: blocking sources cannot work
+UDP flood, ceiling     also: the sources the victim knew in peacetime pass the
+                       ceiling, each within a per-source limit
+                       (``auto-known-udp-<victim>``, one priority before it)
 ``reflection``         UDP from the reflection ports to the victim: rate limit or
                        drop (:func:`controller.rules.presets.reflection_rule`)
 ``many_source``        a per-source rate limit on the victim, plus dropping the
@@ -58,7 +61,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -68,7 +71,7 @@ from ..errors import InputError
 from ..rules.model import MAX_COMMENT, MAX_RATE, Match, Rule, RuleAction, RuleSet
 from ..rules.presets import reflection_rule
 from ..rules.values import PortRange, TcpFlags
-from .config import PER_SOURCE_PRIORITY_OFFSET, MitigateConfig
+from .config import KNOWN_PRIORITY_OFFSET, PER_SOURCE_PRIORITY_OFFSET, MitigateConfig
 from .events import VECTOR_CODES, AttackEvent, Vector
 
 __all__ = [
@@ -278,11 +281,19 @@ class Planner:
         self._owned: dict[str, tuple[str, ...]] = {}  # attack id -> rule ids of the last plan
         self._in_force: dict[str, int] = {}  # rule id -> intervals over threshold while in force
         self._drop_cache: dict[str, _DropCache] = {}  # attack id -> its source rules
+        self._known: Callable[[Prefix], Sequence[Prefix]] | None = None
 
-    def plan(self, now: datetime, events: Iterable[AttackEvent], current: Iterable[Rule]) -> PlanResult:
+    def plan(self, now: datetime, events: Iterable[AttackEvent], current: Iterable[Rule],
+             known: Callable[[Prefix], Sequence[Prefix]] | None = None) -> PlanResult:
         """The desired automatic rules at ``now`` (UTC-aware), given this
-        interval's events and the rules in force (rules of other origins are ignored)."""
+        interval's events and the rules in force (rules of other origins are ignored).
+
+        ``known`` gives a victim's known sources (the detector's
+        :meth:`~controller.detection.detector.Detector.known_sources`): UDP
+        floods under a victim-wide ceiling let them past it, each within
+        ``known_per_source_pps``."""
         now = _utc(now)
+        self._known = known
         cfg = self.config
         cur: dict[str, Rule] = {}
         for rule in current:
@@ -468,6 +479,7 @@ class Planner:
                                    carried=self._in_force_sources(base, cur, now))
             return [(limit, cfg.escalate_aggregate), *drops]
         signatures = [(rule, cfg.escalate_aggregate) for rule in self._signatures(event, victim)]
+        signatures = [*self._known_rules(event, victim, refused), *signatures]
         if event.profile == "spoofed":
             return signatures
         # One drop list per victim and vector, kept while floods of it last: a
@@ -483,6 +495,35 @@ class Planner:
         if event.profile == "diffuse" or (not covered and event.offenders):
             return [*signatures, *drops]
         return drops
+
+    def _known_rules(self, event: AttackEvent, victim: Prefix, refused: list[Refusal]) -> list[_Planned]:
+        """UDP floods: the victim's known sources (less the attack's offenders
+        and the guarded prefixes) pass within a per-source limit, one priority
+        before the ceiling (ids ``auto-known-udp-<victim>``, ``-2`` ...).
+        Offenders are dropped by deny entries, which win over every signature."""
+        cfg = self.config
+        if event.vector != "udp" or self._known is None or not cfg.known_per_source_pps:
+            return []
+        offenders = set(event.offenders)
+        known = [p for p in self._known(victim) if p not in offenders and self._guards.covering(p) is None]
+        if not known:
+            return []
+        base = ("auto", "known", VECTOR_CODES["udp"], victim.slug)
+        size = cfg.max_prefixes_per_rule
+        rules: list[_Planned] = []
+        for n, start in enumerate(range(0, len(known), size)):
+            part = tuple(known[start : start + size])
+            rules.append((Rule(
+                id=_rule_id(*base, *(() if n == 0 else (str(n + 1),))),
+                match=Match(src=part, dst=(victim,), protocol=_UDP),
+                action=RuleAction("rate_limit", pps=cfg.known_per_source_pps, scope="per_source"),
+                priority=max(cfg.priority - KNOWN_PRIORITY_OFFSET, 0),
+                origin="auto",
+                comment=self._comment(event, f"{len(part)} sources known before the attack: each at most "
+                                             f"{cfg.known_per_source_pps} pps past the ceiling"),
+                created_by=cfg.created_by,
+            ), False))
+        return rules
 
     def _ceiling(self, floor: int, baseline: float) -> int:
         return int(min(MAX_RATE, max(floor, math.ceil(self.config.ceiling_factor * baseline))))
