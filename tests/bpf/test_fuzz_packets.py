@@ -177,7 +177,8 @@ def mutate(frame: bytes, op: Op) -> bytes:
     if kind == "syn" and etype == 0x0800 and off < len(frame):  # a bare SYN to a challenged service
         l4 = off + (frame[off] & 0x0F) * 4
         frame = _set(frame, off + 16, bytes([198, 19, 0, 1]))
-        return _set(_set(frame, l4 + 2, (443).to_bytes(2, "big")), l4 + 13, b"\x02")
+        frame = _set(_set(frame, l4 + 2, (443).to_bytes(2, "big")), l4 + 13, b"\x02")
+        return _sound_syn(frame, off, l4)
     if kind == "tail":
         return bytes(frame + op[1] * op[2])[:MAX_FRAME]
     return frame
@@ -243,6 +244,23 @@ def _mutated(case: Case, ops: list[Op]) -> Frame:
     for op in ops:
         data = mutate(data, op)[:MAX_FRAME]
     return Frame(data, case if data == case.frame else None)
+
+
+def _sound_syn(frame: bytes, off: int, l4: int) -> bytes:
+    """The SYN as the challenge answers one: no data (the IP length ends at
+    its options) and a TCP checksum that holds (a frame too short is left)."""
+    if l4 + 13 >= len(frame):
+        return frame
+    seg = (frame[l4 + 12] >> 4) * 4
+    if seg < 20 or l4 + seg > len(frame):
+        return frame
+    frame = _set(frame[: l4 + seg], off + 2, (l4 - off + seg).to_bytes(2, "big"))
+    frame = _set(frame, l4 + 16, b"\x00\x00")
+    words = frame[off + 12: off + 20] + bytes([0, 6]) + seg.to_bytes(2, "big") + frame[l4: l4 + seg]
+    total = sum(int.from_bytes(words[i: i + 2], "big") for i in range(0, len(words), 2))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return _set(frame, l4 + 16, (~total & 0xFFFF).to_bytes(2, "big"))
 
 
 @st.composite
