@@ -181,10 +181,10 @@ def test_reflection_towards_one_victim_is_a_fleet_rate_limit(fleet: Fleet) -> No
 
 def _local(node_attack: str, vector: str = "syn", victim: str | None = "198.18.0.10",
            offenders: Sequence[str] = ("203.0.113.1", "203.0.113.2"), applied: Sequence[str] = ("auto-x",),
-           kind: str = "started") -> event_pb2.Event:
+           kind: str = "started", profile: str = "concentrated") -> event_pb2.Event:
     where = None if victim is None else parse_prefix(victim)
     e = AttackEvent(id=node_attack, kind=kind, vector=vector, victim=where,  # type: ignore[arg-type]
-                    profile="concentrated", t=T, onset_at=T - 3, started_at=T,
+                    profile=profile, t=T, onset_at=T - 3, started_at=T,  # type: ignore[arg-type]
                     ended_at=T if kind == "ended" else None, pps=40_000, bps=1e8, peak_pps=40_000,
                     peak_bps=1e8, dropped_pps=0, threshold_pps=10_000, baseline_pps=100, over_threshold=True,
                     sources=2,
@@ -213,6 +213,18 @@ def test_k_node_promotion(fleet: Fleet) -> None:
     assert [e.kind for e in fleet.log if e.kind != "updated"] == ["started", "ended"]
     (released,) = fleet.rules()
     assert released.rule.expires_at is not None and released.rule.expires_at.timestamp() == T + 9 + GRACE
+
+
+def test_a_promotion_carries_sources_not_a_victim_wide_ceiling(fleet: Fleet) -> None:
+    """A diffuse flood mitigated on K nodes: its offenders are dropped everywhere, but
+    the victim-wide limit stays with the agents (their challenges and known sources)."""
+    for i in range(3):
+        fleet.detector.observe(f"edge-{i}", [_local(f"udp-{i}", vector="udp", profile="diffuse",
+                                                    offenders=(f"203.0.113.{i + 1}",))], now=T)
+    fleet.tick(1)
+    rules = fleet.rules()
+    assert rules and all(r.rule.match.src for r in rules), [r.id for r in rules]
+    assert sorted(str(p) for r in rules for p in r.rule.match.src) == [f"203.0.113.{i}" for i in (1, 2, 3)]
 
 
 def test_offender_on_k_nodes_is_dropped_everywhere(fleet: Fleet) -> None:
