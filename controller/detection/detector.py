@@ -218,11 +218,21 @@ class Detector:
         return min(max(float(self._floor[col]), float(self._factor[col]) * base), float(self._ceiling[col]))
 
     def known_sources(self, victim: Prefix) -> tuple[Prefix, ...]:
-        """The UDP sources ``victim`` knew in peacetime (:mod:`.known`), sorted; () for none."""
-        if not victim.is_exact:
-            return ()
-        slot = self._dests.slot(str(victim.network.network_address))
-        return () if slot < 0 else self._known.of(slot)
+        """The UDP sources ``victim`` knew in peacetime (:mod:`.known`), sorted; () for none.
+        A prefix victim (a carpet) knew those of its addresses, at most
+        ``known_sources`` of them (the heaviest of each address come first)."""
+        if victim.is_exact:
+            slot = self._dests.slot(str(victim.network.network_address))
+            return () if slot < 0 else self._known.of(slot)
+        out: set[Prefix] = set()
+        for slot in self._known.slots():
+            if slot >= len(self._dests) or self._dests.is_group[slot]:
+                continue
+            dest = self._dests.prefix(slot)
+            if dest.family == victim.family and dest.network.subnet_of(victim.network):  # type: ignore[arg-type]
+                out.update(self._known.of(slot))
+        ordered = sorted(out, key=lambda p: (p.family, int(p.network.network_address)))
+        return tuple(ordered[: self._known.limit])
 
     @property
     def id_counter(self) -> int:

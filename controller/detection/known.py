@@ -108,6 +108,10 @@ class KnownSources:
         self._first, self._last = born, seen
         self._cache.clear()
 
+    def slots(self) -> tuple[int, ...]:
+        """The destination slots that have learned sources."""
+        return tuple(int(v) for v in np.unique(self._slot))
+
     def of(self, slot: int) -> tuple[Prefix, ...]:
         """The known sources of destination ``slot`` (/32 or /128 each), sorted:
         those learned over at least ``min_seconds``."""

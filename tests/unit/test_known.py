@@ -58,6 +58,20 @@ def test_detector_learns_peacetime_udp_clients_and_freezes_them_under_attack() -
     assert det.known_sources(p("198.51.100.1")) == ()  # never seen
 
 
+def test_a_prefix_victim_knows_the_sources_of_its_addresses() -> None:
+    """A carpet's victim is a prefix: its known sources are those of its
+    addresses (another prefix's are not), for the known rule beside its limit."""
+    a = Traffic(v4_block("172.20.0.1", 4), VICTIM, 50, UDP, size=200)
+    b = Traffic(v4_block("172.22.0.1", 3), VICTIM2, 20, UDP, size=200)
+    det = Detector(DetectConfig(known_min_seconds=2.0))
+    for sample in record(8.0, 1.0, [background(VICTIM), a, b]):
+        det.observe(sample)
+    assert set(det.known_sources(p("203.0.113.0/24"))) == set(hosts("172.20.0.1", 4)) | set(
+        hosts("172.22.0.1", 3))
+    assert det.known_sources(p("198.51.100.0/24")) == ()
+    assert det.known_sources(p("2001:db8::/64")) == ()
+
+
 def test_the_interval_a_flood_starts_in_is_not_learned() -> None:
     # the flood starts half-way through an interval under its threshold:
     # the spoofed sources of that interval never become known
