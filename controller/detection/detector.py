@@ -395,10 +395,14 @@ class Detector:
         ramping = (vec >= NEAR * thr) & (vec > RISE * self._prev_rate[:n_dest, : len(DEST_VECTORS)])
         self._prev_rate[:n_dest] = rate
         self._prev_quiet[:n_dest] = quiet
-        # the UDP sources of quiet destinations become known ones (one interval late, likewise)
+        # the UDP sources of quiet destinations become known ones (one interval late, likewise);
+        # an address is quiet only while its group is: a carpet's bots send each address little
+        learnable = quiet.copy()
+        member = group >= 0
+        learnable[member] &= quiet[group[member]]
         s = sample.sources
         self._known.observe(t, src.dst, src.keys, s["addr_hi"], s["addr_lo"],
-                            s["udp"].astype(np.float64), quiet)
+                            s["udp"].astype(np.float64), learnable)
         warm = vec >= cfg.early_fraction * thr
         # a group's packets are all its members' (many_source is per address)
         ramping[is_group, _MANY] = False

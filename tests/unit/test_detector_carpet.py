@@ -149,3 +149,14 @@ def test_carpet_detection_can_be_turned_off() -> None:
 
 
 CFG = DetectConfig()
+
+
+def test_a_carpets_bots_never_become_known_sources() -> None:
+    """Each address of a carpet gets little, but its group is attacked: no
+    address learns a bot, so the prefix's known rule cannot let the bots past."""
+    clients = Traffic(v4_block("172.20.0.1", 4), VICTIM, 50, {"udp": 1}, size=200)
+    det = Detector(DetectConfig(known_min_seconds=2.0, carpet_v4=24))
+    for sample in record(25.0, 1.0, [background(VICTIM), clients, *carpet(61_000, 8, start=8.0, stop=24.0)]):
+        det.observe(sample)
+    known = {str(p) for p in det.known_sources(parse_prefix(PREFIX))}
+    assert known == {f"172.20.0.{i}" for i in range(1, 5)}
