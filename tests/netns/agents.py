@@ -21,6 +21,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -154,6 +155,25 @@ class Agents:
         """The automatic rules in the store (what the agent has applied)."""
         with Store.open(self.state_dir) as store:
             return list(store.auto_rules(IFNAME))
+
+    @contextlib.contextmanager
+    def watching_auto_rules(self, every: float = 0.25) -> Iterator[dict[str, Rule]]:
+        """Every automatic rule put in force while the block runs, by id (the
+        store polled every ``every`` s: rules that came and went are kept)."""
+        seen: dict[str, Rule] = {}
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(every):
+                seen.update((r.id, r) for r in self.auto_rules())
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield seen
+        finally:
+            stop.set()
+            watcher.join()
 
     def events(self) -> list[dict[str, Any]]:
         """``breakwater events --json``, oldest first."""

@@ -30,7 +30,6 @@ import random
 import socket
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -347,21 +346,9 @@ def agent_phase(site: Site, agents: Agents, flags: int, sources: list[str]) -> t
         dict[str, object], list[Rule]]:
     """Real clients under a spoofed flood of ``flags`` packets while the
     agent runs: their figures and every automatic rule it put in force."""
-    seen: dict[str, Rule] = {}
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.wait(0.25):
-            seen.update((r.id, r) for r in agents.auto_rules())
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     before = site.reasons()
-    try:
+    with agents.watching_auto_rules() as seen:
         times, sent = under_flood(site, flags, sources)
-    finally:
-        stop.set()
-        watcher.join()
     reasons = site.reasons()
     moved = {r.name.lower(): n - before.get(r, 0) for r, n in reasons.items() if n != before.get(r, 0)}
     rules = list(seen.values())

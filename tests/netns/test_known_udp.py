@@ -23,7 +23,6 @@ import json
 import selectors
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,6 @@ import pytest
 from controller.dataplane import attach as dataplane
 from controller.lab import traffic
 from controller.lab.netns import Lab
-from controller.rules.model import Rule
 
 from .agents import Agents, AgentSettings
 from .lab import IFNAME, Topology
@@ -165,33 +163,23 @@ def test_known_udp_clients_are_answered_through_a_spoofed_udp_flood(
     net = ipaddress.IPv4Network(CLIENTS)
     sources = [str(net[10 + i]) for i in range(CLIENT_COUNT)]
     total = PEACE_SECONDS + FLOOD_SECONDS + 1.0
-    seen: dict[str, Rule] = {}
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.wait(0.25):
-            seen.update((r.id, r) for r in agents.auto_rules())
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    server = traffic.Child.start(site.origin, _echo, ORIGIN, PORT, total + REPLY_WAIT + 4)
-    flood = None
-    try:
-        time.sleep(0.5)
-        clients = traffic.Child.start(site.client, _clients, sources, ORIGIN, PORT, CLIENT_PPS, total)
-        time.sleep(PEACE_SECONDS)
-        count = int(FLOOD_PPS * FLOOD_SECONDS)
-        flood = traffic.RawFlood.start(site.client, "cl0", flood_frames(site, count), count, FLOOD_PPS,
-                                       FLOOD_SECONDS + 5)
-        sent = flood.wait(FLOOD_SECONDS + 30)
-        results: list[tuple[float, bool]] = clients.wait(total + 30)
-        server.wait(total + 30)
-    finally:
-        stop.set()
-        watcher.join()
-        if flood is not None:
-            flood.close()
-        server.close()
+    with agents.watching_auto_rules() as seen:
+        server = traffic.Child.start(site.origin, _echo, ORIGIN, PORT, total + REPLY_WAIT + 4)
+        flood = None
+        try:
+            time.sleep(0.5)
+            clients = traffic.Child.start(site.client, _clients, sources, ORIGIN, PORT, CLIENT_PPS, total)
+            time.sleep(PEACE_SECONDS)
+            count = int(FLOOD_PPS * FLOOD_SECONDS)
+            flood = traffic.RawFlood.start(site.client, "cl0", flood_frames(site, count), count, FLOOD_PPS,
+                                           FLOOD_SECONDS + 5)
+            sent = flood.wait(FLOOD_SECONDS + 30)
+            results: list[tuple[float, bool]] = clients.wait(total + 30)
+            server.wait(total + 30)
+        finally:
+            if flood is not None:
+                flood.close()
+            server.close()
     rules = list(seen.values())
 
     def share(lo: float, hi: float) -> float:
