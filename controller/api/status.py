@@ -12,7 +12,6 @@ first match wins):
 error                       status                details
 ==========================  ====================  =============================
 FieldError                  INVALID_ARGUMENT      BadRequest, one FieldViolation
-DecodeError (protobuf)      INVALID_ARGUMENT      as a FieldError of ``request``
 InputError                  INVALID_ARGUMENT
 NotFoundError               NOT_FOUND             ResourceInfo (when named)
 AlreadyExistsError          ALREADY_EXISTS        ResourceInfo (when named)
@@ -47,11 +46,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -110,7 +108,6 @@ RESOURCE_TYPES: Final = {
 
 MAX_STATUS_TEXT: Final = 1024
 """Longest text a status carries (message, field description); see the module docstring."""
-_E = TypeVar("_E", bound=BaseException)
 
 _UNAVAILABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -124,17 +121,7 @@ def is_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and not isinstance(exc, grpc.Call)
 
 
-def _converted(exc: _E) -> _E | FieldError:
-    """A library's error about the request as the Breakwater error it is: a
-    request whose bytes do not parse (a unary one through
-    :func:`controller.api.handlers.decoded`, a streamed one when read)."""
-    if isinstance(exc, DecodeError):
-        return FieldError("request", f"not a valid message: {exc}")
-    return exc
-
-
 def _code(exc: BaseException) -> grpc.StatusCode:
-    exc = _converted(exc)
     if isinstance(exc, RemoteError):
         return grpc.StatusCode.__members__.get(exc.code, grpc.StatusCode.INTERNAL)
     for cls, code in STATUS_CODES:
@@ -168,7 +155,6 @@ def bounded(text: str, limit: int | None = None) -> str:
 def status_of(exc: BaseException, method: str = "") -> grpc.Status:
     """The status a servicer's exception becomes (``method`` names the call
     in the message of an internal error, which is all a client learns of it)."""
-    exc = _converted(exc)
     code = _code(exc)
     details: list[any_pb2.Any] = []
     if isinstance(exc, BreakwaterError | NotImplementedError):
@@ -195,7 +181,6 @@ def report_failure(exc: Exception, method: str) -> grpc.Status:
     """Log a servicer's failure as its code deserves (an internal error with
     its traceback, an operator's error in one line, UNIMPLEMENTED not at all)
     and return the status its call ends with."""
-    exc = _converted(exc)
     code = _code(exc)
     if code is grpc.StatusCode.INTERNAL and not isinstance(exc, RemoteError):
         LOGGER.error("%s failed", method, exc_info=exc)
